@@ -1,0 +1,99 @@
+"""The proxy's FastAPI application, built by :func:`create_app` from a config."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from .config import Config, load_config
+from .errors import ProxyError, error_response
+from .publisher import EventPublisher, open_publisher
+from .routes import admin, assignments, completions, health, outcomes
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+WORKER_INDEX_ENV = "SPLITWATCH_WORKER_INDEX"
+CONFIG_PATH_ENV = "SPLITWATCH_CONFIG"
+OVERRIDES_POLL_S = 1.0
+
+
+def create_app(config: Config, config_path: str | Path | None = None, *, kafka: bool = True,
+               publisher: EventPublisher | None = None) -> FastAPI:
+    """Return the proxy application; with ``kafka`` it opens its event publisher at start-up."""
+    runtime = Runtime(config, config_path, publisher)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if kafka and runtime.publisher is None:
+            runtime.publisher = open_publisher(config.kafka, int(os.environ.get(WORKER_INDEX_ENV, "0")))
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, runtime.reload)  # only in the main thread
+        poller = asyncio.create_task(_poll_overrides(runtime))
+        try:
+            yield
+        finally:
+            poller.cancel()
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGHUP)
+            await runtime.clients.aclose()
+            if runtime.publisher is not None:
+                runtime.publisher.close(timeout=config.proxy.graceful_shutdown_s)
+
+    app = FastAPI(title="splitwatch proxy", version="0.1.0", lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
+    app.state.runtime = runtime
+    for module in (completions, outcomes, assignments, admin, health):
+        app.include_router(module.router)
+    _install_error_handlers(app)
+    return app
+
+
+async def _poll_overrides(runtime: Runtime) -> None:
+    """Pick up admin changes written by other workers."""
+    while True:
+        await asyncio.sleep(OVERRIDES_POLL_S)
+        try:
+            runtime.overrides.refresh()
+        except (OSError, ValueError) as exc:
+            log.error("cannot read admin overrides %s: %s", runtime.overrides.path, exc)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ProxyError)
+    async def _proxy_error(request: Request, exc: ProxyError) -> Response:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        field = ".".join(str(p) for p in err["loc"])
+        return error_response(400, f"{field}: {err['msg']}", param=field or None, code="invalid_request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return error_response(exc.status_code, str(exc.detail), code=code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal error in the splitwatch proxy; see its log", "server_error",
+                              code="internal_error")
+
+
+def app_from_env() -> FastAPI:
+    """Return the app for the config file named by ``SPLITWATCH_CONFIG`` (used by worker processes)."""
+    path = os.environ[CONFIG_PATH_ENV]
+    return create_app(load_config(path), path)

@@ -1,0 +1,90 @@
+"""The ``splitwatch`` command: one entry point, one subcommand per process."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .config import ConfigError, load_config
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    cfg = load_config(args.file)
+    print(f"{args.file}: ok ({len(cfg.experiments)} experiments)")
+    for e in cfg.experiments:
+        arms = ", ".join(f"{a.name}={a.weight:g}" for a in e.arms)
+        print(f"  {e.key}: model={e.model} phase={e.phase} status={e.status} coverage={e.coverage:g} arms: {arms}")
+    return 0
+
+
+def _cmd_proxy(args: argparse.Namespace) -> int:
+    from .server import serve_single, serve_workers
+
+    cfg = load_config(args.config)
+    host = args.host or cfg.proxy.host
+    port = cfg.proxy.port if args.port is None else args.port
+    if args.workers > 1:
+        serve_workers(args.config, host, port, args.workers)
+    else:
+        serve_single(args.config, host, port)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(units=args.units, seed=args.seed, workdir=args.workdir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``splitwatch`` command."""
+    p = argparse.ArgumentParser(prog="splitwatch", description="A/B test a fine-tuned LLM against its base model.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    cfg = sub.add_parser("config", help="configuration tools")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    check = cfg_sub.add_parser("check", help="validate a config file (with SPLITWATCH_* overrides)")
+    check.add_argument("file")
+    check.set_defaults(func=_cmd_config_check)
+
+    proxy = sub.add_parser("proxy", help="run the routing proxy")
+    proxy.add_argument("--config", required=True, help="YAML config file")
+    proxy.add_argument("--host", default=None, help="listen address (default: proxy.host)")
+    proxy.add_argument("--port", type=int, default=None, help="listen port (default: proxy.port)")
+    proxy.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    proxy.set_defaults(func=_cmd_proxy)
+
+    sub.add_parser("stub-model", help="run a stub OpenAI-compatible model server (tests, demos); "
+                   "see splitwatch stub-model --help", add_help=False)
+
+    demo = sub.add_parser("demo", help="run the whole loop locally on embedded defaults")
+    demo.add_argument("--units", type=int, default=2000, help="simulated users (default 2000)")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--workdir", default=None, help="where to keep the demo's files (default: a temp dir)")
+    demo.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the ``splitwatch`` command line; exit 2 with a message naming the bad field on config errors."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["stub-model"]:
+        from .stub_model import main as stub_main
+
+        stub_main(argv[1:])
+        return
+    args = build_parser().parse_args(argv)
+    if args.command == "proxy" and args.workers < 1:
+        print("splitwatch: --workers must be at least 1", file=sys.stderr)
+        sys.exit(2)
+    try:
+        sys.exit(args.func(args))
+    except ConfigError as exc:
+        print(f"splitwatch: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

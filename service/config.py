@@ -1,0 +1,263 @@
+"""The one configuration contract of splitwatch: a YAML file validated by pydantic.
+
+Every process (proxy, analyzer, drift, report, demo) loads the same file through
+:func:`load_config`. Values can be overridden by environment variables named
+``SPLITWATCH_<SECTION>__<KEY>`` (double underscore between levels, list items by
+index), for example ``SPLITWATCH_KAFKA__BOOTSTRAP_SERVERS=broker:9092`` or
+``SPLITWATCH_EXPERIMENTS__0__STATUS=paused``. Environment variables without a
+double underscore (``SPLITWATCH_ADMIN_TOKEN``, ``SPLITWATCH_CONFIG``) are not
+overrides.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "SPLITWATCH_"
+UNASSIGNED_ARM = "unassigned"
+"""Arm label used in metrics for requests served outside the experiment (no unit, not covered, paused)."""
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the bad field(s)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
+class UpstreamConfig(_Strict):
+    """An OpenAI-compatible endpoint that serves one arm (or passthrough traffic)."""
+
+    base_url: str = Field(pattern=r"^https?://")
+    model: str | None = None
+    api_key_env: str | None = None
+    timeout_s: float = Field(60.0, gt=0)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    max_connections: int = Field(200, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
+    def api_key(self) -> str | None:
+        """Return the API key read from the environment variable named by ``api_key_env``, if any."""
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class ArmUpstreamConfig(UpstreamConfig):
+    model: str = Field(min_length=1)
+
+
+class ArmConfig(_Strict):
+    name: Name
+    weight: float = Field(gt=0)
+    upstream: ArmUpstreamConfig
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v == UNASSIGNED_ARM:
+            raise ValueError(f"arm name {UNASSIGNED_ARM!r} is reserved for traffic outside the experiment")
+        return v
+
+
+class MetricConfig(_Strict):
+    name: Name
+    kind: Literal["binary", "continuous", "ratio", "quantile"]
+    direction: Literal["increase", "decrease"] = "increase"
+    guardrail: bool = False
+    margin: float | None = Field(None, ge=0)
+    description: str | None = None
+
+
+class ExperimentConfig(_Strict):
+    key: Name
+    model: str = Field(min_length=1)
+    salt: str | None = None
+    phase: int = Field(1, ge=1)
+    coverage: float = Field(1.0, ge=0, le=1)
+    status: Literal["running", "paused"] = "running"
+    arms: list[ArmConfig] = Field(min_length=2)
+    metrics: list[MetricConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentConfig:
+        names = [a.name for a in self.arms]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"arm names must be unique, repeated: {dupes}")
+        mnames = [m.name for m in self.metrics]
+        mdupes = sorted({n for n in mnames if mnames.count(n) > 1})
+        if mdupes:
+            raise ValueError(f"metric names must be unique, repeated: {mdupes}")
+        return self
+
+    @property
+    def effective_salt(self) -> str:
+        """Return the salt hashed with unit ids: ``salt`` (default: key), plus ``:phase{N}`` from phase 2 on."""
+        base = self.salt if self.salt is not None else self.key
+        return base if self.phase == 1 else f"{base}:phase{self.phase}"
+
+    @property
+    def control(self) -> ArmConfig:
+        """Return the control arm (the first arm in config order)."""
+        return self.arms[0]
+
+    def arm(self, name: str) -> ArmConfig | None:
+        """Return the arm called ``name``, or None."""
+        return next((a for a in self.arms if a.name == name), None)
+
+    def metric(self, name: str) -> MetricConfig | None:
+        """Return the metric called ``name``, or None."""
+        return next((m for m in self.metrics if m.name == name), None)
+
+
+class SpoolConfig(_Strict):
+    """On-disk buffer for events while Kafka is unreachable."""
+
+    dir: str = ".splitwatch/spool"
+    max_bytes: int = Field(256 * 1024 * 1024, ge=64 * 1024)
+    segment_bytes: int = Field(8 * 1024 * 1024, ge=4 * 1024)
+    fsync: Literal["always", "interval", "never"] = "interval"
+    fsync_interval_ms: int = Field(200, ge=1)
+    full_policy: Literal["drop_oldest", "drop_newest"] = "drop_newest"
+
+
+class KafkaConfig(_Strict):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = Field("splitwatch.events", min_length=1)
+    client_id: str = "splitwatch"
+    queue_max_events: int = Field(100_000, ge=1)
+    batch_max_events: int = Field(2_000, ge=1)
+    linger_ms: int = Field(20, ge=0)
+    request_timeout_ms: int = Field(10_000, ge=100)
+    reconnect_backoff_ms: int = Field(1_000, ge=10)
+    topic_partitions: int = Field(6, ge=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username_env: str | None = None
+    sasl_password_env: str | None = None
+    spool: SpoolConfig = SpoolConfig()
+
+
+class ProxyConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    require_unit: bool = False
+    allow_forced_arm: bool = True
+    log_text: bool = False
+    state_dir: str = ".splitwatch/state"
+    max_outcomes_per_request: int = Field(1_000, ge=1)
+    graceful_shutdown_s: float = Field(30.0, ge=0)
+    passthrough: UpstreamConfig | None = None
+
+
+class Config(_Strict):
+    kafka: KafkaConfig = KafkaConfig()
+    proxy: ProxyConfig = ProxyConfig()
+    experiments: list[ExperimentConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Config:
+        keys = [e.key for e in self.experiments]
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        if dupes:
+            raise ValueError(f"experiment keys must be unique, repeated: {dupes}")
+        models = [e.model for e in self.experiments]
+        mdupes = sorted({m for m in models if models.count(m) > 1})
+        if mdupes:
+            raise ValueError(f"two experiments match the same requested model: {mdupes}")
+        return self
+
+    def experiment(self, key: str) -> ExperimentConfig | None:
+        """Return the experiment with this key, or None."""
+        return next((e for e in self.experiments if e.key == key), None)
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Parse an override as a YAML scalar, so ``true``, ``0.5`` and ``[a, b]`` keep their types."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Return ``data`` with every ``SPLITWATCH_A__B__C`` variable of ``environ`` written at path a.b.c."""
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if any(not p for p in path):
+            raise ConfigError(f"environment override {name}: empty path segment")
+        node: Any = data
+        for i, part in enumerate(path):
+            last = i == len(path) - 1
+            where = ".".join(path[: i + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"environment override {name}: no list item {where}")
+                idx = int(part)
+                if last:
+                    node[idx] = _parse_env_value(environ[name])
+                else:
+                    node = node[idx]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = _parse_env_value(environ[name])
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise ConfigError(f"environment override {name}: {where} is not a section")
+    return data
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "<config>", environ: Mapping[str, str] | None = None) -> Config:
+    """Return the validated :class:`Config` for a parsed YAML document, after environment overrides."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid configuration in {source}: the top level must be a mapping")
+    data = apply_env_overrides(copy.deepcopy(data), os.environ if environ is None else environ)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Return the validated :class:`Config` read from the YAML file at ``path``."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {p}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML in {p}: {exc}") from None
+    return parse_config(data, str(p), environ)

@@ -1,0 +1,101 @@
+"""OpenAI-style error bodies and the proxy's named exceptions.
+
+Every error the proxy answers itself has the body
+``{"error": {"message", "type", "param", "code"}}`` that OpenAI clients parse.
+"""
+
+from __future__ import annotations
+
+import orjson
+from starlette.responses import Response
+
+
+class ProxyError(Exception):
+    """An error answered to the client with an OpenAI-style body."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status_code is not None:
+            self.status_code = status_code
+
+    def response(self, headers: dict[str, str] | None = None) -> Response:
+        """Return the HTTP response that reports this error."""
+        return error_response(self.status_code, self.message, self.error_type, self.param, self.code,
+                              headers)
+
+
+class InvalidRequest(ProxyError):
+    """The request is malformed (400)."""
+
+
+class ModelNotFound(ProxyError):
+    """No experiment or passthrough serves the requested model (404)."""
+
+    status_code = 404
+    code = "model_not_found"
+
+
+class PayloadTooLarge(ProxyError):
+    """The body exceeds ``proxy.max_body_bytes`` (413)."""
+
+    status_code = 413
+    code = "request_too_large"
+
+
+class UnsupportedMediaType(ProxyError):
+    """The body is not JSON (415)."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class Unauthorized(ProxyError):
+    """Missing or wrong admin bearer token (401)."""
+
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_admin_token"
+
+
+class AdminDisabled(ProxyError):
+    """No admin token is configured, so the admin API is off (403)."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "admin_disabled"
+
+
+class NotFound(ProxyError):
+    """A named resource (experiment) does not exist (404)."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class UpstreamError(ProxyError):
+    """The upstream model endpoint failed: timeout (504), unreachable or bad answer (502)."""
+
+    status_code = 502
+    error_type = "upstream_error"
+
+
+def error_body(message: str, error_type: str, param: str | None = None, code: str | None = None) -> bytes:
+    """Return the JSON bytes of an OpenAI error body."""
+    return orjson.dumps({"error": {"message": message, "type": error_type, "param": param, "code": code}})
+
+
+def error_response(status_code: int, message: str, error_type: str = "invalid_request_error",
+                   param: str | None = None, code: str | None = None,
+                   headers: dict[str, str] | None = None) -> Response:
+    """Return a JSON response carrying an OpenAI error body."""
+    return Response(error_body(message, error_type, param, code), status_code=status_code,
+                    media_type="application/json", headers=headers)

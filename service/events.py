@@ -1,0 +1,89 @@
+"""The event schema on the Kafka topic (docs/events.md): exposure, response, outcome.
+
+Producers build events with these models; consumers (analyzer, drift) parse them
+with :func:`parse_event`. Prompt and completion text never appears unless the
+config sets ``proxy.log_text: true`` (then in the optional ``text`` fields).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+SCHEMA_VERSION = 1
+
+
+def now_utc() -> datetime:
+    """Return the current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+def new_event_id() -> str:
+    """Return a fresh random event id (UUID4, string)."""
+    return str(uuid.uuid4())
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_: int = Field(SCHEMA_VERSION, alias="schema")
+    event_id: str = Field(default_factory=new_event_id)
+    ts: datetime = Field(default_factory=now_utc)
+    experiment: str
+    phase: int
+    arm: str | None
+    unit_id: str | None
+    request_id: str | None = None
+
+    def to_json(self) -> bytes:
+        """Return the event as compact JSON bytes (``ts`` in RFC 3339 UTC)."""
+        data = self.model_dump(by_alias=True)
+        if data.get("text", "") is None:
+            del data["text"]  # present only when the config sets log_text
+        data["ts"] = self.ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return orjson.dumps(data)
+
+    def key(self) -> bytes:
+        """Return the Kafka message key: the unit id (request id when there is no unit)."""
+        return (self.unit_id or self.request_id or self.event_id).encode()
+
+
+class ExposureEvent(_Event):
+    type: Literal["exposure"] = "exposure"
+    requested_model: str
+    upstream_model: str
+    forced: bool = False
+    features: dict[str, float | str] = Field(default_factory=dict)
+    text: str | None = None
+
+
+class ResponseEvent(_Event):
+    type: Literal["response"] = "response"
+    status_code: int
+    latency_ms: float
+    ttft_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    error: str | None = None
+    stream: bool = False
+    forced: bool = False
+    text: str | None = None
+
+
+class OutcomeEvent(_Event):
+    type: Literal["outcome"] = "outcome"
+    metric: str
+    value: float
+
+
+Event = Annotated[ExposureEvent | ResponseEvent | OutcomeEvent, Field(discriminator="type")]
+_EVENT_ADAPTER: TypeAdapter[ExposureEvent | ResponseEvent | OutcomeEvent] = TypeAdapter(Event)
+
+
+def parse_event(raw: bytes | str) -> ExposureEvent | ResponseEvent | OutcomeEvent:
+    """Return the typed event parsed from its JSON; raises pydantic.ValidationError when malformed."""
+    return _EVENT_ADAPTER.validate_json(raw)

@@ -1,0 +1,67 @@
+"""Cheap numeric features of a prompt, carried on exposure events instead of its text.
+
+Each feature is documented in docs/features.md. They are computed on the request
+path, so everything here is a single pass over strings with no model or I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_CODE_RE = re.compile(r"```|^\s*(def|class|import|function|public|#include|SELECT)\b|[{};]\s*$", re.M)
+_WORD_RE = re.compile(r"\S+")
+
+
+def _message_text(content: Any) -> str:
+    """Return the text of one message's ``content`` (a string or a list of content parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict)
+                         and isinstance(p.get("text"), str))
+    return ""
+
+
+def prompt_text(body: dict[str, Any]) -> tuple[str, str, int, int]:
+    """Return (all text, last user text, number of messages, user turns) of a chat or completion body."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        texts = []
+        last_user = ""
+        turns = 0
+        for m in messages:
+            if not isinstance(m, dict):
+                continue
+            t = _message_text(m.get("content"))
+            texts.append(t)
+            if m.get("role") == "user":
+                turns += 1
+                last_user = t
+        return "\n".join(texts), last_user, len(messages), turns
+    prompt = body.get("prompt")
+    if isinstance(prompt, list):
+        prompt = "\n".join(p for p in prompt if isinstance(p, str))
+    text = prompt if isinstance(prompt, str) else ""
+    return text, text, 1, 1
+
+
+def prompt_features(body: dict[str, Any]) -> dict[str, float | str]:
+    """Return the numeric features of the prompt in a request body (see docs/features.md)."""
+    text, last_user, n_messages, turns = prompt_text(body)
+    n = len(text)
+    non_ascii = sum(1 for c in text if ord(c) > 127) if not text.isascii() else 0
+    digits = sum(1 for c in text if c.isdigit())
+    words = len(_WORD_RE.findall(text))
+    return {
+        "chars": float(n),
+        "words": float(words),
+        "messages": float(n_messages),
+        "user_turns": float(turns),
+        "est_tokens": float((n + 3) // 4),
+        "non_ascii_share": non_ascii / n if n else 0.0,
+        "digit_share": digits / n if n else 0.0,
+        "is_question": 1.0 if last_user.rstrip().endswith("?") else 0.0,
+        "has_code": 1.0 if _CODE_RE.search(text) else 0.0,
+        "last_user_chars": float(len(last_user)),
+    }

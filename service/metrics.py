@@ -1,0 +1,77 @@
+"""Every Prometheus metric of the proxy, declared once with its help text.
+
+Names follow docs/metrics.md (the design's contract). In multi-worker mode the
+parent sets ``PROMETHEUS_MULTIPROC_DIR`` before any worker imports this module,
+so values are shared through prometheus-client's multiprocess files.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+SEND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+REQUESTS = Counter(
+    "splitwatch_requests", "Proxied model requests by experiment, serving arm and HTTP status.",
+    ["experiment", "arm", "status"])
+REQUEST_DURATION = Histogram(
+    "splitwatch_request_duration_seconds", "Upstream time of a request, from sending to the last byte.",
+    ["experiment", "arm"], buckets=LATENCY_BUCKETS)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "splitwatch_time_to_first_token_seconds", "Streaming requests: time from sending to the first chunk.",
+    ["experiment", "arm"], buckets=TTFT_BUCKETS)
+PROXY_OVERHEAD = Histogram(
+    "splitwatch_proxy_overhead_seconds", "Time the proxy adds to a request, outside the upstream call.",
+    buckets=OVERHEAD_BUCKETS)
+TOKENS = Counter(
+    "splitwatch_tokens", "Tokens reported by the upstream's usage, by kind (prompt, completion).",
+    ["experiment", "arm", "kind"])
+UPSTREAM_ERRORS = Counter(
+    "splitwatch_upstream_errors", "Failed upstream calls by reason.", ["experiment", "arm", "reason"])
+UNASSIGNED_REQUESTS = Counter(
+    "splitwatch_unassigned_requests",
+    "Requests served by the control arm outside the experiment, by reason (no_unit, not_covered, paused).",
+    ["experiment", "reason"])
+OUTCOMES = Counter("splitwatch_outcomes", "Outcome events accepted.", ["experiment", "metric"])
+CONFIG_RELOADS = Counter("splitwatch_config_reloads", "Configuration reloads by result.", ["result"])
+
+EVENTS_ENQUEUED = Counter("splitwatch_events_enqueued", "Events handed to the publisher.", ["type"])
+EVENTS_SENT = Counter("splitwatch_events_sent", "Events acknowledged by Kafka.")
+EVENTS_DROPPED = Counter(
+    "splitwatch_events_dropped", "Events lost because the queue or the spool was full.", ["reason"])
+EVENT_SEND_ERRORS = Counter("splitwatch_event_send_errors", "Failed Kafka send attempts.", ["error"])
+EVENT_SEND_SECONDS = Histogram(
+    "splitwatch_event_send_seconds", "Time to get a batch acknowledged by Kafka.", buckets=SEND_BUCKETS)
+EVENTS_QUEUED = Gauge(
+    "splitwatch_events_queued", "Events in the in-memory queue waiting for the sender.",
+    multiprocess_mode="livesum")
+EVENTS_SPOOLED = Gauge(
+    "splitwatch_events_spooled", "Events in the on-disk spool waiting for Kafka.", multiprocess_mode="livesum")
+SPOOL_BYTES = Gauge(
+    "splitwatch_spool_bytes", "Bytes in the on-disk spool.", multiprocess_mode="livesum")
+KAFKA_CONNECTED = Gauge(
+    "splitwatch_kafka_connected", "1 when the event sender reaches Kafka (the lowest across workers).",
+    multiprocess_mode="min")
+
+
+def render_metrics() -> tuple[bytes, str]:
+    """Return the exposition text of all metrics (aggregated across workers) and its content type."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,350 @@
+"""``POST /v1/chat/completions`` and ``POST /v1/completions``: assign, forward, log.
+
+request → validation → assignment → exposure event → upstream (streaming or not)
+→ response event and metrics. The upstream's status, body and stream pass through
+unchanged apart from ``model``; errors the proxy itself answers use OpenAI bodies.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+import httpx
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
+
+from .. import metrics
+from ..assignment import Assignment
+from ..config import UNASSIGNED_ARM, ArmConfig, Config, UpstreamConfig
+from ..errors import InvalidRequest, ModelNotFound, UpstreamError, error_body
+from ..events import ExposureEvent, ResponseEvent
+from ..features import prompt_features, prompt_text
+from ..request_body import parse_json_object, read_limited_body
+from ..runtime import Runtime
+from ..upstream import (
+    ClientDisconnected,
+    SSEUsageScanner,
+    call_until_disconnect,
+    is_openai_error,
+    upstream_headers,
+    usage_of,
+)
+
+router = APIRouter()
+
+UNIT_HEADER = "x-splitwatch-unit"
+FORCE_HEADER = "x-splitwatch-force-arm"
+Kind = Literal["chat", "completions"]
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    """Return the upstream's chat completion (JSON or SSE stream) for the request's arm."""
+    return await _proxy(request, "chat")
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    """Return the upstream's text completion (JSON or SSE stream) for the request's arm."""
+    return await _proxy(request, "completions")
+
+
+def validate_body(body: dict[str, Any], kind: Kind) -> None:
+    """Raise InvalidRequest naming the field when the body is not a valid request of this kind."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' is required and must be a non-empty string", param="model",
+                             code="missing_required_parameter" if model is None else "invalid_type")
+    if kind == "chat":
+        messages = body.get("messages")
+        if messages is None:
+            raise InvalidRequest("'messages' is required", param="messages", code="missing_required_parameter")
+        if not isinstance(messages, list) or not messages:
+            raise InvalidRequest("'messages' must be a non-empty array", param="messages", code="invalid_type")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+                raise InvalidRequest(f"messages[{i}] must be an object with a 'role'", param=f"messages[{i}]",
+                                     code="invalid_type")
+    else:
+        prompt = body.get("prompt")
+        if prompt is None:
+            raise InvalidRequest("'prompt' is required", param="prompt", code="missing_required_parameter")
+        if not isinstance(prompt, str | list):
+            raise InvalidRequest("'prompt' must be a string or an array", param="prompt", code="invalid_type")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise InvalidRequest("'stream' must be a boolean", param="stream", code="invalid_type")
+    if "user" in body and not isinstance(body["user"], str):
+        raise InvalidRequest("'user' must be a string", param="user", code="invalid_type")
+
+
+@dataclass
+class _Call:
+    """Everything the response path needs to log one proxied request."""
+
+    runtime: Runtime
+    assignment: Assignment
+    request_id: str
+    arm_label: str
+    stream: bool
+    started: float
+    log_text: bool
+    unit_id: str | None = None
+    sent_at: float = 0.0
+
+    def finish(self, status: int, upstream_s: float, *, ttft_s: float | None = None,
+               prompt_tokens: int | None = None, completion_tokens: int | None = None,
+               error: str | None = None, text: str | None = None) -> None:
+        """Record metrics and publish the response event of this request."""
+        a = self.assignment
+        metrics.REQUESTS.labels(a.experiment, self.arm_label, str(status)).inc()
+        metrics.REQUEST_DURATION.labels(a.experiment, self.arm_label).observe(upstream_s)
+        if ttft_s is not None:
+            metrics.TIME_TO_FIRST_TOKEN.labels(a.experiment, self.arm_label).observe(ttft_s)
+        if prompt_tokens:
+            metrics.TOKENS.labels(a.experiment, self.arm_label, "prompt").inc(prompt_tokens)
+        if completion_tokens:
+            metrics.TOKENS.labels(a.experiment, self.arm_label, "completion").inc(completion_tokens)
+        if error:
+            metrics.UPSTREAM_ERRORS.labels(a.experiment, self.arm_label, error).inc()
+        if a.logged and self.runtime.publisher is not None:
+            self.runtime.publisher.publish(ResponseEvent(
+                experiment=a.experiment, phase=a.phase, arm=a.arm, unit_id=self.unit_id,
+                request_id=self.request_id, status_code=status, latency_ms=round(upstream_s * 1000, 3),
+                ttft_ms=None if ttft_s is None else round(ttft_s * 1000, 3), prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens, error=error, stream=self.stream, forced=a.forced,
+                text=text if self.log_text else None))
+
+
+def _headers(a: Assignment, request_id: str) -> dict[str, str]:
+    headers = {"x-splitwatch-experiment": a.experiment, "x-splitwatch-arm": a.arm,
+               "x-splitwatch-request-id": request_id}
+    if not a.in_experiment:
+        headers["x-splitwatch-excluded"] = a.excluded_reason or "excluded"
+    return headers
+
+
+async def _proxy(request: Request, kind: Kind) -> Response:
+    started = time.perf_counter()
+    runtime: Runtime = request.app.state.runtime
+    snap = runtime.snapshot
+    config = snap.config
+    raw = await read_limited_body(request, config.proxy.max_body_bytes)
+    body = parse_json_object(request, raw)
+    validate_body(body, kind)
+    model: str = body["model"]
+    exp = snap.table.for_model(model)
+    path = "/chat/completions" if kind == "chat" else "/completions"
+    if exp is None:
+        if config.proxy.passthrough is not None:
+            return await _passthrough(request, config.proxy.passthrough, path, raw)
+        raise ModelNotFound(f"The model '{model}' does not exist or is not served by this proxy",
+                            param="model")
+    unit_id = body.get("user") or request.headers.get(UNIT_HEADER) or None
+    forced = request.headers.get(FORCE_HEADER)
+    if forced is not None:
+        if not config.proxy.allow_forced_arm:
+            raise InvalidRequest(f"the {FORCE_HEADER} header is disabled (proxy.allow_forced_arm)",
+                                 param=FORCE_HEADER, code="forced_arm_disabled")
+        if exp.config.arm(forced) is None:
+            raise InvalidRequest(f"unknown arm {forced!r} in {FORCE_HEADER}; arms: "
+                                 f"{[a.name for a in exp.config.arms]}", param=FORCE_HEADER, code="unknown_arm")
+    if unit_id is None and forced is None and config.proxy.require_unit:
+        raise InvalidRequest("an experiment unit is required: set 'user' in the body or the "
+                             "X-Splitwatch-Unit header", param="user", code="missing_unit")
+    a = runtime.assign(exp, unit_id, forced)
+    arm = exp.config.arm(a.arm)
+    assert arm is not None
+    request_id = str(uuid.uuid4())
+    call = _Call(runtime, a, request_id, a.arm if a.in_experiment else UNASSIGNED_ARM,
+                 body.get("stream") is True, started, config.proxy.log_text, unit_id=unit_id)
+    if a.logged:
+        _publish_exposure(runtime, config, a, arm, body, model, unit_id, request_id)
+    elif a.excluded_reason:
+        metrics.UNASSIGNED_REQUESTS.labels(a.experiment, a.excluded_reason).inc()
+    body["model"] = arm.upstream.model
+    payload = orjson.dumps(body)
+    if call.stream:
+        return await _forward_stream(request, call, arm, path, payload)
+    return await _forward(request, call, arm, path, payload)
+
+
+def _publish_exposure(runtime: Runtime, config: Config, a: Assignment, arm: ArmConfig, body: dict[str, Any],
+                      model: str, unit_id: str | None, request_id: str) -> None:
+    if runtime.publisher is None:
+        return
+    runtime.publisher.publish(ExposureEvent(
+        experiment=a.experiment, phase=a.phase, arm=a.arm, unit_id=unit_id, request_id=request_id,
+        requested_model=model, upstream_model=arm.upstream.model, forced=a.forced,
+        features=prompt_features(body),
+        text=prompt_text(body)[0] if config.proxy.log_text else None))
+
+
+def _error_kind(status: int) -> str | None:
+    if status >= 500:
+        return "upstream_5xx"
+    if status >= 400:
+        return "upstream_4xx"
+    return None
+
+
+def _wrap_upstream_error(status: int, content: bytes) -> bytes:
+    """Return the upstream's error body if it is OpenAI-style, else an OpenAI body that says what happened."""
+    if is_openai_error(content):
+        return content
+    return error_body(f"the upstream model endpoint answered HTTP {status}", "upstream_error",
+                      code="upstream_error")
+
+
+async def _open_upstream(request: Request, call: _Call, up: UpstreamConfig,
+                         send: Awaitable[httpx.Response]) -> httpx.Response | None:
+    """Return the upstream's response (headers at least), or None when the client left first.
+
+    Raises UpstreamError (504 on timeout, 502 when unreachable); every outcome is logged.
+    """
+    call.sent_at = time.perf_counter()
+    try:
+        return await call_until_disconnect(request, send, up.timeout_s)
+    except ClientDisconnected:
+        call.finish(499, time.perf_counter() - call.sent_at, error="client_disconnected")
+        return None
+    except httpx.TimeoutException:
+        call.finish(504, time.perf_counter() - call.sent_at, error="timeout")
+        raise UpstreamError(f"the upstream model endpoint did not answer within {up.timeout_s:g} s",
+                            status_code=504, code="upstream_timeout") from None
+    except httpx.HTTPError as exc:
+        call.finish(502, time.perf_counter() - call.sent_at, error="connect_error")
+        raise UpstreamError(f"the upstream model endpoint is unreachable ({type(exc).__name__})",
+                            code="upstream_unreachable") from None
+
+
+async def _forward(request: Request, call: _Call, arm: ArmConfig, path: str, payload: bytes) -> Response:
+    up = arm.upstream
+    client = call.runtime.clients.client_for(up)
+    headers = _headers(call.assignment, call.request_id)
+    resp = await _open_upstream(request, call, up, client.post(
+        up.base_url + path, content=payload, headers=upstream_headers(up, call.request_id)))
+    if resp is None:
+        return Response(status_code=499)
+    upstream_s = time.perf_counter() - call.sent_at
+    content = resp.content
+    status = resp.status_code
+    ptok = ctok = None
+    text = None
+    if status < 400:
+        try:
+            parsed = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            parsed = None
+        ptok, ctok = usage_of(parsed)
+        if call.log_text and isinstance(parsed, dict):
+            text = _completion_text(parsed)
+    elif status >= 500:
+        content = _wrap_upstream_error(status, content)
+    call.finish(status, upstream_s, prompt_tokens=ptok, completion_tokens=ctok, error=_error_kind(status),
+                text=text)
+    metrics.PROXY_OVERHEAD.observe(time.perf_counter() - call.started - upstream_s)
+    return Response(content, status_code=status, headers=headers,
+                    media_type=resp.headers.get("content-type", "application/json"))
+
+
+def _completion_text(obj: dict[str, Any]) -> str | None:
+    choices = obj.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None
+    c = choices[0]
+    if isinstance(c.get("message"), dict):
+        content = c["message"].get("content")
+        return content if isinstance(content, str) else None
+    return c.get("text") if isinstance(c.get("text"), str) else None
+
+
+async def _forward_stream(request: Request, call: _Call, arm: ArmConfig, path: str,
+                          payload: bytes) -> Response:
+    up = arm.upstream
+    client = call.runtime.clients.client_for(up)
+    headers = _headers(call.assignment, call.request_id)
+    req = client.build_request("POST", up.base_url + path, content=payload,
+                               headers=upstream_headers(up, call.request_id))
+    resp = await _open_upstream(request, call, up, client.send(req, stream=True))
+    if resp is None:
+        return Response(status_code=499)
+    if resp.status_code >= 400:
+        # An error before the stream started: answer it as a plain JSON error.
+        content = await resp.aread()
+        await resp.aclose()
+        upstream_s = time.perf_counter() - call.sent_at
+        status = resp.status_code
+        call.finish(status, upstream_s, error=_error_kind(status))
+        if status >= 500:
+            content = _wrap_upstream_error(status, content)
+        return Response(content, status_code=status, headers=headers,
+                        media_type=resp.headers.get("content-type", "application/json"))
+    metrics.PROXY_OVERHEAD.observe(call.sent_at - call.started)
+    return StreamingResponse(_relay(call, resp), status_code=resp.status_code, headers=headers,
+                             media_type=resp.headers.get("content-type", "text/event-stream"))
+
+
+async def _relay(call: _Call, resp: httpx.Response) -> AsyncIterator[bytes]:
+    """Yield the upstream's stream unchanged; log TTFT, usage and how the stream ended."""
+    scanner = SSEUsageScanner()
+    ttft: float | None = None
+    status = resp.status_code
+    error: str | None = None
+    try:
+        async for chunk in resp.aiter_raw():
+            if ttft is None:
+                ttft = time.perf_counter() - call.sent_at
+            scanner.feed(chunk)
+            yield chunk
+    except httpx.TimeoutException:
+        error = "timeout"
+    except httpx.HTTPError:
+        error = "stream_interrupted"
+    except BaseException:
+        # Cancelled: the client disconnected (Starlette cancels the response task).
+        status, error = 499, "client_disconnected"
+        raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            await resp.aclose()
+        call.finish(status, time.perf_counter() - call.sent_at, ttft_s=ttft,
+                    prompt_tokens=scanner.prompt_tokens, completion_tokens=scanner.completion_tokens,
+                    error=error)
+
+
+async def _passthrough(request: Request, up: UpstreamConfig, path: str, raw: bytes) -> Response:
+    """Forward a request for a model no experiment matches, unchanged and unlogged."""
+    runtime: Runtime = request.app.state.runtime
+    client = runtime.clients.client_for(up)
+    req = client.build_request("POST", up.base_url + path, content=raw,
+                               headers=upstream_headers(up, str(uuid.uuid4())))
+    try:
+        resp = await call_until_disconnect(request, client.send(req, stream=True), up.timeout_s)
+    except ClientDisconnected:
+        return Response(status_code=499)
+    except httpx.TimeoutException:
+        raise UpstreamError("the passthrough endpoint did not answer in time", status_code=504,
+                            code="upstream_timeout") from None
+    except httpx.HTTPError as exc:
+        raise UpstreamError(f"the passthrough endpoint is unreachable ({type(exc).__name__})",
+                            code="upstream_unreachable") from None
+
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in resp.aiter_raw():
+                yield chunk
+        except httpx.HTTPError:
+            return
+        finally:
+            with anyio.CancelScope(shield=True):
+                await resp.aclose()
+
+    return StreamingResponse(relay(), status_code=resp.status_code,
+                             media_type=resp.headers.get("content-type", "application/json"))
+

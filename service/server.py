@@ -1,0 +1,110 @@
+"""Running the proxy: one worker in-process, or N worker processes under a small supervisor.
+
+With ``--workers N`` the supervisor binds the listening socket once, starts N
+worker processes that share it, and sets ``PROMETHEUS_MULTIPROC_DIR`` so that
+``/metrics`` on any worker aggregates all of them. SIGHUP is forwarded to every
+worker, and each reloads the config in place (an invalid file is refused with a
+log line; the old config stays). SIGTERM/SIGINT stop the workers gracefully. A
+worker that dies is replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import uvicorn
+
+log = logging.getLogger(__name__)
+
+
+def _uvicorn_config(app: object, host: str, port: int, graceful_s: float, factory: bool = False) -> uvicorn.Config:
+    return uvicorn.Config(app, host=host, port=port, factory=factory, log_level="info", access_log=False,
+                          timeout_graceful_shutdown=int(graceful_s) or None, lifespan="on",
+                          loop="auto", http="auto")
+
+
+def serve_single(config_path: str, host: str, port: int) -> None:
+    """Run one proxy worker in this process until SIGTERM/SIGINT."""
+    from .app import create_app
+    from .config import load_config
+
+    config = load_config(config_path)
+    app = create_app(config, config_path)
+    uvicorn.Server(_uvicorn_config(app, host, port, config.proxy.graceful_shutdown_s)).run()
+
+
+def _worker_main(config_path: str, sock: socket.socket, index: int, graceful_s: float) -> None:
+    os.environ["SPLITWATCH_CONFIG"] = config_path
+    os.environ["SPLITWATCH_WORKER_INDEX"] = str(index)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker-{index} %(levelname)s %(name)s: %(message)s")
+    cfg = _uvicorn_config("service.app:app_from_env", "", 0, graceful_s, factory=True)
+    uvicorn.Server(cfg).run(sockets=[sock])
+
+
+def serve_workers(config_path: str, host: str, port: int, workers: int) -> None:
+    """Run ``workers`` proxy processes on one socket under this supervising process."""
+    from .config import load_config
+
+    config = load_config(config_path)  # fail fast, with the field named, before forking anything
+    metrics_dir = tempfile.mkdtemp(prefix="splitwatch-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    ctx = multiprocessing.get_context("spawn")
+    procs: dict[int, multiprocessing.process.BaseProcess] = {}
+    stopping = False
+
+    def start(index: int) -> None:
+        p = ctx.Process(target=_worker_main, args=(config_path, sock, index, config.proxy.graceful_shutdown_s),
+                        name=f"splitwatch-worker-{index}")
+        p.start()
+        procs[index] = p
+
+    def on_hup(signum: int, frame: object) -> None:
+        log.info("SIGHUP: asking %d workers to reload %s", len(procs), config_path)
+        for p in procs.values():
+            if p.pid:
+                os.kill(p.pid, signal.SIGHUP)
+
+    def on_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGHUP, on_hup)
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    log.info("splitwatch proxy: %d workers on http://%s:%d", workers, host, sock.getsockname()[1])
+    for i in range(workers):
+        start(i)
+    try:
+        while not stopping:
+            time.sleep(0.2)
+            for i, p in list(procs.items()):
+                if not p.is_alive() and not stopping:
+                    log.error("worker %d exited with %s; starting a new one", i, p.exitcode)
+                    from prometheus_client import multiprocess
+
+                    multiprocess.mark_process_dead(p.pid)
+                    start(i)
+    finally:
+        for p in procs.values():
+            if p.is_alive() and p.pid:
+                os.kill(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + config.proxy.graceful_shutdown_s + 15
+        for p in procs.values():
+            p.join(max(0.1, deadline - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+        sock.close()
+        shutil.rmtree(Path(metrics_dir), ignore_errors=True)

@@ -1,0 +1,214 @@
+"""A small OpenAI-compatible model server for tests, the demo and benchmarks.
+
+It answers ``/v1/chat/completions`` and ``/v1/completions`` (JSON or SSE stream)
+with deterministic text and a ``usage`` block, after a configurable latency.
+Per-request behaviour can be set through the request's ``metadata`` object,
+which the proxy passes through untouched::
+
+    {"metadata": {"stub_status": "503", "stub_latency_ms": "200", "stub_tokens": "12",
+                  "stub_error_body": "plain"}}
+
+``GET /stats`` reports how many requests it served, how many streams the client
+cut short, and the model names it was asked for. It is a raw ASGI app (no
+framework) so that it costs little next to the proxy in benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+ASGIScope = dict[str, Any]
+
+
+@dataclass
+class StubSettings:
+    """Default behaviour of a stub server; the request's metadata can override it."""
+
+    name: str = "stub"
+    latency_ms: float = 0.0
+    token_delay_ms: float = 0.0
+    completion_tokens: int = 8
+    status: int = 200
+    fail_rate: float = 0.0
+
+
+@dataclass
+class StubStats:
+    requests: int = 0
+    streams_started: int = 0
+    streams_completed: int = 0
+    streams_cancelled: int = 0
+    requests_cancelled: int = 0
+    models: Counter[str] = field(default_factory=Counter)
+    users: Counter[str] = field(default_factory=Counter)
+
+
+def _prompt_words(body: dict[str, Any]) -> int:
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        return sum(len(str(m.get("content", "")).split()) for m in messages if isinstance(m, dict))
+    return len(str(body.get("prompt", "")).split())
+
+
+class StubModelApp:
+    """The ASGI application; see the module docstring."""
+
+    def __init__(self, settings: StubSettings) -> None:
+        self.settings = settings
+        self.stats = StubStats()
+        self._counter = 0
+
+    async def __call__(self, scope: ASGIScope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        path, method = scope["path"], scope["method"]
+        if method == "GET" and path == "/stats":
+            s = self.stats
+            await self._json(send, 200, {
+                "name": self.settings.name, "requests": s.requests, "streams_started": s.streams_started,
+                "streams_completed": s.streams_completed, "streams_cancelled": s.streams_cancelled,
+                "requests_cancelled": s.requests_cancelled, "models": dict(s.models), "users": dict(s.users)})
+            return
+        if method == "GET" and path == "/v1/models":
+            await self._json(send, 200, {"object": "list", "data": [{"id": self.settings.name, "object": "model"}]})
+            return
+        if method != "POST" or path not in ("/v1/chat/completions", "/v1/completions"):
+            await self._json(send, 404, {"error": {"message": f"no route {method} {path}", "type": "not_found",
+                                                   "param": None, "code": None}})
+            return
+        raw = b""
+        while True:
+            msg = await receive()
+            raw += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        body = orjson.loads(raw)
+        await self._complete(scope, receive, send, body, chat=path.endswith("chat/completions"))
+
+    async def _json(self, send: Any, status: int, obj: Any, ctype: bytes = b"application/json") -> None:
+        data = obj if isinstance(obj, bytes) else orjson.dumps(obj)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", ctype), (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
+
+    async def _complete(self, scope: ASGIScope, receive: Any, send: Any, body: dict[str, Any], chat: bool) -> None:
+        s = self.settings
+        meta = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+        self.stats.requests += 1
+        self.stats.models[str(body.get("model"))] += 1
+        if isinstance(body.get("user"), str):
+            self.stats.users[body["user"]] += 1
+        self._counter += 1
+        status = int(meta.get("stub_status", s.status))
+        if status == 200 and s.fail_rate and random.random() < s.fail_rate:
+            status = 500
+        latency = float(meta.get("stub_latency_ms", s.latency_ms)) / 1000
+        tokens = int(meta.get("stub_tokens", s.completion_tokens))
+        if latency:
+            try:
+                await asyncio.sleep(latency)
+            except asyncio.CancelledError:
+                self.stats.requests_cancelled += 1
+                raise
+        if status != 200:
+            if meta.get("stub_error_body") == "plain":
+                await self._json(send, status, b"<html>upstream exploded</html>", b"text/html")
+            else:
+                await self._json(send, status, {"error": {"message": f"stub {s.name} failed on purpose",
+                                                          "type": "server_error", "param": None,
+                                                          "code": "stub_failure"}})
+            return
+        created = int(time.time())
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{s.name}-{self._counter}"
+        words = [f"{s.name}-w{i}" for i in range(tokens)]
+        usage = {"prompt_tokens": _prompt_words(body), "completion_tokens": tokens,
+                 "total_tokens": _prompt_words(body) + tokens}
+        model = body.get("model")
+        if not body.get("stream"):
+            text = " ".join(words)
+            if chat:
+                choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
+                                          "finish_reason": "stop", "logprobs": None}
+                obj = "chat.completion"
+            else:
+                choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
+                obj = "text_completion"
+            await self._json(send, 200, {"id": rid, "object": obj, "created": created, "model": model,
+                                         "system_fingerprint": s.name, "choices": [choice], "usage": usage})
+            return
+        await self._stream(send, rid, created, model, words, usage, chat, body)
+
+    async def _stream(self, send: Any, rid: str, created: int, model: Any, words: list[str],
+                      usage: dict[str, int], chat: bool, body: dict[str, Any]) -> None:
+        s = self.settings
+        self.stats.streams_started += 1
+        obj = "chat.completion.chunk" if chat else "text_completion"
+
+        def chunk(i: int, word: str | None, finish: str | None) -> bytes:
+            if chat:
+                delta: dict[str, Any] = {} if word is None else {"content": word if i == 0 else " " + word}
+                if i == 0:
+                    delta["role"] = "assistant"
+                choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+            else:
+                choice = {"index": 0, "text": "" if word is None else (word if i == 0 else " " + word),
+                          "finish_reason": finish, "logprobs": None}
+            payload = {"id": rid, "object": obj, "created": created, "model": model, "system_fingerprint": s.name,
+                       "choices": [choice]}
+            return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+        try:
+            for i, w in enumerate(words):
+                if i and s.token_delay_ms:
+                    await asyncio.sleep(s.token_delay_ms / 1000)
+                await send({"type": "http.response.body", "body": chunk(i, w, None), "more_body": True})
+            tail = chunk(len(words), None, "stop")
+            opts = body.get("stream_options")
+            if isinstance(opts, dict) and opts.get("include_usage"):
+                tail += b"data: " + orjson.dumps({"id": rid, "object": obj, "created": created, "model": model,
+                                                  "choices": [], "usage": usage}) + b"\n\n"
+            tail += b"data: [DONE]\n\n"
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+            self.stats.streams_completed += 1
+        except (asyncio.CancelledError, OSError):
+            self.stats.streams_cancelled += 1
+            raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run a stub model server (``python -m service.stub_model --port P``)."""
+    import uvicorn
+
+    p = argparse.ArgumentParser(prog="splitwatch stub-model", description=__doc__.split("\n\n")[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8001)
+    p.add_argument("--name", default="stub")
+    p.add_argument("--latency-ms", type=float, default=0.0)
+    p.add_argument("--token-delay-ms", type=float, default=0.0)
+    p.add_argument("--completion-tokens", type=int, default=8)
+    p.add_argument("--status", type=int, default=200)
+    p.add_argument("--fail-rate", type=float, default=0.0)
+    a = p.parse_args(argv)
+    app = StubModelApp(StubSettings(a.name, a.latency_ms, a.token_delay_ms, a.completion_tokens, a.status,
+                                    a.fail_rate))
+    uvicorn.run(app, host=a.host, port=a.port, log_level="warning", access_log=False, lifespan="on")
+
+
+if __name__ == "__main__":
+    main()

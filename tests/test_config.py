@@ -1,0 +1,116 @@
+"""Config validation: errors name the bad field; SPLITWATCH_* overrides; `splitwatch config check`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from service.config import ConfigError, load_config, parse_config
+
+GOOD = {
+    "kafka": {"bootstrap_servers": "127.0.0.1:9092"},
+    "experiments": [{
+        "key": "support-ft", "model": "support-bot",
+        "arms": [{"name": "base", "weight": 50, "upstream": {"base_url": "http://a/v1", "model": "m1"}},
+                 {"name": "finetuned", "weight": 50, "upstream": {"base_url": "http://b/v1", "model": "m2"}}],
+        "metrics": [{"name": "resolved", "kind": "binary"}],
+    }],
+}
+
+
+def _with(path: str, value: object) -> dict:
+    import copy
+
+    data = copy.deepcopy(GOOD)
+    node = data
+    parts = path.split(".")
+    for p in parts[:-1]:
+        node = node[int(p)] if p.isdigit() else node[p]
+    node[int(parts[-1]) if parts[-1].isdigit() else parts[-1]] = value
+    return data
+
+
+def test_design_example_is_valid() -> None:
+    cfg = parse_config(GOOD, environ={})
+    exp = cfg.experiments[0]
+    assert exp.salt is None and exp.effective_salt == "support-ft"
+    assert exp.control.name == "base"
+    assert cfg.kafka.topic == "splitwatch.events"
+    assert cfg.proxy.max_body_bytes == 1_048_576 and cfg.proxy.require_unit is False
+
+
+@pytest.mark.parametrize(("path", "value", "field"), [
+    ("experiments.0.coverage", 1.5, "experiments.0.coverage"),
+    ("experiments.0.arms.0.weight", -1, "experiments.0.arms.0.weight"),
+    ("experiments.0.arms.1.upstream.base_url", "ftp://x", "experiments.0.arms.1.upstream.base_url"),
+    ("experiments.0.status", "stopped", "experiments.0.status"),
+    ("experiments.0.metrics.0.kind", "median", "experiments.0.metrics.0.kind"),
+    ("kafka.bogus", 1, "kafka.bogus"),
+    ("experiments.0.phase", 0, "experiments.0.phase"),
+    ("experiments.0.arms.1.name", "unassigned", "experiments.0.arms.1.name"),
+])
+def test_errors_name_the_bad_field(path: str, value: object, field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(_with(path, value), environ={})
+    assert field in str(err.value)
+
+
+def test_duplicate_arms_and_single_arm_are_refused() -> None:
+    arms = GOOD["experiments"][0]["arms"]
+    with pytest.raises(ConfigError, match="unique"):
+        parse_config(_with("experiments.0.arms", [arms[0], arms[0]]), environ={})
+    with pytest.raises(ConfigError, match="experiments.0.arms"):
+        parse_config(_with("experiments.0.arms", [arms[0]]), environ={})
+
+
+def test_env_overrides_keep_types_and_reach_list_items() -> None:
+    env = {"SPLITWATCH_KAFKA__BOOTSTRAP_SERVERS": "broker:9093", "SPLITWATCH_PROXY__REQUIRE_UNIT": "true",
+           "SPLITWATCH_EXPERIMENTS__0__COVERAGE": "0.25", "SPLITWATCH_EXPERIMENTS__0__STATUS": "paused",
+           "SPLITWATCH_ADMIN_TOKEN": "not-an-override"}
+    cfg = parse_config(_with("proxy", {}), environ=env)
+    assert cfg.kafka.bootstrap_servers == "broker:9093"
+    assert cfg.proxy.require_unit is True
+    assert cfg.experiments[0].coverage == 0.25 and cfg.experiments[0].status == "paused"
+
+
+def test_env_override_errors_name_the_variable_or_field() -> None:
+    with pytest.raises(ConfigError, match="SPLITWATCH_EXPERIMENTS__3__STATUS"):
+        parse_config(GOOD, environ={"SPLITWATCH_EXPERIMENTS__3__STATUS": "paused"})
+    with pytest.raises(ConfigError, match=r"kafka\.bootstrap_server: unknown field"):
+        parse_config(GOOD, environ={"SPLITWATCH_KAFKA__BOOTSTRAP_SERVER": "x:1"})
+    with pytest.raises(ConfigError, match="proxy.require_unit"):
+        parse_config(GOOD, environ={"SPLITWATCH_PROXY__REQUIRE_UNIT": "maybe"})
+
+
+def test_phase_changes_the_salt() -> None:
+    cfg = parse_config(_with("experiments.0.phase", 3), environ={})
+    assert cfg.experiments[0].effective_salt == "support-ft:phase3"
+
+
+def test_cli_config_check(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(GOOD))
+    ok = subprocess.run([sys.executable, "-m", "service.cli", "config", "check", str(good)],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "support-ft" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(_with("experiments.0.coverage", 2)))
+    res = subprocess.run([sys.executable, "-m", "service.cli", "config", "check", str(bad)],
+                         capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "experiments.0.coverage" in res.stderr and "Traceback" not in res.stderr
+    missing = subprocess.run([sys.executable, "-m", "service.cli", "config", "check", str(tmp_path / "nope.yaml")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+def test_invalid_yaml_is_reported(tmp_path: Path) -> None:
+    p = tmp_path / "x.yaml"
+    p.write_text("kafka: [unclosed")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(p, environ={})
