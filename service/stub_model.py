@@ -99,6 +99,20 @@ class StubModelApp:
         body = orjson.loads(raw)
         await self._complete(scope, receive, send, body, chat=path.endswith("chat/completions"))
 
+    @staticmethod
+    async def _client_left_within(receive: Any, seconds: float) -> bool:
+        """Wait ``seconds``; return True early if the client disconnects meanwhile."""
+
+        async def disconnected() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        try:
+            await asyncio.wait_for(disconnected(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
     async def _json(self, send: Any, status: int, obj: Any, ctype: bytes = b"application/json") -> None:
         data = obj if isinstance(obj, bytes) else orjson.dumps(obj)
         await send({"type": "http.response.start", "status": status,
@@ -118,12 +132,9 @@ class StubModelApp:
             status = 500
         latency = float(meta.get("stub_latency_ms", s.latency_ms)) / 1000
         tokens = int(meta.get("stub_tokens", s.completion_tokens))
-        if latency:
-            try:
-                await asyncio.sleep(latency)
-            except asyncio.CancelledError:
-                self.stats.requests_cancelled += 1
-                raise
+        if latency and await self._client_left_within(receive, latency):
+            self.stats.requests_cancelled += 1
+            return
         if status != 200:
             if meta.get("stub_error_body") == "plain":
                 await self._json(send, status, b"<html>upstream exploded</html>", b"text/html")
@@ -150,9 +161,9 @@ class StubModelApp:
             await self._json(send, 200, {"id": rid, "object": obj, "created": created, "model": model,
                                          "system_fingerprint": s.name, "choices": [choice], "usage": usage})
             return
-        await self._stream(send, rid, created, model, words, usage, chat, body)
+        await self._stream(receive, send, rid, created, model, words, usage, chat, body)
 
-    async def _stream(self, send: Any, rid: str, created: int, model: Any, words: list[str],
+    async def _stream(self, receive: Any, send: Any, rid: str, created: int, model: Any, words: list[str],
                       usage: dict[str, int], chat: bool, body: dict[str, Any]) -> None:
         s = self.settings
         self.stats.streams_started += 1
@@ -173,10 +184,15 @@ class StubModelApp:
 
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+        # uvicorn drops sends after a disconnect without telling the app: watch for it ourselves.
+        gone = asyncio.ensure_future(self._client_left_within(receive, 3600))
         try:
             for i, w in enumerate(words):
                 if i and s.token_delay_ms:
                     await asyncio.sleep(s.token_delay_ms / 1000)
+                if gone.done():
+                    self.stats.streams_cancelled += 1
+                    return
                 await send({"type": "http.response.body", "body": chunk(i, w, None), "more_body": True})
             tail = chunk(len(words), None, "stop")
             opts = body.get("stream_options")
@@ -189,6 +205,8 @@ class StubModelApp:
         except (asyncio.CancelledError, OSError):
             self.stats.streams_cancelled += 1
             raise
+        finally:
+            gone.cancel()
 
 
 def main(argv: list[str] | None = None) -> None:

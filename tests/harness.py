@@ -156,6 +156,7 @@ class Proxy(ManagedProcess):
                  env: dict[str, str] | None = None, port: int | None = None) -> None:
         self.port = port or free_port()
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.config = config
         self.config_path = workdir / f"proxy-{self.port}.yaml"
         self.write_config(config)

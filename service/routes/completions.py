@@ -193,12 +193,16 @@ def _error_kind(status: int) -> str | None:
     return None
 
 
-def _wrap_upstream_error(status: int, content: bytes) -> bytes:
-    """Return the upstream's error body if it is OpenAI-style, else an OpenAI body that says what happened."""
-    if is_openai_error(content):
-        return content
-    return error_body(f"the upstream model endpoint answered HTTP {status}", "upstream_error",
-                      code="upstream_error")
+def _passed_through(resp: httpx.Response, content: bytes, headers: dict[str, str]) -> Response:
+    """Return the upstream's answer unchanged, except a 5xx whose body is not an OpenAI error:
+    that one is replaced by an OpenAI body (same status) so that clients can parse it."""
+    status = resp.status_code
+    if status >= 500 and not is_openai_error(content):
+        return Response(error_body(f"the upstream model endpoint answered HTTP {status}", "upstream_error",
+                                   code="upstream_error"), status_code=status, headers=headers,
+                        media_type="application/json")
+    return Response(content, status_code=status, headers=headers,
+                    media_type=resp.headers.get("content-type", "application/json"))
 
 
 async def _open_upstream(request: Request, call: _Call, up: UpstreamConfig,
@@ -244,13 +248,10 @@ async def _forward(request: Request, call: _Call, arm: ArmConfig, path: str, pay
         ptok, ctok = usage_of(parsed)
         if call.log_text and isinstance(parsed, dict):
             text = _completion_text(parsed)
-    elif status >= 500:
-        content = _wrap_upstream_error(status, content)
     call.finish(status, upstream_s, prompt_tokens=ptok, completion_tokens=ctok, error=_error_kind(status),
                 text=text)
     metrics.PROXY_OVERHEAD.observe(time.perf_counter() - call.started - upstream_s)
-    return Response(content, status_code=status, headers=headers,
-                    media_type=resp.headers.get("content-type", "application/json"))
+    return _passed_through(resp, content, headers)
 
 
 def _completion_text(obj: dict[str, Any]) -> str | None:
@@ -281,10 +282,7 @@ async def _forward_stream(request: Request, call: _Call, arm: ArmConfig, path: s
         upstream_s = time.perf_counter() - call.sent_at
         status = resp.status_code
         call.finish(status, upstream_s, error=_error_kind(status))
-        if status >= 500:
-            content = _wrap_upstream_error(status, content)
-        return Response(content, status_code=status, headers=headers,
-                        media_type=resp.headers.get("content-type", "application/json"))
+        return _passed_through(resp, content, headers)
     metrics.PROXY_OVERHEAD.observe(call.sent_at - call.started)
     return StreamingResponse(_relay(call, resp), status_code=resp.status_code, headers=headers,
                              media_type=resp.headers.get("content-type", "text/event-stream"))

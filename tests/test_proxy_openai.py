@@ -1,0 +1,171 @@
+"""The official openai client through a real proxy process, and the events that reach the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import httpx
+import openai
+
+from service.assignment import bucket_of
+from tests.harness import read_events, unique_by_event_id
+
+
+def _client(proxy) -> openai.OpenAI:
+    return openai.OpenAI(base_url=proxy.url + "/v1", api_key="unused", max_retries=0)
+
+
+def _expected_arm(unit: str) -> str:
+    return "base" if bucket_of("support-ft", unit) < 5000 else "finetuned"
+
+
+def test_sync_chat_and_completions_reach_the_units_arm(start_proxy, stubs) -> None:
+    proxy = start_proxy()
+    client = _client(proxy)
+    before = {s.name: s.stats()["models"] for s in stubs}
+    units = [f"user-{i}" for i in range(12)]
+    assert {_expected_arm(u) for u in units} == {"base", "finetuned"}
+    for unit in units:
+        raw = client.chat.completions.with_raw_response.create(
+            model="support-bot", messages=[{"role": "user", "content": "Where is my parcel?"}], user=unit)
+        reply = raw.parse()
+        arm = raw.headers["x-splitwatch-arm"]
+        assert arm == _expected_arm(unit)
+        assert raw.headers["x-splitwatch-experiment"] == "support-ft"
+        assert raw.headers["x-splitwatch-request-id"]
+        stub_name = "base" if arm == "base" else "ft"
+        assert reply.choices[0].message.content.startswith(f"{stub_name}-w0")
+        assert reply.usage is not None and reply.usage.completion_tokens == 8
+        text = client.completions.create(model="support-bot", prompt="hello", user=unit)
+        assert text.choices[0].text.startswith(f"{stub_name}-w0")
+    # The upstream saw its own model name, never the requested one.
+    after = {s.name: s.stats()["models"] for s in stubs}
+    assert after["base"].get("support-bot") is None and after["ft"].get("support-bot") is None
+    assert after["base"].get("llama-base", 0) > before["base"].get("llama-base", 0)
+    assert after["ft"].get("llama-ft", 0) > before["ft"].get("llama-ft", 0)
+
+
+def test_streaming_sync_and_async(start_proxy) -> None:
+    proxy = start_proxy()
+    client = _client(proxy)
+    stream = client.chat.completions.create(
+        model="support-bot", messages=[{"role": "user", "content": "hi"}], user="stream-user", stream=True,
+        stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    prefix = "base" if _expected_arm("stream-user") == "base" else "ft"
+    assert text == " ".join(f"{prefix}-w{i}" for i in range(8))
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
+
+    async def run_async() -> tuple[str, str]:
+        aclient = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="unused", max_retries=0)
+        resp = await aclient.chat.completions.create(
+            model="support-bot", messages=[{"role": "user", "content": "hi"}], user="async-user")
+        parts = []
+        async for chunk in await aclient.chat.completions.create(
+                model="support-bot", messages=[{"role": "user", "content": "hi"}], user="async-user",
+                stream=True):
+            if chunk.choices:
+                parts.append(chunk.choices[0].delta.content or "")
+        await aclient.close()
+        return resp.choices[0].message.content, "".join(parts)
+
+    whole, streamed = asyncio.run(run_async())
+    assert whole == streamed and whole.split()[0].endswith("-w0")
+
+
+def test_events_match_requests_one_to_one(start_proxy, broker, topic) -> None:
+    proxy = start_proxy()
+    client = _client(proxy)
+    sent: dict[str, tuple[str, str, bool]] = {}
+    for i in range(60):
+        unit = f"evt-unit-{i % 20}"
+        stream = i % 3 == 0
+        if stream:
+            raw = client.chat.completions.with_streaming_response.create(
+                model="support-bot", messages=[{"role": "user", "content": f"zebraquokka {i}?"}], user=unit,
+                stream=True, stream_options={"include_usage": True})
+            with raw as r:
+                rid, arm = r.headers["x-splitwatch-request-id"], r.headers["x-splitwatch-arm"]
+                for _ in r.iter_lines():
+                    pass
+        else:
+            r = client.chat.completions.with_raw_response.create(
+                model="support-bot", messages=[{"role": "user", "content": f"zebraquokka {i}?"}], user=unit)
+            rid, arm = r.headers["x-splitwatch-request-id"], r.headers["x-splitwatch-arm"]
+        sent[rid] = (unit, arm, stream)
+    outcome = httpx.post(proxy.url + "/v1/outcomes", json=[
+        {"experiment": "support-ft", "unit_id": "evt-unit-1", "metric": "resolved", "value": 1},
+        {"experiment": "support-ft", "unit_id": "evt-unit-2", "metric": "csat", "value": 4.5,
+         "event_id": "client-chosen-id-1"}])
+    assert outcome.status_code == 202, outcome.text
+    assert outcome.json()["accepted"] == 2 and "client-chosen-id-1" in outcome.json()["event_ids"]
+
+    events = unique_by_event_id(read_events(broker.bootstrap, topic, expect=2 * 60 + 2))
+    by_type = Counter(e["type"] for e in events.values())
+    assert by_type == {"exposure": 60, "response": 60, "outcome": 2}
+    exposures = {e["request_id"]: e for e in events.values() if e["type"] == "exposure"}
+    responses = {e["request_id"]: e for e in events.values() if e["type"] == "response"}
+    assert set(exposures) == set(sent) == set(responses)
+    for rid, (unit, arm, stream) in sent.items():
+        ex, rs = exposures[rid], responses[rid]
+        assert (ex["unit_id"], ex["arm"], ex["experiment"], ex["phase"]) == (unit, arm, "support-ft", 1)
+        assert ex["_key"] == unit and rs["_key"] == unit  # keyed by unit: one unit's events stay ordered
+        assert ex["upstream_model"] == ("llama-base" if arm == "base" else "llama-ft")
+        assert ex["requested_model"] == "support-bot" and ex["forced"] is False
+        assert ex["features"]["is_question"] == 1.0 and ex["features"]["messages"] == 1.0
+        assert (rs["status_code"], rs["stream"], rs["arm"]) == (200, stream, arm)
+        assert rs["completion_tokens"] == 8 and rs["latency_ms"] > 0
+        assert (rs["ttft_ms"] is not None) == stream
+        # Prompt and completion text are never shipped by default.
+        assert "text" not in ex and "text" not in rs and "zebraquokka" not in str(ex) + str(rs)
+    outcomes = [e for e in events.values() if e["type"] == "outcome"]
+    assert {(o["unit_id"], o["metric"], o["value"]) for o in outcomes} == {
+        ("evt-unit-1", "resolved", 1.0), ("evt-unit-2", "csat", 4.5)}
+    assert {o["arm"] for o in outcomes if o["unit_id"] == "evt-unit-1"} == {_expected_arm("evt-unit-1")}
+
+
+def test_same_unit_same_arm_across_restarts_and_instances(start_proxy, tmp_path) -> None:
+    units = [f"sticky-{i}" for i in range(40)]
+
+    def arms(proxy) -> dict[str, str]:
+        return {u: httpx.get(f"{proxy.url}/v1/assignments/{u}").json()["assignments"][0]["arm"] for u in units}
+
+    def served(proxy) -> dict[str, str]:
+        client = _client(proxy)
+        return {u: client.chat.completions.with_raw_response.create(
+            model="support-bot", messages=[{"role": "user", "content": "x"}], user=u).headers["x-splitwatch-arm"]
+            for u in units}
+
+    first = start_proxy(workdir=tmp_path / "a")
+    a1 = served(first)
+    second = start_proxy(workdir=tmp_path / "b")
+    assert served(second) == a1 == arms(second)
+    first.stop()
+    first.start()
+    assert served(first) == a1
+    assert a1 == {u: _expected_arm(u) for u in units}
+    assert set(a1.values()) == {"base", "finetuned"}
+
+
+def test_unit_from_header_forced_arm_and_no_unit(start_proxy, broker, topic) -> None:
+    proxy = start_proxy()
+    url = proxy.url + "/v1/chat/completions"
+    body = {"model": "support-bot", "messages": [{"role": "user", "content": "hi"}]}
+    r = httpx.post(url, json=body, headers={"X-Splitwatch-Unit": "header-unit"})
+    assert r.status_code == 200 and r.headers["x-splitwatch-arm"] == _expected_arm("header-unit")
+    forced_arm = "finetuned" if _expected_arm("header-unit") == "base" else "base"
+    f = httpx.post(url, json=body, headers={"X-Splitwatch-Unit": "header-unit", "X-Splitwatch-Force-Arm": forced_arm})
+    assert f.status_code == 200 and f.headers["x-splitwatch-arm"] == forced_arm
+    assert f.headers["x-splitwatch-excluded"] == "forced"
+    n = httpx.post(url, json=body)
+    assert n.status_code == 200 and n.headers["x-splitwatch-arm"] == "base"
+    assert n.headers["x-splitwatch-excluded"] == "no_unit"
+    events = list(unique_by_event_id(read_events(broker.bootstrap, topic, expect=4)).values())
+    exposures = [e for e in events if e["type"] == "exposure"]
+    assert len(exposures) == 2  # the request with no unit is not an exposure
+    assert {(e["unit_id"], e["forced"], e["arm"]) for e in exposures} == {
+        ("header-unit", False, _expected_arm("header-unit")), ("header-unit", True, forced_arm)}
+    metrics = httpx.get(proxy.url + "/metrics").text
+    assert 'splitwatch_unassigned_requests_total{experiment="support-ft",reason="no_unit"} 1.0' in metrics
