@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -27,7 +28,8 @@ async def readyz(request: Request) -> dict[str, Any]:
     kafka = None if pub is None else {
         "connected": pub.connected, "queued": pub.queued, "spooled": pub.spooled,
         "dropped": pub.dropped, "last_error": pub.last_error}
-    return {"status": "ready", "experiments": len(runtime.config.experiments), "kafka": kafka}
+    return {"status": "ready", "experiments": len(runtime.config.experiments), "kafka": kafka,
+            "worker": int(os.environ.get("SPLITWATCH_WORKER_INDEX", "0")), "pid": os.getpid()}
 
 
 @router.get("/metrics")
