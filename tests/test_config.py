@@ -63,7 +63,7 @@ def test_duplicate_arms_and_single_arm_are_refused() -> None:
     arms = GOOD["experiments"][0]["arms"]
     with pytest.raises(ConfigError, match="unique"):
         parse_config(_with("experiments.0.arms", [arms[0], arms[0]]), environ={})
-    with pytest.raises(ConfigError, match="experiments.0.arms"):
+    with pytest.raises(ConfigError, match=r"experiments\.0\.arms"):
         parse_config(_with("experiments.0.arms", [arms[0]]), environ={})
 
 
@@ -82,7 +82,7 @@ def test_env_override_errors_name_the_variable_or_field() -> None:
         parse_config(GOOD, environ={"SPLITWATCH_EXPERIMENTS__3__STATUS": "paused"})
     with pytest.raises(ConfigError, match=r"kafka\.bootstrap_server: unknown field"):
         parse_config(GOOD, environ={"SPLITWATCH_KAFKA__BOOTSTRAP_SERVER": "x:1"})
-    with pytest.raises(ConfigError, match="proxy.require_unit"):
+    with pytest.raises(ConfigError, match=r"proxy\.require_unit"):
         parse_config(GOOD, environ={"SPLITWATCH_PROXY__REQUIRE_UNIT": "maybe"})
 
 
