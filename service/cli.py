@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from .config import ConfigError, load_config
+from .logs import configure_logging
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the ``splitwatch`` command line; exit 2 with a message naming the bad field on config errors."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["stub-model"]:
         from .stub_model import main as stub_main

@@ -143,7 +143,8 @@ class KafkaConfig(_Strict):
     batch_max_events: int = Field(2_000, ge=1)
     linger_ms: int = Field(20, ge=0)
     request_timeout_ms: int = Field(10_000, ge=100)
-    reconnect_backoff_ms: int = Field(1_000, ge=10)
+    reconnect_backoff_ms: int = Field(500, ge=10)
+    reconnect_backoff_max_ms: int = Field(10_000, ge=10)
     topic_partitions: int = Field(6, ge=1)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: str | None = None

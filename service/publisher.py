@@ -101,18 +101,24 @@ class KafkaSink:
 
 
 class EventPublisher:
-    """Bounded queue + sender thread + spool; see the module docstring."""
+    """Bounded queue, spool writer thread and Kafka shipper thread; see the module docstring.
+
+    The writer moves the queue to disk every ``linger_ms`` whatever Kafka does, so an outage
+    never leaves events waiting in memory; the shipper alone waits on Kafka. They share the
+    spool under a lock that is never held while talking to Kafka.
+    """
 
     def __init__(self, cfg: KafkaConfig, spool_dir: str | Path | None = None, sink: Any = None) -> None:
         self.cfg = cfg
         self.spool_dir = Path(spool_dir or cfg.spool.dir)
         self._queue: deque[BaseModel] = deque()
-        self._wake = threading.Event()
+        self._wake_writer = threading.Event()
+        self._wake_shipper = threading.Event()
         self._stop = threading.Event()
-        self._stopped = threading.Event()
+        self._lock = threading.Lock()
         self._sink = sink or KafkaSink(cfg)
         self._spool: Spool | None = None
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self.connected = False
         self.last_error: str | None = None
         self.dropped = 0
@@ -131,7 +137,7 @@ class EventPublisher:
         self._queue.append(event)
         metrics.EVENTS_ENQUEUED.labels(event.type).inc()  # type: ignore[attr-defined]
         if len(self._queue) >= self.cfg.batch_max_events:
-            self._wake.set()
+            self._wake_writer.set()
         return True
 
     @property
@@ -146,52 +152,80 @@ class EventPublisher:
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
-        """Open the spool (taking its lock) and start the sender thread."""
+        """Open the spool (taking its lock) and start the writer and shipper threads."""
         self._spool = Spool(self.spool_dir, max_bytes=self.cfg.spool.max_bytes,
                             segment_bytes=self.cfg.spool.segment_bytes, fsync=self.cfg.spool.fsync,
                             fsync_interval_ms=self.cfg.spool.fsync_interval_ms,
                             full_policy=self.cfg.spool.full_policy)
-        self._thread = threading.Thread(target=self._run, name="splitwatch-event-sender", daemon=True)
-        self._thread.start()
+        self._set_connected(False)
+        self._threads = [threading.Thread(target=self._run_writer, name="splitwatch-spool-writer", daemon=True),
+                         threading.Thread(target=self._run_shipper, name="splitwatch-kafka-shipper", daemon=True)]
+        for t in self._threads:
+            t.start()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the sender: move the queue to the spool, try to deliver for up to ``timeout`` s, close."""
-        if self._thread is None:
+        """Stop: move the queue to the spool, try to deliver for up to ``timeout`` s, then close the spool."""
+        if not self._threads:
             return
         self._flush_deadline = time.monotonic() + timeout
         self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout + 5)
-        self._thread = None
+        self._wake_writer.set()
+        self._wake_shipper.set()
+        for t in self._threads:
+            t.join(timeout + 10)
+        self._threads = []
+        assert self._spool is not None
+        if self._spool.pending_events:
+            log.warning("shut down with %d events in the spool %s; they are sent at the next start",
+                        self._spool.pending_events, self.spool_dir)
+        self._update_gauges()
+        self._sink.close()
+        self._spool.close()
 
-    # -- sender thread ----------------------------------------------------------------------------
+    # -- writer thread ----------------------------------------------------------------------------
     def _drain_to_spool(self) -> None:
         assert self._spool is not None
         records: list[Record] = []
         while self._queue:
             ev = self._queue.popleft()
             records.append((ev.key(), ev.to_json()))  # type: ignore[attr-defined]
+        with self._lock:
+            dropped = self._spool.append(records) if records else 0
+            dropped += self._spool.take_dropped_oldest()
+            self._spool.tick()
+        if dropped:
+            self.dropped += dropped
+            metrics.EVENTS_DROPPED.labels("spool_full").inc(dropped)
         if records:
-            dropped = self._spool.append(records)
-            if dropped:
-                self.dropped += dropped
-                metrics.EVENTS_DROPPED.labels("spool_full").inc(dropped)
-        lost = self._spool.take_dropped_oldest()
-        if lost:
-            self.dropped += lost
-            metrics.EVENTS_DROPPED.labels("spool_full").inc(lost)
-        self._spool.tick()
+            self._wake_shipper.set()
 
+    def _run_writer(self) -> None:
+        linger = max(self.cfg.linger_ms / 1000, 0.001)
+        try:
+            while not self._stop.is_set():
+                self._wake_writer.wait(timeout=linger)
+                self._wake_writer.clear()
+                self._drain_to_spool()
+                self._update_gauges()
+            self._drain_to_spool()
+        except Exception:  # pragma: no cover - a bug here must be loud, not a silent stop of delivery
+            log.exception("spool writer crashed; events stay queued in memory")
+            raise
+        finally:
+            self._wake_shipper.set()
+
+    # -- shipper thread ---------------------------------------------------------------------------
     def _ship(self) -> bool:
         """Send one batch from the spool; return True when it was acknowledged (or there was nothing)."""
         assert self._spool is not None
-        records, pos = self._spool.read(self.cfg.batch_max_events)
+        with self._lock:
+            records, pos = self._spool.read(self.cfg.batch_max_events)
         if not records:
             return True
         t0 = time.perf_counter()
         try:
             self._sink.send(records)
-        except Exception as exc:
+        except Exception as exc:  # any failure means: keep the batch on disk, retry later
             name = type(exc).__name__
             metrics.EVENT_SEND_ERRORS.labels(name).inc()
             if self.connected or self.last_error != name:
@@ -199,18 +233,45 @@ class EventPublisher:
             self.last_error = name
             self._set_connected(False)
             self._next_attempt = time.monotonic() + self._backoff
-            self._backoff = min(self._backoff * 2, 30.0)
+            self._backoff = min(self._backoff * 2, self.cfg.reconnect_backoff_max_ms / 1000)
             return False
         metrics.EVENT_SEND_SECONDS.observe(time.perf_counter() - t0)
-        self._spool.commit(pos, len(records))
+        with self._lock:
+            self._spool.commit(pos, len(records))
         self.sent += len(records)
         metrics.EVENTS_SENT.inc(len(records))
         if not self.connected:
-            log.info("Kafka reachable; delivering %d spooled events", self._spool.pending_events)
+            log.info("Kafka reachable at %s; delivering spooled events", self.cfg.bootstrap_servers)
         self._set_connected(True)
         self._backoff = self.cfg.reconnect_backoff_ms / 1000
         return True
 
+    def _ship_pending(self) -> None:
+        """Ship batches until the spool is empty, a send fails (backoff), or stop is asked."""
+        assert self._spool is not None
+        while self._spool.pending_events and time.monotonic() >= self._next_attempt and not self._stop.is_set():
+            if not self._ship():
+                return
+
+    def _run_shipper(self) -> None:
+        assert self._spool is not None
+        try:
+            while not self._stop.is_set():
+                pending = self._spool.pending_events
+                wait = max(0.001, self._next_attempt - time.monotonic()) if pending else 1.0
+                self._wake_shipper.wait(timeout=wait)
+                self._wake_shipper.clear()
+                self._ship_pending()
+            # Shutdown: once the writer has moved the whole queue to disk, deliver until the deadline.
+            self._threads[0].join()
+            while self._spool.pending_events and time.monotonic() < self._flush_deadline:
+                if not self._ship():
+                    time.sleep(min(0.2, max(0.0, self._flush_deadline - time.monotonic())))
+        except Exception:  # pragma: no cover - a bug here must be loud, not a silent stop of delivery
+            log.exception("Kafka shipper crashed; events stay in the spool")
+            raise
+
+    # -- gauges -----------------------------------------------------------------------------------
     def _set_connected(self, value: bool) -> None:
         self.connected = value
         metrics.KAFKA_CONNECTED.set(1 if value else 0)
@@ -220,37 +281,6 @@ class EventPublisher:
         metrics.EVENTS_QUEUED.set(len(self._queue))
         metrics.EVENTS_SPOOLED.set(self._spool.pending_events)
         metrics.SPOOL_BYTES.set(self._spool.pending_bytes)
-
-    def _run(self) -> None:
-        assert self._spool is not None
-        linger = self.cfg.linger_ms / 1000
-        self._set_connected(False)
-        try:
-            while not self._stop.is_set():
-                self._wake.wait(timeout=max(linger, 0.001))
-                self._wake.clear()
-                self._drain_to_spool()
-                while self._spool.pending_events and time.monotonic() >= self._next_attempt:
-                    if not self._ship() or self._stop.is_set():
-                        break
-                    self._drain_to_spool()
-                self._update_gauges()
-            # Shutdown: everything queued goes to disk first, then as much as possible to Kafka.
-            self._drain_to_spool()
-            while self._spool.pending_events and time.monotonic() < self._flush_deadline:
-                if not self._ship():
-                    time.sleep(min(0.2, max(0.0, self._flush_deadline - time.monotonic())))
-            if self._spool.pending_events:
-                log.warning("shutting down with %d events in the spool %s; they are sent at the next start",
-                            self._spool.pending_events, self.spool_dir)
-            self._update_gauges()
-        except Exception:  # pragma: no cover - a bug here must be loud, not a silent stop of delivery
-            log.exception("event sender crashed; events stay queued in memory and on disk")
-            raise
-        finally:
-            self._sink.close()
-            self._spool.close()
-            self._stopped.set()
 
 
 def open_publisher(cfg: KafkaConfig, worker: int = 0) -> EventPublisher:

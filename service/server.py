@@ -22,6 +22,8 @@ from pathlib import Path
 
 import uvicorn
 
+from .logs import configure_logging
+
 log = logging.getLogger(__name__)
 
 
@@ -44,7 +46,7 @@ def serve_single(config_path: str, host: str, port: int) -> None:
 def _worker_main(config_path: str, sock: socket.socket, index: int, graceful_s: float) -> None:
     os.environ["SPLITWATCH_CONFIG"] = config_path
     os.environ["SPLITWATCH_WORKER_INDEX"] = str(index)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker-{index} %(levelname)s %(name)s: %(message)s")
+    configure_logging(index)
     cfg = _uvicorn_config("service.app:app_from_env", "", 0, graceful_s, factory=True)
     uvicorn.Server(cfg).run(sockets=[sock])
 

