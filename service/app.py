@@ -28,14 +28,14 @@ CONFIG_PATH_ENV = "SPLITWATCH_CONFIG"
 OVERRIDES_POLL_S = 1.0
 
 
-def create_app(config: Config, config_path: str | Path | None = None, *, kafka: bool = True,
+def create_app(config: Config, config_path: str | Path | None = None, *,
                publisher: EventPublisher | None = None) -> FastAPI:
-    """Return the proxy application; with ``kafka`` it opens its event publisher at start-up."""
+    """Return the proxy application; it opens its event publisher at start-up unless kafka.enabled is false."""
     runtime = Runtime(config, config_path, publisher)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if kafka and runtime.publisher is None:
+        if config.kafka.enabled and runtime.publisher is None:
             runtime.publisher = open_publisher(config.kafka, int(os.environ.get(WORKER_INDEX_ENV, "0")))
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):

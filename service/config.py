@@ -136,6 +136,7 @@ class SpoolConfig(_Strict):
 
 
 class KafkaConfig(_Strict):
+    enabled: bool = True  # false: publish no events at all (dry runs, benchmarks)
     bootstrap_servers: str = "127.0.0.1:9092"
     topic: str = Field("splitwatch.events", min_length=1)
     client_id: str = "splitwatch"

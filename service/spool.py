@@ -85,6 +85,7 @@ class Spool:
         self._consumed_records = 0  # records of the first segment before the cursor
         self._writer: int | None = None
         self._last_fsync = time.monotonic()
+        self._last_cursor_write = 0.0
         self._dirty = False
         self._load()
 
@@ -294,7 +295,18 @@ class Spool:
                 self._delete_first()
             self._consumed_records = records
         self._cursor = pos
-        self._write_cursor()
+        self._maybe_write_cursor()
+
+    def _maybe_write_cursor(self) -> None:
+        """Persist the cursor: at every commit with fsync "always", else at most once per fsync interval.
+
+        A cursor older than the last acknowledgement only makes the next start replay events that
+        Kafka already has: duplicates, which consumers drop by event_id, never a loss.
+        """
+        now = time.monotonic()
+        if self.fsync_policy == "always" or now - self._last_cursor_write >= self.fsync_interval_s:
+            self._write_cursor()
+            self._last_cursor_write = now
 
     def _write_cursor(self) -> None:
         tmp = self.dir / "cursor.tmp"

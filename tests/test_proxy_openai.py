@@ -169,3 +169,23 @@ def test_unit_from_header_forced_arm_and_no_unit(start_proxy, broker, topic) -> 
         ("header-unit", False, _expected_arm("header-unit")), ("header-unit", True, forced_arm)}
     metrics = httpx.get(proxy.url + "/metrics").text
     assert 'splitwatch_unassigned_requests_total{experiment="support-ft",reason="no_unit"} 1.0' in metrics
+
+
+def test_passthrough_serves_other_models_unlogged(start_proxy, stubs, broker, topic) -> None:
+    base = stubs[0]
+    proxy = start_proxy(passthrough={"base_url": base.base_url})
+    before = base.stats()["models"].get("gpt-other", 0)
+    r = httpx.post(proxy.url + "/v1/chat/completions", json={
+        "model": "gpt-other", "user": "pt-unit", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200 and r.json()["model"] == "gpt-other"  # model not rewritten
+    assert "x-splitwatch-arm" not in r.headers
+    assert base.stats()["models"]["gpt-other"] == before + 1
+    assert httpx.post(proxy.url + "/v1/chat/completions", json={
+        "model": "gpt-other", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).text.endswith(
+        "data: [DONE]\n\n")
+    # a request in the experiment, so that the topic exists; the passthrough ones left no event
+    _client(proxy).chat.completions.create(model="support-bot", messages=[{"role": "user", "content": "x"}],
+                                           user="pt-unit")
+    events = read_events(broker.bootstrap, topic, expect=2)
+    assert {e["requested_model"] for e in events if e["type"] == "exposure"} == {"support-bot"}
+    assert len(events) == 2

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -96,11 +96,14 @@ class _Call:
     log_text: bool
     unit_id: str | None = None
     sent_at: float = 0.0
+    release: Callable[[], None] | None = None  # gives the leased upstream client back
 
     def finish(self, status: int, upstream_s: float, *, ttft_s: float | None = None,
                prompt_tokens: int | None = None, completion_tokens: int | None = None,
                error: str | None = None, text: str | None = None) -> None:
-        """Record metrics and publish the response event of this request."""
+        """Release the upstream client, record metrics and publish the response event of this request."""
+        if self.release is not None:
+            self.release()
         a = self.assignment
         metrics.REQUESTS.labels(a.experiment, self.arm_label, str(status)).inc()
         metrics.REQUEST_DURATION.labels(a.experiment, self.arm_label).observe(upstream_s)
@@ -229,7 +232,7 @@ async def _open_upstream(request: Request, call: _Call, up: UpstreamConfig,
 
 async def _forward(request: Request, call: _Call, arm: ArmConfig, path: str, payload: bytes) -> Response:
     up = arm.upstream
-    client = call.runtime.clients.client_for(up)
+    client, call.release = call.runtime.clients.lease(up)
     headers = _headers(call.assignment, call.request_id)
     resp = await _open_upstream(request, call, up, client.post(
         up.base_url + path, content=payload, headers=upstream_headers(up, call.request_id)))
@@ -268,7 +271,7 @@ def _completion_text(obj: dict[str, Any]) -> str | None:
 async def _forward_stream(request: Request, call: _Call, arm: ArmConfig, path: str,
                           payload: bytes) -> Response:
     up = arm.upstream
-    client = call.runtime.clients.client_for(up)
+    client, call.release = call.runtime.clients.lease(up)
     headers = _headers(call.assignment, call.request_id)
     req = client.build_request("POST", up.base_url + path, content=payload,
                                headers=upstream_headers(up, call.request_id))
@@ -319,17 +322,20 @@ async def _relay(call: _Call, resp: httpx.Response) -> AsyncIterator[bytes]:
 async def _passthrough(request: Request, up: UpstreamConfig, path: str, raw: bytes) -> Response:
     """Forward a request for a model no experiment matches, unchanged and unlogged."""
     runtime: Runtime = request.app.state.runtime
-    client = runtime.clients.client_for(up)
+    client, release = runtime.clients.lease(up)
     req = client.build_request("POST", up.base_url + path, content=raw,
                                headers=upstream_headers(up, str(uuid.uuid4())))
     try:
         resp = await call_until_disconnect(request, client.send(req, stream=True), up.timeout_s)
     except ClientDisconnected:
+        release()
         return Response(status_code=499)
     except httpx.TimeoutException:
+        release()
         raise UpstreamError("the passthrough endpoint did not answer in time", status_code=504,
                             code="upstream_timeout") from None
     except httpx.HTTPError as exc:
+        release()
         raise UpstreamError(f"the passthrough endpoint is unreachable ({type(exc).__name__})",
                             code="upstream_unreachable") from None
 
@@ -340,6 +346,7 @@ async def _passthrough(request: Request, up: UpstreamConfig, path: str, raw: byt
         except httpx.HTTPError:
             return
         finally:
+            release()
             with anyio.CancelScope(shield=True):
                 await resp.aclose()
 

@@ -1,0 +1,178 @@
+"""Added latency and throughput of the splitwatch proxy over calling the model endpoint directly.
+
+Starts, on loopback: a Tansu broker, a stub model server (no artificial latency), and two
+single-worker proxies, one with Kafka logging on and one with it off. Then measures, in one run:
+
+1. concurrency 1: p50/p99 latency, stub directly vs through the proxy (logging on);
+2. open loop at a fixed rate (requests start on schedule whatever the previous ones do, latency
+   counted from the scheduled start, so queueing is not hidden);
+3. the highest rate one proxy worker sustains (wrk, closed loop, 32 connections): stub directly,
+   proxy with logging off, proxy with logging on; the ratio on/off is the cost of logging;
+4. that every event of the logging-on run reached the broker's spool/Kafka with none dropped.
+
+Usage: python bench/proxy_overhead.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.harness import Broker, Proxy, StubModel, base_config, experiment_config, new_topic
+
+BODY = {"model": "support-bot", "messages": [{"role": "user", "content": "Where is my parcel? Order 1234."}]}
+
+
+def closed_loop_latencies(url: str, n: int) -> np.ndarray:
+    """Return n sequential request latencies (seconds) over one keep-alive connection."""
+    out = np.empty(n)
+    with httpx.Client(timeout=10) as c:
+        for i in range(50):  # warm-up
+            c.post(url, json={**BODY, "user": f"warm-{i}"})
+        for i in range(n):
+            t0 = time.perf_counter()
+            r = c.post(url, json={**BODY, "user": f"c1-{i}"})
+            out[i] = time.perf_counter() - t0
+            assert r.status_code == 200, r.text
+    return out
+
+
+async def _open_loop(url: str, rate: float, seconds: float) -> np.ndarray:
+    n = int(rate * seconds)
+    lat = np.full(n, np.nan)
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(timeout=10, limits=limits) as c:
+        start = time.perf_counter() + 0.2
+
+        async def one(i: int) -> None:
+            scheduled = start + i / rate
+            await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+            r = await c.post(url, json={**BODY, "user": f"ol-{i}"})
+            lat[i] = time.perf_counter() - scheduled
+            assert r.status_code == 200
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+    return lat
+
+
+def open_loop_latencies(url: str, rate: float, seconds: float) -> np.ndarray:
+    """Return latencies (from each request's scheduled start) at a fixed arrival rate."""
+    return asyncio.run(_open_loop(url, rate, seconds))
+
+
+def wrk_rate(url: str, seconds: int, connections: int = 32) -> float:
+    """Return the requests/s wrk sustains against url (POST chat completions, unique users)."""
+    script = Path(tempfile.mkstemp(suffix=".lua")[1])
+    script.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        "counter = 0\n"
+        "request = function()\n"
+        "  counter = counter + 1\n"
+        f"  local body = '{json.dumps(BODY)[:-1]}, \"user\": \"wrk-' .. counter .. '\"}}'\n"
+        "  return wrk.format(nil, nil, nil, body)\n"
+        "end\n")
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url],
+                         capture_output=True, text=True, check=True).stdout
+    script.unlink()
+    if "Non-2xx" in out:
+        raise RuntimeError(f"wrk saw errors:\n{out}")
+    return float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))
+
+
+def pct(a: np.ndarray, q: float) -> float:
+    """Return the q-th percentile in milliseconds."""
+    return float(np.nanpercentile(a, q) * 1000)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="short run (smoke test of the benchmark)")
+    args = ap.parse_args()
+    n1, rate, ol_s, wrk_s = (300, 100, 3, 3) if args.quick else (3000, 300, 15, 15)
+    if not shutil.which("wrk"):
+        sys.exit("wrk is needed for the throughput part: apt-get install wrk")
+    work = Path(tempfile.mkdtemp(prefix="splitwatch-bench-"))
+    broker = Broker(work)
+    stub = StubModel(work, "base")
+    stub2 = StubModel(work, "ft")
+    topic = new_topic()
+    exp = experiment_config(stub, stub2)
+    on_cfg = base_config(broker.bootstrap, topic, work / "on", [exp])
+    off_cfg = base_config(broker.bootstrap, topic, work / "off", [exp])
+    off_cfg["kafka"]["enabled"] = False
+    for cfg in (on_cfg, off_cfg):
+        cfg["kafka"]["linger_ms"] = 20
+    proxy_on = Proxy(work / "on", on_cfg)
+    proxy_off = Proxy(work / "off", off_cfg)
+    procs = [broker, stub, stub2, proxy_on, proxy_off]
+    try:
+        for p in procs:
+            p.start()
+        direct = stub.base_url + "/chat/completions"
+        via_on = proxy_on.url + "/v1/chat/completions"
+        via_off = proxy_off.url + "/v1/chat/completions"
+        # Route the proxies' traffic to one stub only, so "direct" and "proxied" hit the same server.
+        r = {}
+        d1, p1 = closed_loop_latencies(direct, n1), closed_loop_latencies(via_on, n1)
+        r["c1"] = {"direct_p50": pct(d1, 50), "direct_p99": pct(d1, 99), "proxy_p50": pct(p1, 50),
+                   "proxy_p99": pct(p1, 99)}
+        d2, p2 = open_loop_latencies(direct, rate, ol_s), open_loop_latencies(via_on, rate, ol_s)
+        r["open"] = {"rate": rate, "direct_p50": pct(d2, 50), "direct_p99": pct(d2, 99),
+                     "proxy_p50": pct(p2, 50), "proxy_p99": pct(p2, 99)}
+        r["rps"] = {"direct": wrk_rate(direct, wrk_s), "proxy_logging_off": wrk_rate(via_off, wrk_s),
+                    "proxy_logging_on": wrk_rate(via_on, wrk_s)}
+        deadline = time.monotonic() + 120
+        state = {}
+        while time.monotonic() < deadline:
+            state = httpx.get(proxy_on.url + "/readyz").json()["kafka"]
+            if state["queued"] == 0 and state["spooled"] == 0:
+                break
+            time.sleep(0.5)
+        r["kafka_after_run"] = state
+        proxy_metrics = httpx.get(proxy_on.url + "/metrics").text
+        overhead = re.search(r"^splitwatch_proxy_overhead_seconds_sum ([0-9.e+-]+)$", proxy_metrics, re.M)
+        count = re.search(r"^splitwatch_proxy_overhead_seconds_count ([0-9.e+-]+)$", proxy_metrics, re.M)
+        r["in_process_overhead_mean_ms"] = float(overhead.group(1)) / float(count.group(1)) * 1000
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    c1, ol, rps = r["c1"], r["open"], r["rps"]
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print("\n| measure | direct | via proxy | added |\n|---|---|---|---|")
+    print(f"| concurrency 1, p50 (ms) | {c1['direct_p50']:.3f} | {c1['proxy_p50']:.3f} | "
+          f"{c1['proxy_p50'] - c1['direct_p50']:.3f} |")
+    print(f"| concurrency 1, p99 (ms) | {c1['direct_p99']:.3f} | {c1['proxy_p99']:.3f} | "
+          f"{c1['proxy_p99'] - c1['direct_p99']:.3f} |")
+    print(f"| open loop {ol['rate']} req/s, p50 (ms) | {ol['direct_p50']:.3f} | {ol['proxy_p50']:.3f} | "
+          f"{ol['proxy_p50'] - ol['direct_p50']:.3f} |")
+    print(f"| open loop {ol['rate']} req/s, p99 (ms) | {ol['direct_p99']:.3f} | {ol['proxy_p99']:.3f} | "
+          f"{ol['proxy_p99'] - ol['direct_p99']:.3f} |")
+    print(f"\nin-process overhead (splitwatch_proxy_overhead_seconds mean): {r['in_process_overhead_mean_ms']:.3f} ms")
+    print("\n| throughput (wrk, 32 connections, one worker) | req/s | ratio to baseline |\n|---|---|---|")
+    print(f"| stub directly | {rps['direct']:.0f} | |")
+    print(f"| proxy, Kafka logging off | {rps['proxy_logging_off']:.0f} | 1.00 (baseline) |")
+    print(f"| proxy, Kafka logging on | {rps['proxy_logging_on']:.0f} | "
+          f"{rps['proxy_logging_on'] / rps['proxy_logging_off']:.2f} |")
+    print(f"\nKafka after the run: {r['kafka_after_run']}")
+    print("\nJSON:", json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""Upstream client pooling and the SSE usage scanner."""
+
+from __future__ import annotations
+
+import asyncio
+
+from service.config import UpstreamConfig
+from service.upstream import ShardedClient, SSEUsageScanner
+
+
+def test_lease_picks_the_least_busy_pool_and_release_is_idempotent() -> None:
+    sharded = ShardedClient(UpstreamConfig(base_url="http://x/v1", max_connections=24))
+    assert len(sharded.clients) == 3
+    leases = [sharded.lease() for _ in range(6)]
+    assert sharded.in_flight == [2, 2, 2]
+    leases[0][1]()
+    leases[0][1]()  # a second call changes nothing
+    assert sorted(sharded.in_flight) == [1, 2, 2]
+    client, _ = sharded.lease()
+    assert client is leases[0][0]  # the pool with a free slot is chosen
+    asyncio.run(sharded.aclose())
+
+
+def test_sse_usage_scanner_handles_split_chunks() -> None:
+    stream = (b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n'
+              b'data: {"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":34,"total_tokens":46}}\n\n'
+              b"data: [DONE]\n\n")
+    for cut in range(1, len(stream)):
+        s = SSEUsageScanner()
+        s.feed(stream[:cut])
+        s.feed(stream[cut:])
+        assert (s.prompt_tokens, s.completion_tokens) == (12, 34), cut
+    none = SSEUsageScanner()
+    none.feed(b'data: {"choices":[{"delta":{"content":"\\"usage\\""}}]}\n\n')
+    assert none.prompt_tokens is None
