@@ -36,7 +36,9 @@ def create_app(config: Config, config_path: str | Path | None = None, *,
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if config.kafka.enabled and runtime.publisher is None:
-            runtime.publisher = open_publisher(config.kafka, int(os.environ.get(WORKER_INDEX_ENV, "0")))
+            runtime.publisher = await asyncio.to_thread(
+                open_publisher, config.kafka, int(os.environ.get(WORKER_INDEX_ENV, "0")),
+                config.proxy.graceful_shutdown_s)
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGHUP, runtime.reload)  # only in the main thread
@@ -49,7 +51,7 @@ def create_app(config: Config, config_path: str | Path | None = None, *,
                 loop.remove_signal_handler(signal.SIGHUP)
             await runtime.clients.aclose()
             if runtime.publisher is not None:
-                runtime.publisher.close(timeout=config.proxy.graceful_shutdown_s)
+                await asyncio.to_thread(runtime.publisher.close)
 
     app = FastAPI(title="splitwatch proxy", version="0.1.0", lifespan=lifespan,
                   docs_url=None, redoc_url=None)

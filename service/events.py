@@ -11,7 +11,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 SCHEMA_VERSION = 1
@@ -40,12 +39,9 @@ class _Event(BaseModel):
     request_id: str | None = None
 
     def to_json(self) -> bytes:
-        """Return the event as compact JSON bytes (``ts`` in RFC 3339 UTC)."""
-        data = self.model_dump(by_alias=True)
-        if data.get("text", "") is None:
-            del data["text"]  # present only when the config sets log_text
-        data["ts"] = self.ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
-        return orjson.dumps(data)
+        """Return the event as compact JSON bytes (``ts`` in RFC 3339 UTC, ``text`` only when logged)."""
+        exclude = {"text"} if getattr(self, "text", "") is None else None
+        return self.model_dump_json(by_alias=True, exclude=exclude).encode()
 
     def key(self) -> bytes:
         """Return the Kafka message key: the unit id (request id when there is no unit)."""

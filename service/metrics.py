@@ -64,8 +64,16 @@ EVENTS_SPOOLED = Gauge(
 SPOOL_BYTES = Gauge(
     "splitwatch_spool_bytes", "Bytes in the on-disk spool.", multiprocess_mode="livesum")
 KAFKA_CONNECTED = Gauge(
-    "splitwatch_kafka_connected", "1 when the event sender reaches Kafka (the lowest across workers).",
-    multiprocess_mode="min")
+    # Labelled by spool directory: an unlabelled gauge would be written as 0 by every process that
+    # imports this module (prometheus-client initialises unlabelled metrics eagerly).
+    "splitwatch_kafka_connected", "1 when the event shipper of this spool reaches Kafka.", ["spool"],
+    multiprocess_mode="livemin")
+
+
+def forget_this_process() -> None:
+    """Remove this process's live gauges from the multiprocess directory (call it when exiting)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(os.getpid())
 
 
 def render_metrics() -> tuple[bytes, str]:

@@ -1,21 +1,23 @@
 """Event delivery to Kafka that never blocks a request and loses nothing it can keep.
 
 The request path calls :meth:`EventPublisher.publish`, which only appends to a
-bounded in-memory queue. One sender thread drains the queue into the on-disk
-:class:`~service.spool.Spool` (write-ahead) and ships batches from the spool to
-Kafka, advancing the spool's cursor only once Kafka acknowledged the batch.
-So an outage, a broker restart or a proxy restart all replay from disk, in
-order. Delivery is at least once: consumers deduplicate by ``event_id``.
+bounded in-memory queue. A writer thread serialises the queue every
+``kafka.linger_ms`` and hands the batch over a pipe to this worker's shipper
+process (:mod:`service.shipper`), which writes it to the on-disk spool first and
+ships it to Kafka from there. An outage, a broker restart or a proxy restart all
+replay from disk, in order. Delivery is at least once: consumers deduplicate by
+``event_id``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
+import multiprocessing
 import threading
 import time
 from collections import deque
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -23,271 +25,190 @@ from pydantic import BaseModel
 
 from . import metrics
 from .config import KafkaConfig
-from .spool import Record, Spool, SpoolLockedError
+from .shipper import (
+    CONNECTED,
+    ERROR_BYTES,
+    PENDING_EVENTS,
+    SENT,
+    SPOOL_DROPPED,
+    STATE,
+    STATE_LOCKED,
+    STATE_RUNNING,
+    STATE_STARTING,
+    STATUS_SLOTS,
+    encode_batch,
+    shipper_main,
+)
+from .spool import Record, SpoolLockedError
 
 log = logging.getLogger(__name__)
-
-
-def _producer_security(cfg: KafkaConfig) -> dict[str, Any]:
-    """Return the kafka-python security settings of the config (credentials read from the environment)."""
-    out: dict[str, Any] = {"security_protocol": cfg.security_protocol}
-    if cfg.sasl_mechanism:
-        out["sasl_mechanism"] = cfg.sasl_mechanism
-        if cfg.sasl_username_env:
-            out["sasl_plain_username"] = os.environ.get(cfg.sasl_username_env)
-        if cfg.sasl_password_env:
-            out["sasl_plain_password"] = os.environ.get(cfg.sasl_password_env)
-    return out
-
-
-def ensure_topic(cfg: KafkaConfig, timeout_ms: int = 5000) -> None:
-    """Create the events topic if it does not exist; raises kafka errors when the broker is unreachable."""
-    from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
-    admin = KafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, client_id=f"{cfg.client_id}-admin",
-                             request_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms,
-                             **_producer_security(cfg))
-    try:
-        if cfg.topic in admin.list_topics():
-            return
-        with contextlib.suppress(TopicAlreadyExistsError):
-            admin.create_topics([NewTopic(cfg.topic, num_partitions=cfg.topic_partitions, replication_factor=1)])
-    finally:
-        admin.close()
-
-
-class KafkaSink:
-    """Sends batches of records to the topic with a kafka-python producer, rebuilt after any failure."""
-
-    def __init__(self, cfg: KafkaConfig) -> None:
-        self.cfg = cfg
-        self._producer: Any = None
-
-    def _connect(self) -> Any:
-        from kafka import KafkaProducer
-
-        ensure_topic(self.cfg, timeout_ms=min(self.cfg.request_timeout_ms, 5000))
-        # Idempotence is off: a broker restart loses the producer id and an idempotent producer then
-        # fails every send until rebuilt. Ordering comes from sending one batch at a time; duplicates
-        # from resending a failed batch are removed by event_id downstream.
-        return KafkaProducer(
-            bootstrap_servers=self.cfg.bootstrap_servers, client_id=self.cfg.client_id, acks="all",
-            enable_idempotence=False, retries=0, linger_ms=self.cfg.linger_ms,
-            request_timeout_ms=self.cfg.request_timeout_ms, max_block_ms=self.cfg.request_timeout_ms,
-            bootstrap_timeout_ms=min(self.cfg.request_timeout_ms, 5000),
-            reconnect_backoff_ms=50, reconnect_backoff_max_ms=self.cfg.reconnect_backoff_ms,
-            **_producer_security(self.cfg))
-
-    def send(self, records: list[Record]) -> None:
-        """Send records and wait for every acknowledgement; raises on any failure."""
-        if self._producer is None:
-            self._producer = self._connect()
-        try:
-            futures = [self._producer.send(self.cfg.topic, key=k, value=v) for k, v in records]
-            self._producer.flush(timeout=self.cfg.request_timeout_ms / 1000)
-            for f in futures:
-                f.get(timeout=0)  # raises the send's error, or KafkaTimeoutError if not acknowledged
-        except Exception:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        """Close the producer, if any, without waiting for unsent records (they are still in the spool)."""
-        if self._producer is not None:
-            with contextlib.suppress(Exception):
-                self._producer.close(timeout=0)
-            self._producer = None
+START_TIMEOUT_S = 30.0
 
 
 class EventPublisher:
-    """Bounded queue, spool writer thread and Kafka shipper thread; see the module docstring.
+    """Bounded queue + writer thread + shipper process; see the module docstring."""
 
-    The writer moves the queue to disk every ``linger_ms`` whatever Kafka does, so an outage
-    never leaves events waiting in memory; the shipper alone waits on Kafka. They share the
-    spool under a lock that is never held while talking to Kafka.
-    """
-
-    def __init__(self, cfg: KafkaConfig, spool_dir: str | Path | None = None, sink: Any = None) -> None:
+    def __init__(self, cfg: KafkaConfig, spool_dir: str | Path | None = None, flush_s: float = 10.0) -> None:
         self.cfg = cfg
         self.spool_dir = Path(spool_dir or cfg.spool.dir)
+        self.flush_s = flush_s
         self._queue: deque[BaseModel] = deque()
-        self._wake_writer = threading.Event()
-        self._wake_shipper = threading.Event()
+        self._pending: list[Record] = []  # serialised, not yet accepted by the pipe
+        self._wake = threading.Event()
         self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._sink = sink or KafkaSink(cfg)
-        self._spool: Spool | None = None
-        self._threads: list[threading.Thread] = []
-        self.connected = False
-        self.last_error: str | None = None
-        self.dropped = 0
-        self.sent = 0
-        self._next_attempt = 0.0
-        self._flush_deadline = 0.0
-        self._backoff = cfg.reconnect_backoff_ms / 1000
+        self._ctx = multiprocessing.get_context("spawn")
+        self._status: Any = self._ctx.Array("d", STATUS_SLOTS, lock=False)
+        self._error: Any = self._ctx.Array("c", ERROR_BYTES, lock=False)
+        self._proc: Any = None
+        self._conn: Connection | None = None
+        self._thread: threading.Thread | None = None
+        self.queue_dropped = 0
 
     # -- request path -----------------------------------------------------------------------------
     def publish(self, event: BaseModel) -> bool:
         """Queue an event for delivery without blocking; return False (and count it) when the queue is full."""
         if len(self._queue) >= self.cfg.queue_max_events:
-            self.dropped += 1
+            self.queue_dropped += 1
             metrics.EVENTS_DROPPED.labels("queue_full").inc()
             return False
         self._queue.append(event)
         metrics.EVENTS_ENQUEUED.labels(event.type).inc()  # type: ignore[attr-defined]
         if len(self._queue) >= self.cfg.batch_max_events:
-            self._wake_writer.set()
+            self._wake.set()
         return True
 
+    # -- state for /readyz ------------------------------------------------------------------------
     @property
     def queued(self) -> int:
-        """Return the number of events in the in-memory queue."""
-        return len(self._queue)
+        """Return the events in memory (queue and not yet handed to the shipper)."""
+        return len(self._queue) + len(self._pending)
 
     @property
     def spooled(self) -> int:
-        """Return the number of events on disk not yet acknowledged by Kafka."""
-        return self._spool.pending_events if self._spool else 0
+        """Return the events on disk not yet acknowledged by Kafka."""
+        return int(self._status[PENDING_EVENTS])
+
+    @property
+    def connected(self) -> bool:
+        """Return True when the shipper's last send to Kafka succeeded."""
+        return self._status[CONNECTED] == 1.0
+
+    @property
+    def dropped(self) -> int:
+        """Return the events lost to a full queue or a full spool."""
+        return self.queue_dropped + int(self._status[SPOOL_DROPPED])
+
+    @property
+    def sent(self) -> int:
+        """Return the events Kafka acknowledged since the shipper started."""
+        return int(self._status[SENT])
+
+    @property
+    def last_error(self) -> str | None:
+        """Return the name of the last Kafka error, if any."""
+        return self._error.value.decode() or None
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
-        """Open the spool (taking its lock) and start the writer and shipper threads."""
-        self._spool = Spool(self.spool_dir, max_bytes=self.cfg.spool.max_bytes,
-                            segment_bytes=self.cfg.spool.segment_bytes, fsync=self.cfg.spool.fsync,
-                            fsync_interval_ms=self.cfg.spool.fsync_interval_ms,
-                            full_policy=self.cfg.spool.full_policy)
-        self._set_connected(False)
-        self._threads = [threading.Thread(target=self._run_writer, name="splitwatch-spool-writer", daemon=True),
-                         threading.Thread(target=self._run_shipper, name="splitwatch-kafka-shipper", daemon=True)]
-        for t in self._threads:
-            t.start()
+        """Start the shipper process (which takes the spool's lock) and the writer thread.
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop: move the queue to the spool, try to deliver for up to ``timeout`` s, then close the spool."""
-        if not self._threads:
+        Raises SpoolLockedError when another process owns the spool directory.
+        """
+        self._start_shipper()
+        self._thread = threading.Thread(target=self._run_writer, name="splitwatch-event-writer", daemon=True)
+        self._thread.start()
+
+    def _start_shipper(self) -> None:
+        for i in range(STATUS_SLOTS):
+            self._status[i] = 0.0
+        self._status[STATE] = STATE_STARTING
+        receiver, sender = self._ctx.Pipe(duplex=False)
+        self._proc = self._ctx.Process(
+            target=shipper_main, name="splitwatch-shipper", daemon=False,
+            args=(self.cfg.model_dump_json(), str(self.spool_dir), receiver, self._status, self._error,
+                  self.flush_s))
+        self._proc.start()
+        receiver.close()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while self._status[STATE] == STATE_STARTING and self._proc.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if self._status[STATE] == STATE_LOCKED:
+            self._proc.join(5)
+            sender.close()
+            raise SpoolLockedError(f"spool directory {self.spool_dir} is in use by another process")
+        if self._status[STATE] != STATE_RUNNING:
+            sender.close()
+            raise RuntimeError(f"the event shipper did not start (exit code {self._proc.exitcode})")
+        self._conn = sender
+
+    def close(self) -> None:
+        """Hand everything queued to the shipper, let it deliver for up to ``flush_s`` s, wait for it."""
+        if self._thread is None:
             return
-        self._flush_deadline = time.monotonic() + timeout
         self._stop.set()
-        self._wake_writer.set()
-        self._wake_shipper.set()
-        for t in self._threads:
-            t.join(timeout + 10)
-        self._threads = []
-        assert self._spool is not None
-        if self._spool.pending_events:
-            log.warning("shut down with %d events in the spool %s; they are sent at the next start",
-                        self._spool.pending_events, self.spool_dir)
-        self._update_gauges()
-        self._sink.close()
-        self._spool.close()
+        self._wake.set()
+        self._thread.join(self.flush_s + 10)
+        self._thread = None
+        if self._conn is not None:
+            with contextlib.suppress(OSError):  # a dead shipper: its spool is replayed at the next start
+                self._conn.send_bytes(b"")  # close marker: the shipper flushes and exits
+            self._conn.close()
+        if self._proc is not None:
+            self._proc.join(self.flush_s + 10)
+            if self._proc.is_alive():
+                log.error("event shipper did not stop in time; killing it (its spool is kept)")
+                self._proc.kill()
+        if self._pending or self._queue:
+            log.error("%d events could not be handed to the shipper at shutdown", self.queued)
 
     # -- writer thread ----------------------------------------------------------------------------
-    def _drain_to_spool(self) -> None:
-        assert self._spool is not None
-        records: list[Record] = []
+    def _hand_over(self) -> None:
+        """Serialise the queue and send it to the shipper; keep it (and restart the shipper) on failure."""
         while self._queue:
             ev = self._queue.popleft()
-            records.append((ev.key(), ev.to_json()))  # type: ignore[attr-defined]
-        with self._lock:
-            dropped = self._spool.append(records) if records else 0
-            dropped += self._spool.take_dropped_oldest()
-            self._spool.tick()
-        if dropped:
-            self.dropped += dropped
-            metrics.EVENTS_DROPPED.labels("spool_full").inc(dropped)
-        if records:
-            self._wake_shipper.set()
+            self._pending.append((ev.key(), ev.to_json()))  # type: ignore[attr-defined]
+        if not self._pending:
+            return
+        assert self._conn is not None
+        try:
+            self._conn.send_bytes(encode_batch(self._pending))
+            self._pending = []
+        except OSError as exc:
+            log.error("event shipper unreachable (%s); restarting it", exc)
+            self._restart_shipper()
+
+    def _restart_shipper(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        if self._proc is not None:
+            self._proc.join(5)
+            if self._proc.is_alive():
+                self._proc.kill()
+        try:
+            self._start_shipper()
+        except (RuntimeError, SpoolLockedError) as exc:
+            log.error("cannot restart the event shipper: %s; events stay in memory", exc)
+            time.sleep(1.0)
 
     def _run_writer(self) -> None:
         linger = max(self.cfg.linger_ms / 1000, 0.001)
-        try:
-            while not self._stop.is_set():
-                self._wake_writer.wait(timeout=linger)
-                self._wake_writer.clear()
-                self._drain_to_spool()
-                self._update_gauges()
-            self._drain_to_spool()
-        except Exception:  # pragma: no cover - a bug here must be loud, not a silent stop of delivery
-            log.exception("spool writer crashed; events stay queued in memory")
-            raise
-        finally:
-            self._wake_shipper.set()
-
-    # -- shipper thread ---------------------------------------------------------------------------
-    def _ship(self) -> bool:
-        """Send one batch from the spool; return True when it was acknowledged (or there was nothing)."""
-        assert self._spool is not None
-        with self._lock:
-            records, pos = self._spool.read(self.cfg.batch_max_events)
-        if not records:
-            return True
-        t0 = time.perf_counter()
-        try:
-            self._sink.send(records)
-        except Exception as exc:  # any failure means: keep the batch on disk, retry later
-            name = type(exc).__name__
-            metrics.EVENT_SEND_ERRORS.labels(name).inc()
-            if self.connected or self.last_error != name:
-                log.warning("Kafka unreachable (%s: %s); events are spooled to %s", name, exc, self.spool_dir)
-            self.last_error = name
-            self._set_connected(False)
-            self._next_attempt = time.monotonic() + self._backoff
-            self._backoff = min(self._backoff * 2, self.cfg.reconnect_backoff_max_ms / 1000)
-            return False
-        metrics.EVENT_SEND_SECONDS.observe(time.perf_counter() - t0)
-        with self._lock:
-            self._spool.commit(pos, len(records))
-        self.sent += len(records)
-        metrics.EVENTS_SENT.inc(len(records))
-        if not self.connected:
-            log.info("Kafka reachable at %s; delivering spooled events", self.cfg.bootstrap_servers)
-        self._set_connected(True)
-        self._backoff = self.cfg.reconnect_backoff_ms / 1000
-        return True
-
-    def _ship_pending(self) -> None:
-        """Ship batches until the spool is empty, a send fails (backoff), or stop is asked."""
-        assert self._spool is not None
-        while self._spool.pending_events and time.monotonic() >= self._next_attempt and not self._stop.is_set():
-            if not self._ship():
-                return
-
-    def _run_shipper(self) -> None:
-        assert self._spool is not None
-        try:
-            while not self._stop.is_set():
-                pending = self._spool.pending_events
-                wait = max(0.001, self._next_attempt - time.monotonic()) if pending else 1.0
-                self._wake_shipper.wait(timeout=wait)
-                self._wake_shipper.clear()
-                self._ship_pending()
-            # Shutdown: once the writer has moved the whole queue to disk, deliver until the deadline.
-            self._threads[0].join()
-            while self._spool.pending_events and time.monotonic() < self._flush_deadline:
-                if not self._ship():
-                    time.sleep(min(0.2, max(0.0, self._flush_deadline - time.monotonic())))
-        except Exception:  # pragma: no cover - a bug here must be loud, not a silent stop of delivery
-            log.exception("Kafka shipper crashed; events stay in the spool")
-            raise
-
-    # -- gauges -----------------------------------------------------------------------------------
-    def _set_connected(self, value: bool) -> None:
-        self.connected = value
-        metrics.KAFKA_CONNECTED.set(1 if value else 0)
-
-    def _update_gauges(self) -> None:
-        assert self._spool is not None
-        metrics.EVENTS_QUEUED.set(len(self._queue))
-        metrics.EVENTS_SPOOLED.set(self._spool.pending_events)
-        metrics.SPOOL_BYTES.set(self._spool.pending_bytes)
+        while not self._stop.is_set():
+            self._wake.wait(timeout=linger)
+            self._wake.clear()
+            if self._proc is not None and not self._proc.is_alive():
+                log.error("event shipper exited with %s; restarting it", self._proc.exitcode)
+                self._restart_shipper()
+            self._hand_over()
+            metrics.EVENTS_QUEUED.set(self.queued)
+        self._hand_over()
+        metrics.EVENTS_QUEUED.set(self.queued)
 
 
-def open_publisher(cfg: KafkaConfig, worker: int = 0) -> EventPublisher:
+def open_publisher(cfg: KafkaConfig, worker: int = 0, flush_s: float = 10.0) -> EventPublisher:
     """Return a started publisher whose spool is ``<spool.dir>/worker-<N>`` (the first free one from N)."""
     base = Path(cfg.spool.dir)
     for index in range(worker, worker + 64):
-        pub = EventPublisher(cfg, base / f"worker-{index}")
+        pub = EventPublisher(cfg, base / f"worker-{index}", flush_s)
         try:
             pub.start()
             return pub

@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import socket
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,12 +32,28 @@ def _uvicorn_config(app: object, host: str, port: int, graceful_s: float, factor
                           loop="auto", http="auto")
 
 
+def _metrics_dir(state_dir: str, port: int) -> str:
+    """Empty ``<state_dir>/metrics-<port>`` and point prometheus-client's multiprocess mode at it.
+
+    Always on, even with one worker: each worker's event shipper is a process of its own, and its
+    metrics reach /metrics this way. Must run before anything imports prometheus_client. The
+    directory is wiped at each start (what it holds belongs to the previous run).
+    """
+    path = Path(state_dir) / f"metrics-{port}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    return str(path)
+
+
 def serve_single(config_path: str, host: str, port: int) -> None:
     """Run one proxy worker in this process until SIGTERM/SIGINT."""
-    from .app import create_app
     from .config import load_config
 
     config = load_config(config_path)
+    _metrics_dir(config.proxy.state_dir, port)
+    from .app import create_app
+
     app = create_app(config, config_path)
     uvicorn.Server(_uvicorn_config(app, host, port, config.proxy.graceful_shutdown_s)).run()
 
@@ -56,8 +71,7 @@ def serve_workers(config_path: str, host: str, port: int, workers: int) -> None:
     from .config import load_config
 
     config = load_config(config_path)  # fail fast, with the field named, before forking anything
-    metrics_dir = tempfile.mkdtemp(prefix="splitwatch-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    _metrics_dir(config.proxy.state_dir, port)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
@@ -109,4 +123,3 @@ def serve_workers(config_path: str, host: str, port: int, workers: int) -> None:
             if p.is_alive():
                 p.kill()
         sock.close()
-        shutil.rmtree(Path(metrics_dir), ignore_errors=True)

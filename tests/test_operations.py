@@ -142,7 +142,9 @@ def test_workers_share_the_load_and_metrics_aggregate(start_proxy) -> None:
     got_ft = _metric(text, "splitwatch_requests_total", '{arm="finetuned",experiment="support-ft",status="200"}')
     assert (got_base, got_ft) == (base, len(units) - base)  # the sum over both workers
     assert "pid=" not in text  # aggregated, not one series per process
-    assert _wait_until(lambda: _metric(httpx.get(proxy.url + "/metrics").text, "splitwatch_kafka_connected") == 1.0)
+    for spool in ("worker-0", "worker-1"):  # one event shipper per worker, each connected
+        assert _wait_until(lambda s=spool: _metric(httpx.get(proxy.url + "/metrics").text,
+                                                   "splitwatch_kafka_connected", f'{{spool="{s}"}}') == 1.0)
 
 
 def test_metrics_pass_promtool(start_proxy) -> None:

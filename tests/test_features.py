@@ -1,0 +1,49 @@
+"""Prompt features carried on exposure events instead of text (docs/features.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.features import prompt_features
+
+
+def test_chat_features() -> None:
+    body = {"messages": [
+        {"role": "system", "content": "You are helpful."},
+        {"role": "user", "content": "Order 42 is late"},
+        {"role": "assistant", "content": "Sorry!"},
+        {"role": "user", "content": [{"type": "text", "text": "Où est mon colis?"}]},
+    ]}
+    f = prompt_features(body)
+    text = "You are helpful.\nOrder 42 is late\nSorry!\nOù est mon colis?"
+    n = len(text)
+    assert f["chars"] == n == 58
+    assert f["words"] == 12
+    assert (f["messages"], f["user_turns"]) == (4, 2)
+    assert f["est_tokens"] == (n + 3) // 4
+    assert f["non_ascii_share"] == pytest.approx(1 / n)  # the ù
+    assert f["digit_share"] == pytest.approx(2 / n)
+    assert f["is_question"] == 1.0  # the last user message ends with '?'
+    assert f["has_code"] == 0.0
+    assert f["last_user_chars"] == len("Où est mon colis?")
+
+
+@pytest.mark.parametrize(("text", "has_code"), [
+    ("Fix this:\n```python\nprint(1)\n```", 1.0),
+    ("def f(x):\n    return x", 1.0),
+    ("SELECT * FROM t", 1.0),
+    ("int main() {", 1.0),
+    ("I'd like a refund; the class was cancelled", 0.0),
+    ("Please define the function of a router", 0.0),
+])
+def test_has_code(text: str, has_code: float) -> None:
+    assert prompt_features({"prompt": text})["has_code"] == has_code
+
+
+def test_empty_and_odd_bodies() -> None:
+    f = prompt_features({"prompt": ""})
+    assert f["chars"] == 0 and f["non_ascii_share"] == 0.0 and f["digit_share"] == 0.0
+    f = prompt_features({"prompt": ["a b", "c"]})
+    assert f["words"] == 3
+    f = prompt_features({"messages": [{"role": "user", "content": None}, "junk"]})
+    assert f["messages"] == 2 and f["chars"] == 0
