@@ -10,7 +10,7 @@ from service.upstream import ShardedClient, SSEUsageScanner
 
 def test_lease_picks_the_least_busy_pool_and_release_is_idempotent() -> None:
     sharded = ShardedClient(UpstreamConfig(base_url="http://x/v1", max_connections=24))
-    assert len(sharded.clients) == 3
+    assert len(sharded.transports) == 3
     leases = [sharded.lease() for _ in range(6)]
     assert sharded.in_flight == [2, 2, 2]
     leases[0][1]()

@@ -30,9 +30,9 @@ from ..runtime import Runtime
 from ..upstream import (
     ClientDisconnected,
     SSEUsageScanner,
+    build_request,
     call_until_disconnect,
     is_openai_error,
-    upstream_headers,
     usage_of,
 )
 
@@ -230,12 +230,22 @@ async def _open_upstream(request: Request, call: _Call, up: UpstreamConfig,
                             code="upstream_unreachable") from None
 
 
+async def _read_whole(transport: httpx.AsyncHTTPTransport, req: httpx.Request) -> httpx.Response:
+    """Return the upstream's response with its body read (and the connection given back)."""
+    resp = await transport.handle_async_request(req)
+    try:
+        await resp.aread()
+    finally:
+        await resp.aclose()
+    return resp
+
+
 async def _forward(request: Request, call: _Call, arm: ArmConfig, path: str, payload: bytes) -> Response:
     up = arm.upstream
-    client, call.release = call.runtime.clients.lease(up)
+    transport, call.release = call.runtime.clients.lease(up)
     headers = _headers(call.assignment, call.request_id)
-    resp = await _open_upstream(request, call, up, client.post(
-        up.base_url + path, content=payload, headers=upstream_headers(up, call.request_id)))
+    resp = await _open_upstream(request, call, up, _read_whole(transport, build_request(
+        up, path, payload, call.request_id)))
     if resp is None:
         return Response(status_code=499)
     upstream_s = time.perf_counter() - call.sent_at
@@ -271,11 +281,10 @@ def _completion_text(obj: dict[str, Any]) -> str | None:
 async def _forward_stream(request: Request, call: _Call, arm: ArmConfig, path: str,
                           payload: bytes) -> Response:
     up = arm.upstream
-    client, call.release = call.runtime.clients.lease(up)
+    transport, call.release = call.runtime.clients.lease(up)
     headers = _headers(call.assignment, call.request_id)
-    req = client.build_request("POST", up.base_url + path, content=payload,
-                               headers=upstream_headers(up, call.request_id))
-    resp = await _open_upstream(request, call, up, client.send(req, stream=True))
+    resp = await _open_upstream(request, call, up, transport.handle_async_request(
+        build_request(up, path, payload, call.request_id)))
     if resp is None:
         return Response(status_code=499)
     if resp.status_code >= 400:
@@ -322,11 +331,10 @@ async def _relay(call: _Call, resp: httpx.Response) -> AsyncIterator[bytes]:
 async def _passthrough(request: Request, up: UpstreamConfig, path: str, raw: bytes) -> Response:
     """Forward a request for a model no experiment matches, unchanged and unlogged."""
     runtime: Runtime = request.app.state.runtime
-    client, release = runtime.clients.lease(up)
-    req = client.build_request("POST", up.base_url + path, content=raw,
-                               headers=upstream_headers(up, str(uuid.uuid4())))
+    transport, release = runtime.clients.lease(up)
+    req = build_request(up, path, raw, str(uuid.uuid4()))
     try:
-        resp = await call_until_disconnect(request, client.send(req, stream=True), up.timeout_s)
+        resp = await call_until_disconnect(request, transport.handle_async_request(req), up.timeout_s)
     except ClientDisconnected:
         release()
         return Response(status_code=499)
