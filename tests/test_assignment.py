@@ -90,3 +90,21 @@ def test_pause_no_unit_and_forcing() -> None:
     # admin overrides take precedence over the config
     assert exp.assign("u1", paused=True).excluded_reason == "paused"
     assert _experiment([50, 50], status="paused").assign("u1", paused=False).in_experiment
+
+
+def test_analysts_can_recompute_buckets_in_sql() -> None:
+    # The SQL of docs/assignment.md, run by DuckDB, must agree with the proxy on every unit, in
+    # phase 1 and in a later phase (whose salt carries the phase).
+    import duckdb
+
+    units = [f"unit-{i}" for i in range(5000)] + ["émile", "用户-7", ""]
+    con = duckdb.connect()
+    con.execute("CREATE TABLE units (unit_id VARCHAR)")
+    con.executemany("INSERT INTO units VALUES (?)", [(u,) for u in units])
+    for phase, salt in ((1, "support-ft"), (3, "support-ft:phase3")):
+        rows = con.execute(
+            "SELECT unit_id, (('0x' || substr(sha256(? || ':' || unit_id), 1, 16))::UBIGINT % 10000) "
+            "FROM units", [salt]).fetchall()
+        exp = _experiment([50, 50], phase=phase, salt="support-ft")
+        assert exp.salt == salt
+        assert {u: b for u, b in rows} == {u: bucket_of(exp.salt, u) for u in units}
