@@ -1,0 +1,86 @@
+"""Alert rules pass promtool, and every dashboard query returns data from a real Prometheus scrape."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+from service.local_processes import ManagedProcess, free_port, wait_for_port
+
+DASHBOARDS = Path(__file__).resolve().parents[1] / "dashboards"
+
+
+def test_alert_rules_pass_promtool() -> None:
+    check = subprocess.run(["promtool", "check", "rules", "alerts.yaml"], cwd=DASHBOARDS, capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    unit = subprocess.run(["promtool", "test", "rules", "alerts_test.yaml"], cwd=DASHBOARDS, capture_output=True,
+                          text=True)
+    assert unit.returncode == 0, unit.stdout + unit.stderr
+
+
+def _panel_queries() -> list[tuple[str, str]]:
+    dash = json.loads((DASHBOARDS / "splitwatch-proxy.json").read_text())
+    return [(p["title"], t["expr"]) for p in dash["panels"] for t in p["targets"]]
+
+
+def _query(prom_url: str, expr: str) -> list[dict]:
+    expr = expr.replace("$experiment", ".*").replace("$__rate_interval", "1m")
+    r = httpx.get(prom_url + "/api/v1/query", params={"query": expr}, timeout=10).json()
+    assert r["status"] == "success", (expr, r)
+    return r["data"]["result"]
+
+
+def test_dashboard_queries_return_data_from_a_real_scrape(start_proxy, tmp_path: Path) -> None:
+    proxy = start_proxy()
+    port = free_port()
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(DASHBOARDS / "alerts.yaml")],
+        "scrape_configs": [{"job_name": "splitwatch-proxy",
+                            "static_configs": [{"targets": [proxy.url.removeprefix("http://")]}]}],
+    }))
+    prom = ManagedProcess(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+                           f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
+                           "--log.level=warn"], tmp_path / "prometheus.log")
+    prom.start()
+    try:
+        wait_for_port(port, proc=prom.proc)
+        prom_url = f"http://127.0.0.1:{port}"
+        chat = proxy.url + "/v1/chat/completions"
+        body = {"model": "support-bot", "messages": [{"role": "user", "content": "hi"}]}
+        deadline = time.monotonic() + 8
+        i = 0
+        with httpx.Client(timeout=10) as c:
+            while time.monotonic() < deadline:  # traffic over several scrapes, so that rate() has points
+                c.post(chat, json={**body, "user": f"dash-{i}"})
+                c.post(chat, json={**body, "user": f"dash-{i}", "stream": True,
+                                   "stream_options": {"include_usage": True}})
+                c.post(chat, json={**body, "user": f"dash-{i}", "metadata": {"stub_status": "502"}})
+                c.post(chat, json=body)  # no unit
+                c.post(proxy.url + "/v1/outcomes", json={"experiment": "support-ft", "unit_id": f"dash-{i}",
+                                                         "metric": "resolved", "value": 1})
+                i += 1
+                time.sleep(0.05)
+        time.sleep(2.5)
+        empty = []
+        for title, expr in _panel_queries():
+            result = _query(prom_url, expr)
+            values = [float(s["value"][1]) for s in result]
+            if not result or ("or vector(0)" not in expr and all(math.isnan(v) for v in values)):
+                empty.append(title)
+        assert not empty, f"panels without data: {empty}\n{prom.log()}"
+        # the split by arm is visible in the dashboard's data
+        arms = {s["metric"].get("arm") for s in _query(prom_url, _panel_queries()[0][1])}
+        assert {"base", "finetuned", "unassigned"} <= arms
+        # the alert rules load and evaluate against the real series
+        rules = httpx.get(prom_url + "/api/v1/rules").json()["data"]["groups"][0]["rules"]
+        assert len(rules) == 6 and all(r["health"] == "ok" for r in rules), rules
+    finally:
+        prom.stop()
