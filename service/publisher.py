@@ -48,8 +48,10 @@ START_TIMEOUT_S = 30.0
 class EventPublisher:
     """Bounded queue + writer thread + shipper process; see the module docstring."""
 
-    def __init__(self, cfg: KafkaConfig, spool_dir: str | Path | None = None, flush_s: float = 10.0) -> None:
+    def __init__(self, cfg: KafkaConfig, spool_dir: str | Path | None = None, flush_s: float = 10.0,
+                 adopt_workers: int | None = None) -> None:
         self.cfg = cfg
+        self.adopt_workers = adopt_workers
         self.spool_dir = Path(spool_dir or cfg.spool.dir)
         self.flush_s = flush_s
         self._queue: deque[BaseModel] = deque()
@@ -126,7 +128,7 @@ class EventPublisher:
         self._proc = self._ctx.Process(
             target=shipper_main, name="splitwatch-shipper", daemon=False,
             args=(self.cfg.model_dump_json(), str(self.spool_dir), receiver, self._status, self._error,
-                  self.flush_s))
+                  self.flush_s, self.adopt_workers))
         self._proc.start()
         receiver.close()
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -204,11 +206,14 @@ class EventPublisher:
         metrics.EVENTS_QUEUED.set(self.queued)
 
 
-def open_publisher(cfg: KafkaConfig, worker: int = 0, flush_s: float = 10.0) -> EventPublisher:
-    """Return a started publisher whose spool is ``<spool.dir>/worker-<N>`` (the first free one from N)."""
+def open_publisher(cfg: KafkaConfig, worker: int = 0, flush_s: float = 10.0, workers: int = 1) -> EventPublisher:
+    """Return a started publisher whose spool is ``<spool.dir>/worker-<N>`` (the first free one from N).
+
+    Worker 0's shipper also delivers spools left by workers >= ``workers`` of an earlier run.
+    """
     base = Path(cfg.spool.dir)
     for index in range(worker, worker + 64):
-        pub = EventPublisher(cfg, base / f"worker-{index}", flush_s)
+        pub = EventPublisher(cfg, base / f"worker-{index}", flush_s, adopt_workers=workers if worker == 0 else None)
         try:
             pub.start()
             return pub

@@ -71,6 +71,7 @@ def serve_workers(config_path: str, host: str, port: int, workers: int) -> None:
     from .config import load_config
 
     config = load_config(config_path)  # fail fast, with the field named, before forking anything
+    os.environ["SPLITWATCH_WORKERS"] = str(workers)
     _metrics_dir(config.proxy.state_dir, port)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

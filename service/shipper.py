@@ -14,6 +14,7 @@ after delivering what it can within the worker's flush deadline.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -21,6 +22,8 @@ import struct
 import threading
 import time
 from multiprocessing.connection import Connection
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from . import metrics
@@ -133,7 +136,7 @@ class Shipper:
     """Pipe reader thread + Kafka shipping loop around one spool; see the module docstring."""
 
     def __init__(self, cfg: KafkaConfig, spool: Spool, conn: Connection | None, status: Any, error: Any,
-                 flush_s: float, sink: Any = None) -> None:
+                 flush_s: float, sink: Any = None, report: bool = True) -> None:
         self.cfg = cfg
         self.spool = spool
         self.conn = conn
@@ -148,6 +151,7 @@ class Shipper:
         self._backoff = cfg.reconnect_backoff_ms / 1000
         self.connected = False
         self.last_error: str | None = None
+        self.report = report  # False for an adopted spool: the gauges describe this worker's own spool
 
     # -- receiving --------------------------------------------------------------------------------
     def append(self, records: list[Record]) -> None:
@@ -242,7 +246,8 @@ class Shipper:
     def _set_connected(self, value: bool) -> None:
         self.connected = value
         self.status[CONNECTED] = 1.0 if value else 0.0
-        metrics.KAFKA_CONNECTED.labels(self.spool.dir.name).set(1 if value else 0)
+        if self.report:
+            metrics.KAFKA_CONNECTED.labels(self.spool.dir.name).set(1 if value else 0)
 
     def _set_error(self, name: str) -> None:
         self.last_error = name
@@ -251,12 +256,62 @@ class Shipper:
     def _publish_state(self) -> None:
         self.status[PENDING_EVENTS] = self.spool.pending_events
         self.status[PENDING_BYTES] = self.spool.pending_bytes
-        metrics.EVENTS_SPOOLED.set(self.spool.pending_events)
-        metrics.SPOOL_BYTES.set(self.spool.pending_bytes)
+        if self.report:
+            metrics.EVENTS_SPOOLED.set(self.spool.pending_events)
+            metrics.SPOOL_BYTES.set(self.spool.pending_bytes)
+
+    def drain(self, stop: threading.Event) -> None:
+        """Ship until the spool is empty (retrying with back-off) or ``stop`` is set; then close it."""
+        try:
+            while self.spool.pending_events and not stop.is_set():
+                if not self.ship_once():
+                    stop.wait(max(0.0, self._next_attempt - time.monotonic()))
+        finally:
+            self.sink.close()
+            self.spool.close()
 
 
-def shipper_main(cfg_json: str, spool_dir: str, conn: Connection, status: Any, error: Any, flush_s: float) -> None:
-    """Entry point of the shipper process (multiprocessing target)."""
+META_FILE = "splitwatch-spool.json"
+
+
+def _destination(cfg: KafkaConfig) -> dict[str, str]:
+    return {"bootstrap_servers": cfg.bootstrap_servers, "topic": cfg.topic}
+
+
+def adopt_orphans(cfg: KafkaConfig, own: Path, workers: int, stop: threading.Event) -> None:
+    """Deliver spools ``worker-N`` (N >= workers) that no process owns, e.g. after fewer workers.
+
+    Only spools written for the same Kafka destination are adopted: a shared spool directory must
+    never send one proxy's events to another proxy's topic.
+    """
+    for path in sorted(own.parent.glob("worker-*")):
+        suffix = path.name.removeprefix("worker-")
+        if path == own or not suffix.isdigit() or int(suffix) < workers or stop.is_set():
+            continue
+        try:
+            meta = json.loads((path / META_FILE).read_text())
+        except (OSError, ValueError):
+            meta = None
+        if meta != _destination(cfg):
+            log.warning("spool %s left by another run is for %s, not this proxy's Kafka; leaving it", path, meta)
+            continue
+        try:
+            spool = Spool(path, max_bytes=cfg.spool.max_bytes, segment_bytes=cfg.spool.segment_bytes,
+                          fsync=cfg.spool.fsync, fsync_interval_ms=cfg.spool.fsync_interval_ms,
+                          full_policy=cfg.spool.full_policy)
+        except SpoolLockedError:
+            continue  # a live process owns it
+        if spool.pending_events:
+            log.info("adopting %d undelivered events from spool %s", spool.pending_events, path)
+        Shipper(cfg, spool, None, [0.0] * STATUS_SLOTS, SimpleNamespace(value=b""), 0.0, report=False).drain(stop)
+
+
+def shipper_main(cfg_json: str, spool_dir: str, conn: Connection, status: Any, error: Any, flush_s: float,
+                 adopt_workers: int | None = None) -> None:
+    """Entry point of the shipper process (multiprocessing target).
+
+    With ``adopt_workers`` (worker 0 does this) it also delivers orphaned spools of higher workers.
+    """
     from .logs import configure_logging
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -270,12 +325,18 @@ def shipper_main(cfg_json: str, spool_dir: str, conn: Connection, status: Any, e
     except SpoolLockedError:
         status[STATE] = STATE_LOCKED
         return
+    (Path(spool_dir) / META_FILE).write_text(json.dumps(_destination(cfg)))
     shipper = Shipper(cfg, spool, conn, status, error, flush_s)
     shipper._set_connected(False)
     shipper._publish_state()
     status[STATE] = STATE_RUNNING
+    stop_adopting = threading.Event()
+    if adopt_workers is not None:
+        threading.Thread(target=adopt_orphans, args=(cfg, Path(spool_dir), adopt_workers, stop_adopting),
+                         name="splitwatch-spool-adopter", daemon=True).start()
     try:
         shipper.run()
     finally:
+        stop_adopting.set()
         status[STATE] = STATE_DONE
         metrics.forget_this_process()

@@ -3,6 +3,7 @@ proxy stopped with SIGTERM under load, and a full spool that drops and counts.""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import time
@@ -155,3 +156,34 @@ def test_full_spool_drops_and_counts(stubs, tmp_path: Path) -> None:
     finally:
         proxy.stop()
         broker.stop()
+
+
+def test_orphaned_spools_of_removed_workers_are_delivered(broker, stubs, tmp_path: Path) -> None:
+    # A previous run had more workers and left events in worker-3's spool; this run has one worker.
+    from service.events import OutcomeEvent
+    from service.shipper import META_FILE
+    from service.spool import Spool
+
+    topic = new_topic()
+    cfg = base_config(broker.bootstrap, topic, tmp_path, [experiment_config(*stubs)])
+    spool_base = tmp_path / "spool"
+    left = [OutcomeEvent(experiment="support-ft", phase=1, arm="base", unit_id=f"orphan-{i}", metric="resolved",
+                         value=1.0) for i in range(50)]
+    for name, dest_topic in (("worker-3", topic), ("worker-4", "some.other.topic")):
+        s = Spool(spool_base / name, max_bytes=1 << 24, segment_bytes=1 << 20)
+        s.append([(e.key(), e.to_json()) for e in left])
+        s.close()
+        (spool_base / name / META_FILE).write_text(
+            json.dumps({"bootstrap_servers": broker.bootstrap, "topic": dest_topic}))
+    proxy = Proxy(tmp_path, cfg)
+    proxy.start()
+    try:
+        events = unique_by_event_id(read_events(broker.bootstrap, topic, expect=50, timeout=30))
+        assert {e.event_id for e in left} <= set(events)
+        # worker-4's spool was written for another topic: left alone, on disk, not sent here
+        other = Spool(spool_base / "worker-4", max_bytes=1 << 24, segment_bytes=1 << 20)
+        assert other.pending_events == 50
+        other.close()
+        assert "not this proxy's Kafka" in proxy.log()
+    finally:
+        proxy.stop()
