@@ -43,6 +43,7 @@ def create_app(config: Config, config_path: str | Path | None = None, *,
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGHUP, runtime.reload)  # only in the main thread
+        runtime.reload_if_changed()
         poller = asyncio.create_task(_poll_overrides(runtime))
         try:
             yield

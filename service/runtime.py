@@ -32,6 +32,7 @@ class Runtime:
     def __init__(self, config: Config, config_path: str | Path | None = None,
                  publisher: EventPublisher | None = None) -> None:
         self.config_path = Path(config_path) if config_path else None
+        self._loaded_mtime = self._mtime()
         self.snapshot = Snapshot(config, ExperimentTable(config))
         self.overrides = OverrideStore(config.proxy.state_dir)
         self.publisher = publisher
@@ -42,10 +43,21 @@ class Runtime:
         """Return the config in force."""
         return self.snapshot.config
 
+    def _mtime(self) -> int | None:
+        try:
+            return self.config_path.stat().st_mtime_ns if self.config_path else None
+        except OSError:
+            return None
+
+    def reload_if_changed(self) -> bool:
+        """Reload when the file changed since it was loaded (a SIGHUP may have come before the handler)."""
+        return self._mtime() != self._loaded_mtime and self.reload()
+
     def reload(self) -> bool:
         """Re-read the config file; swap it in when valid, else log and keep the old one. Return success."""
         if self.config_path is None:
             return False
+        self._loaded_mtime = self._mtime()
         try:
             new = load_config(self.config_path)
         except ConfigError as exc:

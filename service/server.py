@@ -50,6 +50,7 @@ def serve_single(config_path: str, host: str, port: int) -> None:
     """Run one proxy worker in this process until SIGTERM/SIGINT."""
     from .config import load_config
 
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app installs its reload handler
     config = load_config(config_path)
     _metrics_dir(config.proxy.state_dir, port)
     from .app import create_app
@@ -59,6 +60,9 @@ def serve_single(config_path: str, host: str, port: int) -> None:
 
 
 def _worker_main(config_path: str, sock: socket.socket, index: int, graceful_s: float) -> None:
+    # SIGHUP's default action kills the process: ignore it until the app installs its reload handler
+    # (which then also catches up with a change made meanwhile).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     os.environ["SPLITWATCH_CONFIG"] = config_path
     os.environ["SPLITWATCH_WORKER_INDEX"] = str(index)
     configure_logging(index)

@@ -314,8 +314,8 @@ def shipper_main(cfg_json: str, spool_dir: str, conn: Connection, status: Any, e
     """
     from .logs import configure_logging
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # it stops when the worker's pipe closes
+        signal.signal(sig, signal.SIG_IGN)
     configure_logging()
     cfg = KafkaConfig.model_validate_json(cfg_json)
     try:

@@ -181,9 +181,12 @@ def test_orphaned_spools_of_removed_workers_are_delivered(broker, stubs, tmp_pat
         events = unique_by_event_id(read_events(broker.bootstrap, topic, expect=50, timeout=30))
         assert {e.event_id for e in left} <= set(events)
         # worker-4's spool was written for another topic: left alone, on disk, not sent here
+        deadline = time.monotonic() + 15
+        while "not this proxy's Kafka" not in proxy.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "not this proxy's Kafka" in proxy.log()
         other = Spool(spool_base / "worker-4", max_bytes=1 << 24, segment_bytes=1 << 20)
         assert other.pending_events == 50
         other.close()
-        assert "not this proxy's Kafka" in proxy.log()
     finally:
         proxy.stop()

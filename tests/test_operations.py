@@ -162,3 +162,20 @@ def test_metrics_pass_promtool(start_proxy) -> None:
     assert "unit" not in " ".join(re.findall(r"\{[^}]*\}", text))  # labels never carry unit ids
     res = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_sighup_to_the_supervisor_reloads_every_worker(start_proxy, stubs) -> None:
+    proxy = start_proxy(workers=2)
+    cfg = dict(proxy.config)
+    cfg["experiments"] = [experiment_config(*stubs, status="paused")]
+    proxy.write_config(cfg)
+    proxy.send_signal(signal.SIGHUP)
+
+    def all_paused() -> bool:
+        # fresh connections, so that both workers answer
+        return all(httpx.post(proxy.url + "/v1/chat/completions", json={**CHAT, "user": f"sup-{i}"},
+                              headers={"connection": "close"}).headers.get("x-splitwatch-excluded") == "paused"
+                   for i in range(20))
+
+    assert _wait_until(all_paused, timeout=10)
+    assert proxy.log().count("config reloaded") == 2  # one line per worker
