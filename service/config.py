@@ -29,6 +29,13 @@ class ConfigError(ValueError):
     """The configuration is invalid; the message names the bad field(s)."""
 
 
+def _require_unique(values: list[str], message: str) -> None:
+    """Raise ValueError(message + the repeated values) when a value occurs more than once."""
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{message}, repeated: {repeated}")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -94,14 +101,8 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
-        names = [a.name for a in self.arms]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"arm names must be unique, repeated: {dupes}")
-        mnames = [m.name for m in self.metrics]
-        mdupes = sorted({n for n in mnames if mnames.count(n) > 1})
-        if mdupes:
-            raise ValueError(f"metric names must be unique, repeated: {mdupes}")
+        _require_unique([a.name for a in self.arms], "arm names must be unique")
+        _require_unique([m.name for m in self.metrics], "metric names must be unique")
         return self
 
     @property
@@ -174,14 +175,8 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> Config:
-        keys = [e.key for e in self.experiments]
-        dupes = sorted({k for k in keys if keys.count(k) > 1})
-        if dupes:
-            raise ValueError(f"experiment keys must be unique, repeated: {dupes}")
-        models = [e.model for e in self.experiments]
-        mdupes = sorted({m for m in models if models.count(m) > 1})
-        if mdupes:
-            raise ValueError(f"two experiments match the same requested model: {mdupes}")
+        _require_unique([e.key for e in self.experiments], "experiment keys must be unique")
+        _require_unique([e.model for e in self.experiments], "two experiments match the same requested model")
         return self
 
     def experiment(self, key: str) -> ExperimentConfig | None:
