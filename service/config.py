@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from stats.metric import MetricDefinition
+
 ENV_PREFIX = "SPLITWATCH_"
 UNASSIGNED_ARM = "unassigned"
 """Arm label used in metrics for requests served outside the experiment (no unit, not covered, paused)."""
@@ -80,13 +82,8 @@ class ArmConfig(_Strict):
         return v
 
 
-class MetricConfig(_Strict):
-    name: Name
-    kind: Literal["binary", "continuous", "ratio", "quantile"]
-    direction: Literal["increase", "decrease"] = "increase"
-    guardrail: bool = False
-    margin: float | None = Field(None, ge=0)
-    description: str | None = None
+MetricConfig = MetricDefinition
+"""A metric of an experiment; defined once, in stats.metric, and shared with the statistics engine."""
 
 
 class ExperimentConfig(_Strict):

@@ -1,1 +1,43 @@
-"""splitwatch's statistics engine: KPI significance from per-arm sufficient statistics (issue #4)."""
+"""splitwatch's statistics engine: KPI significance from per-arm sufficient statistics.
+
+Usable on its own, on aggregates from any warehouse::
+
+    from stats import SampleStats, MetricDefinition, analyze
+
+Names are imported lazily (PEP 562), so that ``stats.metric`` (used by the proxy's config) does
+not pull in scipy and statsmodels.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BayesianSummary": "bayesian", "summarise": "bayesian",
+    "Effect": "comparison", "compare": "comparison", "compare_proportions": "comparison",
+    "wilson_interval": "comparison",
+    "AnalysisOptions": "engine", "ArmValue": "engine", "ExperimentResult": "engine", "MetricResult": "engine",
+    "analyze": "engine",
+    "InvalidSpecification": "errors", "InvalidStatistics": "errors", "StatsError": "errors",
+    "ArmEstimate": "estimates", "cuped_estimates": "estimates", "cuped_theta": "estimates",
+    "GuardrailResult": "guardrails", "check_guardrail": "guardrails",
+    "MetricDefinition": "metric",
+    "adjust_p_values": "multiple_testing",
+    "duration": "power", "mde_means": "power", "mde_proportions": "power", "power_means": "power",
+    "sample_size_means": "power", "sample_size_proportions": "power",
+    "quantile_stats": "quantile",
+    "compare_sequential": "sequential",
+    "SRMResult": "srm", "srm_chi_square": "srm", "srm_sequential": "srm",
+    "QuantileStats": "statistics", "RatioStats": "statistics", "RegressionStats": "statistics",
+    "SampleStats": "statistics",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import the public name from its module on first use."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'stats' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
