@@ -9,8 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from scipy import stats as st
-
+from ._dist import norm_cdf, norm_pdf, norm_ppf
 from .estimates import ArmEstimate
 
 
@@ -31,8 +30,8 @@ def summarise(control: ArmEstimate, treatment: ArmEstimate, direction: str = "in
     good = d if direction == "increase" else -d  # effect in the good direction
     if se == 0:
         return BayesianSummary(1.0 if good > 0 else 0.0 if good < 0 else 0.5, (d, d), max(0.0, -good))
-    z = st.norm.ppf(1 - alpha / 2)
-    chance = float(st.norm.cdf(good / se))
+    z = norm_ppf(1 - alpha / 2)
+    chance = norm_cdf(good / se)
     # E[max(0, -G)] for G ~ N(good, se^2)
-    loss = float(se * st.norm.pdf(good / se) - good * st.norm.cdf(-good / se))
+    loss = se * norm_pdf(good / se) - good * norm_cdf(-good / se)
     return BayesianSummary(chance, (d - z * se, d + z * se), max(0.0, loss))

@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from scipy import stats as st
-
+from ._dist import norm_ppf, norm_sf, t_ppf, t_sf
 from .errors import InvalidSpecification, InvalidStatistics
 from .estimates import ArmEstimate
 from .statistics import SampleStats
@@ -43,7 +42,7 @@ def relative_effect(control: ArmEstimate, treatment: ArmEstimate, alpha: float) 
         return None, None
     rel = m1 / m0 - 1
     se = math.sqrt(treatment.variance / m0**2 + m1**2 * control.variance / m0**4)
-    z = st.norm.ppf(1 - alpha / 2)
+    z = norm_ppf(1 - alpha / 2)
     return rel, (rel - z * se, rel + z * se)
 
 
@@ -62,27 +61,25 @@ def compare(control: ArmEstimate, treatment: ArmEstimate, alpha: float = 0.05, m
     diff = treatment.mean - control.mean
     se = math.sqrt(control.variance + treatment.variance)
     if method == "welch":
-        df = welch_satterthwaite_df(control, treatment)
-        dist = st.t(df)
+        df: float | None = welch_satterthwaite_df(control, treatment)
         name = "welch_t"
     elif method == "z":
         df = None
-        dist = st.norm
         name = "z"
     else:
         raise InvalidSpecification(f"unknown method {method!r}")
     if se == 0:
         raise InvalidStatistics("both arms have zero variance: no test is possible")
     stat = diff / se
-    p = float(2 * dist.sf(abs(stat)))
-    q = float(dist.ppf(1 - alpha / 2))
+    p = 2 * (norm_sf(abs(stat)) if df is None else t_sf(abs(stat), df))
+    q = norm_ppf(1 - alpha / 2) if df is None else t_ppf(1 - alpha / 2, df)
     rel, rel_ci = relative_effect(control, treatment, alpha)
     return Effect(diff, (diff - q * se, diff + q * se), rel, rel_ci, p, se, stat, df, name)
 
 
 def wilson_interval(successes: float, n: int, alpha: float) -> tuple[float, float]:
     """Return the Wilson score interval of a proportion."""
-    z = st.norm.ppf(1 - alpha / 2)
+    z = norm_ppf(1 - alpha / 2)
     p = successes / n
     denom = 1 + z * z / n
     center = (p + z * z / (2 * n)) / denom
@@ -110,7 +107,7 @@ def compare_proportions(control: SampleStats, treatment: SampleStats, alpha: flo
         stat, p = 0.0, 1.0
     else:
         stat = diff / se_pooled
-        p = float(2 * st.norm.sf(abs(stat)))
+        p = 2 * norm_sf(abs(stat))
     l0, u0 = wilson_interval(control.sum, n0, alpha)
     l1, u1 = wilson_interval(treatment.sum, n1, alpha)
     ci = (diff - math.sqrt((p1 - l1) ** 2 + (u0 - p0) ** 2), diff + math.sqrt((u1 - p1) ** 2 + (p0 - l0) ** 2))

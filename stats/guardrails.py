@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scipy import stats as st
-
+from ._dist import norm_cdf, norm_ppf
 from .comparison import Effect
 
 
@@ -33,12 +32,12 @@ def check_guardrail(effect: Effect, direction: str, margin: float, alpha: float 
         if effect.relative is None or effect.relative_ci is None:
             return GuardrailResult(float("nan"), margin, 1.0, "inconclusive")
         est, (lo, hi) = effect.relative, effect.relative_ci
-        se = (hi - lo) / (2 * st.norm.ppf(1 - alpha / 2))
+        se = (hi - lo) / (2 * norm_ppf(1 - alpha / 2))
     else:
         est, (lo, hi), se = effect.absolute, effect.absolute_ci, effect.se
     harm = -est if direction == "increase" else est
     harm_lower = -hi if direction == "increase" else lo  # lower bound of the harm
-    p_ni = float(st.norm.cdf((harm - margin) / se)) if se > 0 else (0.0 if harm < margin else 1.0)
+    p_ni = norm_cdf((harm - margin) / se) if se > 0 else (0.0 if harm < margin else 1.0)
     if p_ni < alpha:
         status = "non_inferior"
     elif harm_lower > 0 and harm > margin:

@@ -5,16 +5,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from scipy import stats as st
 from scipy.optimize import brentq
 
+from ._dist import norm_cdf, norm_ppf, norm_sf
 from .errors import InvalidSpecification
 
 
 def _z(alpha: float, power: float) -> tuple[float, float]:
     if not 0 < alpha < 1 or not 0 < power < 1:
         raise InvalidSpecification("alpha and power must be in (0, 1)")
-    return st.norm.ppf(1 - alpha / 2), st.norm.ppf(power)
+    return norm_ppf(1 - alpha / 2), norm_ppf(power)
 
 
 def sample_size_means(effect: float, sd: float, alpha: float = 0.05, power: float = 0.8,
@@ -56,7 +56,7 @@ def power_means(effect: float, sd: float, n_control: int, n_treatment: int, alph
     sd1 = sd if sd_treatment is None else sd_treatment
     se = math.sqrt(sd**2 / n_control + sd1**2 / n_treatment)
     shift = abs(effect) / se
-    return float(st.norm.sf(za - shift) + st.norm.cdf(-za - shift))
+    return norm_sf(za - shift) + norm_cdf(-za - shift)
 
 
 def mde_means(sd: float, n_control: int, n_treatment: int, alpha: float = 0.05, power: float = 0.8) -> float:

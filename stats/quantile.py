@@ -5,14 +5,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats as st
 
+from ._dist import norm_ppf
 from .statistics import QuantileStats
 
 
 def rank_bounds(n: int, p: float, alpha: float = 0.05) -> tuple[float, float]:
     """Return the quantile levels p -+ z sqrt(p(1-p)/n) whose values bound the p-quantile (binomial)."""
-    z = st.norm.ppf(1 - alpha / 2)
+    z = norm_ppf(1 - alpha / 2)
     h = z * math.sqrt(p * (1 - p) / n)
     return max(0.0, p - h), min(1.0, p + h)
 
@@ -22,5 +22,5 @@ def quantile_stats(values: object, p: float, alpha: float = 0.05, design_effect:
     a = np.asarray(values, dtype=float)
     lo, hi = rank_bounds(a.size, p, alpha)
     est, lower, upper = np.quantile(a, [p, lo, hi])
-    return QuantileStats(int(a.size), p, float(est), float(lower), float(upper), float(st.norm.ppf(1 - alpha / 2)),
+    return QuantileStats(int(a.size), p, float(est), float(lower), float(upper), norm_ppf(1 - alpha / 2),
                          design_effect)

@@ -196,3 +196,43 @@ def test_merging_statistics_is_addition() -> None:
 def test_impossible_statistics_are_refused_with_a_reason(make, message: str) -> None:
     with pytest.raises(InvalidStatistics, match=message):
         make()
+
+
+def test_capping_and_duration() -> None:
+    from stats import duration
+    from stats.capping import cap_threshold, winsorize
+
+    values = np.r_[np.ones(99), 1000.0]
+    cap = cap_threshold(values, 0.99)
+    assert cap == pytest.approx(np.quantile(values, 0.99))
+    capped = winsorize(values, cap)
+    assert capped.max() == pytest.approx(cap) and capped[:99].tolist() == [1.0] * 99
+    # capping is what keeps one whale from deciding the experiment
+    assert SampleStats.from_values(capped).variance < SampleStats.from_values(values).variance / 100
+    d = duration(units_needed=40_000, daily_units=3_000, coverage=0.5)
+    assert d.days == 27 and d.units_per_day == 1500  # ceil(40000 / 1500)
+
+
+def test_fast_distribution_functions_match_scipy_stats() -> None:
+    from stats import _dist
+
+    for x in (-6.0, -1.96, -0.3, 0.0, 0.7, 2.5, 8.0):
+        assert _dist.norm_cdf(x) == pytest.approx(st.norm.cdf(x), rel=1e-12, abs=1e-300)
+        assert _dist.norm_sf(x) == pytest.approx(st.norm.sf(x), rel=1e-12, abs=1e-300)
+        assert _dist.norm_pdf(x) == pytest.approx(st.norm.pdf(x), rel=1e-12)
+        for df in (1.5, 4.0, 17.776, 300.0):
+            assert _dist.t_sf(x, df) == pytest.approx(st.t.sf(x, df), rel=1e-10, abs=1e-300)
+    for q in (1e-6, 0.025, 0.5, 0.8, 0.975):
+        assert _dist.norm_ppf(q) == pytest.approx(st.norm.ppf(q), rel=1e-12)
+        assert _dist.t_ppf(q, 17.776) == pytest.approx(st.t.ppf(q, 17.776), rel=1e-10)
+    for x, df in ((0.5, 1), (5.76, 1), (12.0, 3)):
+        assert _dist.chi2_sf(x, df) == pytest.approx(st.chi2.sf(x, df), rel=1e-12)
+
+
+@pytest.mark.parametrize(("ours", "theirs"), [("holm", "holm"), ("bh", "fdr_bh"), ("bonferroni", "bonferroni")])
+def test_corrections_match_statsmodels(ours: str, theirs: str) -> None:
+    rng = np.random.default_rng(5)
+    for size in (2, 5, 40):
+        p = np.r_[rng.uniform(0, 0.05, size // 2), rng.uniform(0, 1, size - size // 2)]
+        assert adjust_p_values(p.tolist(), ours) == pytest.approx(list(multipletests(p, method=theirs)[1]),
+                                                                   rel=1e-12)
