@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import date
+from pathlib import Path
 
 from .config import ConfigError, load_config
 from .logs import configure_logging
@@ -28,6 +30,41 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         serve_workers(args.config, host, port, args.workers)
     else:
         serve_single(args.config, host, port)
+    return 0
+
+
+def _cmd_analyzer(args: argparse.Namespace) -> int:
+    from .analyzer import run_analyzer
+
+    return run_analyzer(load_config(args.config), once=args.once, host=args.host, port=args.port)
+
+
+def _parse_day(value: str, field: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"{field}: expected a date YYYY-MM-DD, got {value!r}") from None
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import RENDERERS, build_report, last_full_iso_week
+
+    cfg = load_config(args.config)
+    start, end = last_full_iso_week()
+    if args.date_from:
+        start = _parse_day(args.date_from, "--from")
+    if args.date_to:
+        end = _parse_day(args.date_to, "--to")
+    try:
+        rep = build_report(cfg, args.experiment, start, end, sequential=not args.fixed_horizon)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    text = RENDERERS[args.format](rep)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"report written to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -57,6 +94,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("stub-model", help="run a stub OpenAI-compatible model server (tests, demos); "
                    "see splitwatch stub-model --help", add_help=False)
+
+    an = sub.add_parser("analyzer", help="consume events into the Parquet lake and export live KPI gauges")
+    an.add_argument("--config", required=True)
+    an.add_argument("--once", action="store_true", help="ingest what is in Kafka, analyse once, exit")
+    an.add_argument("--host", default=None, help="metrics listen address (default: analyzer.host)")
+    an.add_argument("--port", type=int, default=None, help="metrics port (default: analyzer.port)")
+    an.set_defaults(func=_cmd_analyzer)
+
+    rp = sub.add_parser("report", help="the KPI significance report of one experiment")
+    rp.add_argument("--config", required=True)
+    rp.add_argument("--experiment", required=True)
+    rp.add_argument("--from", dest="date_from", default=None, help="first day (default: last full ISO week)")
+    rp.add_argument("--to", dest="date_to", default=None, help="last day, inclusive")
+    rp.add_argument("--format", choices=["md", "html", "json"], default="md")
+    rp.add_argument("--output", default=None, help="file to write (default: stdout)")
+    rp.add_argument("--fixed-horizon", action="store_true",
+                    help="fixed-horizon tests (only once the planned sample size is reached); default: always-valid")
+    rp.set_defaults(func=_cmd_report)
 
     demo = sub.add_parser("demo", help="run the whole loop locally on embedded defaults")
     demo.add_argument("--units", type=int, default=2000, help="simulated users (default 2000)")

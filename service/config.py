@@ -165,9 +165,34 @@ class ProxyConfig(_Strict):
     passthrough: UpstreamConfig | None = None
 
 
+class PriceConfig(_Strict):
+    """Price of an upstream model, per 1,000 tokens, for cost KPIs."""
+
+    prompt_per_1k: float = Field(0.0, ge=0)
+    completion_per_1k: float = Field(0.0, ge=0)
+
+
+class AnalyzerConfig(_Strict):
+    lake_dir: str = ".splitwatch/lake"
+    group_id: str = "splitwatch-analyzer"
+    batch_max_events: int = Field(50_000, ge=1)
+    batch_max_seconds: float = Field(5.0, gt=0)
+    max_poll_interval_ms: int = Field(300_000, ge=1000)
+    interval_s: float = Field(60.0, gt=0)
+    attribution_window_hours: float = Field(72.0, gt=0)
+    host: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65535)
+    alpha: float = Field(0.05, gt=0, lt=1)
+    correction: Literal["holm", "bh", "bonferroni", "none"] = "holm"
+    sequential_n_star: int = Field(10_000, ge=1)
+    latency_quantiles: list[float] = Field(default_factory=lambda: [0.5, 0.95])
+    prices: dict[str, PriceConfig] = Field(default_factory=dict)  # by upstream model name
+
+
 class Config(_Strict):
     kafka: KafkaConfig = KafkaConfig()
     proxy: ProxyConfig = ProxyConfig()
+    analyzer: AnalyzerConfig = AnalyzerConfig()
     experiments: list[ExperimentConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -70,6 +70,34 @@ KAFKA_CONNECTED = Gauge(
     multiprocess_mode="livemin")
 
 
+# -- analyzer (its own process and registry: these never appear on the proxy's /metrics) -------------
+ANALYZER_REGISTRY = CollectorRegistry(auto_describe=True)
+ANALYZER_EVENTS_INGESTED = Counter(
+    "splitwatch_analyzer_events_ingested", "Events written to the Parquet lake.", registry=ANALYZER_REGISTRY)
+ANALYZER_INVALID_EVENTS = Counter(
+    "splitwatch_analyzer_invalid_events", "Kafka messages that are not valid events (kept in _invalid/).",
+    registry=ANALYZER_REGISTRY)
+ANALYSIS_SECONDS = Histogram(
+    "splitwatch_analysis_seconds", "Time to re-analyse one experiment from the lake.", ["experiment"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=ANALYZER_REGISTRY)
+LAST_ANALYSIS = Gauge(
+    "splitwatch_last_analysis_timestamp_seconds", "When the experiment was last analysed.", ["experiment"],
+    registry=ANALYZER_REGISTRY)
+UNITS = Gauge("splitwatch_units", "Units exposed in the current phase.", ["experiment", "arm"],
+              registry=ANALYZER_REGISTRY)
+METRIC_MEAN = Gauge("splitwatch_metric_mean", "Per-arm estimate of a KPI.", ["experiment", "arm", "metric"],
+                    registry=ANALYZER_REGISTRY)
+EFFECT_RELATIVE = Gauge(
+    "splitwatch_effect_relative", "Relative effect of an arm over the control (0.05 = +5%).",
+    ["experiment", "arm", "metric"], registry=ANALYZER_REGISTRY)
+P_VALUE = Gauge("splitwatch_p_value", "p-value of an arm against the control (always valid when sequential).",
+                ["experiment", "arm", "metric", "method"], registry=ANALYZER_REGISTRY)
+SRM_P_VALUE = Gauge("splitwatch_srm_p_value", "p-value of the sample ratio mismatch test.", ["experiment"],
+                    registry=ANALYZER_REGISTRY)
+GUARDRAIL_BREACHED = Gauge("splitwatch_guardrail_breached", "1 when a guardrail metric is breached.",
+                           ["experiment", "metric"], registry=ANALYZER_REGISTRY)
+
+
 def forget_this_process() -> None:
     """Remove this process's live gauges from the multiprocess directory (call it when exiting)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

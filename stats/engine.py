@@ -15,7 +15,7 @@ from typing import Literal
 
 from .bayesian import BayesianSummary, summarise
 from .comparison import Effect, compare, compare_proportions
-from .errors import InvalidSpecification
+from .errors import InvalidSpecification, InvalidStatistics
 from .estimates import (
     ArmEstimate,
     binary_estimate,
@@ -85,6 +85,7 @@ class ExperimentResult:
     results: list[MetricResult]
     srm: SRMResult | None
     options: AnalysisOptions = field(default_factory=AnalysisOptions)
+    skipped: dict[str, str] = field(default_factory=dict)  # metric -> why it could not be tested
 
     def get(self, metric: str, arm: str) -> MetricResult:
         """Return the result of ``metric`` for treatment ``arm``."""
@@ -135,6 +136,9 @@ def analyze(metrics: Sequence[MetricDefinition], arm_stats: Mapping[str, Mapping
             options: AnalysisOptions | None = None) -> ExperimentResult:
     """Return the result of every metric for every treatment arm against ``control``, and the SRM check.
 
+    A metric whose statistics allow no test (zero variance in both arms, too few units) is left
+    out of ``results`` and listed in ``skipped`` with the reason.
+
     p-values of the non-guardrail comparisons are adjusted together (``options.correction``)
     across metrics and arms; guardrails are judged uncorrected, so that harm is not hidden.
     """
@@ -145,16 +149,23 @@ def analyze(metrics: Sequence[MetricDefinition], arm_stats: Mapping[str, Mapping
     if not treatments:
         raise InvalidSpecification("need at least one treatment arm besides the control")
     pending = []
+    skipped: dict[str, str] = {}
     for metric in metrics:
         per_arm = {}
         for arm in arm_stats:
             if metric.name not in arm_stats[arm]:
                 raise InvalidSpecification(f"arm {arm!r} has no statistics for metric {metric.name!r}")
             per_arm[arm] = arm_stats[arm][metric.name]
-        est = _estimates(metric, per_arm)
-        for arm in treatments:
-            eff = _effect(metric, est[control], est[arm], per_arm[control], per_arm[arm], options)
-            pending.append((metric, arm, est[control], est[arm], eff))
+        # Degenerate data (every value equal, too few units) makes one metric untestable: it is
+        # reported with the reason, and the other metrics are still analysed.
+        try:
+            est = _estimates(metric, per_arm)
+            effects = [(arm, _effect(metric, est[control], est[arm], per_arm[control], per_arm[arm], options))
+                       for arm in treatments]
+        except InvalidStatistics as exc:
+            skipped[metric.name] = str(exc)
+            continue
+        pending.extend((metric, arm, est[control], est[arm], eff) for arm, eff in effects)
     primary = [i for i, (m, *_rest) in enumerate(pending) if not m.guardrail]
     adjusted = dict(zip(primary, adjust_p_values([pending[i][4].p_value for i in primary], options.correction),
                         strict=True))
@@ -174,4 +185,4 @@ def analyze(metrics: Sequence[MetricDefinition], arm_stats: Mapping[str, Mapping
     if units is not None and weights is not None:
         test = srm_sequential if options.srm_sequential else srm_chi_square
         srm = test(units, weights, options.srm_alpha)
-    return ExperimentResult(results, srm, options)
+    return ExperimentResult(results, srm, options, skipped)

@@ -21,6 +21,10 @@ class MetricDefinition(BaseModel):
     margin: float | None = Field(None, ge=0)
     relative_margin: bool = False  # margin as a share of the control's value (0.05 = 5%) instead of absolute
     quantile: float | None = Field(None, gt=0, lt=1)  # for kind "quantile", e.g. 0.95
+    # for kind "ratio" over outcomes: per unit, sum of the numerator outcome / the denominator
+    # ("requests", or another outcome metric's sum)
+    numerator: str | None = None
+    denominator: str | None = None
     description: str | None = None
 
     @model_validator(mode="after")
@@ -29,4 +33,8 @@ class MetricDefinition(BaseModel):
             raise ValueError("a quantile metric needs 'quantile' (e.g. 0.95)")
         if self.kind != "quantile" and self.quantile is not None:
             raise ValueError("'quantile' is only for kind 'quantile'")
+        if (self.numerator is None) != (self.denominator is None):
+            raise ValueError("a ratio metric needs both 'numerator' and 'denominator'")
+        if self.numerator is not None and self.kind != "ratio":
+            raise ValueError("'numerator' and 'denominator' are only for kind 'ratio'")
         return self

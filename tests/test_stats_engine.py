@@ -104,3 +104,13 @@ def test_inconsistent_input_is_refused() -> None:
         analyze(METRICS, missing, control="base")
     with pytest.raises(ValueError, match="quantile"):
         MetricDefinition(name="p95", kind="quantile")
+
+
+def test_a_degenerate_metric_is_skipped_with_its_reason() -> None:
+    rng = np.random.default_rng(25)
+    data = {"base": _arm(rng, 2000, 0.3, 0.1, 3.8, 1.0), "ft": _arm(rng, 2000, 0.4, 0.1, 3.8, 1.0)}
+    for arm in data:
+        data[arm]["constant"] = SampleStats(2000, 2000 * 60.0, 2000 * 3600.0)  # every unit: 60 tokens
+    res = analyze([*METRICS, MetricDefinition(name="constant", kind="continuous")], data, "base")
+    assert "constant" in res.skipped and "variance" in res.skipped["constant"]
+    assert res.get("resolved", "ft").decision == "better"  # the rest is still analysed

@@ -1,0 +1,76 @@
+"""``splitwatch analyzer``: Kafka -> Parquet lake, and every ``interval_s`` the live analysis on /metrics."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+import duckdb
+
+from . import metrics
+from .analysis import analyze_data, export_gauges
+from .config import Config
+from .ingest import Ingestor
+from .kpi_queries import load_experiment
+
+log = logging.getLogger(__name__)
+
+
+def analyze_all(cfg: Config, sequential: bool = True) -> dict[str, object]:
+    """Re-analyse every running experiment's current phase from the lake; export gauges; return results."""
+    from .lake import Lake
+
+    lake = Lake(cfg.analyzer.lake_dir)
+    out: dict[str, object] = {}
+    for exp in cfg.experiments:
+        if not any(lake.root.glob(f"date=*/experiment={exp.key}/*.parquet")):
+            continue
+        t0 = time.perf_counter()
+        con = duckdb.connect()
+        try:
+            data = load_experiment(con, lake.glob(exp.key), exp, cfg.analyzer)
+            result = analyze_data(data, exp, cfg.analyzer, sequential)
+        except Exception:  # one broken experiment must not stop the others' gauges
+            log.exception("analysis of %s failed", exp.key)
+            continue
+        finally:
+            con.close()
+        export_gauges(data, result)
+        metrics.ANALYSIS_SECONDS.labels(exp.key).observe(time.perf_counter() - t0)
+        metrics.LAST_ANALYSIS.labels(exp.key).set(time.time())
+        out[exp.key] = result
+    return out
+
+
+def run_analyzer(cfg: Config, once: bool = False, host: str | None = None, port: int | None = None) -> int:
+    """Run the analyzer until SIGTERM/SIGINT (or, with ``once``, ingest what is there, analyse, exit)."""
+    from prometheus_client import start_http_server
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    ingestor = Ingestor(cfg)
+    if once:
+        stats = ingestor.run(stop, until_caught_up=True)
+        log.info("ingested %d events (%d invalid) in %d batches, %.1f s", stats.events, stats.invalid,
+                 stats.batches, stats.seconds)
+        analyze_all(cfg)
+        return 0
+    a = cfg.analyzer
+    server, _thread = start_http_server(port if port is not None else a.port, host or a.host,
+                                        registry=metrics.ANALYZER_REGISTRY)
+    log.info("analyzer: lake %s, metrics on http://%s:%d/metrics", a.lake_dir, host or a.host,
+             server.server_address[1])
+    ingest = threading.Thread(target=ingestor.run, args=(stop,), name="splitwatch-ingest", daemon=True)
+    ingest.start()
+    next_run = 0.0
+    while not stop.is_set():
+        if time.monotonic() >= next_run:
+            analyze_all(cfg)
+            next_run = time.monotonic() + a.interval_s
+        stop.wait(0.5)
+    ingest.join(a.batch_max_seconds + 30)
+    server.shutdown()
+    return 0

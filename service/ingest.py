@@ -1,0 +1,133 @@
+"""Kafka -> lake: the analyzer's consumer, in micro-batches, offsets committed after the lake write."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import metrics
+from .config import Config
+from .lake import Lake, Record
+from .shipper import _producer_security, ensure_topic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestStats:
+    """What one run of the ingester did."""
+
+    events: int = 0
+    invalid: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    per_partition_next: dict[int, int] = field(default_factory=dict)
+
+
+class Ingestor:
+    """Consumes the events topic with a consumer group and writes batches to the lake."""
+
+    def __init__(self, cfg: Config, lake: Lake | None = None) -> None:
+        self.cfg = cfg
+        self.lake = lake or Lake(cfg.analyzer.lake_dir)
+        self.next_offsets = self.lake.recover()
+        self._consumer: Any = None
+
+    def _connect(self) -> Any:
+        from kafka import ConsumerRebalanceListener, KafkaConsumer
+
+        k, a = self.cfg.kafka, self.cfg.analyzer
+        ensure_topic(k)
+        consumer = KafkaConsumer(
+            bootstrap_servers=k.bootstrap_servers, client_id=f"{k.client_id}-analyzer", group_id=a.group_id,
+            enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=min(a.batch_max_events, 10_000),
+            max_poll_interval_ms=a.max_poll_interval_ms, session_timeout_ms=min(10_000, a.max_poll_interval_ms),
+            heartbeat_interval_ms=min(3_000, a.max_poll_interval_ms // 3), **_producer_security(k))
+        lake_offsets = self.next_offsets
+
+        class SeekToLake(ConsumerRebalanceListener):
+            """The lake, not Kafka's committed offsets, decides where each partition resumes."""
+
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                pass
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                for tp in assigned:
+                    if tp.partition in lake_offsets:
+                        consumer.seek(tp, lake_offsets[tp.partition])
+                log.info("analyzer assigned partitions %s", sorted(tp.partition for tp in assigned))
+
+        consumer.subscribe([k.topic], listener=SeekToLake())
+        return consumer
+
+    def _flush(self, pending: dict[int, list[Record]], stats: IngestStats) -> None:
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        commit = {}
+        for partition, records in pending.items():
+            if not records:
+                continue
+            written, invalid = self.lake.write_batch(partition, records)
+            stats.events += written
+            stats.invalid += invalid
+            metrics.ANALYZER_EVENTS_INGESTED.inc(written)
+            if invalid:
+                metrics.ANALYZER_INVALID_EVENTS.inc(invalid)
+            nxt = records[-1].offset + 1
+            self.next_offsets[partition] = nxt
+            commit[TopicPartition(self.cfg.kafka.topic, partition)] = OffsetAndMetadata(nxt, "", -1)
+        pending.clear()
+        stats.batches += 1
+        if commit:
+            try:
+                self._consumer.commit(commit)
+            except Exception as exc:  # the lake is the source of truth; Kafka's offsets are a convenience
+                log.warning("could not commit offsets to Kafka (%s); the lake keeps the position", exc)
+
+    def run(self, stop: threading.Event, until_caught_up: bool = False) -> IngestStats:
+        """Ingest until ``stop`` is set (or, with ``until_caught_up``, until the end offsets seen at start)."""
+        a = self.cfg.analyzer
+        stats = IngestStats()
+        t0 = time.perf_counter()
+        self._consumer = self._connect()
+        targets: dict[int, int] | None = None
+        pending: dict[int, list[Record]] = defaultdict(list)
+        batch_started = 0.0
+        count = 0
+        try:
+            while not stop.is_set():
+                polled = self._consumer.poll(timeout_ms=200, max_records=a.batch_max_events)
+                for tp, msgs in polled.items():
+                    for m in msgs:
+                        if m.offset < self.next_offsets.get(tp.partition, 0):
+                            continue  # already in the lake
+                        if count == 0:
+                            batch_started = time.monotonic()
+                        pending[tp.partition].append(Record(tp.partition, m.offset, m.value))
+                        count += 1
+                if count >= a.batch_max_events or (count and time.monotonic() - batch_started >= a.batch_max_seconds):
+                    self._flush(pending, stats)
+                    count = 0
+                if until_caught_up:
+                    if targets is None and self._consumer.assignment():
+                        assigned = list(self._consumer.assignment())
+                        targets = {tp.partition: end for tp, end in self._consumer.end_offsets(assigned).items()}
+                    if targets is not None and all(self._position(p) >= end for p, end in targets.items()):
+                        break
+            if count:
+                self._flush(pending, stats)
+        finally:
+            self._consumer.close(autocommit=False)
+        stats.seconds = time.perf_counter() - t0
+        stats.per_partition_next = dict(self.next_offsets)
+        return stats
+
+    def _position(self, partition: int) -> int:
+        from kafka import TopicPartition
+
+        return self._consumer.position(TopicPartition(self.cfg.kafka.topic, partition))

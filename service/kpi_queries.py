@@ -1,0 +1,235 @@
+"""Lake -> sufficient statistics: plain SQL (DuckDB here; the same SQL runs on Trino or ClickHouse).
+
+Per experiment and phase, over units first exposed in [start, end):
+
+- units: non-forced exposures; a unit seen in two arms is excluded and counted (assignment broken);
+- outcomes join exposures by experiment, phase and unit, within ``attribution_window_hours`` of
+  the unit's first exposure; outcomes of units never exposed are counted as orphans, later ones
+  as late, never silently merged;
+- per unit: binary outcome -> max (did it happen, 0 if never reported); continuous -> mean of the
+  reported values (units without one are left out); ratio -> sum(numerator) / denominator;
+- built-in request-level KPIs from response events: latency quantiles (ms, successful responses),
+  ``error_rate`` (5xx and broken streams per request), ``completion_tokens_per_request`` and
+  ``cost_per_request`` (from ``analyzer.prices``, by upstream model).
+
+Every event is deduplicated by ``event_id`` first: delivery is at least once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import duckdb
+
+from stats import MetricDefinition, QuantileStats, RatioStats, SampleStats
+from stats.quantile import rank_bounds
+
+from .config import AnalyzerConfig, ExperimentConfig
+
+Stats = SampleStats | RatioStats | QuantileStats
+
+
+@dataclass
+class ExperimentData:
+    """Everything the analysis and the report need about one experiment phase and window."""
+
+    experiment: str
+    phase: int
+    start: datetime | None
+    end: datetime | None
+    units: dict[str, int]
+    requests: dict[str, int]
+    metrics: list[MetricDefinition]
+    stats: dict[str, dict[str, Stats]]
+    multi_arm_units: int = 0
+    orphan_outcomes: int = 0
+    late_outcomes: int = 0
+    forced_requests: int = 0
+    first_exposure: datetime | None = None
+    last_exposure: datetime | None = None
+    skipped: dict[str, str] = field(default_factory=dict)  # metric -> why it could not be computed
+
+
+def builtin_metrics(cfg: AnalyzerConfig, with_cost: bool) -> list[MetricDefinition]:
+    """Return the request-level KPIs computed from response events for every experiment."""
+    out = [MetricDefinition(name=f"latency_p{round(q * 100):d}_ms", kind="quantile", quantile=q,
+                            direction="decrease", description=f"p{round(q * 100)} upstream latency, ms")
+           for q in cfg.latency_quantiles]
+    out.append(MetricDefinition(name="error_rate", kind="ratio", direction="decrease",
+                                description="5xx answers and broken streams per request"))
+    out.append(MetricDefinition(name="completion_tokens_per_request", kind="ratio", direction="decrease"))
+    if with_cost:
+        out.append(MetricDefinition(name="cost_per_request", kind="ratio", direction="decrease"))
+    return out
+
+
+def _events_view(con: duckdb.DuckDBPyConnection, glob: str, phase: int) -> None:
+    con.execute(f"""
+        CREATE OR REPLACE TEMP VIEW ev AS
+        SELECT * FROM read_parquet('{glob}', union_by_name = true)
+        WHERE phase = {int(phase)}
+        QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY kafka_partition, kafka_offset) = 1
+    """)
+
+
+def load_experiment(con: duckdb.DuckDBPyConnection, glob: str, exp: ExperimentConfig, cfg: AnalyzerConfig,
+                    start: datetime | None = None, end: datetime | None = None) -> ExperimentData:
+    """Return per-arm sufficient statistics of every KPI of ``exp`` (config metrics and built-ins)."""
+    _events_view(con, glob, exp.phase)
+    where = ["type = 'exposure'", "NOT forced", "unit_id IS NOT NULL"]
+    params: list[object] = []
+    if start is not None:
+        where.append("ts >= ?")
+        params.append(start)
+    if end is not None:
+        where.append("ts < ?")
+        params.append(end)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE units_all AS
+        SELECT unit_id, min(arm) AS arm, count(DISTINCT arm) AS arms, min(ts) AS first_ts, count(*) AS requests
+        FROM ev WHERE {' AND '.join(where)} GROUP BY unit_id
+    """, params)
+    con.execute("CREATE OR REPLACE TEMP TABLE units AS SELECT * FROM units_all WHERE arms = 1")
+    multi = con.execute("SELECT count(*) FROM units_all WHERE arms > 1").fetchone()[0]
+    units = dict(con.execute("SELECT arm, count(*) FROM units GROUP BY arm").fetchall())
+    requests = dict(con.execute("SELECT arm, sum(requests) FROM units GROUP BY arm").fetchall())
+    forced = con.execute("SELECT count(*) FROM ev WHERE type = 'exposure' AND forced").fetchone()[0]
+    span = con.execute("SELECT min(first_ts), max(first_ts) FROM units").fetchone()
+    window_h = float(cfg.attribution_window_hours)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE outc AS
+        SELECT o.unit_id, o.metric, o.value,
+               u.unit_id IS NOT NULL AND o.ts >= u.first_ts
+                 AND o.ts <= u.first_ts + to_microseconds(CAST({window_h} * 3600e6 AS BIGINT)) AS attributed,
+               u.unit_id IS NOT NULL AS known
+        FROM ev o LEFT JOIN units u ON u.unit_id = o.unit_id
+        WHERE o.type = 'outcome'
+    """)
+    exposed_ever = "SELECT DISTINCT unit_id FROM ev WHERE type = 'exposure' AND NOT forced"
+    orphans = con.execute(f"SELECT count(*) FROM outc WHERE unit_id NOT IN ({exposed_ever})").fetchone()[0]
+    late = con.execute("SELECT count(*) FROM outc WHERE known AND NOT attributed").fetchone()[0]
+    # per-request facts of the units' responses, with the upstream model for prices
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE resp AS
+        SELECT u.unit_id, u.arm, r.status_code, r.error, r.latency_ms, r.prompt_tokens, r.completion_tokens,
+               x.upstream_model
+        FROM ev r JOIN units u ON u.unit_id = r.unit_id
+        LEFT JOIN (SELECT request_id, upstream_model FROM ev WHERE type = 'exposure') x ON x.request_id = r.request_id
+        WHERE r.type = 'response' AND NOT r.forced
+    """)
+    with_cost = bool(cfg.prices)
+    con.execute("CREATE OR REPLACE TEMP TABLE prices (model VARCHAR, p_in DOUBLE, p_out DOUBLE)")
+    if with_cost:
+        con.executemany("INSERT INTO prices VALUES (?, ?, ?)",
+                        [(m, p.prompt_per_1k, p.completion_per_1k) for m, p in cfg.prices.items()])
+    metrics = _merge_metrics(exp.metrics, builtin_metrics(cfg, with_cost))
+    stats: dict[str, dict[str, Stats]] = {arm: {} for arm in units}
+    skipped: dict[str, str] = {}
+    for m in metrics:
+        per_arm = _metric_stats(con, m, exp.metrics)
+        missing = [a for a in units if a not in per_arm]
+        if missing:
+            skipped[m.name] = f"no data in arm(s) {missing}"
+            continue
+        for arm, s in per_arm.items():
+            if arm in stats:
+                stats[arm][m.name] = s
+    metrics = [m for m in metrics if m.name not in skipped]
+    return ExperimentData(exp.key, exp.phase, start, end, units, {a: int(v) for a, v in requests.items()},
+                          metrics, stats, int(multi), int(orphans), int(late), int(forced), span[0], span[1],
+                          skipped)
+
+
+def _merge_metrics(configured: list[MetricDefinition], builtin: list[MetricDefinition]) -> list[MetricDefinition]:
+    """Config metrics first; a built-in with the same name takes the config's definition (guardrail...)."""
+    names = {m.name for m in configured}
+    return [*configured, *(b for b in builtin if b.name not in names)]
+
+
+def _sample_stats(rows: list[tuple]) -> dict[str, SampleStats]:
+    return {arm: SampleStats(int(n), float(s or 0.0), float(ss or 0.0)) for arm, n, s, ss in rows if n}
+
+
+def _ratio_stats(rows: list[tuple]) -> dict[str, RatioStats]:
+    return {arm: RatioStats(int(n), float(a), float(b), float(c), float(d), float(e))
+            for arm, n, a, b, c, d, e in rows if n}
+
+
+_RATIO_AGG = """
+    SELECT arm, count(*), sum(num), sum(num * num), sum(den), sum(den * den), sum(num * den)
+    FROM ({per_unit}) GROUP BY arm
+"""
+
+
+def _metric_stats(con: duckdb.DuckDBPyConnection, m: MetricDefinition,
+                  configured: list[MetricDefinition]) -> dict[str, Stats]:
+    """Return per-arm statistics of one metric, by SQL over the temp tables of load_experiment."""
+    name = m.name
+    if m.kind == "quantile" and name.startswith("latency_p"):
+        return _latency_quantile(con, m.quantile or 0.5)
+    if name == "error_rate":
+        per_unit = """SELECT arm, unit_id,
+            sum(CASE WHEN status_code >= 500 OR error = 'stream_interrupted' THEN 1 ELSE 0 END)::DOUBLE AS num,
+            count(*)::DOUBLE AS den FROM resp GROUP BY arm, unit_id"""
+        return _ratio_stats(con.execute(_RATIO_AGG.format(per_unit=per_unit)).fetchall())
+    if name == "completion_tokens_per_request":
+        per_unit = """SELECT arm, unit_id, coalesce(sum(completion_tokens), 0)::DOUBLE AS num,
+            count(*)::DOUBLE AS den FROM resp GROUP BY arm, unit_id"""
+        return _ratio_stats(con.execute(_RATIO_AGG.format(per_unit=per_unit)).fetchall())
+    if name == "cost_per_request":
+        per_unit = """SELECT r.arm, r.unit_id,
+            coalesce(sum(coalesce(r.prompt_tokens, 0) / 1000.0 * p.p_in
+                         + coalesce(r.completion_tokens, 0) / 1000.0 * p.p_out), 0) AS num,
+            count(*)::DOUBLE AS den FROM resp r LEFT JOIN prices p ON p.model = r.upstream_model
+            GROUP BY r.arm, r.unit_id"""
+        return _ratio_stats(con.execute(_RATIO_AGG.format(per_unit=per_unit)).fetchall())
+    if m.kind == "binary":
+        rows = con.execute("""
+            SELECT u.arm, count(*), sum(v), sum(v * v) FROM (
+              SELECT u.unit_id, u.arm, coalesce(max(o.value) FILTER (WHERE o.attributed), 0)::DOUBLE AS v
+              FROM units u LEFT JOIN outc o ON o.unit_id = u.unit_id AND o.metric = ?
+              GROUP BY u.unit_id, u.arm) u GROUP BY u.arm""", [name]).fetchall()
+        return _sample_stats(rows)
+    if m.kind == "continuous":
+        rows = con.execute("""
+            SELECT arm, count(*), sum(v), sum(v * v) FROM (
+              SELECT u.arm, avg(o.value) AS v FROM units u JOIN outc o ON o.unit_id = u.unit_id
+              WHERE o.metric = ? AND o.attributed GROUP BY u.unit_id, u.arm) GROUP BY arm""", [name]).fetchall()
+        return _sample_stats(rows)
+    if m.kind == "ratio" and m.numerator is not None:
+        if m.denominator == "requests":
+            den = "u.requests::DOUBLE"
+        else:
+            den = f"coalesce(sum(o.value) FILTER (WHERE o.attributed AND o.metric = '{_ident(m.denominator)}'), 0)"
+        per_unit = f"""SELECT u.arm, u.unit_id,
+            coalesce(sum(o.value) FILTER (WHERE o.attributed AND o.metric = '{_ident(m.numerator)}'), 0) AS num,
+            {den} AS den
+            FROM units u LEFT JOIN outc o ON o.unit_id = u.unit_id GROUP BY u.arm, u.unit_id, u.requests"""
+        return _ratio_stats(con.execute(_RATIO_AGG.format(per_unit=per_unit)).fetchall())
+    return {}
+
+
+def _ident(name: str | None) -> str:
+    """Return a metric name safe to inline in SQL (config names match [A-Za-z0-9._-]+)."""
+    if not name or not all(c.isalnum() or c in "._-" for c in name):
+        raise ValueError(f"invalid metric name {name!r}")
+    return name
+
+
+def _latency_quantile(con: duckdb.DuckDBPyConnection, p: float) -> dict[str, QuantileStats]:
+    counts = dict(con.execute(
+        "SELECT arm, count(*) FROM resp WHERE status_code = 200 AND latency_ms IS NOT NULL GROUP BY arm").fetchall())
+    out = {}
+    for arm, n in counts.items():
+        if n < 2:
+            continue
+        lo, hi = rank_bounds(int(n), p)
+        est, lower, upper = con.execute(
+            "SELECT quantile_cont(latency_ms, [?, ?, ?]) FROM resp "
+            "WHERE status_code = 200 AND latency_ms IS NOT NULL AND arm = ?", [p, lo, hi, arm]).fetchone()[0]
+        if any(v is None or math.isnan(v) for v in (est, lower, upper)):
+            continue
+        out[arm] = QuantileStats(int(n), p, float(est), float(lower), float(upper))
+    return out

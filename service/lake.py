@@ -1,0 +1,159 @@
+"""The Parquet lake: events from Kafka, partitioned by date and experiment, written exactly once.
+
+Layout under ``analyzer.lake_dir``::
+
+    date=2026-11-27/experiment=support-ft/p3-00000000000000001200-00000000000000001899.parquet
+    _commits/p3-00000000000000001200-00000000000000001899.json   files of that batch
+    _invalid/p3-....jsonl                                        messages that are not valid events
+
+A batch of one Kafka partition becomes one file per (date, experiment), named by the partition
+and the batch's offset range, then a commit marker listing them. The marker is the commit: at
+start-up, files without a marker (a crash in mid-batch) are deleted, and the next offset of
+each partition is read from the markers, so the lake never holds an offset twice whatever Kafka's
+committed offsets say. Queries still deduplicate by ``event_id``: the proxy delivers at least once.
+Prompt and completion text never enter the lake.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import ValidationError
+
+from .events import parse_event
+
+log = logging.getLogger(__name__)
+
+SCHEMA = pa.schema([
+    ("event_id", pa.string()), ("type", pa.string()), ("ts", pa.timestamp("us", tz="UTC")),
+    ("experiment", pa.string()), ("phase", pa.int32()), ("arm", pa.string()), ("unit_id", pa.string()),
+    ("request_id", pa.string()),
+    ("requested_model", pa.string()), ("upstream_model", pa.string()), ("forced", pa.bool_()),
+    ("features", pa.string()),
+    ("status_code", pa.int32()), ("latency_ms", pa.float64()), ("ttft_ms", pa.float64()),
+    ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("error", pa.string()), ("stream", pa.bool_()),
+    ("metric", pa.string()), ("value", pa.float64()),
+    ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64()),
+])
+_FIELDS = [f.name for f in SCHEMA]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One Kafka message: where it came from and its raw value."""
+
+    partition: int
+    offset: int
+    value: bytes
+
+
+def _row(rec: Record) -> dict[str, Any] | None:
+    """Return the lake row of a message, or None if it is not a valid event."""
+    try:
+        ev = parse_event(rec.value)
+    except (ValidationError, ValueError):
+        return None
+    d = ev.model_dump()
+    row = {k: d.get(k) for k in _FIELDS}
+    row["ts"] = ev.ts.astimezone(UTC)
+    if row.get("features") is not None:
+        row["features"] = orjson.dumps(row["features"]).decode()
+    row["kafka_partition"], row["kafka_offset"] = rec.partition, rec.offset
+    return row
+
+
+def _name(partition: int, first: int, last: int) -> str:
+    return f"p{partition}-{first:020d}-{last:020d}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Lake:
+    """Writes batches atomically and recovers the next offset of each Kafka partition."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.commits = self.root / "_commits"
+        self.commits.mkdir(parents=True, exist_ok=True)
+        (self.root / "_invalid").mkdir(exist_ok=True)
+
+    def recover(self) -> dict[int, int]:
+        """Delete files of uncommitted batches; return the next offset to read per Kafka partition."""
+        committed: set[str] = set()
+        next_offset: dict[int, int] = {}
+        for marker in self.commits.glob("*.json"):
+            data = json.loads(marker.read_text())
+            committed.update(data["files"])
+            p, last = data["partition"], data["last"]
+            next_offset[p] = max(next_offset.get(p, 0), last + 1)
+        for f in self.root.glob("date=*/experiment=*/*.parquet"):
+            if str(f.relative_to(self.root)) not in committed:
+                log.warning("deleting %s: its batch was never committed (crash in mid-batch)", f)
+                f.unlink()
+        for f in self.root.glob("**/*.tmp"):
+            f.unlink()
+        return next_offset
+
+    def write_batch(self, partition: int, records: list[Record]) -> tuple[int, int]:
+        """Write one Kafka partition's batch (offsets in order); return (events written, invalid messages)."""
+        if not records:
+            return 0, 0
+        first, last = records[0].offset, records[-1].offset
+        name = _name(partition, first, last)
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        invalid = []
+        for rec in records:
+            row = _row(rec)
+            if row is None:
+                invalid.append(rec)
+                continue
+            groups[(row["ts"].strftime("%Y-%m-%d"), row["experiment"])].append(row)
+        files = []
+        for (day, experiment), rows in sorted(groups.items()):
+            d = self.root / f"date={day}" / f"experiment={experiment}"
+            d.mkdir(parents=True, exist_ok=True)
+            path = d / f"{name}.parquet"
+            tmp = path.with_suffix(".parquet.tmp")
+            table = pa.Table.from_pylist(rows, schema=SCHEMA)
+            pq.write_table(table, tmp, compression="zstd")
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(d)
+            files.append(str(path.relative_to(self.root)))
+        if invalid:
+            bad = self.root / "_invalid" / f"{name}.jsonl"
+            bad.write_bytes(b"".join(orjson.dumps({"partition": r.partition, "offset": r.offset,
+                                                   "value": r.value.decode(errors="replace")}) + b"\n"
+                                     for r in invalid))
+            log.error("%d messages of partition %d are not valid events; kept in %s", len(invalid), partition, bad)
+        marker = self.commits / f"{name}.json"
+        tmp_marker = marker.with_suffix(".json.tmp")
+        tmp_marker.write_text(json.dumps({"partition": partition, "first": first, "last": last, "files": files,
+                                          "events": len(records) - len(invalid), "invalid": len(invalid),
+                                          "written_at": datetime.now(UTC).isoformat()}))
+        with open(tmp_marker, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_marker, marker)
+        _fsync_dir(self.commits)
+        return len(records) - len(invalid), len(invalid)
+
+    def glob(self, experiment: str) -> str:
+        """Return the Parquet glob of one experiment, for DuckDB's read_parquet."""
+        return str(self.root / "date=*" / f"experiment={experiment}" / "*.parquet")
