@@ -35,8 +35,13 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
 
 def _cmd_analyzer(args: argparse.Namespace) -> int:
     from .analyzer import run_analyzer
+    from .lake import LakeLockedError
 
-    return run_analyzer(load_config(args.config), once=args.once, host=args.host, port=args.port)
+    try:
+        return run_analyzer(load_config(args.config), once=args.once, host=args.host, port=args.port)
+    except LakeLockedError as exc:
+        print(f"splitwatch: {exc}", file=sys.stderr)
+        return 2
 
 
 def _parse_day(value: str, field: str) -> date:

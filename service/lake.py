@@ -16,6 +16,7 @@ Prompt and completion text never enter the lake.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -84,14 +85,36 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class Lake:
-    """Writes batches atomically and recovers the next offset of each Kafka partition."""
+class LakeLockedError(RuntimeError):
+    """Another process is writing to this lake."""
 
-    def __init__(self, root: str | Path) -> None:
+
+class Lake:
+    """Writes batches atomically and recovers the next offset of each Kafka partition.
+
+    One writer per lake (``writer=True`` takes a lock); readers (the report) need no lock.
+    """
+
+    def __init__(self, root: str | Path, writer: bool = False) -> None:
         self.root = Path(root)
         self.commits = self.root / "_commits"
         self.commits.mkdir(parents=True, exist_ok=True)
         (self.root / "_invalid").mkdir(exist_ok=True)
+        self._lock_fd: int | None = None
+        if writer:
+            self._lock_fd = os.open(self.root / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(self._lock_fd)
+                raise LakeLockedError(f"another analyzer is writing to the lake {self.root}") from None
+
+    def close(self) -> None:
+        """Release the writer's lock."""
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def recover(self) -> dict[int, int]:
         """Delete files of uncommitted batches; return the next offset to read per Kafka partition."""

@@ -42,6 +42,8 @@ def base_config(broker_bootstrap: str, topic: str, workdir: Path, experiments: l
                   "reconnect_backoff_max_ms": 1000,
                   "spool": {"dir": str(workdir / "spool")}},
         "proxy": {"state_dir": str(workdir / "state"), "graceful_shutdown_s": 10, **proxy},
+        "analyzer": {"lake_dir": str(workdir / "lake"), "max_poll_interval_ms": 3000, "batch_max_seconds": 0.5,
+                     "interval_s": 1, "port": 0},
         "experiments": experiments,
     }
 

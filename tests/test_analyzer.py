@@ -1,0 +1,180 @@
+"""Analyzer and report end to end: proxy -> real broker -> lake -> SQL -> stats -> report and gauges."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import duckdb
+import httpx
+import pytest
+import yaml
+
+from service.local_processes import ManagedProcess, free_port, wait_for_port
+from service.report import last_full_iso_week
+from tests.harness import read_events, unique_by_event_id, wait_delivered
+
+TRUE = {"base": {"resolved": 0.30, "escalated": 0.10, "csat": 3.6},
+        "finetuned": {"resolved": 0.45, "escalated": 0.10, "csat": 3.9}}
+
+
+def _simulate(proxy, units: int, seed: int) -> dict:
+    """Each unit asks once and reports resolved (binary) and csat (continuous) from the true values."""
+    rng = random.Random(seed)
+    sent = {"units": Counter(), "requests": Counter(), "outcomes": 0}
+    outcomes = []
+    with httpx.Client(timeout=10) as c:
+        for i in range(units):
+            unit = f"e2e-{seed}-{i}"
+            r = c.post(proxy.url + "/v1/chat/completions", json={
+                "model": "support-bot", "user": unit, "messages": [{"role": "user", "content": "help?"}]})
+            arm = r.headers["x-splitwatch-arm"]
+            sent["units"][arm] += 1
+            sent["requests"][arm] += 1
+            outcomes.append({"experiment": "support-ft", "unit_id": unit, "metric": "resolved",
+                             "request_id": r.headers["x-splitwatch-request-id"],
+                             "value": float(rng.random() < TRUE[arm]["resolved"])})
+            outcomes.append({"experiment": "support-ft", "unit_id": unit, "metric": "escalated",
+                             "value": float(rng.random() < TRUE[arm]["escalated"])})
+            outcomes.append({"experiment": "support-ft", "unit_id": unit, "metric": "csat",
+                             "value": min(5.0, max(1.0, rng.gauss(TRUE[arm]["csat"], 0.8)))})
+        # an outcome for a unit that was never exposed: counted as an orphan, not merged
+        outcomes.append({"experiment": "support-ft", "unit_id": "never-seen", "metric": "resolved", "value": 1})
+        for i in range(0, len(outcomes), 500):
+            assert c.post(proxy.url + "/v1/outcomes", json=outcomes[i:i + 500]).status_code == 202
+    sent["outcomes"] = len(outcomes)
+    return sent
+
+
+def _cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_report_counts_match_what_was_sent_and_effects_contain_the_truth(start_proxy) -> None:
+    proxy = start_proxy()
+    sent = _simulate(proxy, 3000, seed=1)
+    wait_delivered(proxy.url)
+    res = _cli("analyzer", "--config", str(proxy.config_path), "--once")
+    assert res.returncode == 0, res.stderr
+    today = datetime.now(UTC).date().isoformat()
+    rep = _cli("report", "--config", str(proxy.config_path), "--experiment", "support-ft", "--from", today,
+               "--to", today, "--format", "json")
+    assert rep.returncode == 0, rep.stderr
+    report = json.loads(rep.stdout)
+    assert report["units"] == dict(sent["units"]) and report["requests"] == dict(sent["requests"])
+    assert report["excluded"]["orphan_outcomes"] == 1 and report["excluded"]["units_in_several_arms"] == 0
+    assert report["srm"]["mismatch"] is False
+    by_metric = {r["metric"]: r for r in report["results"]}
+    truth = {"resolved": TRUE["finetuned"]["resolved"] - TRUE["base"]["resolved"],
+             "csat": TRUE["finetuned"]["csat"] - TRUE["base"]["csat"]}
+    for metric, effect in truth.items():
+        lo, hi = by_metric[metric]["absolute_ci"]
+        assert lo <= effect <= hi, (metric, lo, hi, effect)
+    assert by_metric["resolved"]["decision"] == "better"
+    assert "latency_p95_ms" in by_metric and "error_rate" in report["skipped_metrics"]  # no errors: untestable
+    assert report["verdict"].startswith("Ship")
+    # the other formats of the same report
+    html = _cli("report", "--config", str(proxy.config_path), "--experiment", "support-ft", "--from", today,
+                "--to", today, "--format", "html").stdout
+    assert html.startswith("<!doctype html>") and "data:image/png;base64," in html and "http" not in html.split(
+        "<body>")[1]  # self-contained: nothing to fetch
+    md = _cli("report", "--config", str(proxy.config_path), "--experiment", "support-ft", "--from", today,
+              "--to", today).stdout
+    assert "**Verdict.** Ship" in md and "| resolved | finetuned |" in md
+
+
+def test_killed_analyzer_leaves_every_event_in_the_lake_exactly_once(start_proxy, broker, topic) -> None:
+    proxy = start_proxy()
+    _simulate(proxy, 1200, seed=2)
+    wait_delivered(proxy.url)
+    cfg = yaml.safe_load(proxy.config_path.read_text())
+    cfg["analyzer"].update({"batch_max_events": 150, "batch_max_seconds": 0.2})
+    cfg_path = proxy.config_path.with_name("analyzer.yaml")
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    lake = Path(cfg["analyzer"]["lake_dir"])
+    analyzer = ManagedProcess([sys.executable, "-m", "service.cli", "analyzer", "--config", str(cfg_path)],
+                              cfg_path.with_suffix(".log"))
+    analyzer.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list((lake / "_commits").glob("*.json"))) < 3:
+        time.sleep(0.05)
+    assert analyzer.stop(signal.SIGKILL) == -signal.SIGKILL  # killed while batches are being written
+    committed_before = len(list((lake / "_commits").glob("*.json")))
+    assert committed_before >= 3
+    res = _cli("analyzer", "--config", str(cfg_path), "--once")
+    assert res.returncode == 0, res.stderr
+    in_topic = unique_by_event_id(read_events(broker.bootstrap, topic, idle=2.0))
+    con = duckdb.connect()
+    rows = con.execute(f"SELECT event_id, kafka_partition, kafka_offset FROM read_parquet('{lake}/date=*/*/*.parquet')"
+                       ).fetchall()
+    assert len(rows) == len({(p, o) for _, p, o in rows}), "an offset is in the lake twice"
+    assert len(rows) == len({e for e, _, _ in rows}) == len(in_topic), "every event exactly once"
+    assert {e for e, _, _ in rows} == set(in_topic)
+
+
+def test_live_analyzer_exports_the_design_gauges(start_proxy) -> None:
+    proxy = start_proxy()
+    _simulate(proxy, 600, seed=3)
+    wait_delivered(proxy.url)
+    port = free_port()
+    analyzer = ManagedProcess([sys.executable, "-m", "service.cli", "analyzer", "--config", str(proxy.config_path),
+                               "--port", str(port)], proxy.config_path.with_name("live-analyzer.log"))
+    analyzer.start()
+    try:
+        wait_for_port(port, proc=analyzer.proc)
+        text = ""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "splitwatch_p_value{" not in text:
+            time.sleep(0.5)
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        for name in ("splitwatch_units", "splitwatch_metric_mean", "splitwatch_effect_relative", "splitwatch_p_value",
+                     "splitwatch_srm_p_value", "splitwatch_guardrail_breached",
+                     "splitwatch_analyzer_events_ingested_total"):
+            assert re.search(rf"^{name}\{{?", text, re.M), name
+        units = dict(re.findall(r'^splitwatch_units\{arm="(\w+)",experiment="support-ft"\} ([0-9.]+)', text, re.M))
+        assert sum(float(v) for v in units.values()) == 600
+        assert 'method="msprt_normal_mixture"' in text  # the live view uses always-valid tests
+        check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+    finally:
+        analyzer.stop()
+
+
+def test_report_arguments() -> None:
+    assert last_full_iso_week(date(2026, 11, 27)) == (date(2026, 11, 16), date(2026, 11, 22))  # a Friday
+    assert last_full_iso_week(date(2026, 11, 23)) == (date(2026, 11, 16), date(2026, 11, 22))  # a Monday
+    cfg = Path(__file__).parent / "_report_cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"experiments": []}))
+    try:
+        bad = _cli("report", "--config", str(cfg), "--experiment", "x", "--from", "2026-13-01")
+        assert bad.returncode == 2 and "--from" in bad.stderr and "Traceback" not in bad.stderr
+        missing = _cli("report", "--config", str(cfg), "--experiment", "nope")
+        assert missing.returncode == 2 and "no experiment 'nope'" in missing.stderr
+    finally:
+        cfg.unlink()
+
+
+@pytest.mark.parametrize("n", [0])
+def test_lake_recovery_deletes_uncommitted_files(tmp_path: Path, n: int) -> None:
+    from service.events import OutcomeEvent
+    from service.lake import Lake, Record
+
+    lake = Lake(tmp_path)
+    evs = [OutcomeEvent(experiment="x", phase=1, arm="a", unit_id=f"u{i}", metric="m", value=1.0) for i in range(5)]
+    lake.write_batch(0, [Record(0, 10 + i, e.to_json()) for i, e in enumerate(evs)])
+    # a crash after a file of the next batch was written, before its marker
+    orphan = next(tmp_path.glob("date=*/experiment=x")) / "p0-00000000000000000015-00000000000000000020.parquet"
+    orphan.write_bytes(b"partial")
+    bad = lake.write_batch(1, [Record(1, 0, b"not json"), Record(1, 1, evs[0].to_json())])
+    assert bad == (1, 1) and (tmp_path / "_invalid").iterdir()
+    assert Lake(tmp_path).recover() == {0: 15, 1: 2}
+    assert not orphan.exists()
