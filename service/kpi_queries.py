@@ -65,19 +65,27 @@ def builtin_metrics(cfg: AnalyzerConfig, with_cost: bool) -> list[MetricDefiniti
     return out
 
 
-def _events_view(con: duckdb.DuckDBPyConnection, glob: str, phase: int) -> None:
+def prepare_events(con: duckdb.DuckDBPyConnection, glob: str, phase: int) -> None:
+    """Materialise the phase's events, deduplicated by event_id, as the temp table ``ev``.
+
+    Once per analysis (once per report, however many days it plots): the KPI queries all read it.
+    """
     con.execute(f"""
-        CREATE OR REPLACE TEMP VIEW ev AS
-        SELECT * FROM read_parquet('{glob}', union_by_name = true)
+        CREATE OR REPLACE TEMP TABLE ev AS
+        SELECT * EXCLUDE (features) FROM read_parquet('{glob}', union_by_name = true)
         WHERE phase = {int(phase)}
         QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY kafka_partition, kafka_offset) = 1
     """)
 
 
-def load_experiment(con: duckdb.DuckDBPyConnection, glob: str, exp: ExperimentConfig, cfg: AnalyzerConfig,
+def load_experiment(con: duckdb.DuckDBPyConnection, glob: str | None, exp: ExperimentConfig, cfg: AnalyzerConfig,
                     start: datetime | None = None, end: datetime | None = None) -> ExperimentData:
-    """Return per-arm sufficient statistics of every KPI of ``exp`` (config metrics and built-ins)."""
-    _events_view(con, glob, exp.phase)
+    """Return per-arm sufficient statistics of every KPI of ``exp`` (config metrics and built-ins).
+
+    ``glob`` names the experiment's Parquet files; None reuses the ``ev`` table of an earlier call.
+    """
+    if glob is not None:
+        prepare_events(con, glob, exp.phase)
     where = ["type = 'exposure'", "NOT forced", "unit_id IS NOT NULL"]
     params: list[object] = []
     if start is not None:

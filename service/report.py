@@ -18,7 +18,7 @@ from stats import ExperimentResult, MetricResult, sample_size_means, sample_size
 
 from .analysis import analyze_data
 from .config import Config, ExperimentConfig
-from .kpi_queries import ExperimentData, load_experiment
+from .kpi_queries import ExperimentData, load_experiment, prepare_events
 from .lake import Lake
 
 
@@ -77,8 +77,9 @@ def build_report(cfg: Config, key: str, start: date, end: date, sequential: bool
         days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
         series: dict[tuple[str, str], list[SeriesPoint]] = {}
         data = result = None
+        prepare_events(con, lake.glob(key), exp.phase)
         for i, day in enumerate(days, 1):
-            data = load_experiment(con, lake.glob(key), exp, cfg.analyzer, _day_start(start),
+            data = load_experiment(con, None, exp, cfg.analyzer, _day_start(start),
                                    _day_start(day + timedelta(days=1)))
             result = analyze_data(data, exp, cfg.analyzer, sequential)
             for r in result.results if result else []:
