@@ -121,6 +121,12 @@ class ExperimentConfig(_Strict):
         """Return the metric called ``name``, or None."""
         return next((m for m in self.metrics if m.name == name), None)
 
+    @property
+    def outcome_names(self) -> set[str]:
+        """Return the outcome metric names clients may post: the metrics and the parts of ratio metrics."""
+        parts = {p for m in self.metrics for p in (m.numerator, m.denominator) if p and p != "requests"}
+        return {m.name for m in self.metrics} | parts
+
 
 class SpoolConfig(_Strict):
     """On-disk buffer for events while Kafka is unreachable."""

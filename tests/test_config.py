@@ -114,3 +114,12 @@ def test_invalid_yaml_is_reported(tmp_path: Path) -> None:
     p.write_text("kafka: [unclosed")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_config(p, environ={})
+
+
+def test_outcome_names_include_the_parts_of_ratio_metrics() -> None:
+    metrics = [{"name": "resolution_rate", "kind": "ratio", "numerator": "resolved", "denominator": "requests"},
+               {"name": "cost_per_resolution", "kind": "ratio", "numerator": "cost", "denominator": "resolved"}]
+    cfg = parse_config(_with("experiments.0.metrics", metrics), environ={})
+    assert cfg.experiments[0].outcome_names == {"resolution_rate", "cost_per_resolution", "resolved", "cost"}
+    with pytest.raises(ConfigError, match="both 'numerator' and 'denominator'"):
+        parse_config(_with("experiments.0.metrics", [{"name": "r", "kind": "ratio", "numerator": "x"}]), environ={})

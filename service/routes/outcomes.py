@@ -50,10 +50,10 @@ def _validate(items: list[Any], runtime: Runtime) -> list[OutcomeEvent]:
             raise NotFound(f"outcome{where}: unknown experiment {o.experiment!r}", param="experiment",
                            code="experiment_not_found")
         mdef = exp.config.metric(o.metric)
-        if exp.config.metrics and mdef is None:
+        allowed = exp.config.outcome_names
+        if exp.config.metrics and o.metric not in allowed:
             raise InvalidRequest(f"outcome{where}: experiment {o.experiment!r} has no metric {o.metric!r}; "
-                                 f"metrics: {[m.name for m in exp.config.metrics]}", param="metric",
-                                 code="unknown_metric")
+                                 f"metrics: {sorted(allowed)}", param="metric", code="unknown_metric")
         if mdef is not None and mdef.kind == "binary" and o.value not in (0.0, 1.0):
             raise InvalidRequest(f"outcome{where}: metric {o.metric!r} is binary, value must be 0 or 1",
                                  param="value", code="invalid_outcome")
