@@ -25,13 +25,13 @@ def test_alert_rules_pass_promtool() -> None:
     assert unit.returncode == 0, unit.stdout + unit.stderr
 
 
-def _panel_queries() -> list[tuple[str, str]]:
-    dash = json.loads((DASHBOARDS / "splitwatch-proxy.json").read_text())
+def _panel_queries(name: str = "splitwatch-proxy.json") -> list[tuple[str, str]]:
+    dash = json.loads((DASHBOARDS / name).read_text())
     return [(p["title"], t["expr"]) for p in dash["panels"] for t in p["targets"]]
 
 
 def _query(prom_url: str, expr: str) -> list[dict]:
-    expr = expr.replace("$experiment", ".*").replace("$__rate_interval", "1m")
+    expr = expr.replace("$experiment", ".*").replace("$metric", ".*").replace("$__rate_interval", "1m")
     r = httpx.get(prom_url + "/api/v1/query", params={"query": expr}, timeout=10).json()
     assert r["status"] == "success", (expr, r)
     return r["data"]["result"]
@@ -80,7 +80,60 @@ def test_dashboard_queries_return_data_from_a_real_scrape(start_proxy, tmp_path:
         arms = {s["metric"].get("arm") for s in _query(prom_url, _panel_queries()[0][1])}
         assert {"base", "finetuned", "unassigned"} <= arms
         # the alert rules load and evaluate against the real series
-        rules = httpx.get(prom_url + "/api/v1/rules").json()["data"]["groups"][0]["rules"]
-        assert len(rules) == 6 and all(r["health"] == "ok" for r in rules), rules
+        rules = [r for g in httpx.get(prom_url + "/api/v1/rules").json()["data"]["groups"] for r in g["rules"]]
+        assert len(rules) == 9 and all(r["health"] == "ok" for r in rules), rules
     finally:
         prom.stop()
+
+
+def _start_prometheus(tmp_path: Path, target: str) -> tuple[ManagedProcess, str]:
+    port = free_port()
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(DASHBOARDS / "alerts.yaml")],
+        "scrape_configs": [{"job_name": "splitwatch", "static_configs": [{"targets": [target]}]}],
+    }))
+    prom = ManagedProcess(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+                           f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
+                           "--log.level=warn"], tmp_path / "prometheus.log")
+    prom.start()
+    wait_for_port(port, proc=prom.proc)
+    return prom, f"http://127.0.0.1:{port}"
+
+
+def test_kpi_dashboard_queries_return_data_from_a_live_analyzer(start_proxy, tmp_path: Path) -> None:
+    import sys
+
+    from tests.harness import wait_delivered
+    from tests.test_analyzer import _simulate
+
+    proxy = start_proxy()
+    _simulate(proxy, 800, seed=7)
+    wait_delivered(proxy.url)
+    port = free_port()
+    analyzer = ManagedProcess([sys.executable, "-m", "service.cli", "analyzer", "--config", str(proxy.config_path),
+                               "--port", str(port)], tmp_path / "analyzer.log")
+    analyzer.start()
+    prom = None
+    try:
+        wait_for_port(port, proc=analyzer.proc)
+        prom, prom_url = _start_prometheus(tmp_path, f"127.0.0.1:{port}")
+        empty: list[str] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            empty = []
+            for title, expr in _panel_queries("splitwatch-kpis.json"):
+                result = _query(prom_url, expr)
+                values = [float(s["value"][1]) for s in result]
+                if not result or ("or vector(0)" not in expr and all(math.isnan(v) for v in values)):
+                    empty.append(title)
+            if not empty:
+                break
+            time.sleep(1)
+        assert not empty, f"panels without data: {empty}\n{analyzer.log()[-2000:]}"
+        rules = [r for g in httpx.get(prom_url + "/api/v1/rules").json()["data"]["groups"] for r in g["rules"]]
+        assert len(rules) == 9 and all(r["health"] == "ok" for r in rules)
+    finally:
+        if prom is not None:
+            prom.stop()
+        analyzer.stop()
