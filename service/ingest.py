@@ -11,8 +11,8 @@ from typing import Any
 
 from . import metrics
 from .config import Config
+from .kafka_client import ensure_topic, kafka_security_settings
 from .lake import Lake, Record
-from .shipper import _producer_security, ensure_topic
 
 log = logging.getLogger(__name__)
 CATCH_UP_IDLE_S = 1.0
@@ -53,7 +53,7 @@ class Ingestor:
             group_id=None if manual else a.group_id,
             enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=min(a.batch_max_events, 10_000),
             max_poll_interval_ms=a.max_poll_interval_ms, session_timeout_ms=min(10_000, a.max_poll_interval_ms),
-            heartbeat_interval_ms=min(3_000, a.max_poll_interval_ms // 3), **_producer_security(k))
+            heartbeat_interval_ms=min(3_000, a.max_poll_interval_ms // 3), **kafka_security_settings(k))
         lake_offsets = self.next_offsets
 
         class SeekToLake(ConsumerRebalanceListener):

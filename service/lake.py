@@ -16,7 +16,6 @@ Prompt and completion text never enter the lake.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from .events import parse_event
+from .files import DirectoryLockedError, fsync_dir, lock_directory, unlock_directory
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,6 @@ def _name(partition: int, first: int, last: int) -> str:
     return f"p{partition}-{first:020d}-{last:020d}"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class LakeLockedError(RuntimeError):
     """Another process is writing to this lake."""
 
@@ -102,18 +94,15 @@ class Lake:
         (self.root / "_invalid").mkdir(exist_ok=True)
         self._lock_fd: int | None = None
         if writer:
-            self._lock_fd = os.open(self.root / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(self._lock_fd)
+                self._lock_fd = lock_directory(self.root)
+            except DirectoryLockedError:
                 raise LakeLockedError(f"another analyzer is writing to the lake {self.root}") from None
 
     def close(self) -> None:
         """Release the writer's lock."""
         if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
+            unlock_directory(self._lock_fd)
             self._lock_fd = None
 
     def recover(self) -> dict[int, int]:
@@ -158,7 +147,7 @@ class Lake:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-            _fsync_dir(d)
+            fsync_dir(d)
             files.append(str(path.relative_to(self.root)))
         if invalid:
             bad = self.root / "_invalid" / f"{name}.jsonl"
@@ -174,7 +163,7 @@ class Lake:
         with open(tmp_marker, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp_marker, marker)
-        _fsync_dir(self.commits)
+        fsync_dir(self.commits)
         return len(records) - len(invalid), len(invalid)
 
     def glob(self, experiment: str) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import signal
 import struct
 import threading
@@ -28,6 +27,7 @@ from typing import Any
 
 from . import metrics
 from .config import KafkaConfig
+from .kafka_client import ensure_topic, kafka_security_settings
 from .spool import Record, Spool, SpoolLockedError
 
 log = logging.getLogger(__name__)
@@ -58,35 +58,6 @@ def decode_batch(blob: bytes) -> list[Record]:
     return out
 
 
-def _producer_security(cfg: KafkaConfig) -> dict[str, Any]:
-    """Return the kafka-python security settings of the config (credentials read from the environment)."""
-    out: dict[str, Any] = {"security_protocol": cfg.security_protocol}
-    if cfg.sasl_mechanism:
-        out["sasl_mechanism"] = cfg.sasl_mechanism
-        if cfg.sasl_username_env:
-            out["sasl_plain_username"] = os.environ.get(cfg.sasl_username_env)
-        if cfg.sasl_password_env:
-            out["sasl_plain_password"] = os.environ.get(cfg.sasl_password_env)
-    return out
-
-
-def ensure_topic(cfg: KafkaConfig, timeout_ms: int = 5000) -> None:
-    """Create the events topic if it does not exist; raises kafka errors when the broker is unreachable."""
-    from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
-    admin = KafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, client_id=f"{cfg.client_id}-admin",
-                             request_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms,
-                             **_producer_security(cfg))
-    try:
-        if cfg.topic in admin.list_topics():
-            return
-        with contextlib.suppress(TopicAlreadyExistsError):
-            admin.create_topics([NewTopic(cfg.topic, num_partitions=cfg.topic_partitions, replication_factor=1)])
-    finally:
-        admin.close()
-
-
 class KafkaSink:
     """Sends batches of records to the topic with a kafka-python producer, rebuilt after any failure."""
 
@@ -109,7 +80,7 @@ class KafkaSink:
             request_timeout_ms=self.cfg.request_timeout_ms, max_block_ms=self.cfg.request_timeout_ms,
             bootstrap_timeout_ms=min(self.cfg.request_timeout_ms, 5000),
             reconnect_backoff_ms=50, reconnect_backoff_max_ms=self.cfg.reconnect_backoff_max_ms,
-            **_producer_security(self.cfg))
+            **kafka_security_settings(self.cfg))
 
     def send(self, records: list[Record]) -> None:
         """Send records and wait for every acknowledgement; raises on any failure."""

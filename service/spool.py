@@ -19,7 +19,6 @@ start-up; a corrupt record anywhere else is skipped and counted. Only one thread
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import struct
@@ -28,6 +27,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from .files import DirectoryLockedError, fsync_dir, lock_directory, unlock_directory
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +75,9 @@ class Spool:
         self.full_policy = full_policy
         self.corrupt_records = 0
         self._dropped_oldest = 0
-        self._lock_fd = os.open(self.dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
+            self._lock_fd = lock_directory(self.dir)
+        except DirectoryLockedError:
             raise SpoolLockedError(f"spool directory {self.dir} is in use by another process") from None
         self._segments: list[_Segment] = []
         self._cursor = Position(0, 0)
@@ -251,13 +250,8 @@ class Spool:
         self._maybe_fsync()
 
     def _fsync_dir(self) -> None:
-        if self.fsync_policy == "never":
-            return
-        fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if self.fsync_policy != "never":
+            fsync_dir(self.dir)
 
     # -- reading ------------------------------------------------------------------------------------
     def read(self, max_records: int) -> tuple[list[Record], Position]:
@@ -325,5 +319,4 @@ class Spool:
             os.close(self._writer)
             self._writer = None
         self._write_cursor()
-        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-        os.close(self._lock_fd)
+        unlock_directory(self._lock_fd)
