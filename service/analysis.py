@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from prometheus_client import Gauge
+
 from stats import AnalysisOptions, ExperimentResult, analyze
 
 from . import metrics
@@ -24,24 +26,36 @@ def analyze_data(data: ExperimentData, exp: ExperimentConfig, cfg: AnalyzerConfi
                    options=options)
 
 
+# Label sets exported at the previous analysis, per experiment: series not refreshed this time (a
+# metric became untestable, an arm went away) are removed rather than left showing stale values.
+_exported: dict[str, set[tuple[Gauge, tuple[str, ...]]]] = {}
+
+
 def export_gauges(data: ExperimentData, result: ExperimentResult | None) -> None:
-    """Set the analyzer's gauges for one experiment."""
+    """Set the analyzer's gauges for one experiment, and remove its series that went stale."""
     key = data.experiment
+    now: set[tuple[Gauge, tuple[str, ...]]] = set()
+
+    def put(gauge: Gauge, labels: tuple[str, ...], value: float) -> None:
+        gauge.labels(*labels).set(value)
+        now.add((gauge, labels))
+
     for arm, n in data.units.items():
-        metrics.UNITS.labels(key, arm).set(n)
-    if result is None:
-        return
-    if result.srm is not None:
-        metrics.SRM_P_VALUE.labels(key).set(result.srm.p_value)
-    breached: dict[str, bool] = {}
-    for r in result.results:
-        metrics.METRIC_MEAN.labels(key, r.control.arm, r.metric).set(r.control.estimate)
-        metrics.METRIC_MEAN.labels(key, r.arm, r.metric).set(r.treatment.estimate)
-        if r.effect.relative is not None and math.isfinite(r.effect.relative):
-            metrics.EFFECT_RELATIVE.labels(key, r.arm, r.metric).set(r.effect.relative)
-        method = r.method.split("(")[0]
-        metrics.P_VALUE.labels(key, r.arm, r.metric, method).set(r.p_value_adjusted)
-        if r.guardrail is not None:
-            breached[r.metric] = breached.get(r.metric, False) or r.guardrail.status == "breached"
-    for metric, b in breached.items():
-        metrics.GUARDRAIL_BREACHED.labels(key, metric).set(1 if b else 0)
+        put(metrics.UNITS, (key, arm), n)
+    if result is not None:
+        if result.srm is not None:
+            put(metrics.SRM_P_VALUE, (key,), result.srm.p_value)
+        breached: dict[str, bool] = {}
+        for r in result.results:
+            put(metrics.METRIC_MEAN, (key, r.control.arm, r.metric), r.control.estimate)
+            put(metrics.METRIC_MEAN, (key, r.arm, r.metric), r.treatment.estimate)
+            if r.effect.relative is not None and math.isfinite(r.effect.relative):
+                put(metrics.EFFECT_RELATIVE, (key, r.arm, r.metric), r.effect.relative)
+            put(metrics.P_VALUE, (key, r.arm, r.metric, r.method.split("(")[0]), r.p_value_adjusted)
+            if r.guardrail is not None:
+                breached[r.metric] = breached.get(r.metric, False) or r.guardrail.status == "breached"
+        for metric, b in breached.items():
+            put(metrics.GUARDRAIL_BREACHED, (key, metric), 1 if b else 0)
+    for gauge, labels in _exported.get(key, set()) - now:
+        gauge.remove(*labels)
+    _exported[key] = now

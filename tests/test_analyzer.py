@@ -178,3 +178,26 @@ def test_lake_recovery_deletes_uncommitted_files(tmp_path: Path, n: int) -> None
     assert bad == (1, 1) and (tmp_path / "_invalid").iterdir()
     assert Lake(tmp_path).recover() == {0: 15, 1: 2}
     assert not orphan.exists()
+
+
+def test_gauges_of_a_metric_that_became_untestable_are_removed() -> None:
+    from prometheus_client import generate_latest
+
+    from service import metrics
+    from service.analysis import export_gauges
+    from service.kpi_queries import ExperimentData
+    from stats import MetricDefinition, SampleStats, analyze
+
+    m = [MetricDefinition(name="resolved", kind="binary"), MetricDefinition(name="csat", kind="continuous")]
+    good = {"base": {"resolved": SampleStats.binary(500, 150), "csat": SampleStats.from_values([3, 4, 5] * 50)},
+            "ft": {"resolved": SampleStats.binary(500, 190), "csat": SampleStats.from_values([3, 4, 4] * 50)}}
+    data = ExperimentData("gauge-exp", 1, None, None, {"base": 500, "ft": 500}, {"base": 500, "ft": 500}, m, good)
+    export_gauges(data, analyze(m, good, "base"))
+    text = generate_latest(metrics.ANALYZER_REGISTRY).decode()
+    series = 'splitwatch_p_value{arm="ft",experiment="gauge-exp",method="welch_t",metric="csat"}'
+    assert series in text
+    flat = {a: {**v, "csat": SampleStats(150, 600.0, 2400.0)} for a, v in good.items()}  # every value 4: untestable
+    export_gauges(data, analyze(m, flat, "base"))
+    text = generate_latest(metrics.ANALYZER_REGISTRY).decode()
+    assert series not in text and 'metric="csat"' not in text
+    assert 'experiment="gauge-exp",metric="resolved"' in text
