@@ -68,6 +68,9 @@ def demo_config(broker: Broker, base: StubModel, ft: StubModel, workdir: Path) -
                 {"name": "escalated", "kind": "binary", "direction": "decrease", "guardrail": True,
                  "margin": 0.01},
                 {"name": "csat", "kind": "continuous", "direction": "increase"},
+                {"name": "latency_p95_ms", "kind": "quantile", "quantile": 0.95, "direction": "decrease",
+                 "guardrail": True, "margin": 0.20, "relative_margin": True,
+                 "description": "p95 upstream latency must not grow by more than 20%"},
             ],
         }],
     }
@@ -136,7 +139,7 @@ def run_demo(units: int = 2000, seed: int = 7, workdir: str | None = None) -> in
     wd.mkdir(parents=True, exist_ok=True)
     broker = Broker(wd)
     base = StubModel(wd, "base", "--latency-ms", "40", "--completion-tokens", "60")
-    ft = StubModel(wd, "finetuned", "--latency-ms", "55", "--completion-tokens", "45")
+    ft = StubModel(wd, "finetuned", "--latency-ms", "44", "--completion-tokens", "45")
     procs: list[Any] = [broker, base, ft]
     t0 = time.monotonic()
     try:
