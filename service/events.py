@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter
 
 SCHEMA_VERSION = 1
 
@@ -55,6 +55,9 @@ class ExposureEvent(_Event):
     forced: bool = False
     features: dict[str, float | str] = Field(default_factory=dict)
     text: str | None = None
+    # The start of the last user message, for the language feature: kept in memory only, handed to
+    # the event shipper (which adds features.language), never serialised.
+    _language_sample: str = PrivateAttr(default="")
 
 
 class ResponseEvent(_Event):

@@ -7,6 +7,7 @@ path, so everything here is a single pass over strings with no model or I/O.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
 
 _CODE_RE = re.compile(r"```|^\s*(def|class|import|function|public|#include|SELECT)\b|[{};]\s*$", re.M)
@@ -14,6 +15,10 @@ _CODE_RE = re.compile(r"```|^\s*(def|class|import|function|public|#include|SELEC
 # the regex scan.
 _CODE_HINTS = ("```", "{", "}", ";", "def", "class", "import", "function", "public", "#include", "SELECT")
 _DIGITS = "0123456789"
+
+NUMERIC_FEATURES = ("chars", "words", "messages", "user_turns", "est_tokens", "non_ascii_share", "digit_share",
+                    "is_question", "has_code", "last_user_chars")
+"""The numeric features of :func:`prompt_features`, in a fixed order (the drift detector's columns)."""
 
 
 def _message_text(content: Any) -> str:
@@ -74,3 +79,30 @@ def prompt_features(body: dict[str, Any]) -> dict[str, float | str]:
         "has_code": 1.0 if _has_code(text) else 0.0,
         "last_user_chars": float(len(last_user)),
     }
+
+
+LANGUAGE_SAMPLE_CHARS = 200
+"""The language identifier reads at most this much of the last user message: enough, and cheap."""
+
+
+@lru_cache(maxsize=1)
+def _language_identifier() -> Any:
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    return LanguageIdentifier.from_pickled_model(MODEL_FILE, norm_probs=False)
+
+
+def detect_language(text: str) -> str:
+    """Return the ISO 639-1 code of the text's language by py3langid (offline; "und" for no text).
+
+    About 50 us per prompt: the proxy runs it in its event-shipper process, off the request path.
+    """
+    sample = text.strip()[:LANGUAGE_SAMPLE_CHARS]
+    if not sample:
+        return "und"
+    return str(_language_identifier().classify(sample)[0])
+
+
+def language_sample(body: dict[str, Any]) -> str:
+    """Return the text the language is detected from: the start of the last user message."""
+    return prompt_text(body)[1].strip()[:LANGUAGE_SAMPLE_CHARS]

@@ -36,10 +36,11 @@ from .shipper import (
     STATE_RUNNING,
     STATE_STARTING,
     STATUS_SLOTS,
+    PipeRecord,
     encode_batch,
     shipper_main,
 )
-from .spool import Record, SpoolLockedError
+from .spool import SpoolLockedError
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 30.0
@@ -55,7 +56,7 @@ class EventPublisher:
         self.spool_dir = Path(spool_dir or cfg.spool.dir)
         self.flush_s = flush_s
         self._queue: deque[BaseModel] = deque()
-        self._pending: list[Record] = []  # serialised, not yet accepted by the pipe
+        self._pending: list[PipeRecord] = []  # serialised, not yet accepted by the pipe
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._ctx = multiprocessing.get_context("spawn")
@@ -168,7 +169,8 @@ class EventPublisher:
         """Serialise the queue and send it to the shipper; keep it (and restart the shipper) on failure."""
         while self._queue:
             ev = self._queue.popleft()
-            self._pending.append((ev.key(), ev.to_json()))  # type: ignore[attr-defined]
+            sample = getattr(ev, "_language_sample", "").encode()
+            self._pending.append((ev.key(), ev.to_json(), sample))  # type: ignore[attr-defined]
         if not self._pending:
             return
         assert self._conn is not None

@@ -25,8 +25,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
+
 from . import metrics
 from .config import KafkaConfig
+from .features import detect_language
 from .kafka_client import ensure_topic, kafka_security_settings
 from .spool import Record, Spool, SpoolLockedError
 
@@ -38,24 +41,35 @@ STATUS_SLOTS = 6
 STATE_STARTING, STATE_RUNNING, STATE_LOCKED, STATE_DONE = 0.0, 1.0, -1.0, 2.0
 ERROR_BYTES = 128
 
-_FRAME = struct.Struct(">HI")
+_FRAME = struct.Struct(">HIH")
+
+PipeRecord = tuple[bytes, bytes, bytes]
+"""(key, event JSON, language sample) as the worker hands it over; the sample is b"" for most events."""
 
 
-def encode_batch(records: list[Record]) -> bytes:
-    """Return records framed for the pipe: (>H key length, >I value length, key, value) each."""
-    return b"".join(_FRAME.pack(len(k), len(v)) + k + v for k, v in records)
+def encode_batch(records: list[PipeRecord]) -> bytes:
+    """Return records framed for the pipe: >H key length, >I value length, >H sample length, then the bytes."""
+    return b"".join(_FRAME.pack(len(k), len(v), len(s)) + k + v + s for k, v, s in records)
 
 
-def decode_batch(blob: bytes) -> list[Record]:
+def decode_batch(blob: bytes) -> list[PipeRecord]:
     """Return the records of a blob made by :func:`encode_batch`."""
     out = []
     offset = 0
     while offset < len(blob):
-        klen, vlen = _FRAME.unpack_from(blob, offset)
+        klen, vlen, slen = _FRAME.unpack_from(blob, offset)
         offset += _FRAME.size
-        out.append((blob[offset:offset + klen], blob[offset + klen:offset + klen + vlen]))
-        offset += klen + vlen
+        k, v = blob[offset:offset + klen], blob[offset + klen:offset + klen + vlen]
+        out.append((k, v, blob[offset + klen + vlen:offset + klen + vlen + slen]))
+        offset += klen + vlen + slen
     return out
+
+
+def with_language(value: bytes, sample: bytes) -> bytes:
+    """Return the event JSON with features.language detected from ``sample`` (the sample is dropped)."""
+    event = orjson.loads(value)
+    event.setdefault("features", {})["language"] = detect_language(sample.decode(errors="replace"))
+    return orjson.dumps(event)
 
 
 class KafkaSink:
@@ -144,7 +158,7 @@ class Shipper:
                 blob = self.conn.recv_bytes()
                 if not blob:  # the worker's close marker
                     break
-                self.append(decode_batch(blob))
+                self.append([(k, with_language(v, s) if s else v) for k, v, s in decode_batch(blob)])
         except (EOFError, OSError):
             log.warning("event pipe closed without a close marker (the worker died?); flushing the spool")
         finally:

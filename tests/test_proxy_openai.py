@@ -115,6 +115,7 @@ def test_events_match_requests_one_to_one(start_proxy, broker, topic) -> None:
         assert ex["upstream_model"] == ("llama-base" if arm == "base" else "llama-ft")
         assert ex["requested_model"] == "support-bot" and ex["forced"] is False
         assert ex["features"]["is_question"] == 1.0 and ex["features"]["messages"] == 1.0
+        assert isinstance(ex["features"]["language"], str) and len(ex["features"]["language"]) in (2, 3)
         assert (rs["status_code"], rs["stream"], rs["arm"]) == (200, stream, arm)
         assert rs["completion_tokens"] == 8 and rs["latency_ms"] > 0
         assert (rs["ttft_ms"] is not None) == stream
@@ -147,6 +148,22 @@ def test_same_unit_same_arm_across_restarts_and_instances(start_proxy, tmp_path)
     assert served(first) == a1
     assert a1 == {u: _expected_arm(u) for u in units}
     assert set(a1.values()) == {"base", "finetuned"}
+
+
+def test_exposures_carry_the_prompts_language_but_not_its_text(start_proxy, broker, topic) -> None:
+    proxy = start_proxy()
+    prompts = {"de": "Wo ist mein Paket? Ich warte seit einer Woche darauf.",
+               "es": "¿Dónde está mi paquete? Lo estoy esperando desde hace una semana.",
+               "en": "Where is my parcel? I have been waiting for it for a week."}
+    ids = {}
+    for lang, text in prompts.items():
+        r = httpx.post(proxy.url + "/v1/chat/completions", json={
+            "model": "support-bot", "user": f"lang-{lang}", "messages": [{"role": "user", "content": text}]})
+        ids[r.headers["x-splitwatch-request-id"]] = lang
+    events = read_events(broker.bootstrap, topic, expect=6)
+    exposures = {e["request_id"]: e for e in events if e["type"] == "exposure"}
+    assert {rid: exposures[rid]["features"]["language"] for rid in ids} == ids
+    assert not any("Paket" in str(e) or "paquete" in str(e) or "parcel" in str(e) for e in events)
 
 
 def test_unit_from_header_forced_arm_and_no_unit(start_proxy, broker, topic) -> None:
