@@ -44,6 +44,15 @@ def _cmd_analyzer(args: argparse.Namespace) -> int:
         return 2
 
 
+def _cmd_drift(args: argparse.Namespace) -> int:
+    try:
+        from drift.service import run_drift
+    except ImportError as exc:
+        print(f"splitwatch drift needs alibi-detect: pip install 'splitwatch[drift]' ({exc})", file=sys.stderr)
+        return 2
+    return run_drift(load_config(args.config), host=args.host, port=args.port)
+
+
 def _parse_day(value: str, field: str) -> date:
     try:
         return date.fromisoformat(value)
@@ -106,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--host", default=None, help="metrics listen address (default: analyzer.host)")
     an.add_argument("--port", type=int, default=None, help="metrics port (default: analyzer.port)")
     an.set_defaults(func=_cmd_analyzer)
+
+    dr = sub.add_parser("drift", help="watch the prompts' features for drift against a reference")
+    dr.add_argument("--config", required=True)
+    dr.add_argument("--host", default=None, help="metrics listen address (default: drift.host)")
+    dr.add_argument("--port", type=int, default=None, help="metrics port (default: drift.port)")
+    dr.set_defaults(func=_cmd_drift)
 
     rp = sub.add_parser("report", help="the KPI significance report of one experiment")
     rp.add_argument("--config", required=True)

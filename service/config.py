@@ -195,10 +195,29 @@ class AnalyzerConfig(_Strict):
     prices: dict[str, PriceConfig] = Field(default_factory=dict)  # by upstream model name
 
 
+class DriftConfig(_Strict):
+    state_dir: str = ".splitwatch/drift"
+    group_id: str = "splitwatch-drift"
+    max_poll_interval_ms: int = Field(300_000, ge=1000)
+    reference_file: str | None = None  # prompts, one per line, or JSON lines with "text" or "features"
+    reference_size: int = Field(2_000, ge=50)  # without a file: the first N exposures of the experiment
+    window_size: int = Field(1_000, ge=50)
+    window_step: int = Field(250, ge=1)
+    test: Literal["ks", "cvm"] = "ks"
+    p_val: float = Field(0.05, gt=0, lt=1)
+    correction: Literal["bh", "holm", "bonferroni"] = "bh"
+    min_psi: float = Field(0.1, ge=0)
+    min_language_tvd: float = Field(0.1, ge=0, le=1)
+    classifier: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(9109, ge=0, le=65535)
+
+
 class Config(_Strict):
     kafka: KafkaConfig = KafkaConfig()
     proxy: ProxyConfig = ProxyConfig()
     analyzer: AnalyzerConfig = AnalyzerConfig()
+    drift: DriftConfig = DriftConfig()
     experiments: list[ExperimentConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

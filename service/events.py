@@ -79,10 +79,21 @@ class OutcomeEvent(_Event):
     value: float
 
 
-Event = Annotated[ExposureEvent | ResponseEvent | OutcomeEvent, Field(discriminator="type")]
-_EVENT_ADAPTER: TypeAdapter[ExposureEvent | ResponseEvent | OutcomeEvent] = TypeAdapter(Event)
+class DriftEvent(_Event):
+    """The drift detector's verdict changed for an experiment (arm None: all arms together)."""
+
+    type: Literal["drift"] = "drift"
+    detector: str
+    detected: bool
+    drifted_features: list[str] = Field(default_factory=list)
+    window_size: int
 
 
-def parse_event(raw: bytes | str) -> ExposureEvent | ResponseEvent | OutcomeEvent:
+AnyEvent = ExposureEvent | ResponseEvent | OutcomeEvent | DriftEvent
+Event = Annotated[AnyEvent, Field(discriminator="type")]
+_EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(Event)
+
+
+def parse_event(raw: bytes | str) -> AnyEvent:
     """Return the typed event parsed from its JSON; raises pydantic.ValidationError when malformed."""
     return _EVENT_ADAPTER.validate_json(raw)

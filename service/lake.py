@@ -44,6 +44,8 @@ SCHEMA = pa.schema([
     ("status_code", pa.int32()), ("latency_ms", pa.float64()), ("ttft_ms", pa.float64()),
     ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("error", pa.string()), ("stream", pa.bool_()),
     ("metric", pa.string()), ("value", pa.float64()),
+    ("detector", pa.string()), ("detected", pa.bool_()), ("drifted_features", pa.string()),
+    ("window_size", pa.int64()),
     ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64()),
 ])
 _FIELDS = [f.name for f in SCHEMA]
@@ -67,8 +69,9 @@ def _row(rec: Record) -> dict[str, Any] | None:
     d = ev.model_dump()
     row = {k: d.get(k) for k in _FIELDS}
     row["ts"] = ev.ts.astimezone(UTC)
-    if row.get("features") is not None:
-        row["features"] = orjson.dumps(row["features"]).decode()
+    for col in ("features", "drifted_features"):
+        if row.get(col) is not None:
+            row[col] = orjson.dumps(row[col]).decode()
     row["kafka_partition"], row["kafka_offset"] = rec.partition, rec.offset
     return row
 

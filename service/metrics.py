@@ -98,6 +98,25 @@ GUARDRAIL_BREACHED = Gauge("splitwatch_guardrail_breached", "1 when a guardrail 
                            ["experiment", "metric"], registry=ANALYZER_REGISTRY)
 
 
+# -- drift detector (its own process and registry) ---------------------------------------------------
+DRIFT_REGISTRY = CollectorRegistry(auto_describe=True)
+DRIFT_P_VALUE = Gauge(
+    "splitwatch_drift_p_value", "Adjusted p-value of the last window's test of a feature (arm 'all': all arms).",
+    ["experiment", "arm", "feature", "detector"], registry=DRIFT_REGISTRY)
+DRIFT_SCORE = Gauge(
+    "splitwatch_drift_score", "Effect size of the last window: PSI (numeric), total variation (language), "
+    "distance above chance (classifier).", ["experiment", "arm", "feature", "detector"], registry=DRIFT_REGISTRY)
+DRIFT_DETECTED = Gauge(
+    "splitwatch_drift_detected", "1 when the last window drifted (significant and large enough).",
+    ["experiment", "arm", "detector"], registry=DRIFT_REGISTRY)
+DRIFT_WINDOW_SIZE = Gauge("splitwatch_drift_window_size", "Exposures in the last tested window.",
+                          ["experiment", "arm"], registry=DRIFT_REGISTRY)
+DRIFT_REFERENCE_SIZE = Gauge("splitwatch_drift_reference_size", "Rows of the experiment's reference.",
+                             ["experiment"], registry=DRIFT_REGISTRY)
+DRIFT_EXPOSURES = Counter("splitwatch_drift_exposures", "Exposure events the drift detector consumed.",
+                          ["experiment"], registry=DRIFT_REGISTRY)
+
+
 def forget_this_process() -> None:
     """Remove this process's live gauges from the multiprocess directory (call it when exiting)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

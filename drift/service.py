@@ -1,0 +1,101 @@
+"""``splitwatch drift``: exposures from Kafka -> drift monitors -> /metrics, drift events -> Kafka."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import orjson
+
+from service import metrics
+from service.config import Config
+from service.events import DriftEvent
+from service.kafka_client import ensure_topic, kafka_security_settings
+from service.shipper import KafkaSink
+
+from .monitor import ExperimentMonitor
+
+log = logging.getLogger(__name__)
+SEEN_IDS = 200_000  # recent event ids kept for deduplication (delivery is at least once)
+
+
+class DriftService:
+    """Routes exposure events to each experiment's monitor; publishes drift events, retrying on failure."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.sink = KafkaSink(cfg.kafka)
+        self._outbox: list[DriftEvent] = []
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self.monitors = {e.key: ExperimentMonitor(e.key, e.phase, cfg.drift, self._outbox.append)
+                         for e in cfg.experiments}
+        self.phases = {e.key: e.phase for e in cfg.experiments}
+
+    def handle(self, raw: bytes) -> None:
+        """Take one Kafka message: feed it to its experiment's monitor if it is a new, unforced exposure."""
+        try:
+            ev = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return  # the analyzer keeps invalid messages; the drift detector only needs exposures
+        if not isinstance(ev, dict) or ev.get("type") != "exposure" or ev.get("forced"):
+            return
+        monitor = self.monitors.get(ev.get("experiment", ""))
+        if monitor is None or ev.get("phase") != self.phases[monitor.experiment]:
+            return
+        event_id = str(ev.get("event_id"))
+        if event_id in self._seen:
+            return
+        self._seen[event_id] = None
+        if len(self._seen) > SEEN_IDS:
+            self._seen.popitem(last=False)
+        monitor.add(ev.get("arm"), ev.get("features") or {})
+
+    def flush_events(self) -> None:
+        """Send pending drift events to Kafka; keep them for the next try if Kafka fails."""
+        if not self._outbox:
+            return
+        try:
+            self.sink.send([(e.key(), e.to_json()) for e in self._outbox])
+            self._outbox.clear()
+        except Exception as exc:  # the events wait for the next flush
+            log.warning("could not publish %d drift events (%s); retrying", len(self._outbox), exc)
+
+    def run(self, stop: threading.Event) -> None:
+        """Consume until ``stop`` is set."""
+        from kafka import KafkaConsumer
+
+        k, d = self.cfg.kafka, self.cfg.drift
+        ensure_topic(k)
+        consumer: Any = KafkaConsumer(
+            k.topic, bootstrap_servers=k.bootstrap_servers, client_id=f"{k.client_id}-drift", group_id=d.group_id,
+            auto_offset_reset="earliest", enable_auto_commit=True, max_poll_interval_ms=d.max_poll_interval_ms,
+            session_timeout_ms=min(10_000, d.max_poll_interval_ms),
+            heartbeat_interval_ms=min(3_000, d.max_poll_interval_ms // 3), **kafka_security_settings(k))
+        try:
+            while not stop.is_set():
+                for records in consumer.poll(timeout_ms=500).values():
+                    for r in records:
+                        self.handle(r.value)
+                self.flush_events()
+        finally:
+            consumer.close()
+            self.flush_events()
+            self.sink.close()
+
+
+def run_drift(cfg: Config, host: str | None = None, port: int | None = None) -> int:
+    """Run the drift detector until SIGTERM/SIGINT, with its gauges on /metrics."""
+    from prometheus_client import start_http_server
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server, _ = start_http_server(cfg.drift.port if port is None else port, host or cfg.drift.host,
+                                  registry=metrics.DRIFT_REGISTRY)
+    log.info("drift detector: metrics on http://%s:%d/metrics", host or cfg.drift.host, server.server_address[1])
+    DriftService(cfg).run(stop)
+    server.shutdown()
+    return 0
