@@ -7,7 +7,7 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY stats ./stats
 COPY drift ./drift
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[drift]"
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /var/lib/splitwatch --create-home splitwatch

@@ -43,7 +43,8 @@ def test_drift_detected_end_to_end_and_reference_survives_a_restart(start_proxy,
         with httpx.Client(timeout=10) as c:
             for i, text in enumerate(prompts):
                 c.post(proxy.url + "/v1/chat/completions", json={
-                    "model": "support-bot", "user": f"drift-{sent + i}", "messages": [{"role": "user", "content": text}]})
+                    "model": "support-bot", "user": f"drift-{sent + i}",
+                    "messages": [{"role": "user", "content": text}]})
         sent += len(prompts)
         deadline = time.monotonic() + 60  # wait until the detector has consumed them all
         while time.monotonic() < deadline:
@@ -63,8 +64,8 @@ def test_drift_detected_end_to_end_and_reference_survives_a_restart(start_proxy,
         send([" ".join(rng.sample(b, 3)) for _ in range(300)])  # long multi-sentence prompts
         text = httpx.get(url).text
         assert _gauge(text, "splitwatch_drift_detected", 'arm="all",detector="univariate",experiment="support-ft"') == 1
-        assert (_gauge(text, "splitwatch_drift_score", 'arm="all",detector="ks",experiment="support-ft",feature="chars"')
-                or 0) > 0.25
+        chars = 'arm="all",detector="ks",experiment="support-ft",feature="chars"'
+        assert (_gauge(text, "splitwatch_drift_score", chars) or 0) > 0.25
         drift_events = [e for e in read_events(broker.bootstrap, topic, idle=3.0) if e["type"] == "drift"]
         assert any(e["detected"] and "chars" in e["drifted_features"] and e["arm"] is None for e in drift_events)
         # restart: the persisted reference is used, not re-learned from the drifted traffic
