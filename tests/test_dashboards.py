@@ -81,7 +81,7 @@ def test_dashboard_queries_return_data_from_a_real_scrape(start_proxy, tmp_path:
         assert {"base", "finetuned", "unassigned"} <= arms
         # the alert rules load and evaluate against the real series
         rules = [r for g in httpx.get(prom_url + "/api/v1/rules").json()["data"]["groups"] for r in g["rules"]]
-        assert len(rules) == 9 and all(r["health"] == "ok" for r in rules), rules
+        assert len(rules) == 10 and all(r["health"] == "ok" for r in rules), rules
     finally:
         prom.stop()
 
@@ -132,8 +132,42 @@ def test_kpi_dashboard_queries_return_data_from_a_live_analyzer(start_proxy, tmp
             time.sleep(1)
         assert not empty, f"panels without data: {empty}\n{analyzer.log()[-2000:]}"
         rules = [r for g in httpx.get(prom_url + "/api/v1/rules").json()["data"]["groups"] for r in g["rules"]]
-        assert len(rules) == 9 and all(r["health"] == "ok" for r in rules)
+        assert len(rules) == 10 and all(r["health"] == "ok" for r in rules)
     finally:
         if prom is not None:
             prom.stop()
         analyzer.stop()
+
+
+def test_drift_dashboard_queries_return_data_from_a_live_drift_detector(start_proxy, tmp_path: Path) -> None:
+    import sys
+
+    from tests.test_analyzer import _simulate
+
+    proxy = start_proxy()
+    port = free_port()
+    cfg = proxy.config
+    cfg["drift"] = {"state_dir": str(tmp_path / "drift"), "reference_size": 50, "window_size": 50,
+                    "window_step": 25, "max_poll_interval_ms": 3000, "port": port}
+    proxy.write_config(cfg)
+    detector = ManagedProcess([sys.executable, "-m", "service.cli", "drift", "--config", str(proxy.config_path)],
+                              tmp_path / "drift.log")
+    detector.start()
+    prom = None
+    try:
+        wait_for_port(port, proc=detector.proc)
+        _simulate(proxy, 200, seed=8)
+        prom, prom_url = _start_prometheus(tmp_path, f"127.0.0.1:{port}")
+        empty: list[str] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            empty = [title for title, expr in _panel_queries("splitwatch-drift.json")
+                     if not any(not math.isnan(float(s["value"][1])) for s in _query(prom_url, expr))]
+            if not empty:
+                break
+            time.sleep(1)
+        assert not empty, f"panels without data: {empty}\n{detector.log()[-2000:]}"
+    finally:
+        if prom is not None:
+            prom.stop()
+        detector.stop()
