@@ -55,6 +55,7 @@ class Report:
     sequential: bool
     series: dict[tuple[str, str], list[SeriesPoint]] = field(default_factory=dict)
     verdict: str = ""
+    drift: list[dict[str, Any]] = field(default_factory=list)  # drift events of the period, in time order
 
 
 def _progress(i: int, total: int, label: str) -> None:
@@ -78,6 +79,7 @@ def build_report(cfg: Config, key: str, start: date, end: date, sequential: bool
         series: dict[tuple[str, str], list[SeriesPoint]] = {}
         data = result = None
         prepare_events(con, lake.glob(key), exp.phase)
+        drift = _drift_events(con, start, end)
         for i, day in enumerate(days, 1):
             data = load_experiment(con, None, exp, cfg.analyzer, _day_start(start),
                                    _day_start(day + timedelta(days=1)))
@@ -90,9 +92,22 @@ def build_report(cfg: Config, key: str, start: date, end: date, sequential: bool
     finally:
         con.close()
     assert data is not None
-    rep = Report(exp, start, end, data, result, sequential, series)
+    rep = Report(exp, start, end, data, result, sequential, series, drift=drift)
     rep.verdict = verdict(rep)
     return rep
+
+
+def _drift_events(con: duckdb.DuckDBPyConnection, start: date, end: date) -> list[dict[str, Any]]:
+    """Return the drift detector's verdict changes in the period (from the ``ev`` table)."""
+    has = con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'ev' "
+                      "AND column_name = 'detector'").fetchone()[0]
+    if not has:
+        return []
+    rows = con.execute(
+        "SELECT ts, coalesce(arm, 'all'), detector, detected, drifted_features FROM ev WHERE type = 'drift' "
+        "AND ts >= ? AND ts < ? ORDER BY ts", [_day_start(start), _day_start(end + timedelta(days=1))]).fetchall()
+    return [{"ts": ts.isoformat(), "arm": arm, "detector": det, "detected": bool(hit),
+             "features": json.loads(feats) if feats else []} for ts, arm, det, hit, feats in rows]
 
 
 def _days_to_power(rep: Report, r: MetricResult) -> float | None:
@@ -176,7 +191,7 @@ def to_dict(rep: Report) -> dict[str, Any]:
             "units_in_several_arms": d.multi_arm_units, "orphan_outcomes": d.orphan_outcomes,
             "late_outcomes": d.late_outcomes, "forced_requests": d.forced_requests},
         "skipped_metrics": {**d.skipped, **(res.skipped if res is not None else {})},
-        "verdict": rep.verdict, "srm": None, "results": []}
+        "verdict": rep.verdict, "srm": None, "drift": rep.drift, "results": []}
     if res is not None and res.srm is not None:
         out["srm"] = {"p_value": res.srm.p_value, "mismatch": res.srm.mismatch, "method": res.srm.method,
                       "expected": res.srm.expected}
@@ -232,6 +247,10 @@ def _summary_lines(rep: Report) -> list[str]:
         lines.append(f"Not computed: {m} ({why})")
     for m, why in (res.skipped.items() if res is not None else ()):
         lines.append(f"Not testable: {m} ({why})")
+    for e in rep.drift:
+        what = "drift detected" if e["detected"] else "drift cleared"
+        lines.append(f"Prompt {what} at {e['ts'][:16]} UTC ({e['arm']}, {e['detector']}): "
+                     f"{', '.join(e['features']) or 'no feature'}")
     return lines
 
 
