@@ -39,20 +39,8 @@ def _query(prom_url: str, expr: str) -> list[dict]:
 
 def test_dashboard_queries_return_data_from_a_real_scrape(start_proxy, tmp_path: Path) -> None:
     proxy = start_proxy()
-    port = free_port()
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(DASHBOARDS / "alerts.yaml")],
-        "scrape_configs": [{"job_name": "splitwatch-proxy",
-                            "static_configs": [{"targets": [proxy.url.removeprefix("http://")]}]}],
-    }))
-    prom = ManagedProcess(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
-                           f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
-                           "--log.level=warn"], tmp_path / "prometheus.log")
-    prom.start()
+    prom, prom_url = _start_prometheus(tmp_path, proxy.url.removeprefix("http://"))
     try:
-        wait_for_port(port, proc=prom.proc)
-        prom_url = f"http://127.0.0.1:{port}"
         chat = proxy.url + "/v1/chat/completions"
         body = {"model": "support-bot", "messages": [{"role": "user", "content": "hi"}]}
         deadline = time.monotonic() + 8
