@@ -61,7 +61,11 @@ def _has_code(text: str) -> bool:
 
 def prompt_features(body: dict[str, Any]) -> dict[str, float | str]:
     """Return the numeric features of the prompt in a request body (see docs/features.md)."""
-    text, last_user, n_messages, turns = prompt_text(body)
+    return features_of_prompt(*prompt_text(body))
+
+
+def features_of_prompt(text: str, last_user: str, n_messages: int, turns: int) -> dict[str, float | str]:
+    """Return the numeric features from the parts :func:`prompt_text` returns (compute those once)."""
     n = len(text)
     # Every count runs in C (str methods, regex): a long chat history must not cost the request path.
     non_ascii = 0 if text.isascii() else n - len(text.encode("ascii", "ignore"))
@@ -103,6 +107,6 @@ def detect_language(text: str) -> str:
     return str(_language_identifier().classify(sample)[0])
 
 
-def language_sample(body: dict[str, Any]) -> str:
+def language_sample(last_user: str) -> str:
     """Return the text the language is detected from: the start of the last user message."""
-    return prompt_text(body)[1].strip()[:LANGUAGE_SAMPLE_CHARS]
+    return last_user.strip()[:LANGUAGE_SAMPLE_CHARS]

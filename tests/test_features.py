@@ -50,12 +50,12 @@ def test_empty_and_odd_bodies() -> None:
 
 
 def test_language_identifier_is_offline_and_bounded() -> None:
-    from service.features import LANGUAGE_SAMPLE_CHARS, detect_language, language_sample
+    from service.features import LANGUAGE_SAMPLE_CHARS, detect_language, language_sample, prompt_text
 
     assert detect_language("Where is my parcel? I ordered it last week.") == "en"
     assert detect_language("Wo ist mein Paket? Ich habe es letzte Woche bestellt.") == "de"
     assert detect_language("") == "und"
     body = {"messages": [{"role": "user", "content": "x" * 1000}, {"role": "assistant", "content": "hi"},
                          {"role": "user", "content": "  Bonjour, où est mon colis ?  " + "y" * 500}]}
-    sample = language_sample(body)
+    sample = language_sample(prompt_text(body)[1])
     assert sample.startswith("Bonjour") and len(sample) == LANGUAGE_SAMPLE_CHARS

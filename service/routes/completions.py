@@ -24,7 +24,7 @@ from ..assignment import Assignment
 from ..config import UNASSIGNED_ARM, ArmConfig, Config, UpstreamConfig
 from ..errors import InvalidRequest, ModelNotFound, UpstreamError, error_body
 from ..events import ExposureEvent, ResponseEvent
-from ..features import language_sample, prompt_features, prompt_text
+from ..features import features_of_prompt, language_sample, prompt_text
 from ..request_body import parse_json_object, read_limited_body
 from ..runtime import Runtime
 from ..upstream import (
@@ -181,12 +181,12 @@ def _publish_exposure(runtime: Runtime, config: Config, a: Assignment, arm: ArmC
                       model: str, unit_id: str | None, request_id: str) -> None:
     if runtime.publisher is None:
         return
+    parts = prompt_text(body)  # once: it joins every message of a possibly long history
     event = ExposureEvent(
         experiment=a.experiment, phase=a.phase, arm=a.arm, unit_id=unit_id, request_id=request_id,
         requested_model=model, upstream_model=arm.upstream.model, forced=a.forced,
-        features=prompt_features(body),
-        text=prompt_text(body)[0] if config.proxy.log_text else None)
-    event._language_sample = language_sample(body)
+        features=features_of_prompt(*parts), text=parts[0] if config.proxy.log_text else None)
+    event._language_sample = language_sample(parts[1])
     runtime.publisher.publish(event)
 
 
