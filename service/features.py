@@ -88,18 +88,26 @@ def features_of_prompt(text: str, last_user: str, n_messages: int, turns: int) -
 LANGUAGE_SAMPLE_CHARS = 200
 """The language identifier reads at most this much of the last user message: enough, and cheap."""
 
+LANGUAGES = ("ar", "bn", "cs", "da", "de", "el", "en", "es", "fa", "fi", "fr", "he", "hi", "hu", "id", "it",
+             "ja", "ko", "nl", "no", "pl", "pt", "ro", "ru", "sv", "th", "tr", "uk", "vi", "zh")
+"""The languages the identifier chooses among. Restricting py3langid's 97 to these 30 widely used
+ones makes it 4x cheaper (12 instead of 47 us for a short prompt); text in another language is
+attributed to the closest of them, which still moves the language mix the drift detector watches."""
+
 
 @lru_cache(maxsize=1)
 def _language_identifier() -> Any:
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
-    return LanguageIdentifier.from_pickled_model(MODEL_FILE, norm_probs=False)
+    identifier = LanguageIdentifier.from_pickled_model(MODEL_FILE, norm_probs=False)
+    identifier.set_languages(list(LANGUAGES))
+    return identifier
 
 
 def detect_language(text: str) -> str:
     """Return the ISO 639-1 code of the text's language by py3langid (offline; "und" for no text).
 
-    About 50 us per prompt: the proxy runs it in its event-shipper process, off the request path.
+    12-30 us per prompt: the proxy runs it in its event-shipper process, off the request path.
     """
     sample = text.strip()[:LANGUAGE_SAMPLE_CHARS]
     if not sample:
