@@ -12,7 +12,7 @@ single-worker proxies, one with Kafka logging on and one with it off. Then measu
    the medians on/off is the cost of logging;
 4. that every event of the logging-on run reached the broker's spool/Kafka with none dropped.
 
-Usage: python bench/proxy_overhead.py [--quick]
+Usage: python bench/proxy_overhead.py [--quick] [--pin]
 """
 
 from __future__ import annotations
@@ -104,7 +104,13 @@ def pct(a: np.ndarray, q: float) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short run (smoke test of the benchmark)")
+    ap.add_argument("--pin", action="store_true",
+                    help="proxy worker alone on CPU 0; its shipper, the broker, the stub and the load "
+                         "generators on CPU 1: isolates the request path's own cost")
     args = ap.parse_args()
+    if args.pin:
+        os.sched_setaffinity(0, {1})  # this process and what it starts (broker, stubs, wrk) on CPU 1
+        os.environ["SPLITWATCH_SHIPPER_CPUS"] = "1"
     n1, rate, ol_s, wrk_s, rounds = (300, 100, 3, 3, 1) if args.quick else (3000, 300, 15, 10, 5)
     if not shutil.which("wrk"):
         sys.exit("wrk is needed for the throughput part: apt-get install wrk")
@@ -121,6 +127,9 @@ def main() -> None:
         cfg["kafka"]["linger_ms"] = 20
     proxy_on = Proxy(work / "on", on_cfg)
     proxy_off = Proxy(work / "off", off_cfg)
+    if args.pin:
+        for p in (proxy_on, proxy_off):
+            p.args = ["taskset", "-c", "0", *p.args]
     procs = [broker, stub, stub2, proxy_on, proxy_off]
     try:
         for p in procs:
@@ -161,7 +170,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     c1, ol, rps, runs = r["c1"], r["open"], r["rps"], r["rps_runs"]
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+          + (", pinned: proxy worker on CPU 0, everything else on CPU 1" if args.pin else ", not pinned"))
     print("\n| measure | direct | via proxy | added |\n|---|---|---|---|")
     print(f"| concurrency 1, p50 (ms) | {c1['direct_p50']:.3f} | {c1['proxy_p50']:.3f} | "
           f"{c1['proxy_p50'] - c1['direct_p50']:.3f} |")

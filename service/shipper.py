@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import struct
 import threading
@@ -42,6 +43,7 @@ STATE_STARTING, STATE_RUNNING, STATE_LOCKED, STATE_DONE = 0.0, 1.0, -1.0, 2.0
 ERROR_BYTES = 128
 
 _FRAME = struct.Struct(">HIH")
+SHIPPER_CPUS_ENV = "SPLITWATCH_SHIPPER_CPUS"
 
 PipeRecord = tuple[bytes, bytes, bytes]
 """(key, event JSON, language sample) as the worker hands it over; the sample is b"" for most events."""
@@ -301,6 +303,9 @@ def shipper_main(cfg_json: str, spool_dir: str, conn: Connection, status: Any, e
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # it stops when the worker's pipe closes
         signal.signal(sig, signal.SIG_IGN)
+    cpus = os.environ.get(SHIPPER_CPUS_ENV)
+    if cpus:  # keep the shipper off the workers' cores (e.g. "3" or "2,3")
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
     configure_logging()
     cfg = KafkaConfig.model_validate_json(cfg_json)
     try:
