@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import metrics
@@ -26,7 +26,6 @@ class IngestStats:
     invalid: int = 0
     batches: int = 0
     seconds: float = 0.0
-    per_partition_next: dict[int, int] = field(default_factory=dict)
 
 
 class Ingestor:
@@ -149,7 +148,6 @@ class Ingestor:
             self._consumer.close(autocommit=False)
             self.lake.close()
         stats.seconds = time.perf_counter() - t0
-        stats.per_partition_next = dict(self.next_offsets)
         return stats
 
     def _position(self, partition: int) -> int:

@@ -47,8 +47,6 @@ class ExperimentData:
     orphan_outcomes: int = 0
     late_outcomes: int = 0
     forced_requests: int = 0
-    first_exposure: datetime | None = None
-    last_exposure: datetime | None = None
     skipped: dict[str, str] = field(default_factory=dict)  # metric -> why it could not be computed
 
 
@@ -104,7 +102,6 @@ def load_experiment(con: duckdb.DuckDBPyConnection, glob: str | None, exp: Exper
     units = dict(con.execute("SELECT arm, count(*) FROM units GROUP BY arm").fetchall())
     requests = dict(con.execute("SELECT arm, sum(requests) FROM units GROUP BY arm").fetchall())
     forced = con.execute("SELECT count(*) FROM ev WHERE type = 'exposure' AND forced").fetchone()[0]
-    span = con.execute("SELECT min(first_ts), max(first_ts) FROM units").fetchone()
     window_h = float(cfg.attribution_window_hours)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE outc AS
@@ -146,8 +143,8 @@ def load_experiment(con: duckdb.DuckDBPyConnection, glob: str | None, exp: Exper
                 stats[arm][m.name] = s
     metrics = [m for m in metrics if m.name not in skipped]
     return ExperimentData(exp.key, exp.phase, start, end, units, {a: int(v) for a, v in requests.items()},
-                          metrics, stats, int(multi), int(orphans), int(late), int(forced), span[0], span[1],
-                          skipped)
+                          metrics, stats, int(multi), int(orphans), int(late), int(forced),
+                          skipped=skipped)
 
 
 def _merge_metrics(configured: list[MetricDefinition], builtin: list[MetricDefinition]) -> list[MetricDefinition]:

@@ -115,9 +115,9 @@ class Spool:
             log.info("spool %s: %d events (%d bytes) waiting from a previous run", self.dir,
                      self.pending_events, self.pending_bytes)
 
-    def _scan(self, path: Path, truncate: bool) -> tuple[int, int]:
-        """Return (valid size, record count) of a segment; cut a torn tail when ``truncate``."""
-        data = path.read_bytes()
+    @staticmethod
+    def _whole_records(data: bytes) -> tuple[int, int]:
+        """Return (bytes, count) of the whole records at the start of ``data`` (a torn one is left out)."""
         offset = records = 0
         while offset + _HEADER.size <= len(data):
             length, _crc = _HEADER.unpack_from(data, offset)
@@ -126,6 +126,12 @@ class Spool:
                 break
             offset = end
             records += 1
+        return offset, records
+
+    def _scan(self, path: Path, truncate: bool) -> tuple[int, int]:
+        """Return (valid size, record count) of a segment; cut a torn tail when ``truncate``."""
+        data = path.read_bytes()
+        offset, records = self._whole_records(data)
         if offset != len(data):
             if truncate:
                 log.warning("spool %s: cutting a torn record at byte %d (crash during a write)", path, offset)
@@ -136,13 +142,7 @@ class Spool:
         return offset, records
 
     def _count_records(self, path: Path, upto: int) -> int:
-        data = path.read_bytes()[:upto]
-        offset = n = 0
-        while offset + _HEADER.size <= len(data):
-            length, _ = _HEADER.unpack_from(data, offset)
-            offset += _HEADER.size + length
-            n += 1
-        return n
+        return self._whole_records(path.read_bytes()[:upto])[1]
 
     def _read_cursor(self) -> Position | None:
         try:
