@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 
 import httpx
@@ -145,17 +147,24 @@ def test_client_disconnect_cancels_the_upstream(start_proxy, stubs) -> None:
     ft = stubs[1]
     headers = {"X-Splitwatch-Force-Arm": "finetuned"}
     before = ft.stats()
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(proxy.url + "/v1/chat/completions", json={**CHAT, "metadata": {"stub_latency_ms": "3000"}},
-                   headers=headers, timeout=0.5)
-    # a long stream (2,000 tokens, 2 ms apart) that the client leaves after a few chunks
+    # Leave only once the upstream has the request (a client timeout would race the forwarding).
+    body = json.dumps({**CHAT, "metadata": {"stub_latency_ms": "10000"}}).encode()
+    with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"X-Splitwatch-Force-Arm: finetuned\r\nContent-Length: " + str(len(body)).encode()
+                     + b"\r\n\r\n" + body)
+        deadline = time.monotonic() + 10
+        while ft.stats()["requests"] == before["requests"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ft.stats()["requests"] == before["requests"] + 1, "the upstream received the request"
+    # a long stream (5,000 tokens, 2 ms apart: 10 s) that the client leaves after a few chunks
     with httpx.stream("POST", proxy.url + "/v1/chat/completions", headers=headers, timeout=10,
-                      json={**CHAT, "stream": True, "metadata": {"stub_tokens": "2000"}}) as r:
+                      json={**CHAT, "stream": True, "metadata": {"stub_tokens": "5000"}}) as r:
         assert r.status_code == 200
         it = r.iter_raw()
         next(it)
         next(it)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15
     after = ft.stats()
     while time.monotonic() < deadline and (after["requests_cancelled"] == before["requests_cancelled"]
                                            or after["streams_cancelled"] == before["streams_cancelled"]):
