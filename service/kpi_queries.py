@@ -24,7 +24,7 @@ from datetime import datetime
 import duckdb
 
 from stats import MetricDefinition, QuantileStats, RatioStats, SampleStats
-from stats.quantile import rank_bounds
+from stats.quantile import quantile_design_effect, rank_bounds
 
 from .config import AnalyzerConfig, ExperimentConfig
 
@@ -173,7 +173,7 @@ def _metric_stats(con: duckdb.DuckDBPyConnection, m: MetricDefinition,
     """Return per-arm statistics of one metric, by SQL over the temp tables of load_experiment."""
     name = m.name
     if m.kind == "quantile" and name.startswith("latency_p"):
-        return _latency_quantile(con, m.quantile or 0.5)
+        return latency_quantile_stats(con, m.quantile or 0.5)
     if name == "error_rate":
         per_unit = """SELECT arm, unit_id,
             sum(CASE WHEN status_code >= 500 OR error = 'stream_interrupted' THEN 1 ELSE 0 END)::DOUBLE AS num,
@@ -223,7 +223,11 @@ def _ident(name: str | None) -> str:
     return name
 
 
-def _latency_quantile(con: duckdb.DuckDBPyConnection, p: float) -> dict[str, QuantileStats]:
+def latency_quantile_stats(con: duckdb.DuckDBPyConnection, p: float) -> dict[str, QuantileStats]:
+    """Return per-arm p-quantiles of successful responses' latency from the ``resp`` table.
+
+    Each carries the design effect of requests clustered in units (``stats.quantile``).
+    """
     counts = dict(con.execute(
         "SELECT arm, count(*) FROM resp WHERE status_code = 200 AND latency_ms IS NOT NULL GROUP BY arm").fetchall())
     out = {}
@@ -236,5 +240,12 @@ def _latency_quantile(con: duckdb.DuckDBPyConnection, p: float) -> dict[str, Qua
             "WHERE status_code = 200 AND latency_ms IS NOT NULL AND arm = ?", [p, lo, hi, arm]).fetchone()[0]
         if any(v is None or math.isnan(v) for v in (est, lower, upper)):
             continue
-        out[arm] = QuantileStats(int(n), p, float(est), float(lower), float(upper))
+        # requests cluster in users: per unit, how many of its requests are at or below the estimate
+        below = con.execute(
+            "SELECT count(*), sum(s), sum(s * s), sum(r), sum(r * r), sum(s * r) FROM ("
+            "  SELECT count(*) FILTER (WHERE latency_ms <= ?)::DOUBLE AS s, count(*)::DOUBLE AS r FROM resp"
+            "  WHERE status_code = 200 AND latency_ms IS NOT NULL AND arm = ? GROUP BY unit_id)",
+            [est, arm]).fetchone()
+        deff = quantile_design_effect(RatioStats(int(below[0]), *map(float, below[1:])), int(n))
+        out[arm] = QuantileStats(int(n), p, float(est), float(lower), float(upper), design_effect=deff)
     return out

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import duckdb
 import httpx
+import pytest
 import yaml
 
 from service.local_processes import ManagedProcess, free_port, wait_for_port
@@ -201,3 +202,26 @@ def test_gauges_of_a_metric_that_became_untestable_are_removed() -> None:
     text = generate_latest(metrics.ANALYZER_REGISTRY).decode()
     assert series not in text and 'metric="csat"' not in text
     assert 'experiment="gauge-exp",metric="resolved"' in text
+
+
+def test_latency_quantile_sql_matches_the_clustered_reference() -> None:
+    import numpy as np
+
+    from service.kpi_queries import latency_quantile_stats
+    from stats.quantile import clustered_quantile_stats
+
+    rng = np.random.default_rng(3)
+    per_unit = 1 + rng.poisson(5, 400)
+    unit_of = np.repeat(np.arange(400), per_unit)
+    latency = np.exp(6 + rng.normal(0, 0.5, 400)[unit_of] + rng.normal(0, 0.3, unit_of.size))
+    con = duckdb.connect()
+    con.execute("CREATE TEMP TABLE resp (unit_id VARCHAR, arm VARCHAR, status_code INTEGER, latency_ms DOUBLE)")
+    con.executemany("INSERT INTO resp VALUES (?, 'base', 200, ?)",
+                    [(f"u{u}", float(v)) for u, v in zip(unit_of, latency, strict=True)])
+    con.execute("INSERT INTO resp VALUES ('u0', 'base', 503, 1e9), ('u1', 'base', 200, NULL)")  # not counted
+    for p in (0.5, 0.95):
+        sql = latency_quantile_stats(con, p)["base"]
+        ref = clustered_quantile_stats(latency, unit_of, p)
+        assert sql.n == ref.n == unit_of.size
+        assert (sql.estimate, sql.lower, sql.upper) == pytest.approx((ref.estimate, ref.lower, ref.upper), rel=1e-9)
+        assert sql.design_effect == pytest.approx(ref.design_effect, rel=1e-9) and sql.design_effect > 2
