@@ -12,6 +12,7 @@ from typing import Any
 from service import metrics
 from service.config import DriftConfig
 from service.events import DriftEvent
+from service.features import LANGUAGES
 
 from .detector import DriftDetector, DriftReport, DriftSettings
 from .reference import Reference, feature_row
@@ -26,16 +27,19 @@ def settings_of(cfg: DriftConfig) -> DriftSettings:
     return DriftSettings(cfg.test, cfg.p_val, cfg.correction, cfg.min_psi, cfg.min_language_tvd, cfg.classifier)
 
 
-def reference_from_file(path: str | Path) -> Reference:
-    """Return a reference from prompts, one per line (.txt), or JSON lines with "text" or "features"."""
+def reference_from_file(path: str | Path, languages: tuple[str, ...] = LANGUAGES) -> Reference:
+    """Return a reference from prompts, one per line (.txt), or JSON lines with "text" or "features".
+
+    Prompts' languages are detected among ``languages`` (the config's ``drift.languages``).
+    """
     p = Path(path)
     lines = [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
     if p.suffix in (".jsonl", ".json"):
         rows = [json.loads(line) for line in lines]
         if all("features" in r for r in rows):
             return Reference.from_features((r["features"] for r in rows), f"file {p}")
-        return Reference.from_texts((r["text"] for r in rows), f"file {p}")
-    return Reference.from_texts(lines, f"file {p}")
+        return Reference.from_texts((r["text"] for r in rows), f"file {p}", languages)
+    return Reference.from_texts(lines, f"file {p}", languages)
 
 
 class ExperimentMonitor:
@@ -56,7 +60,7 @@ class ExperimentMonitor:
             log.info("drift %s: loaded the persisted reference (%d rows, %s)", experiment, reference.size,
                      reference.source)
         elif cfg.reference_file:
-            reference = reference_from_file(cfg.reference_file)
+            reference = reference_from_file(cfg.reference_file, tuple(cfg.languages))
             reference.save(self.state)
             log.info("drift %s: reference of %d rows from %s", experiment, reference.size, cfg.reference_file)
         if reference is not None:

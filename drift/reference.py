@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from service.features import NUMERIC_FEATURES, detect_language, prompt_features
+from service.features import LANGUAGES, NUMERIC_FEATURES, detect_language, prompt_features
 
 
 def feature_row(features: Mapping[str, Any]) -> tuple[list[float], str]:
@@ -20,10 +20,13 @@ def feature_row(features: Mapping[str, Any]) -> tuple[list[float], str]:
     return [float(features.get(name, 0.0)) for name in NUMERIC_FEATURES], str(features.get("language", "und"))
 
 
-def features_of_text(text: str) -> dict[str, Any]:
-    """Return the features the proxy would put on an exposure for a one-message chat with ``text``."""
+def features_of_text(text: str, languages: tuple[str, ...] = LANGUAGES) -> dict[str, Any]:
+    """Return the features the proxy would put on an exposure for a one-message chat with ``text``.
+
+    ``languages``: the config's ``drift.languages``, the list the proxy's identifier chooses among.
+    """
     f: dict[str, Any] = dict(prompt_features({"messages": [{"role": "user", "content": text}]}))
-    f["language"] = detect_language(text)
+    f["language"] = detect_language(text, languages)
     return f
 
 
@@ -48,9 +51,9 @@ class Reference:
                    datetime.now(UTC).isoformat())
 
     @classmethod
-    def from_texts(cls, texts: Iterable[str], source: str) -> Reference:
+    def from_texts(cls, texts: Iterable[str], source: str, languages: tuple[str, ...] = LANGUAGES) -> Reference:
         """Return a reference built from prompts (a reference file of real user prompts)."""
-        return cls.from_features((features_of_text(t) for t in texts), source)
+        return cls.from_features((features_of_text(t, languages) for t in texts), source)
 
     @property
     def size(self) -> int:

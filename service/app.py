@@ -39,7 +39,8 @@ def create_app(config: Config, config_path: str | Path | None = None, *,
         if config.kafka.enabled and runtime.publisher is None:
             runtime.publisher = await asyncio.to_thread(
                 open_publisher, config.kafka, int(os.environ.get(WORKER_INDEX_ENV, "0")),
-                config.proxy.graceful_shutdown_s, int(os.environ.get(WORKERS_ENV, "1")))
+                config.proxy.graceful_shutdown_s, int(os.environ.get(WORKERS_ENV, "1")),
+                tuple(config.drift.languages))
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGHUP, runtime.reload)  # only in the main thread

@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from stats.metric import MetricDefinition
 
+from .features import LANGUAGES, supported_languages
+
 ENV_PREFIX = "SPLITWATCH_"
 UNASSIGNED_ARM = "unassigned"
 """Arm label used in metrics for requests served outside the experiment (no unit, not covered, paused)."""
@@ -209,8 +211,24 @@ class DriftConfig(_Strict):
     min_psi: float = Field(0.1, ge=0)
     min_language_tvd: float = Field(0.1, ge=0, le=1)
     classifier: bool = False
+    # the languages the identifier chooses among (ISO 639-1): the proxy's event shipper and references
+    # built from text both use it; [] = all 97 py3langid knows (4x slower per prompt)
+    languages: list[str] = Field(default_factory=lambda: list(LANGUAGES))
     host: str = "127.0.0.1"
     port: int = Field(9109, ge=0, le=65535)
+
+    @field_validator("languages")
+    @classmethod
+    def _known_languages(cls, v: list[str]) -> list[str]:
+        if v == list(LANGUAGES) or not v:
+            return v
+        if len(v) < 2:
+            raise ValueError("list at least 2 languages (or [] for all)")
+        _require_unique(v, "languages must be unique")
+        unknown = sorted(set(v) - supported_languages())
+        if unknown:
+            raise ValueError(f"unknown language codes {unknown}: py3langid knows {sorted(supported_languages())}")
+        return v
 
 
 class Config(_Strict):

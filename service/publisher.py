@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from . import metrics
 from .config import KafkaConfig
+from .features import LANGUAGES
 from .shipper import (
     CONNECTED,
     ERROR_BYTES,
@@ -50,8 +51,9 @@ class EventPublisher:
     """Bounded queue + writer thread + shipper process; see the module docstring."""
 
     def __init__(self, cfg: KafkaConfig, spool_dir: str | Path | None = None, flush_s: float = 10.0,
-                 adopt_workers: int | None = None) -> None:
+                 adopt_workers: int | None = None, languages: tuple[str, ...] = LANGUAGES) -> None:
         self.cfg = cfg
+        self.languages = languages  # the shipper detects the prompt's language among these
         self.adopt_workers = adopt_workers
         self.spool_dir = Path(spool_dir or cfg.spool.dir)
         self.flush_s = flush_s
@@ -129,7 +131,7 @@ class EventPublisher:
         self._proc = self._ctx.Process(
             target=shipper_main, name="splitwatch-shipper", daemon=False,
             args=(self.cfg.model_dump_json(), str(self.spool_dir), receiver, self._status, self._error,
-                  self.flush_s, self.adopt_workers))
+                  self.flush_s, self.adopt_workers, self.languages))
         self._proc.start()
         receiver.close()
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -208,14 +210,16 @@ class EventPublisher:
         metrics.EVENTS_QUEUED.set(self.queued)
 
 
-def open_publisher(cfg: KafkaConfig, worker: int = 0, flush_s: float = 10.0, workers: int = 1) -> EventPublisher:
+def open_publisher(cfg: KafkaConfig, worker: int = 0, flush_s: float = 10.0, workers: int = 1,
+                   languages: tuple[str, ...] = LANGUAGES) -> EventPublisher:
     """Return a started publisher whose spool is ``<spool.dir>/worker-<N>`` (the first free one from N).
 
     Worker 0's shipper also delivers spools left by workers >= ``workers`` of an earlier run.
     """
     base = Path(cfg.spool.dir)
     for index in range(worker, worker + 64):
-        pub = EventPublisher(cfg, base / f"worker-{index}", flush_s, adopt_workers=workers if worker == 0 else None)
+        pub = EventPublisher(cfg, base / f"worker-{index}", flush_s, adopt_workers=workers if worker == 0 else None,
+                             languages=languages)
         try:
             pub.start()
             return pub

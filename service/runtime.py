@@ -65,8 +65,10 @@ class Runtime:
             log.error("config reload refused, the previous config stays in force: %s", exc)
             return False
         old = self.snapshot.config
-        if new.kafka != old.kafka or new.proxy.state_dir != old.proxy.state_dir:
-            log.warning("config reload: kafka and proxy.state_dir changes take effect at the next restart")
+        if (new.kafka != old.kafka or new.proxy.state_dir != old.proxy.state_dir
+                or new.drift.languages != old.drift.languages):
+            log.warning("config reload: kafka, proxy.state_dir and drift.languages changes take effect at the "
+                        "next restart")
         self.snapshot = Snapshot(new, ExperimentTable(new))
         metrics.CONFIG_RELOADS.labels("applied").inc()
         log.info("config reloaded from %s: %d experiments", self.config_path, len(new.experiments))

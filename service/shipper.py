@@ -30,7 +30,7 @@ import orjson
 
 from . import metrics
 from .config import KafkaConfig
-from .features import detect_language
+from .features import LANGUAGES, detect_language
 from .kafka_client import ensure_topic, kafka_security_settings
 from .spool import Record, Spool, SpoolLockedError
 
@@ -67,10 +67,10 @@ def decode_batch(blob: bytes) -> list[PipeRecord]:
     return out
 
 
-def with_language(value: bytes, sample: bytes) -> bytes:
+def with_language(value: bytes, sample: bytes, languages: tuple[str, ...] = LANGUAGES) -> bytes:
     """Return the event JSON with features.language detected from ``sample`` (the sample is dropped)."""
     event = orjson.loads(value)
-    event.setdefault("features", {})["language"] = detect_language(sample.decode(errors="replace"))
+    event.setdefault("features", {})["language"] = detect_language(sample.decode(errors="replace"), languages)
     return orjson.dumps(event)
 
 
@@ -123,8 +123,10 @@ class Shipper:
     """Pipe reader thread + Kafka shipping loop around one spool; see the module docstring."""
 
     def __init__(self, cfg: KafkaConfig, spool: Spool, conn: Connection | None, status: Any, error: Any,
-                 flush_s: float, sink: Any = None, report: bool = True) -> None:
+                 flush_s: float, sink: Any = None, report: bool = True,
+                 languages: tuple[str, ...] = LANGUAGES) -> None:
         self.cfg = cfg
+        self.languages = languages
         self.spool = spool
         self.conn = conn
         self.status = status
@@ -160,7 +162,7 @@ class Shipper:
                 blob = self.conn.recv_bytes()
                 if not blob:  # the worker's close marker
                     break
-                self.append([(k, with_language(v, s) if s else v) for k, v, s in decode_batch(blob)])
+                self.append([(k, with_language(v, s, self.languages) if s else v) for k, v, s in decode_batch(blob)])
         except (EOFError, OSError):
             log.warning("event pipe closed without a close marker (the worker died?); flushing the spool")
         finally:
@@ -294,7 +296,7 @@ def adopt_orphans(cfg: KafkaConfig, own: Path, workers: int, stop: threading.Eve
 
 
 def shipper_main(cfg_json: str, spool_dir: str, conn: Connection, status: Any, error: Any, flush_s: float,
-                 adopt_workers: int | None = None) -> None:
+                 adopt_workers: int | None = None, languages: tuple[str, ...] = LANGUAGES) -> None:
     """Entry point of the shipper process (multiprocessing target).
 
     With ``adopt_workers`` (worker 0 does this) it also delivers orphaned spools of higher workers.
@@ -316,7 +318,7 @@ def shipper_main(cfg_json: str, spool_dir: str, conn: Connection, status: Any, e
         status[STATE] = STATE_LOCKED
         return
     (Path(spool_dir) / META_FILE).write_text(json.dumps(_destination(cfg)))
-    shipper = Shipper(cfg, spool, conn, status, error, flush_s)
+    shipper = Shipper(cfg, spool, conn, status, error, flush_s, languages=tuple(languages))
     shipper._set_connected(False)
     shipper._publish_state()
     status[STATE] = STATE_RUNNING

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from service.features import prompt_features
@@ -59,3 +61,22 @@ def test_language_identifier_is_offline_and_bounded() -> None:
                          {"role": "user", "content": "  Bonjour, où est mon colis ?  " + "y" * 500}]}
     sample = language_sample(prompt_text(body)[1])
     assert sample.startswith("Bonjour") and len(sample) == LANGUAGE_SAMPLE_CHARS
+
+
+SWAHILI = "Kifurushi changu kiko wapi? Nimekuwa nikikisubiri kwa wiki nzima sasa."
+
+
+def test_languages_outside_the_default_list_can_be_configured() -> None:
+    from service.config import ConfigError, parse_config
+    from service.features import LANGUAGES, detect_language, supported_languages
+
+    assert "sw" not in LANGUAGES and detect_language(SWAHILI) != "sw"  # attributed to the closest of the 30
+    assert detect_language(SWAHILI, ("en", "sw")) == "sw"
+    assert detect_language(SWAHILI, ()) == "sw"  # () = all that py3langid knows
+    assert len(supported_languages()) == 97 and set(LANGUAGES) <= supported_languages()
+    assert parse_config({"drift": {"languages": ["en", "sw"]}}, environ={}).drift.languages == ["en", "sw"]
+    for bad, message in ((["en", "xx"], "unknown language codes ['xx']"), (["en"], "at least 2"),
+                         (["en", "en"], "repeated: ['en']")):
+        with pytest.raises(ConfigError, match=re.escape(message)) as info:
+            parse_config({"drift": {"languages": bad}}, environ={})
+        assert "drift.languages" in str(info.value)

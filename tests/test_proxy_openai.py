@@ -9,7 +9,7 @@ import httpx
 import openai
 
 from service.assignment import bucket_of
-from tests.harness import read_events, unique_by_event_id
+from tests.harness import base_config, experiment_config, read_events, unique_by_event_id
 
 
 def _client(proxy) -> openai.OpenAI:
@@ -164,6 +164,20 @@ def test_exposures_carry_the_prompts_language_but_not_its_text(start_proxy, brok
     exposures = {e["request_id"]: e for e in events if e["type"] == "exposure"}
     assert {rid: exposures[rid]["features"]["language"] for rid in ids} == ids
     assert not any("Paket" in str(e) or "paquete" in str(e) or "parcel" in str(e) for e in events)
+
+
+def test_exposure_language_is_chosen_among_the_configured_languages(start_proxy, broker, topic, stubs,
+                                                                   tmp_path) -> None:
+    cfg = base_config(broker.bootstrap, topic, tmp_path, [experiment_config(*stubs)])
+    cfg["drift"] = {"languages": ["en", "sw", "de"]}
+    proxy = start_proxy(config=cfg)
+    text = "Kifurushi changu kiko wapi? Nimekuwa nikikisubiri kwa wiki nzima sasa."  # Swahili: not a default
+    r = httpx.post(proxy.url + "/v1/chat/completions", json={
+        "model": "support-bot", "user": "lang-sw", "messages": [{"role": "user", "content": text}]})
+    rid = r.headers["x-splitwatch-request-id"]
+    exposure = next(e for e in read_events(broker.bootstrap, topic, expect=2)
+                    if e["type"] == "exposure" and e["request_id"] == rid)
+    assert exposure["features"]["language"] == "sw"
 
 
 def test_unit_from_header_forced_arm_and_no_unit(start_proxy, broker, topic) -> None:
