@@ -26,7 +26,7 @@ _EXPORTS = {
     "adjust_p_values": "multiple_testing",
     "duration": "power", "mde_means": "power", "mde_proportions": "power", "power_means": "power",
     "sample_size_means": "power", "sample_size_proportions": "power",
-    "quantile_stats": "quantile",
+    "clustered_quantile_stats": "quantile", "quantile_design_effect": "quantile", "quantile_stats": "quantile",
     "compare_sequential": "sequential",
     "SRMResult": "srm", "srm_chi_square": "srm", "srm_sequential": "srm",
     "QuantileStats": "statistics", "RatioStats": "statistics", "RegressionStats": "statistics",
