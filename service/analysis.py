@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 from prometheus_client import Gauge
 
@@ -51,7 +52,7 @@ def export_gauges(data: ExperimentData, result: ExperimentResult | None) -> None
             put(metrics.METRIC_MEAN, (key, r.arm, r.metric), r.treatment.estimate)
             if r.effect.relative is not None and math.isfinite(r.effect.relative):
                 put(metrics.EFFECT_RELATIVE, (key, r.arm, r.metric), r.effect.relative)
-            put(metrics.P_VALUE, (key, r.arm, r.metric, r.method.split("(")[0]), r.p_value_adjusted)
+            put(metrics.P_VALUE, (key, r.arm, r.metric, re.split(r"[(;]", r.method)[0]), r.p_value_adjusted)
             if r.guardrail is not None:
                 breached[r.metric] = breached.get(r.metric, False) or r.guardrail.status == "breached"
         for metric, b in breached.items():

@@ -10,7 +10,7 @@ continuous -> SampleStats or RegressionStats; ratio -> RatioStats; quantile -> Q
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from .bayesian import BayesianSummary, summarise
@@ -114,6 +114,17 @@ def _estimates(metric: MetricDefinition, per_arm: Mapping[str, Stats]) -> dict[s
 
 def _effect(metric: MetricDefinition, c: ArmEstimate, t: ArmEstimate, sc: Stats, stt: Stats,
             options: AnalysisOptions) -> Effect:
+    effect = _plain_effect(metric, c, t, sc, stt, options)
+    if (isinstance(sc, QuantileStats) and isinstance(stt, QuantileStats)
+            and max(sc.design_effect, stt.design_effect) >= 1.005):
+        # say that the interval was widened for observations clustered in units, and by how much
+        return replace(effect, method=f"{effect.method}; design_effect={sc.design_effect:.2f}/"
+                                      f"{stt.design_effect:.2f}")
+    return effect
+
+
+def _plain_effect(metric: MetricDefinition, c: ArmEstimate, t: ArmEstimate, sc: Stats, stt: Stats,
+                  options: AnalysisOptions) -> Effect:
     if options.sequential:
         return compare_sequential(c, t, options.alpha, options.n_star)
     if metric.kind == "binary" and isinstance(sc, SampleStats) and isinstance(stt, SampleStats):

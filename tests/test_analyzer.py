@@ -187,7 +187,7 @@ def test_gauges_of_a_metric_that_became_untestable_are_removed() -> None:
     from service import metrics
     from service.analysis import export_gauges
     from service.kpi_queries import ExperimentData
-    from stats import MetricDefinition, SampleStats, analyze
+    from stats import MetricDefinition, QuantileStats, SampleStats, analyze
 
     m = [MetricDefinition(name="resolved", kind="binary"), MetricDefinition(name="csat", kind="continuous")]
     good = {"base": {"resolved": SampleStats.binary(500, 150), "csat": SampleStats.from_values([3, 4, 5] * 50)},
@@ -202,6 +202,16 @@ def test_gauges_of_a_metric_that_became_untestable_are_removed() -> None:
     text = generate_latest(metrics.ANALYZER_REGISTRY).decode()
     assert series not in text and 'metric="csat"' not in text
     assert 'experiment="gauge-exp",metric="resolved"' in text
+    # a clustered quantile's method names its design effect; the gauge's method label stays "z"
+    q = [MetricDefinition(name="latency_p95_ms", kind="quantile", quantile=0.95, direction="decrease")]
+    lat = {"base": {"latency_p95_ms": QuantileStats(5000, 0.95, 900.0, 880.0, 925.0, design_effect=3.1)},
+           "ft": {"latency_p95_ms": QuantileStats(5000, 0.95, 950.0, 925.0, 980.0, design_effect=2.7)}}
+    result = analyze(q, lat, "base")
+    assert result.results[0].method == "z; design_effect=3.10/2.70"
+    export_gauges(ExperimentData("gauge-q", 1, None, None, {"base": 500, "ft": 500}, {"base": 500, "ft": 500}, q,
+                                 lat), result)
+    text = generate_latest(metrics.ANALYZER_REGISTRY).decode()
+    assert 'splitwatch_p_value{arm="ft",experiment="gauge-q",method="z",metric="latency_p95_ms"}' in text
 
 
 def test_latency_quantile_sql_matches_the_clustered_reference() -> None:

@@ -114,3 +114,18 @@ def test_a_degenerate_metric_is_skipped_with_its_reason() -> None:
     res = analyze([*METRICS, MetricDefinition(name="constant", kind="continuous")], data, "base")
     assert "constant" in res.skipped and "variance" in res.skipped["constant"]
     assert res.get("resolved", "ft").decision == "better"  # the rest is still analysed
+
+
+def test_a_clustered_quantile_says_its_design_effect() -> None:
+    from stats import QuantileStats
+
+    metric = [MetricDefinition(name="latency_p95", kind="quantile", quantile=0.95, direction="decrease")]
+    plain = {"c": QuantileStats(5000, 0.95, 100.0, 95.0, 105.0), "t": QuantileStats(5000, 0.95, 101.0, 96.0, 106.0)}
+    clustered = {arm: QuantileStats(q.n, q.p, q.estimate, q.lower, q.upper, design_effect=4.0)
+                 for arm, q in plain.items()}
+    a = analyze(metric, {arm: {"latency_p95": q} for arm, q in plain.items()}, "c").results[0]
+    b = analyze(metric, {arm: {"latency_p95": q} for arm, q in clustered.items()}, "c").results[0]
+    assert a.method == "z" and b.method == "z; design_effect=4.00/4.00"
+    # the variance is four times larger: the interval twice as wide
+    width = (a.effect.absolute_ci[1] - a.effect.absolute_ci[0], b.effect.absolute_ci[1] - b.effect.absolute_ci[0])
+    assert width[1] == pytest.approx(2 * width[0], rel=1e-12)
