@@ -1,4 +1,4 @@
-# splitwatch: one image for every process (proxy, and later analyzer, drift, report).
+# splitwatch: one image for every process (proxy, analyzer, drift, report).
 #   docker build -t splitwatch .
 #   docker run -p 8080:8080 -v $PWD/splitwatch.yaml:/etc/splitwatch/config.yaml splitwatch
 FROM python:3.11-slim AS build
