@@ -56,6 +56,10 @@ class UpstreamConfig(_Strict):
     timeout_s: float = Field(60.0, gt=0)
     connect_timeout_s: float = Field(5.0, gt=0)
     max_connections: int = Field(200, ge=1)
+    # streams: ask for token usage (stream_options.include_usage) when the client did not, to log
+    # token counts, and drop that extra chunk before the client sees it. Off for a server that
+    # refuses stream_options.
+    stream_usage: bool = True
 
     @field_validator("base_url")
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -181,3 +182,49 @@ class SSEUsageScanner:
                     continue
                 if p is not None or c is not None:
                     self.prompt_tokens, self.completion_tokens = p, c
+
+
+
+_EVENT_END = re.compile(rb"\r?\n\r?\n")
+
+
+class UsageChunkFilter:
+    """Removes from an SSE stream the usage-only chunk that the proxy, not the client, asked for.
+
+    With ``stream_options.include_usage`` an OpenAI-compatible server ends the stream with one
+    extra chunk, ``{"choices": [], "usage": {...}}``. The proxy requests it to log token counts
+    and drops it here, so a client that did not ask for it does not get it. Complete events pass
+    at once; a partial event (one the upstream split across reads) waits for its end.
+    """
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Return the complete events of ``chunk`` (after what was pending), minus the usage-only one."""
+        data = self._pending + chunk
+        out: list[bytes] = []
+        pos = 0
+        for m in _EVENT_END.finditer(data):
+            event = data[pos:m.end()]
+            pos = m.end()
+            if b'"usage"' not in event or not _is_usage_only(event):
+                out.append(event)
+        self._pending = data[pos:]
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        """Return what is left when the stream ends (an unterminated last event, passed on as is)."""
+        rest, self._pending = self._pending, b""
+        return rest
+
+
+def _is_usage_only(event: bytes) -> bool:
+    for line in event.splitlines():
+        if line.startswith(b"data:"):
+            try:
+                obj = orjson.loads(line[5:].strip())
+            except orjson.JSONDecodeError:
+                return False
+            return isinstance(obj, dict) and obj.get("choices") == [] and isinstance(obj.get("usage"), dict)
+    return False

@@ -75,6 +75,38 @@ def test_streaming_sync_and_async(start_proxy) -> None:
     assert whole == streamed and whole.split()[0].endswith("-w0")
 
 
+def test_streams_log_token_counts_without_showing_clients_a_chunk_they_did_not_ask_for(
+        start_proxy, broker, topic, stubs, tmp_path) -> None:
+    exp = experiment_config(*stubs)
+    exp["arms"][1]["upstream"]["stream_usage"] = False  # e.g. a server that refuses stream_options
+    proxy = start_proxy(config=base_config(broker.bootstrap, topic, tmp_path, [exp]))
+    client = _client(proxy)
+    units = {"base": next(u for u in (f"su-{i}" for i in range(99)) if _expected_arm(u) == "base"),
+             "finetuned": next(u for u in (f"su-{i}" for i in range(99)) if _expected_arm(u) == "finetuned")}
+    ids = {}
+    for arm, unit in units.items():
+        for asked in (False, True):
+            extra = {"stream_options": {"include_usage": True}} if asked else {}
+            with client.chat.completions.with_streaming_response.create(
+                    model="support-bot", messages=[{"role": "user", "content": "hi there"}], user=unit,
+                    stream=True, **extra) as raw:
+                ids[(arm, asked)] = raw.headers["x-splitwatch-request-id"]
+                chunks = list(raw.parse())
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            assert text.split()[-1].endswith("-w7")
+            usage_chunks = [c for c in chunks if c.usage is not None]
+            if asked:  # the client asked: it gets the usage chunk, as from the model itself
+                assert len(usage_chunks) == 1 and usage_chunks[0].usage.completion_tokens == 8
+            else:  # it did not: no extra chunk, whatever the proxy asked the upstream for
+                assert usage_chunks == [] and all(c.choices for c in chunks)
+    responses = {e["request_id"]: e for e in read_events(broker.bootstrap, topic, expect=8)
+                 if e["type"] == "response"}
+    for (arm, asked), rid in ids.items():
+        tokens = responses[rid]["completion_tokens"]
+        # the base arm's upstream is asked for usage; the finetuned arm's (stream_usage: false) is not
+        assert tokens == (8 if arm == "base" or asked else None), (arm, asked, tokens)
+
+
 def test_events_match_requests_one_to_one(start_proxy, broker, topic) -> None:
     proxy = start_proxy()
     client = _client(proxy)

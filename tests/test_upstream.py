@@ -33,3 +33,31 @@ def test_sse_usage_scanner_handles_split_chunks() -> None:
     none = SSEUsageScanner()
     none.feed(b'data: {"choices":[{"delta":{"content":"\\"usage\\""}}]}\n\n')
     assert none.prompt_tokens is None
+
+
+def _sse(*objs: object) -> bytes:
+    import orjson
+
+    return b"".join(b"data: " + (o if isinstance(o, bytes) else orjson.dumps(o)) + b"\n\n" for o in objs)
+
+
+def test_usage_chunk_filter_drops_only_the_usage_only_chunk_at_any_split() -> None:
+    from service.upstream import UsageChunkFilter
+
+    content = [{"id": "c", "choices": [{"index": 0, "delta": {"content": f"w{i}"}}], "usage": None}
+               for i in range(3)]
+    usage = {"id": "c", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 3}}
+    stream = _sse(*content, usage, b"[DONE]")
+    expected = _sse(*content, b"[DONE]")  # what a client that did not ask for usage gets
+    for size in (1, 2, 7, 50, len(stream)):  # every way an upstream may split its writes
+        f = UsageChunkFilter()
+        out = b"".join(f.feed(stream[i:i + size]) for i in range(0, len(stream), size)) + f.flush()
+        assert out == expected, size
+    crlf = stream.replace(b"\n", b"\r\n")
+    f = UsageChunkFilter()
+    assert f.feed(crlf) + f.flush() == expected.replace(b"\n", b"\r\n")
+    # complete events pass at once; only an unfinished one waits; a truncated stream is passed on
+    f = UsageChunkFilter()
+    first = _sse(content[0])
+    assert f.feed(first + b"data: {\"id\"") == first
+    assert f.flush() == b"data: {\"id\""

@@ -30,6 +30,7 @@ from ..runtime import Runtime
 from ..upstream import (
     ClientDisconnected,
     SSEUsageScanner,
+    UsageChunkFilter,
     build_request,
     call_until_disconnect,
     is_openai_error,
@@ -171,9 +172,10 @@ async def _proxy(request: Request, kind: Kind) -> Response:
     elif a.excluded_reason:
         metrics.UNASSIGNED_REQUESTS.labels(a.experiment, a.excluded_reason).inc()
     body["model"] = arm.upstream.model
-    payload = orjson.dumps(body)
     if call.stream:
-        return await _forward_stream(request, call, arm, path, payload)
+        strip_usage = _request_stream_usage(body, arm.upstream)
+        return await _forward_stream(request, call, arm, path, orjson.dumps(body), strip_usage)
+    payload = orjson.dumps(body)
     return await _forward(request, call, arm, path, payload)
 
 
@@ -280,8 +282,17 @@ def _completion_text(obj: dict[str, Any]) -> str | None:
     return c.get("text") if isinstance(c.get("text"), str) else None
 
 
+def _request_stream_usage(body: dict[str, Any], up: UpstreamConfig) -> bool:
+    """Ask the upstream for the stream's token usage when the client did not; return True if asked."""
+    opts = body.get("stream_options")
+    if not up.stream_usage or (isinstance(opts, dict) and opts.get("include_usage") is True):
+        return False
+    body["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+    return True
+
+
 async def _forward_stream(request: Request, call: _Call, arm: ArmConfig, path: str,
-                          payload: bytes) -> Response:
+                          payload: bytes, strip_usage: bool = False) -> Response:
     up = arm.upstream
     transport, call.release = call.runtime.clients.lease(up)
     headers = _headers(call.assignment, call.request_id)
@@ -298,13 +309,15 @@ async def _forward_stream(request: Request, call: _Call, arm: ArmConfig, path: s
         call.finish(status, upstream_s, error=_error_kind(status))
         return _passed_through(resp, content, headers)
     metrics.PROXY_OVERHEAD.observe(call.sent_at - call.started)
-    return StreamingResponse(_relay(call, resp), status_code=resp.status_code, headers=headers,
+    return StreamingResponse(_relay(call, resp, strip_usage), status_code=resp.status_code, headers=headers,
                              media_type=resp.headers.get("content-type", "text/event-stream"))
 
 
-async def _relay(call: _Call, resp: httpx.Response) -> AsyncIterator[bytes]:
-    """Yield the upstream's stream unchanged; log TTFT, usage and how the stream ended."""
+async def _relay(call: _Call, resp: httpx.Response, strip_usage: bool = False) -> AsyncIterator[bytes]:
+    """Yield the upstream's stream (minus the usage chunk the proxy asked for, with ``strip_usage``);
+    log TTFT, usage and how the stream ended."""
     scanner = SSEUsageScanner()
+    usage_filter = UsageChunkFilter() if strip_usage else None
     ttft: float | None = None
     status = resp.status_code
     error: str | None = None
@@ -313,7 +326,13 @@ async def _relay(call: _Call, resp: httpx.Response) -> AsyncIterator[bytes]:
             if ttft is None:
                 ttft = time.perf_counter() - call.sent_at
             scanner.feed(chunk)
+            if usage_filter is not None:
+                chunk = usage_filter.feed(chunk)
+                if not chunk:
+                    continue
             yield chunk
+        if usage_filter is not None and (rest := usage_filter.flush()):
+            yield rest
     except httpx.TimeoutException:
         error = "timeout"
     except httpx.HTTPError:
