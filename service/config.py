@@ -224,7 +224,7 @@ class DriftConfig(_Strict):
     @field_validator("languages")
     @classmethod
     def _known_languages(cls, v: list[str]) -> list[str]:
-        if v == list(LANGUAGES) or not v:
+        if v == list(LANGUAGES) or not v:  # the default needs no check: spares loading py3langid's model
             return v
         if len(v) < 2:
             raise ValueError("list at least 2 languages (or [] for all)")

@@ -223,29 +223,32 @@ def _ident(name: str | None) -> str:
     return name
 
 
+_TIMED_OK = "status_code = 200 AND latency_ms IS NOT NULL"
+"""The responses whose latency the latency quantiles are computed from."""
+
+
 def latency_quantile_stats(con: duckdb.DuckDBPyConnection, p: float) -> dict[str, QuantileStats]:
     """Return per-arm p-quantiles of successful responses' latency from the ``resp`` table.
 
     Each carries the design effect of requests clustered in units (``stats.quantile``).
     """
-    counts = dict(con.execute(
-        "SELECT arm, count(*) FROM resp WHERE status_code = 200 AND latency_ms IS NOT NULL GROUP BY arm").fetchall())
+    counts = dict(con.execute(f"SELECT arm, count(*) FROM resp WHERE {_TIMED_OK} GROUP BY arm").fetchall())
     out = {}
     for arm, n in counts.items():
         if n < 2:
             continue
         lo, hi = rank_bounds(int(n), p)
         est, lower, upper = con.execute(
-            "SELECT quantile_cont(latency_ms, [?, ?, ?]) FROM resp "
-            "WHERE status_code = 200 AND latency_ms IS NOT NULL AND arm = ?", [p, lo, hi, arm]).fetchone()[0]
+            f"SELECT quantile_cont(latency_ms, [?, ?, ?]) FROM resp WHERE {_TIMED_OK} AND arm = ?",
+            [p, lo, hi, arm]).fetchone()[0]
         if any(v is None or math.isnan(v) for v in (est, lower, upper)):
             continue
         # requests cluster in users: per unit, how many of its requests are at or below the estimate
         below = con.execute(
             "SELECT count(*), sum(s), sum(s * s), sum(r), sum(r * r), sum(s * r) FROM ("
             "  SELECT count(*) FILTER (WHERE latency_ms <= ?)::DOUBLE AS s, count(*)::DOUBLE AS r FROM resp"
-            "  WHERE status_code = 200 AND latency_ms IS NOT NULL AND arm = ? GROUP BY unit_id)",
+            f"  WHERE {_TIMED_OK} AND arm = ? GROUP BY unit_id)",
             [est, arm]).fetchone()
-        deff = quantile_design_effect(RatioStats(int(below[0]), *map(float, below[1:])), int(n))
+        deff = quantile_design_effect(RatioStats(int(below[0]), *map(float, below[1:])))
         out[arm] = QuantileStats(int(n), p, float(est), float(lower), float(upper), design_effect=deff)
     return out

@@ -184,7 +184,6 @@ class SSEUsageScanner:
                     self.prompt_tokens, self.completion_tokens = p, c
 
 
-
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -26,22 +27,22 @@ def quantile_stats(values: object, p: float, alpha: float = 0.05, design_effect:
                          design_effect)
 
 
-def quantile_design_effect(below: RatioStats, total_observations: int) -> float:
+def quantile_design_effect(below: RatioStats) -> float:
     """Return the variance inflation of a quantile estimated from observations clustered in units (>= 1).
 
     ``below`` holds, per unit, the number of its observations at or below the estimated quantile
     (numerator) and its number of observations (denominator). The fraction below is a ratio metric
     whose delta-method variance accounts for the clustering; divided by the binomial variance
-    F(1-F)/n that independent observations would give, it is the design effect that widens the
-    quantile's interval (Deng, Knoblich and Lu 2018, section 4). Floored at 1: a clustered sample
-    is never treated as more informative than an independent one.
+    F(1-F)/n that its n = sum(denominator) observations would give if independent, it is the design
+    effect that widens the quantile's interval (Deng, Knoblich and Lu 2018, section 4). Floored at
+    1: a clustered sample is never treated as more informative than an independent one.
     """
-    if below.n < 2 or total_observations < 2:
+    if below.n < 2 or below.den_sum < 2:
         return 1.0
     fraction = below.ratio
     if not 0 < fraction < 1:
         return 1.0
-    independent = fraction * (1 - fraction) / total_observations
+    independent = fraction * (1 - fraction) / below.den_sum
     return max(1.0, below.variance_of_ratio / independent)
 
 
@@ -59,5 +60,4 @@ def clustered_quantile_stats(values: object, units: object, p: float, alpha: flo
     _, unit_index = np.unique(u, return_inverse=True)
     below = np.bincount(unit_index, weights=(a <= plain.estimate).astype(float))
     counts = np.bincount(unit_index).astype(float)
-    deff = quantile_design_effect(RatioStats.from_values(below, counts), int(a.size))
-    return QuantileStats(plain.n, p, plain.estimate, plain.lower, plain.upper, plain.z, deff)
+    return replace(plain, design_effect=quantile_design_effect(RatioStats.from_values(below, counts)))
