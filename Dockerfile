@@ -1,27 +1,47 @@
-# splitwatch: one image for every process (proxy, analyzer, drift, report).
-#   docker build -t splitwatch .
-#   docker run -p 8080:8080 -v $PWD/splitwatch.yaml:/etc/splitwatch/config.yaml splitwatch
-FROM python:3.11-slim AS build
+# splitwatch images. Two targets from one file:
+#   docker build --target proxy -t splitwatch-proxy .   slim: the routing proxy, without the drift extra
+#   docker build --target full  -t splitwatch .         analyzer, report and drift detector (alibi-detect)
+# The proxy image leaves out alibi-detect and what it pulls in (opencv, transformers, numba: about a
+# gigabyte) and its Business Source License. tests/test_helm.py checks the targets and that the Helm
+# chart gives each workload the image that can run it.
+
+FROM python:3.11-slim AS source
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY stats ./stats
 COPY drift ./drift
+
+FROM source AS wheels-proxy
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM source AS wheels-full
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[drift]"
 
-FROM python:3.11-slim
+# What both images share: an unprivileged user, the data volume and the paths on it.
+FROM python:3.11-slim AS runtime
 RUN useradd --system --uid 10001 --home-dir /var/lib/splitwatch --create-home splitwatch
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
-USER splitwatch
 WORKDIR /var/lib/splitwatch
-# The spool (events waiting for Kafka) and the admin overrides live here: mount a volume so that
-# they survive a restart of the container.
+# The spool (events waiting for Kafka), the admin overrides, the lake and the drift references live
+# here: mount a volume so that they survive a restart of the container.
 VOLUME ["/var/lib/splitwatch"]
 ENV SPLITWATCH_KAFKA__SPOOL__DIR=/var/lib/splitwatch/spool \
     SPLITWATCH_PROXY__STATE_DIR=/var/lib/splitwatch/state \
     PYTHONUNBUFFERED=1
-EXPOSE 8080
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["splitwatch"]
+
+FROM runtime AS full
+COPY --from=wheels-full /wheels /wheels
+RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels
+USER splitwatch
+EXPOSE 9108 9109
+CMD ["analyzer", "--config", "/etc/splitwatch/config.yaml", "--host", "0.0.0.0", "--port", "9108"]
+
+# Last, so that a plain `docker build .` gives the slim proxy image.
+FROM runtime AS proxy
+COPY --from=wheels-proxy /wheels /wheels
+RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels
+USER splitwatch
+EXPOSE 8080
 CMD ["proxy", "--config", "/etc/splitwatch/config.yaml", "--host", "0.0.0.0", "--port", "8080"]

@@ -29,12 +29,12 @@ from pathlib import Path
 import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from service.config import parse_config
-from service.events import ExposureEvent, OutcomeEvent, ResponseEvent
-from service.ingest import CATCH_UP_IDLE_S, Ingestor
-from service.kafka_client import ensure_topic
-from service.local_processes import Broker
-from service.report import build_report, to_html
+from splitwatch.service.analyzer.ingest import CATCH_UP_IDLE_S, Ingestor
+from splitwatch.service.analyzer.report import build_report, to_html
+from splitwatch.service.config import parse_config
+from splitwatch.service.delivery.kafka_client import ensure_topic
+from splitwatch.service.events import ExposureEvent, OutcomeEvent, ResponseEvent
+from splitwatch.service.local.processes import Broker
 
 WEEK = date(2026, 11, 16)  # a Monday
 

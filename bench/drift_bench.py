@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from drift import alibi_adapter
-from drift.detector import DriftDetector, DriftSettings
-from drift.reference import Reference, feature_row, features_of_text
+from splitwatch.drift import alibi_adapter
+from splitwatch.drift.detector import DriftDetector, DriftSettings
+from splitwatch.drift.reference import Reference, feature_row, features_of_text
 from tests.test_drift import corpus
 
 

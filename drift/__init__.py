@@ -1,1 +1,4 @@
-"""splitwatch's drift detector: prompt-feature distributions against a reference (issue #6)."""
+"""splitwatch's drift detector: prompt-feature distributions against a reference.
+
+Entry point: ``splitwatch drift`` (:func:`splitwatch.drift.process.run_drift`).
+"""

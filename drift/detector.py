@@ -17,8 +17,8 @@ from typing import Literal
 
 import numpy as np
 
-from service.features import NUMERIC_FEATURES
-from stats.multiple_testing import adjust_p_values
+from splitwatch.service.features import NUMERIC_FEATURES
+from splitwatch.stats.multiple_testing import adjust_p_values
 
 from . import alibi_adapter
 from .effect import psi, total_variation

@@ -9,10 +9,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from service import metrics
-from service.config import DriftConfig
-from service.events import DriftEvent
-from service.features import LANGUAGES
+from splitwatch.service import metrics
+from splitwatch.service.config import DriftConfig
+from splitwatch.service.events import DriftEvent
+from splitwatch.service.features import LANGUAGES
 
 from .detector import DriftDetector, DriftReport, DriftSettings
 from .reference import Reference, feature_row

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from service.features import LANGUAGES, NUMERIC_FEATURES, detect_language, prompt_features
+from splitwatch.service.features import LANGUAGES, NUMERIC_FEATURES, detect_language, prompt_features
 
 
 def feature_row(features: Mapping[str, Any]) -> tuple[list[float], str]:

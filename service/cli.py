@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import date
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from .config import ConfigError, load_config
@@ -21,7 +22,7 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_proxy(args: argparse.Namespace) -> int:
-    from .server import serve_single, serve_workers
+    from .proxy.server import serve_single, serve_workers
 
     cfg = load_config(args.config)
     host = args.host or cfg.proxy.host
@@ -34,8 +35,8 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyzer(args: argparse.Namespace) -> int:
-    from .analyzer import run_analyzer
-    from .lake import LakeLockedError
+    from .analyzer.lake import LakeLockedError
+    from .analyzer.process import run_analyzer
 
     try:
         return run_analyzer(load_config(args.config), once=args.once, host=args.host, port=args.port)
@@ -46,7 +47,7 @@ def _cmd_analyzer(args: argparse.Namespace) -> int:
 
 def _cmd_drift(args: argparse.Namespace) -> int:
     try:
-        from drift.service import run_drift
+        from splitwatch.drift.process import run_drift
     except ImportError as exc:
         print(f"splitwatch drift needs alibi-detect: pip install 'splitwatch[drift]' ({exc})", file=sys.stderr)
         return 2
@@ -61,7 +62,7 @@ def _parse_day(value: str, field: str) -> date:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import RENDERERS, build_report, last_full_iso_week
+    from .analyzer.report import RENDERERS, build_report, last_full_iso_week
 
     cfg = load_config(args.config)
     start, end = last_full_iso_week()
@@ -83,24 +84,36 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .local.demo import run_demo
 
     return run_demo(units=args.units, seed=args.seed, workdir=args.workdir)
+
+
+CONFIG_HELP = "the splitwatch YAML config file (docs/configuration.md); SPLITWATCH_* variables override its keys"
+
+
+def splitwatch_version() -> str:
+    """Return the installed splitwatch distribution's version ("unknown" when run from a bare source tree)."""
+    try:
+        return version("splitwatch")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``splitwatch`` command."""
     p = argparse.ArgumentParser(prog="splitwatch", description="A/B test a fine-tuned LLM against its base model.")
+    p.add_argument("--version", action="version", version=f"splitwatch {splitwatch_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     cfg = sub.add_parser("config", help="configuration tools")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     check = cfg_sub.add_parser("check", help="validate a config file (with SPLITWATCH_* overrides)")
-    check.add_argument("file")
+    check.add_argument("file", help=CONFIG_HELP)
     check.set_defaults(func=_cmd_config_check)
 
     proxy = sub.add_parser("proxy", help="run the routing proxy")
-    proxy.add_argument("--config", required=True, help="YAML config file")
+    proxy.add_argument("--config", required=True, help=CONFIG_HELP)
     proxy.add_argument("--host", default=None, help="listen address (default: proxy.host)")
     proxy.add_argument("--port", type=int, default=None, help="listen port (default: proxy.port)")
     proxy.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
@@ -110,20 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "see splitwatch stub-model --help", add_help=False)
 
     an = sub.add_parser("analyzer", help="consume events into the Parquet lake and export live KPI gauges")
-    an.add_argument("--config", required=True)
+    an.add_argument("--config", required=True, help=CONFIG_HELP)
     an.add_argument("--once", action="store_true", help="ingest what is in Kafka, analyse once, exit")
     an.add_argument("--host", default=None, help="metrics listen address (default: analyzer.host)")
     an.add_argument("--port", type=int, default=None, help="metrics port (default: analyzer.port)")
     an.set_defaults(func=_cmd_analyzer)
 
     dr = sub.add_parser("drift", help="watch the prompts' features for drift against a reference")
-    dr.add_argument("--config", required=True)
+    dr.add_argument("--config", required=True, help=CONFIG_HELP)
     dr.add_argument("--host", default=None, help="metrics listen address (default: drift.host)")
     dr.add_argument("--port", type=int, default=None, help="metrics port (default: drift.port)")
     dr.set_defaults(func=_cmd_drift)
 
     rp = sub.add_parser("report", help="the KPI significance report of one experiment")
-    rp.add_argument("--config", required=True)
+    rp.add_argument("--config", required=True, help=CONFIG_HELP)
     rp.add_argument("--experiment", required=True)
     rp.add_argument("--from", dest="date_from", default=None, help="first day (default: last full ISO week)")
     rp.add_argument("--to", dest="date_to", default=None, help="last day, inclusive")
@@ -146,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging()
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["stub-model"]:
-        from .stub_model import main as stub_main
+        from .local.stub_model import main as stub_main
 
         stub_main(argv[1:])
         return

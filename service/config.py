@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from stats.metric import MetricDefinition
+from splitwatch.stats.metric import MetricDefinition
 
 from .features import LANGUAGES, supported_languages
 

@@ -2,9 +2,9 @@
 
 Usable on its own, on aggregates from any warehouse::
 
-    from stats import SampleStats, MetricDefinition, analyze
+    from splitwatch.stats import SampleStats, MetricDefinition, analyze
 
-Names are imported lazily (PEP 562), so that ``stats.metric`` (used by the proxy's config) does
+Names are imported lazily (PEP 562), so that ``splitwatch.stats.metric`` (used by the proxy's config) does
 not pull in scipy and statsmodels.
 """
 
@@ -39,5 +39,5 @@ def __getattr__(name: str) -> Any:
     """Import the public name from its module on first use."""
     module = _EXPORTS.get(name)
     if module is None:
-        raise AttributeError(f"module 'stats' has no attribute {name!r}")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(f"{__name__}.{module}"), name)

@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 
-from service.event_reader import read_events, unique_by_event_id
-from service.local_processes import LOOPBACK, Broker, Proxy, StubModel, free_port, wait_delivered
+from splitwatch.service.delivery.topic_reader import read_events, unique_by_event_id
+from splitwatch.service.local.processes import LOOPBACK, Broker, Proxy, StubModel, free_port, wait_delivered
 
 __all__ = ["Broker", "Proxy", "StubModel", "free_port", "read_events", "unique_by_event_id", "wait_delivered"]
 

@@ -7,7 +7,6 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from datetime import UTC, date, datetime
@@ -18,8 +17,8 @@ import httpx
 import pytest
 import yaml
 
-from service.local_processes import ManagedProcess, free_port, wait_for_port
-from service.report import last_full_iso_week
+from splitwatch.service.analyzer.report import last_full_iso_week
+from splitwatch.service.local.processes import ManagedProcess, free_port, splitwatch_command, wait_for_port
 from tests.harness import read_events, unique_by_event_id, wait_delivered
 
 TRUE = {"base": {"resolved": 0.30, "escalated": 0.10, "csat": 3.6},
@@ -55,7 +54,7 @@ def _simulate(proxy, units: int, seed: int) -> dict:
 
 
 def _cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "service.cli", *args], capture_output=True, text=True,
+    return subprocess.run(splitwatch_command(*args), capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -101,7 +100,7 @@ def test_killed_analyzer_leaves_every_event_in_the_lake_exactly_once(start_proxy
     cfg_path = proxy.config_path.with_name("analyzer.yaml")
     cfg_path.write_text(yaml.safe_dump(cfg))
     lake = Path(cfg["analyzer"]["lake_dir"])
-    analyzer = ManagedProcess([sys.executable, "-m", "service.cli", "analyzer", "--config", str(cfg_path)],
+    analyzer = ManagedProcess(splitwatch_command("analyzer", "--config", str(cfg_path)),
                               cfg_path.with_suffix(".log"))
     analyzer.start()
     deadline = time.monotonic() + 60
@@ -126,8 +125,8 @@ def test_live_analyzer_exports_the_design_gauges(start_proxy) -> None:
     _simulate(proxy, 600, seed=3)
     wait_delivered(proxy.url)
     port = free_port()
-    analyzer = ManagedProcess([sys.executable, "-m", "service.cli", "analyzer", "--config", str(proxy.config_path),
-                               "--port", str(port)], proxy.config_path.with_name("live-analyzer.log"))
+    analyzer = ManagedProcess(splitwatch_command("analyzer", "--config", str(proxy.config_path),
+                               "--port", str(port)), proxy.config_path.with_name("live-analyzer.log"))
     analyzer.start()
     try:
         wait_for_port(port, proc=analyzer.proc)
@@ -164,8 +163,8 @@ def test_report_arguments() -> None:
 
 
 def test_lake_recovery_deletes_uncommitted_files(tmp_path: Path) -> None:
-    from service.events import OutcomeEvent
-    from service.lake import Lake, Record
+    from splitwatch.service.analyzer.lake import Lake, Record
+    from splitwatch.service.events import OutcomeEvent
 
     lake = Lake(tmp_path)
     evs = [OutcomeEvent(experiment="x", phase=1, arm="a", unit_id=f"u{i}", metric="m", value=1.0) for i in range(5)]
@@ -184,10 +183,10 @@ def test_lake_recovery_deletes_uncommitted_files(tmp_path: Path) -> None:
 def test_gauges_of_a_metric_that_became_untestable_are_removed() -> None:
     from prometheus_client import generate_latest
 
-    from service import metrics
-    from service.analysis import export_gauges
-    from service.kpi_queries import ExperimentData
-    from stats import MetricDefinition, QuantileStats, SampleStats, analyze
+    from splitwatch.service import metrics
+    from splitwatch.service.analyzer.analysis import export_gauges
+    from splitwatch.service.analyzer.kpi_queries import ExperimentData
+    from splitwatch.stats import MetricDefinition, QuantileStats, SampleStats, analyze
 
     m = [MetricDefinition(name="resolved", kind="binary"), MetricDefinition(name="csat", kind="continuous")]
     good = {"base": {"resolved": SampleStats.binary(500, 150), "csat": SampleStats.from_values([3, 4, 5] * 50)},
@@ -217,8 +216,8 @@ def test_gauges_of_a_metric_that_became_untestable_are_removed() -> None:
 def test_latency_quantile_sql_matches_the_clustered_reference() -> None:
     import numpy as np
 
-    from service.kpi_queries import latency_quantile_stats
-    from stats.quantile import clustered_quantile_stats
+    from splitwatch.service.analyzer.kpi_queries import latency_quantile_stats
+    from splitwatch.stats.quantile import clustered_quantile_stats
 
     rng = np.random.default_rng(3)
     per_unit = 1 + rng.poisson(5, 400)

@@ -7,8 +7,8 @@ from collections import Counter
 
 from scipy.stats import binomtest, chisquare
 
-from service.assignment import BUCKETS, CompiledExperiment, arm_ranges, bucket_of
-from service.config import parse_config
+from splitwatch.service.config import parse_config
+from splitwatch.service.proxy.assignment import BUCKETS, CompiledExperiment, arm_ranges, bucket_of
 
 
 def _experiment(weights: list[float], **kw: object) -> CompiledExperiment:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from service.config import ConfigError, load_config, parse_config
+from splitwatch.service.config import ConfigError, load_config, parse_config
+from splitwatch.service.local.processes import splitwatch_command
 
 GOOD = {
     "kafka": {"bootstrap_servers": "127.0.0.1:9092"},
@@ -94,17 +94,17 @@ def test_phase_changes_the_salt() -> None:
 def test_cli_config_check(tmp_path: Path) -> None:
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(GOOD))
-    ok = subprocess.run([sys.executable, "-m", "service.cli", "config", "check", str(good)],
+    ok = subprocess.run(splitwatch_command("config", "check", str(good)),
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "support-ft" in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(_with("experiments.0.coverage", 2)))
-    res = subprocess.run([sys.executable, "-m", "service.cli", "config", "check", str(bad)],
+    res = subprocess.run(splitwatch_command("config", "check", str(bad)),
                          capture_output=True, text=True)
     assert res.returncode == 2
     assert "experiments.0.coverage" in res.stderr and "Traceback" not in res.stderr
-    missing = subprocess.run([sys.executable, "-m", "service.cli", "config", "check", str(tmp_path / "nope.yaml")],
+    missing = subprocess.run(splitwatch_command("config", "check", str(tmp_path / "nope.yaml")),
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "cannot read" in missing.stderr
 

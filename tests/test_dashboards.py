@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from service.local_processes import ManagedProcess, free_port, wait_for_port
+from splitwatch.service.local.processes import ManagedProcess, free_port, splitwatch_command, wait_for_port
 
 DASHBOARDS = Path(__file__).resolve().parents[1] / "dashboards"
 
@@ -90,7 +90,6 @@ def _start_prometheus(tmp_path: Path, target: str) -> tuple[ManagedProcess, str]
 
 
 def test_kpi_dashboard_queries_return_data_from_a_live_analyzer(start_proxy, tmp_path: Path) -> None:
-    import sys
 
     from tests.harness import wait_delivered
     from tests.test_analyzer import _simulate
@@ -99,8 +98,8 @@ def test_kpi_dashboard_queries_return_data_from_a_live_analyzer(start_proxy, tmp
     _simulate(proxy, 800, seed=7)
     wait_delivered(proxy.url)
     port = free_port()
-    analyzer = ManagedProcess([sys.executable, "-m", "service.cli", "analyzer", "--config", str(proxy.config_path),
-                               "--port", str(port)], tmp_path / "analyzer.log")
+    analyzer = ManagedProcess(splitwatch_command("analyzer", "--config", str(proxy.config_path),
+                               "--port", str(port)), tmp_path / "analyzer.log")
     analyzer.start()
     prom = None
     try:
@@ -128,7 +127,6 @@ def test_kpi_dashboard_queries_return_data_from_a_live_analyzer(start_proxy, tmp
 
 
 def test_drift_dashboard_queries_return_data_from_a_live_drift_detector(start_proxy, tmp_path: Path) -> None:
-    import sys
 
     from tests.test_analyzer import _simulate
 
@@ -138,7 +136,7 @@ def test_drift_dashboard_queries_return_data_from_a_live_drift_detector(start_pr
     cfg["drift"] = {"state_dir": str(tmp_path / "drift"), "reference_size": 50, "window_size": 50,
                     "window_step": 25, "max_poll_interval_ms": 3000, "port": port}
     proxy.write_config(cfg)
-    detector = ManagedProcess([sys.executable, "-m", "service.cli", "drift", "--config", str(proxy.config_path)],
+    detector = ManagedProcess(splitwatch_command("drift", "--config", str(proxy.config_path)),
                               tmp_path / "drift.log")
     detector.start()
     prom = None

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
+
+from splitwatch.service.local.processes import splitwatch_command
 
 
 def test_demo_runs_and_reads_back_every_event() -> None:
-    res = subprocess.run([sys.executable, "-m", "service.cli", "demo", "--units", "60"],
+    res = subprocess.run(splitwatch_command("demo", "--units", "60"),
                          capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stdout + res.stderr
     m = re.search(r"(\d+) events read back from Kafka \((\d+) requests, (\d+) outcomes\)", res.stdout)

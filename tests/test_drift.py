@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import yaml
 
-from drift import alibi_adapter
-from drift.detector import DriftDetector, DriftSettings
-from drift.reference import Reference, feature_row, features_of_text
-from drift.windows import SlidingWindow
+from splitwatch.drift import alibi_adapter
+from splitwatch.drift.detector import DriftDetector, DriftSettings
+from splitwatch.drift.reference import Reference, feature_row, features_of_text
+from splitwatch.drift.windows import SlidingWindow
 
 
 def corpus(language: str) -> list[str]:

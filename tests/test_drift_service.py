@@ -5,12 +5,11 @@ from __future__ import annotations
 import random
 import re
 import signal
-import sys
 import time
 
 import httpx
 
-from service.local_processes import ManagedProcess, free_port, wait_for_port
+from splitwatch.service.local.processes import ManagedProcess, free_port, splitwatch_command, wait_for_port
 from tests.harness import read_events
 from tests.test_drift import corpus
 
@@ -36,8 +35,8 @@ class _Rig:
         cfg["drift"] = {"state_dir": str(tmp_path / "drift"), "reference_size": 200, "window_size": 200,
                         "window_step": 100, "max_poll_interval_ms": 3000, "port": self.port}
         proxy.write_config(cfg)  # the proxy ignores the drift section; the drift process reads it
-        self.drift = ManagedProcess([sys.executable, "-m", "service.cli", "drift", "--config",
-                                     str(proxy.config_path)], tmp_path / "drift.log")
+        self.drift = ManagedProcess(splitwatch_command("drift", "--config",
+                                     str(proxy.config_path)), tmp_path / "drift.log")
         self.drift.start()
         wait_for_port(self.port, proc=self.drift.proc)
         self.url = f"http://127.0.0.1:{self.port}/metrics"
@@ -101,11 +100,11 @@ def test_drift_detected_end_to_end_and_reference_survives_a_restart(start_proxy,
         import subprocess
         from datetime import UTC, datetime
 
-        assert subprocess.run([sys.executable, "-m", "service.cli", "analyzer", "--config", str(proxy.config_path),
-                               "--once"], capture_output=True, timeout=120).returncode == 0
+        assert subprocess.run(splitwatch_command("analyzer", "--config", str(proxy.config_path),
+                               "--once"), capture_output=True, timeout=120).returncode == 0
         today = datetime.now(UTC).date().isoformat()
-        md = subprocess.run([sys.executable, "-m", "service.cli", "report", "--config", str(proxy.config_path),
-                             "--experiment", "support-ft", "--from", today, "--to", today],
+        md = subprocess.run(splitwatch_command("report", "--config", str(proxy.config_path),
+                             "--experiment", "support-ft", "--from", today, "--to", today),
                             capture_output=True, text=True, timeout=120).stdout
         assert "Prompt drift detected at" in md and "chars" in md
         # restart: the persisted reference is used, not re-learned from the drifted traffic

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from service.features import prompt_features
+from splitwatch.service.features import prompt_features
 
 
 def test_chat_features() -> None:
@@ -52,7 +52,7 @@ def test_empty_and_odd_bodies() -> None:
 
 
 def test_language_identifier_is_offline_and_bounded() -> None:
-    from service.features import LANGUAGE_SAMPLE_CHARS, detect_language, language_sample, prompt_text
+    from splitwatch.service.features import LANGUAGE_SAMPLE_CHARS, detect_language, language_sample, prompt_text
 
     assert detect_language("Where is my parcel? I ordered it last week.") == "en"
     assert detect_language("Wo ist mein Paket? Ich habe es letzte Woche bestellt.") == "de"
@@ -67,8 +67,8 @@ SWAHILI = "Kifurushi changu kiko wapi? Nimekuwa nikikisubiri kwa wiki nzima sasa
 
 
 def test_languages_outside_the_default_list_can_be_configured() -> None:
-    from service.config import ConfigError, parse_config
-    from service.features import LANGUAGES, detect_language, supported_languages
+    from splitwatch.service.config import ConfigError, parse_config
+    from splitwatch.service.features import LANGUAGES, detect_language, supported_languages
 
     assert "sw" not in LANGUAGES and detect_language(SWAHILI) != "sw"  # attributed to the closest of the 30
     assert detect_language(SWAHILI, ("en", "sw")) == "sw"

@@ -15,8 +15,8 @@ import helm_python as helm
 import pytest
 import yaml
 
-from service.cli import build_parser
-from service.config import parse_config
+from splitwatch.service.cli import build_parser
+from splitwatch.service.config import parse_config
 
 CHART = Path(__file__).resolve().parent.parent / "helm" / "splitwatch"
 DOCKERFILE = CHART.parent.parent / "Dockerfile"
@@ -102,3 +102,76 @@ def test_rendered_workloads_line_up(values: dict[str, Any]) -> None:
         (target,) = [s for s in services.values() if _matches(selector, s["metadata"]["labels"])]
         assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {p["name"] for p in target["spec"]["ports"]}
     assert len(by_kind.get("ServiceMonitor", [])) == (len(sets) if values.get("serviceMonitor") else 0)
+
+
+# --- images: the Dockerfile's two targets, and which one each workload runs ------------------------
+
+WORKLOAD_TARGET = {"proxy": "proxy", "analyzer": "full", "drift": "full"}
+
+
+def _dockerfile_stages() -> dict[str, list[tuple[str, str]]]:
+    """Return each stage of the Dockerfile by name: its (INSTRUCTION, arguments) in order, FROM first."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, rest = line.partition(" ")
+        if instruction == "FROM":
+            name = rest.partition(" AS ")[2]
+            current = stages.setdefault(name.strip(), [])
+        current.append((instruction, rest.strip()))
+    return stages
+
+
+def _stage_chain(stages: dict[str, list[tuple[str, str]]], name: str) -> list[tuple[str, str]]:
+    """Return every instruction that builds ``name``: its base stages' first, then the stages it copies from."""
+    own = stages[name]
+    base = own[0][1].split(" AS ")[0]
+    chain = _stage_chain(stages, base) if base in stages else []
+    for instruction, rest in own[1:]:
+        m = re.match(r"--from=(\S+)", rest)
+        if instruction == "COPY" and m:
+            chain += _stage_chain(stages, m.group(1))
+    return chain + own
+
+
+def test_dockerfile_has_a_slim_proxy_target_and_a_full_target() -> None:
+    stages = _dockerfile_stages()
+    assert {"proxy", "full"} <= set(stages)
+    assert list(stages)[-1] == "proxy"  # a plain `docker build .` gives the slim image
+    for target, wants_drift in (("proxy", False), ("full", True)):
+        chain = _stage_chain(stages, target)
+        runs = " ".join(rest for instruction, rest in chain if instruction == "RUN")
+        assert ("[drift]" in runs) is wants_drift, target
+        assert "pip install" in runs and "--no-index" in runs  # only the wheels built in the image
+        users = [rest for instruction, rest in chain if instruction == "USER"]
+        assert users and users[-1] not in ("root", "0"), target  # runs unprivileged
+        assert ("ENTRYPOINT", '["splitwatch"]') in chain
+        (cmd,) = [rest for instruction, rest in stages[target] if instruction == "CMD"]
+        args = build_parser().parse_args(yaml.safe_load(cmd))  # the default command is a valid CLI call
+        assert args.command == {"proxy": "proxy", "full": "analyzer"}[target]
+
+
+@pytest.mark.parametrize("values", [{}, {"image": {"proxy": {"repository": "reg/p", "tag": "1.2"},
+                                                   "full": {"repository": "reg/f", "tag": "1.3"}}}],
+                         ids=["default-tags", "own-registry"])
+def test_each_workload_runs_the_image_that_can_run_it(values: dict[str, Any]) -> None:
+    chart_meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["image"]
+    images = {t: {**defaults[t], **values.get("image", {}).get(t, {})} for t in ("proxy", "full")}
+    stages = _dockerfile_stages()
+    seen = set()
+    for doc in _render(values):
+        if doc["kind"] != "StatefulSet":
+            continue
+        (container,) = doc["spec"]["template"]["spec"]["containers"]
+        target = WORKLOAD_TARGET[container["args"][0]]
+        assert target in stages  # the Dockerfile builds it
+        want = images[target]
+        assert container["image"] == f"{want['repository']}:{want['tag'] or chart_meta['appVersion']}"
+        seen.add(container["args"][0])
+    assert seen == set(WORKLOAD_TARGET)
+    assert images["proxy"]["repository"] != images["full"]["repository"]

@@ -10,7 +10,7 @@ import time
 
 import httpx
 
-from service.assignment import bucket_of
+from splitwatch.service.proxy.assignment import bucket_of
 from tests.harness import experiment_config
 
 CHAT = {"model": "support-bot", "messages": [{"role": "user", "content": "hi"}]}

@@ -8,7 +8,7 @@ from collections import Counter
 import httpx
 import openai
 
-from service.assignment import bucket_of
+from splitwatch.service.proxy.assignment import bucket_of
 from tests.harness import base_config, experiment_config, read_events, unique_by_event_id
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.spool import Spool, SpoolLockedError
+from splitwatch.service.delivery.spool import Spool, SpoolLockedError
 
 
 def _spool(d: Path, **kw) -> Spool:
@@ -68,7 +68,7 @@ def test_sigkill_keeps_everything_not_acknowledged(tmp_path: Path, fsync: str) -
     # back too: duplicates, which consumers drop by event_id, never a loss.
     script = f"""
 import os, signal
-from service.spool import Spool
+from splitwatch.service.delivery.spool import Spool
 s = Spool({str(tmp_path)!r}, max_bytes=1 << 24, segment_bytes=1024, fsync={fsync!r}, fsync_interval_ms=60000)
 s.append([(b"k%d" % i, b"v%d" % i) for i in range(50)])
 for _ in range(2):

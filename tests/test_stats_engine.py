@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stats import (
+from splitwatch.stats import (
     AnalysisOptions,
     InvalidSpecification,
     MetricDefinition,
@@ -117,7 +117,7 @@ def test_a_degenerate_metric_is_skipped_with_its_reason() -> None:
 
 
 def test_a_clustered_quantile_says_its_design_effect() -> None:
-    from stats import QuantileStats
+    from splitwatch.stats import QuantileStats
 
     metric = [MetricDefinition(name="latency_p95", kind="quantile", quantile=0.95, direction="decrease")]
     plain = {"c": QuantileStats(5000, 0.95, 100.0, 95.0, 105.0), "t": QuantileStats(5000, 0.95, 101.0, 96.0, 106.0)}

@@ -17,7 +17,7 @@ from statsmodels.stats.proportion import (
     proportions_ztest,
 )
 
-from stats import (
+from splitwatch.stats import (
     InvalidStatistics,
     RatioStats,
     RegressionStats,
@@ -36,8 +36,8 @@ from stats import (
     summarise,
     wilson_interval,
 )
-from stats.estimates import mean_estimate, ratio_estimate
-from stats.sequential import always_valid_p, boundary
+from splitwatch.stats.estimates import mean_estimate, ratio_estimate
+from splitwatch.stats.sequential import always_valid_p, boundary
 
 # R's `sleep` data set (Cushny and Peebles 1905, as printed by R's datasets package).
 SLEEP_1 = [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0]
@@ -199,8 +199,8 @@ def test_impossible_statistics_are_refused_with_a_reason(make, message: str) -> 
 
 
 def test_capping_and_duration() -> None:
-    from stats import duration
-    from stats.capping import cap_threshold, winsorize
+    from splitwatch.stats import duration
+    from splitwatch.stats.capping import cap_threshold, winsorize
 
     values = np.r_[np.ones(99), 1000.0]
     cap = cap_threshold(values, 0.99)
@@ -214,7 +214,7 @@ def test_capping_and_duration() -> None:
 
 
 def test_fast_distribution_functions_match_scipy_stats() -> None:
-    from stats import _dist
+    from splitwatch.stats import _dist
 
     for x in (-6.0, -1.96, -0.3, 0.0, 0.7, 2.5, 8.0):
         assert _dist.norm_cdf(x) == pytest.approx(st.norm.cdf(x), rel=1e-12, abs=1e-300)

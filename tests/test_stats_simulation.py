@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stats import (
+from splitwatch.stats import (
     QuantileStats,
     RatioStats,
     RegressionStats,
@@ -22,8 +22,8 @@ from stats import (
     quantile_stats,
     srm_sequential,
 )
-from stats.estimates import binary_estimate, mean_estimate, quantile_estimate, ratio_estimate
-from stats.quantile import clustered_quantile_stats
+from splitwatch.stats.estimates import binary_estimate, mean_estimate, quantile_estimate, ratio_estimate
+from splitwatch.stats.quantile import clustered_quantile_stats
 
 ALPHA = 0.05
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from service.config import UpstreamConfig
-from service.upstream import ShardedClient, SSEUsageScanner
+from splitwatch.service.config import UpstreamConfig
+from splitwatch.service.proxy.upstream import ShardedClient, SSEUsageScanner
 
 
 def test_lease_picks_the_least_busy_pool_and_release_is_idempotent() -> None:
@@ -42,7 +42,7 @@ def _sse(*objs: object) -> bytes:
 
 
 def test_usage_chunk_filter_drops_only_the_usage_only_chunk_at_any_split() -> None:
-    from service.upstream import UsageChunkFilter
+    from splitwatch.service.proxy.upstream import UsageChunkFilter
 
     content = [{"id": "c", "choices": [{"index": 0, "delta": {"content": f"w{i}"}}], "usage": None}
                for i in range(3)]

@@ -13,3 +13,10 @@ app.kubernetes.io/name: {{ .Chart.Name }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: proxy
 {{- end -}}
+
+{{- /* The image of one Dockerfile target: (list $ "proxy") or (list $ "full"); the tag defaults to appVersion. */ -}}
+{{- define "splitwatch.image" -}}
+{{- $root := index . 0 -}}
+{{- $image := index $root.Values.image (index . 1) -}}
+{{- printf "%s:%s" $image.repository (default $root.Chart.AppVersion $image.tag) -}}
+{{- end -}}

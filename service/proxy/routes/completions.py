@@ -19,12 +19,12 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
-from .. import metrics
+from ... import metrics
+from ...config import UNASSIGNED_ARM, ArmConfig, Config, UpstreamConfig
+from ...events import ExposureEvent, ResponseEvent
+from ...features import features_of_prompt, language_sample, prompt_text
 from ..assignment import Assignment
-from ..config import UNASSIGNED_ARM, ArmConfig, Config, UpstreamConfig
 from ..errors import InvalidRequest, ModelNotFound, UpstreamError, error_body
-from ..events import ExposureEvent, ResponseEvent
-from ..features import features_of_prompt, language_sample, prompt_text
 from ..request_body import parse_json_object, read_limited_body
 from ..runtime import Runtime
 from ..upstream import (

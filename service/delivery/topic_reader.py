@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from .events import parse_event
+from ..events import parse_event
 
 
 def read_events(bootstrap: str, topic: str, expect: int | None = None, timeout: float = 20.0,

@@ -7,10 +7,10 @@ import re
 
 from prometheus_client import Gauge
 
-from stats import AnalysisOptions, ExperimentResult, analyze
+from splitwatch.stats import AnalysisOptions, ExperimentResult, analyze
 
-from . import metrics
-from .config import AnalyzerConfig, ExperimentConfig
+from .. import metrics
+from ..config import AnalyzerConfig, ExperimentConfig
 from .kpi_queries import ExperimentData
 
 

@@ -10,9 +10,9 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
-from .. import metrics
+from ... import metrics
+from ...events import OutcomeEvent, new_event_id
 from ..errors import InvalidRequest, NotFound
-from ..events import OutcomeEvent, new_event_id
 from ..request_body import parse_json, read_limited_body
 from ..runtime import Runtime
 

@@ -9,9 +9,9 @@ import time
 
 import duckdb
 
-from . import metrics
+from .. import metrics
+from ..config import Config
 from .analysis import analyze_data, export_gauges
-from .config import Config
 from .ingest import Ingestor
 from .kpi_queries import load_experiment
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
 
-from .config import Config, ExperimentConfig
+from ..config import Config, ExperimentConfig
 
 BUCKETS = 10_000
 

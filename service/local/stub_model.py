@@ -210,7 +210,7 @@ class StubModelApp:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run a stub model server (``python -m service.stub_model --port P``)."""
+    """Run a stub model server (``python -m splitwatch.service.local.stub_model --port P``)."""
     import uvicorn
 
     p = argparse.ArgumentParser(prog="splitwatch stub-model", description=__doc__.split("\n\n")[0])

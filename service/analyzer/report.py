@@ -14,10 +14,10 @@ from typing import Any
 
 import duckdb
 
-from stats import ExperimentResult, MetricResult, sample_size_means, sample_size_proportions
+from splitwatch.stats import ExperimentResult, MetricResult, sample_size_means, sample_size_proportions
 
+from ..config import Config, ExperimentConfig
 from .analysis import analyze_data
-from .config import Config, ExperimentConfig
 from .kpi_queries import ExperimentData, load_experiment, prepare_events
 from .lake import Lake
 

@@ -22,11 +22,11 @@ from typing import Any
 
 import httpx
 
-from .config import parse_config
-from .event_reader import read_events, unique_by_event_id
-from .ingest import Ingestor
-from .local_processes import Broker, Proxy, StubModel, wait_delivered
-from .report import build_report, to_markdown
+from ..analyzer.ingest import Ingestor
+from ..analyzer.report import build_report, to_markdown
+from ..config import parse_config
+from ..delivery.topic_reader import read_events, unique_by_event_id
+from .processes import Broker, Proxy, StubModel, wait_delivered
 
 TOPIC = "splitwatch.events"
 # The simulation's truth: what a perfect analysis would find.

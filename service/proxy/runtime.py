@@ -8,11 +8,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import metrics
+from .. import metrics
+from ..config import Config, ConfigError, load_config
+from ..delivery.publisher import EventPublisher
 from .assignment import Assignment, CompiledExperiment, ExperimentTable
-from .config import Config, ConfigError, load_config
 from .overrides import OverrideStore
-from .publisher import EventPublisher
 from .upstream import UpstreamClients
 
 log = logging.getLogger(__name__)

@@ -23,10 +23,10 @@ from datetime import datetime
 
 import duckdb
 
-from stats import MetricDefinition, QuantileStats, RatioStats, SampleStats
-from stats.quantile import quantile_design_effect, rank_bounds
+from splitwatch.stats import MetricDefinition, QuantileStats, RatioStats, SampleStats
+from splitwatch.stats.quantile import quantile_design_effect, rank_bounds
 
-from .config import AnalyzerConfig, ExperimentConfig
+from ..config import AnalyzerConfig, ExperimentConfig
 
 Stats = SampleStats | RatioStats | QuantileStats
 

@@ -107,14 +107,19 @@ class Broker(ManagedProcess):
         wait_for_port(self.port, proc=self.proc)
 
 
+def splitwatch_command(*args: str) -> list[str]:
+    """Return the argv that runs ``splitwatch ARGS...`` with this interpreter (no PATH lookup)."""
+    return [sys.executable, "-m", "splitwatch.service.cli", *args]
+
+
 class StubModel(ManagedProcess):
-    """A stub OpenAI-compatible model server (service.stub_model)."""
+    """A stub OpenAI-compatible model server (splitwatch.service.local.stub_model)."""
 
     def __init__(self, workdir: Path, name: str, *extra: str) -> None:
         self.port = free_port()
         self.name = name
-        super().__init__([sys.executable, "-m", "service.stub_model", "--port", str(self.port), "--name", name,
-                          *extra], workdir / f"stub-{name}-{self.port}.log")
+        super().__init__([sys.executable, "-m", "splitwatch.service.local.stub_model", "--port", str(self.port),
+                          "--name", name, *extra], workdir / f"stub-{name}-{self.port}.log")
 
     @property
     def base_url(self) -> str:
@@ -142,8 +147,8 @@ class Proxy(ManagedProcess):
         self.config = config
         self.config_path = workdir / f"proxy-{self.port}.yaml"
         self.write_config(config)
-        super().__init__([sys.executable, "-m", "service.cli", "proxy", "--config", str(self.config_path),
-                          "--port", str(self.port), "--workers", str(workers)],
+        super().__init__(splitwatch_command("proxy", "--config", str(self.config_path),
+                                            "--port", str(self.port), "--workers", str(workers)),
                          workdir / f"proxy-{self.port}.log", env)
 
     def write_config(self, config: dict[str, Any]) -> None:

@@ -9,9 +9,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from . import metrics
-from .config import Config
-from .kafka_client import ensure_topic, kafka_security_settings
+from .. import metrics
+from ..config import Config
+from ..delivery.kafka_client import ensure_topic, kafka_security_settings
 from .lake import Lake, Record
 
 log = logging.getLogger(__name__)

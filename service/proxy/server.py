@@ -21,7 +21,7 @@ from pathlib import Path
 
 import uvicorn
 
-from .logs import configure_logging
+from ..logs import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def _metrics_dir(state_dir: str, port: int) -> str:
 
 def serve_single(config_path: str, host: str, port: int) -> None:
     """Run one proxy worker in this process until SIGTERM/SIGINT."""
-    from .config import load_config
+    from ..config import load_config
 
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app installs its reload handler
     config = load_config(config_path)
@@ -66,13 +66,13 @@ def _worker_main(config_path: str, sock: socket.socket, index: int, graceful_s: 
     os.environ["SPLITWATCH_CONFIG"] = config_path
     os.environ["SPLITWATCH_WORKER_INDEX"] = str(index)
     configure_logging(index)
-    cfg = _uvicorn_config("service.app:app_from_env", "", 0, graceful_s, factory=True)
+    cfg = _uvicorn_config("splitwatch.service.proxy.app:app_from_env", "", 0, graceful_s, factory=True)
     uvicorn.Server(cfg).run(sockets=[sock])
 
 
 def serve_workers(config_path: str, host: str, port: int, workers: int) -> None:
     """Run ``workers`` proxy processes on one socket under this supervising process."""
-    from .config import load_config
+    from ..config import load_config
 
     config = load_config(config_path)  # fail fast, with the field named, before forking anything
     os.environ["SPLITWATCH_WORKERS"] = str(workers)

@@ -12,7 +12,7 @@ import httpx
 import orjson
 from starlette.requests import Request
 
-from .config import UpstreamConfig
+from ..config import UpstreamConfig
 
 T = TypeVar("T")
 

@@ -28,9 +28,9 @@ from typing import Any
 
 import orjson
 
-from . import metrics
-from .config import KafkaConfig
-from .features import LANGUAGES, detect_language
+from .. import metrics
+from ..config import KafkaConfig
+from ..features import LANGUAGES, detect_language
 from .kafka_client import ensure_topic, kafka_security_settings
 from .spool import Record, Spool, SpoolLockedError
 
@@ -301,7 +301,7 @@ def shipper_main(cfg_json: str, spool_dir: str, conn: Connection, status: Any, e
 
     With ``adopt_workers`` (worker 0 does this) it also delivers orphaned spools of higher workers.
     """
-    from .logs import configure_logging
+    from ..logs import configure_logging
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # it stops when the worker's pipe closes
         signal.signal(sig, signal.SIG_IGN)

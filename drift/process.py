@@ -10,11 +10,11 @@ from typing import Any
 
 import orjson
 
-from service import metrics
-from service.config import Config
-from service.events import DriftEvent
-from service.kafka_client import ensure_topic, kafka_security_settings
-from service.shipper import KafkaSink
+from splitwatch.service import metrics
+from splitwatch.service.config import Config
+from splitwatch.service.delivery.kafka_client import ensure_topic, kafka_security_settings
+from splitwatch.service.delivery.shipper import KafkaSink
+from splitwatch.service.events import DriftEvent
 
 from .monitor import ExperimentMonitor
 

@@ -30,8 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from .events import parse_event
-from .files import DirectoryLockedError, fsync_dir, lock_directory, unlock_directory
+from ..events import parse_event
+from ..files import DirectoryLockedError, fsync_dir, lock_directory, unlock_directory
 
 log = logging.getLogger(__name__)
 

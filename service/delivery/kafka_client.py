@@ -6,7 +6,7 @@ import contextlib
 import os
 from typing import Any
 
-from .config import KafkaConfig
+from ..config import KafkaConfig
 
 
 def kafka_security_settings(cfg: KafkaConfig) -> dict[str, Any]:

@@ -15,9 +15,9 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from .config import Config, load_config
+from ..config import Config, load_config
+from ..delivery.publisher import EventPublisher, open_publisher
 from .errors import ProxyError, error_response
-from .publisher import EventPublisher, open_publisher
 from .routes import admin, assignments, completions, health, outcomes
 from .runtime import Runtime
 

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from ..metrics import render_metrics
+from ...metrics import render_metrics
 from ..runtime import Runtime
 
 router = APIRouter()

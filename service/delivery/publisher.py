@@ -23,9 +23,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from . import metrics
-from .config import KafkaConfig
-from .features import LANGUAGES
+from .. import metrics
+from ..config import KafkaConfig
+from ..features import LANGUAGES
 from .shipper import (
     CONNECTED,
     ERROR_BYTES,

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .files import DirectoryLockedError, fsync_dir, lock_directory, unlock_directory
+from ..files import DirectoryLockedError, fsync_dir, lock_directory, unlock_directory
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,157 @@
+"""One import name: the wheel installs `splitwatch` and nothing else, and works outside the checkout.
+
+The folders the design fixes (service/, stats/, drift/) install as splitwatch.service, splitwatch.stats
+and splitwatch.drift. From the checkout's root, `import stats` would find the folder itself, so these
+checks build the wheel from a copy of the tree and run Python in a fresh venv from another directory.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIRS = {"service": "splitwatch/service", "stats": "splitwatch/stats", "drift": "splitwatch/drift"}
+
+
+def _sources() -> list[Path]:
+    """Return every Python module of the package's folders, relative to the checkout."""
+    return sorted(p.relative_to(ROOT) for d in PACKAGE_DIRS for p in (ROOT / d).rglob("*.py")
+                  if "__pycache__" not in p.parts)
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Build the wheel from a copy of the tree (no build/ or egg-info left in the checkout)."""
+    src = tmp_path_factory.mktemp("src")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for d in PACKAGE_DIRS:
+        shutil.copytree(ROOT / d, src / d, ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path_factory.mktemp("dist")
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                          "--wheel-dir", str(out), str(src)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (whl,) = out.glob("splitwatch-*.whl")
+    return whl
+
+
+def test_the_wheel_installs_one_top_level_name_and_every_module(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top == {"splitwatch"}
+    # no module of the tree is left out (a new subpackage must be listed in pyproject.toml)
+    expected = {f"{PACKAGE_DIRS[p.parts[0]]}/{'/'.join(p.parts[1:])}" for p in _sources()}
+    assert expected <= set(names), sorted(expected - set(names))
+    assert "splitwatch/__init__.py" not in names  # a namespace package: nothing else claims the name
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "License-Expression: Apache-2.0" in metadata
+
+
+def test_a_fresh_venv_with_only_splitwatch_imports_splitwatch_names_only(wheel: Path, tmp_path: Path) -> None:
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    py = env_dir / "bin" / "python"
+    res = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    # The dependencies come from the test environment's site-packages on PYTHONPATH: a directory on
+    # PYTHONPATH does not run .pth files, so the checkout's editable install is not active there.
+    env = {**os.environ, "PYTHONPATH": sysconfig.get_paths()["purelib"]}
+    probe = """
+import importlib, pkgutil, sys
+for bare in ("stats", "service", "drift"):
+    try:
+        importlib.import_module(bare)
+    except ModuleNotFoundError:
+        pass
+    else:
+        sys.exit(f"import {bare} worked")
+import splitwatch.stats, splitwatch.service, splitwatch.drift
+assert splitwatch.stats.__file__.startswith(sys.prefix), splitwatch.stats.__file__
+modules = [m.name for pkg in (splitwatch.service, splitwatch.stats, splitwatch.drift)
+           for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".")]
+for name in modules:
+    importlib.import_module(name)  # every module imports from the installed wheel alone
+print(len(modules), splitwatch.stats.analyze.__module__)
+"""
+    res = subprocess.run([str(py), "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    count, module = res.stdout.split()
+    assert int(count) == len(_sources()) - len(PACKAGE_DIRS)  # every module and subpackage, not the 3 roots
+    assert module == "splitwatch.stats.engine"
+    res = subprocess.run([str(env_dir / "bin" / "splitwatch"), "--version"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == "splitwatch 0.1.0", res.stdout + res.stderr
+
+
+def test_the_package_never_imports_its_folders_by_their_bare_names() -> None:
+    # ruff's banned-api rule covers tests and bench; inside the package it reads relative imports as
+    # folder names, so the package's own absolute imports are checked here.
+    offenders = []
+    for rel in _sources():
+        for node in ast.walk(ast.parse((ROOT / rel).read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            offenders += [f"{rel}:{node.lineno} {n}" for n in names if n.split(".")[0] in PACKAGE_DIRS]
+    assert offenders == []
+
+
+# Which stage may import which (docs/architecture.md): the flow's direction, not the other way round.
+ALLOWED_STAGES = {
+    "proxy": {"delivery"},
+    "delivery": set(),
+    "analyzer": {"delivery"},
+    "drift": {"delivery"},
+    "local": {"proxy", "delivery", "analyzer"},
+}
+# The CLI starts every process and the package re-exports its public names: they may import any stage.
+# Every other shared module is a contract and imports no stage.
+ENTRY_POINTS = {"splitwatch.service.cli", "splitwatch.service"}
+
+
+def _stage_of(module: str) -> str | None:
+    """Return the stage a splitwatch module belongs to (None for the shared contracts and stats)."""
+    parts = module.split(".")
+    if parts[:2] == ["splitwatch", "drift"]:
+        return "drift"
+    if parts[:2] == ["splitwatch", "service"] and len(parts) > 2 and parts[2] in ALLOWED_STAGES:
+        return parts[2]
+    return None
+
+
+def _resolve(rel: Path, node: ast.ImportFrom) -> str:
+    """Return the absolute module name an ImportFrom in file ``rel`` refers to."""
+    own = [PACKAGE_DIRS[rel.parts[0]].replace("/", "."), *rel.parts[1:-1]]
+    if node.level == 0:
+        return node.module or ""
+    base = own[: len(own) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def test_stages_import_only_upstream_stages_and_the_contracts() -> None:
+    wrong = []
+    for rel in _sources():
+        own = PACKAGE_DIRS[rel.parts[0]].replace("/", ".") + "." + ".".join(rel.with_suffix("").parts[1:])
+        if own.removesuffix(".__init__") in ENTRY_POINTS:
+            continue
+        mine = _stage_of(own)
+        for node in ast.walk(ast.parse((ROOT / rel).read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            target = _resolve(rel, node)
+            targets = [target] + [f"{target}.{a.name}" for a in node.names]  # `from .. import metrics`
+            for t in targets:
+                theirs = _stage_of(t)
+                if theirs and theirs != mine and theirs not in ALLOWED_STAGES.get(mine or "", set()):
+                    wrong.append(f"{rel}:{node.lineno} ({mine or 'contract'}) imports {t} ({theirs})")
+    assert sorted(set(wrong)) == []
