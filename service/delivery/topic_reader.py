@@ -22,12 +22,13 @@ def read_events(bootstrap: str, topic: str, expect: int | None = None, timeout: 
     try:
         deadline = time.monotonic() + timeout
         parts = None
-        while parts is None and time.monotonic() < deadline:
+        while not parts and time.monotonic() < deadline:
+            # None: no metadata yet; an empty set: the topic is being created (partitions not yet known)
             parts = consumer.partitions_for_topic(topic)
-            if parts is None:
+            if not parts:
                 time.sleep(0.2)
                 consumer.topics()
-        if parts is None:
+        if not parts:
             return []
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
