@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -12,14 +13,21 @@ import orjson
 
 from splitwatch.service import metrics
 from splitwatch.service.config import Config
-from splitwatch.service.delivery.kafka_client import ensure_topic, kafka_security_settings
+from splitwatch.service.delivery.kafka_client import (
+    connect_with_retry,
+    consumer_connected,
+    ensure_topic,
+    kafka_security_settings,
+)
 from splitwatch.service.delivery.shipper import KafkaSink
 from splitwatch.service.events import DriftEvent
+from splitwatch.service.status_server import Supervisor, start_status_server
 
 from .monitor import ExperimentMonitor
 
 log = logging.getLogger(__name__)
 SEEN_IDS = 200_000  # recent event ids kept for deduplication (delivery is at least once)
+CONNECTION_CHECK_S = 1.0
 
 
 class DriftService:
@@ -63,23 +71,34 @@ class DriftService:
         except Exception as exc:  # the events wait for the next flush
             log.warning("could not publish %d drift events (%s); retrying", len(self._outbox), exc)
 
-    def run(self, stop: threading.Event) -> None:
-        """Consume until ``stop`` is set."""
+    def _connect(self) -> Any:
         from kafka import KafkaConsumer
 
         k, d = self.cfg.kafka, self.cfg.drift
         ensure_topic(k)
-        consumer: Any = KafkaConsumer(
+        return KafkaConsumer(
             k.topic, bootstrap_servers=k.bootstrap_servers, client_id=f"{k.client_id}-drift", group_id=d.group_id,
             auto_offset_reset="earliest", enable_auto_commit=True, max_poll_interval_ms=d.max_poll_interval_ms,
             session_timeout_ms=min(10_000, d.max_poll_interval_ms),
             heartbeat_interval_ms=min(3_000, d.max_poll_interval_ms // 3), **kafka_security_settings(k))
+
+    def run(self, stop: threading.Event, supervisor: Supervisor | None = None) -> None:
+        """Consume until ``stop`` is set; with a ``supervisor``, retry an unreachable Kafka and report progress."""
+        consumer = connect_with_retry(self._connect, supervisor, stop, "drift detector")
+        if consumer is None:
+            return
+        next_check = time.monotonic() + CONNECTION_CHECK_S
         try:
             while not stop.is_set():
                 for records in consumer.poll(timeout_ms=500).values():
                     for r in records:
                         self.handle(r.value)
                 self.flush_events()
+                if supervisor is not None:
+                    supervisor.beat()
+                    if time.monotonic() >= next_check:
+                        supervisor.set_connected(consumer_connected(consumer), "broker unreachable")
+                        next_check = time.monotonic() + CONNECTION_CHECK_S
         finally:
             consumer.close()
             self.flush_events()
@@ -87,15 +106,24 @@ class DriftService:
 
 
 def run_drift(cfg: Config, host: str | None = None, port: int | None = None) -> int:
-    """Run the drift detector until SIGTERM/SIGINT, with its gauges on /metrics."""
-    from prometheus_client import start_http_server
+    """Run the drift detector until SIGTERM/SIGINT, with its gauges on /metrics and /healthz, /readyz.
 
+    The consumer loop retries an unreachable Kafka with back-off and is restarted if it fails; the
+    monitors (windows, references) live on across restarts.
+    """
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    server, _ = start_http_server(cfg.drift.port if port is None else port, host or cfg.drift.host,
-                                  registry=metrics.DRIFT_REGISTRY)
+    service = DriftService(cfg)
+    group = cfg.drift.group_id
+    supervisor = Supervisor("drift-consumer", lambda sup: service.run(stop, sup), stop,
+                            metrics.DRIFT_KAFKA_CONNECTED.labels(group),
+                            metrics.DRIFT_LOOP_RESTARTS.labels(group)).start()
+    server = start_status_server(host or cfg.drift.host, cfg.drift.port if port is None else port,
+                                 metrics.DRIFT_REGISTRY, [supervisor])
     log.info("drift detector: metrics on http://%s:%d/metrics", host or cfg.drift.host, server.server_address[1])
-    DriftService(cfg).run(stop)
+    while not stop.is_set():
+        stop.wait(0.5)
+    supervisor.thread.join(30)
     server.shutdown()
     return 0

@@ -143,6 +143,8 @@ class SpoolConfig(_Strict):
     fsync: Literal["always", "interval", "never"] = "interval"
     fsync_interval_ms: int = Field(200, ge=1)
     full_policy: Literal["drop_oldest", "drop_newest"] = "drop_newest"
+    # events that can never be sent are set aside in <dir>/dead-letters/ (docs/delivery.md), up to this size
+    dead_letter_max_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
 
 
 class KafkaConfig(_Strict):
@@ -157,6 +159,9 @@ class KafkaConfig(_Strict):
     reconnect_backoff_ms: int = Field(500, ge=10)
     reconnect_backoff_max_ms: int = Field(10_000, ge=10)
     topic_partitions: int = Field(6, ge=1)
+    # an event larger than this is set aside as a dead letter instead of being sent: keep it under the
+    # broker's message.max.bytes (Apache Kafka's default: 1,048,588 bytes including the batch overhead)
+    max_event_bytes: int = Field(1_000_000, ge=1024, le=64 * 1024 * 1024)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username_env: str | None = None
@@ -175,6 +180,16 @@ class ProxyConfig(_Strict):
     max_outcomes_per_request: int = Field(1_000, ge=1)
     graceful_shutdown_s: float = Field(30.0, ge=0)
     passthrough: UpstreamConfig | None = None
+    # Limits on what a request may carry (design: "Limits on what a request may carry").
+    max_id_bytes: int = Field(256, ge=16, le=16_384)  # user, X-Splitwatch-Unit, unit_id, request_id, ...
+    max_json_depth: int = Field(64, ge=4, le=200)  # orjson cannot serialise deeper than 254 levels
+    # The HTTP server layer (uvicorn, per worker): request line + headers, the time to send them and
+    # the body, concurrent connections (beyond: 503), idle keep-alive.
+    max_header_bytes: int = Field(32_768, ge=1024, le=1_048_576)
+    header_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(60.0, gt=0)
+    max_concurrency: int = Field(2048, ge=1)
+    keep_alive_s: int = Field(5, ge=1)
 
 
 class PriceConfig(_Strict):

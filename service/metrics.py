@@ -52,7 +52,20 @@ CONFIG_RELOADS = Counter("splitwatch_config_reloads", "Configuration reloads by 
 EVENTS_ENQUEUED = Counter("splitwatch_events_enqueued", "Events handed to the publisher.", ["type"])
 EVENTS_SENT = Counter("splitwatch_events_sent", "Events acknowledged by Kafka.")
 EVENTS_DROPPED = Counter(
-    "splitwatch_events_dropped", "Events lost because the queue or the spool was full.", ["reason"])
+    "splitwatch_events_dropped", "Events lost: the queue, the spool or the dead-letter file was full.",
+    ["reason"])
+EVENTS_DEAD_LETTERED = Counter(
+    "splitwatch_events_dead_lettered",
+    "Events that can never be sent (too large, unserialisable, rejected by the broker), set aside in the "
+    "dead-letter file.", ["reason"])
+DELIVERY_RESTARTS = Counter(
+    "splitwatch_delivery_restarts",
+    "Restarts of a worker's event delivery: the writer thread or the shipper process died.", ["component"])
+CLIENT_DISCONNECTS = Counter(
+    "splitwatch_client_disconnects", "Clients that left before the proxy answered, by stage.", ["stage"])
+HTTP_REJECTED = Counter(
+    "splitwatch_http_rejected",
+    "Connections refused by the HTTP server layer: headers too large (431) or too slow (408).", ["reason"])
 EVENT_SEND_ERRORS = Counter("splitwatch_event_send_errors", "Failed Kafka send attempts.", ["error"])
 EVENT_SEND_SECONDS = Histogram(
     "splitwatch_event_send_seconds", "Time to get a batch acknowledged by Kafka.", buckets=SEND_BUCKETS)
@@ -72,6 +85,14 @@ KAFKA_CONNECTED = Gauge(
 
 # -- analyzer (its own process and registry: these never appear on the proxy's /metrics) -------------
 ANALYZER_REGISTRY = CollectorRegistry(auto_describe=True)
+# Labelled by consumer group: prometheus-client writes unlabelled metrics eagerly, and in the proxy's
+# multiprocess mode they would show up on the proxy's /metrics too.
+ANALYZER_KAFKA_CONNECTED = Gauge(
+    "splitwatch_analyzer_kafka_connected", "1 while the analyzer's consumer reaches Kafka.", ["group"],
+    registry=ANALYZER_REGISTRY)
+ANALYZER_LOOP_RESTARTS = Counter(
+    "splitwatch_analyzer_loop_restarts", "Restarts of the analyzer's ingest loop after it failed.", ["group"],
+    registry=ANALYZER_REGISTRY)
 ANALYZER_EVENTS_INGESTED = Counter(
     "splitwatch_analyzer_events_ingested", "Events written to the Parquet lake.", registry=ANALYZER_REGISTRY)
 ANALYZER_INVALID_EVENTS = Counter(
@@ -100,6 +121,12 @@ GUARDRAIL_BREACHED = Gauge("splitwatch_guardrail_breached", "1 when a guardrail 
 
 # -- drift detector (its own process and registry) ---------------------------------------------------
 DRIFT_REGISTRY = CollectorRegistry(auto_describe=True)
+DRIFT_KAFKA_CONNECTED = Gauge(
+    "splitwatch_drift_kafka_connected", "1 while the drift detector's consumer reaches Kafka.", ["group"],
+    registry=DRIFT_REGISTRY)
+DRIFT_LOOP_RESTARTS = Counter(
+    "splitwatch_drift_loop_restarts", "Restarts of the drift detector's consumer loop after it failed.",
+    ["group"], registry=DRIFT_REGISTRY)
 DRIFT_P_VALUE = Gauge(
     "splitwatch_drift_p_value", "Adjusted p-value of the last window's test of a feature (arm 'all': all arms).",
     ["experiment", "arm", "feature", "detector"], registry=DRIFT_REGISTRY)

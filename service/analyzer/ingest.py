@@ -7,15 +7,19 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import metrics
 from ..config import Config
-from ..delivery.kafka_client import ensure_topic, kafka_security_settings
+from ..delivery.kafka_client import connect_with_retry, consumer_connected, ensure_topic, kafka_security_settings
 from .lake import Lake, Record
+
+if TYPE_CHECKING:
+    from ..status_server import Supervisor
 
 log = logging.getLogger(__name__)
 CATCH_UP_IDLE_S = 1.0
+CONNECTION_CHECK_S = 1.0
 
 
 @dataclass
@@ -105,12 +109,23 @@ class Ingestor:
             except Exception as exc:  # the lake is the source of truth; Kafka's offsets are a convenience
                 log.warning("could not commit offsets to Kafka (%s); the lake keeps the position", exc)
 
-    def run(self, stop: threading.Event, until_caught_up: bool = False) -> IngestStats:
-        """Ingest until ``stop`` is set (or, with ``until_caught_up``, until the end offsets seen at start)."""
+    def run(self, stop: threading.Event, until_caught_up: bool = False,
+            supervisor: Supervisor | None = None) -> IngestStats:
+        """Ingest until ``stop`` is set (or, with ``until_caught_up``, until the end offsets seen at start).
+
+        With a ``supervisor`` (the live analyzer) an unreachable Kafka is retried with back-off, and
+        progress and the connection state are reported to it; without one, the error is raised.
+        """
         a = self.cfg.analyzer
         stats = IngestStats()
         t0 = time.perf_counter()
-        self._consumer = self._connect(manual=until_caught_up)
+        consumer = connect_with_retry(lambda: self._connect(manual=until_caught_up), supervisor, stop,
+                                      "analyzer ingest")
+        if consumer is None:  # stopped while waiting for Kafka
+            self.lake.close()
+            return stats
+        self._consumer = consumer
+        next_check = time.monotonic() + CONNECTION_CHECK_S
         targets: dict[int, int] | None = None
         pending: dict[int, list[Record]] = defaultdict(list)
         batch_started = 0.0
@@ -119,6 +134,11 @@ class Ingestor:
         try:
             while not stop.is_set():
                 polled = self._consumer.poll(timeout_ms=200, max_records=a.batch_max_events)
+                if supervisor is not None:
+                    supervisor.beat()
+                    if time.monotonic() >= next_check:
+                        supervisor.set_connected(consumer_connected(self._consumer), "broker unreachable")
+                        next_check = time.monotonic() + CONNECTION_CHECK_S
                 for tp, msgs in polled.items():
                     for m in msgs:
                         if m.offset < self.next_offsets.get(tp.partition, 0):

@@ -11,6 +11,7 @@ import duckdb
 
 from .. import metrics
 from ..config import Config
+from ..status_server import Supervisor, start_status_server
 from .analysis import analyze_data, export_gauges
 from .ingest import Ingestor
 from .kpi_queries import load_experiment
@@ -45,32 +46,39 @@ def analyze_all(cfg: Config, sequential: bool = True) -> dict[str, object]:
 
 
 def run_analyzer(cfg: Config, once: bool = False, host: str | None = None, port: int | None = None) -> int:
-    """Run the analyzer until SIGTERM/SIGINT (or, with ``once``, ingest what is there, analyse, exit)."""
-    from prometheus_client import start_http_server
+    """Run the analyzer until SIGTERM/SIGINT (or, with ``once``, ingest what is there, analyse, exit).
 
+    The live analyzer serves /metrics, /healthz and /readyz (:mod:`..status_server`); its ingest
+    loop retries an unreachable Kafka with back-off and is restarted if it fails.
+    """
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    ingestor = Ingestor(cfg)
+    first = [Ingestor(cfg)]  # made here, so that a locked lake is reported before anything starts
     if once:
-        stats = ingestor.run(stop, until_caught_up=True)
+        stats = first[0].run(stop, until_caught_up=True)
         log.info("ingested %d events (%d invalid) in %d batches, %.1f s", stats.events, stats.invalid,
                  stats.batches, stats.seconds)
         analyze_all(cfg)
         return 0
     a = cfg.analyzer
-    server, _thread = start_http_server(port if port is not None else a.port, host or a.host,
-                                        registry=metrics.ANALYZER_REGISTRY)
+
+    def ingest(supervisor: Supervisor) -> None:
+        # after a failure, a new Ingestor: the failed run closed its lake writer
+        (first.pop() if first else Ingestor(cfg)).run(stop, supervisor=supervisor)
+
+    supervisor = Supervisor("analyzer-ingest", ingest, stop, metrics.ANALYZER_KAFKA_CONNECTED.labels(a.group_id),
+                            metrics.ANALYZER_LOOP_RESTARTS.labels(a.group_id)).start()
+    server = start_status_server(host or a.host, port if port is not None else a.port,
+                                 metrics.ANALYZER_REGISTRY, [supervisor])
     log.info("analyzer: lake %s, metrics on http://%s:%d/metrics", a.lake_dir, host or a.host,
              server.server_address[1])
-    ingest = threading.Thread(target=ingestor.run, args=(stop,), name="splitwatch-ingest", daemon=True)
-    ingest.start()
     next_run = 0.0
     while not stop.is_set():
         if time.monotonic() >= next_run:
             analyze_all(cfg)
             next_run = time.monotonic() + a.interval_s
         stop.wait(0.5)
-    ingest.join(a.batch_max_seconds + 30)
+    supervisor.thread.join(a.batch_max_seconds + 30)
     server.shutdown()
     return 0

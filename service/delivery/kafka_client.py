@@ -1,12 +1,21 @@
-"""Kafka client settings and topic creation, shared by the event shipper and the analyzer."""
+"""Kafka client settings, topic creation and connection helpers, shared by the shipper, the analyzer and drift."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-from typing import Any
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..config import KafkaConfig
+
+if TYPE_CHECKING:
+    from ..status_server import Supervisor
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def kafka_security_settings(cfg: KafkaConfig) -> dict[str, Any]:
@@ -36,3 +45,40 @@ def ensure_topic(cfg: KafkaConfig, timeout_ms: int = 5000) -> None:
             admin.create_topics([NewTopic(cfg.topic, num_partitions=cfg.topic_partitions, replication_factor=1)])
     finally:
         admin.close()
+
+
+def consumer_connected(consumer: Any) -> bool:
+    """Return True while the consumer holds a live connection to at least one broker.
+
+    kafka-python's public ``bootstrap_connected()`` stays False after bootstrapping whatever the
+    brokers' state, so this asks its client (``_client``, kafka-python's own attribute) about the
+    brokers of the cluster metadata.
+    """
+    client = consumer._client
+    return any(client.connected(b.node_id) for b in client.cluster.brokers())
+
+
+def connect_with_retry(connect: Callable[[], T], supervisor: Supervisor | None, stop: threading.Event,
+                       what: str) -> T | None:
+    """Return ``connect()``'s result, retrying with the supervisor's back-off while Kafka is unreachable.
+
+    Without a supervisor (one-shot runs) the first failure is raised. Returns None when ``stop`` is
+    set before a connection was made.
+    """
+    attempt = 0
+    while not stop.is_set():
+        try:
+            result = connect()
+        except Exception as exc:
+            if supervisor is None:
+                raise
+            if attempt == 0:
+                log.warning("%s: Kafka unreachable (%s: %s); retrying with back-off", what, type(exc).__name__, exc)
+            supervisor.set_connected(False, type(exc).__name__)
+            supervisor.wait_backoff(attempt)
+            attempt += 1
+            continue
+        if supervisor is not None:
+            supervisor.set_connected(True)
+        return result
+    return None

@@ -3,10 +3,16 @@
 The request path calls :meth:`EventPublisher.publish`, which only appends to a
 bounded in-memory queue. A writer thread serialises the queue every
 ``kafka.linger_ms`` and hands the batch over a pipe to this worker's shipper
-process (:mod:`service.shipper`), which writes it to the on-disk spool first and
+process (:mod:`.shipper`), which writes it to the on-disk spool first and
 ships it to Kafka from there. An outage, a broker restart or a proxy restart all
 replay from disk, in order. Delivery is at least once: consumers deduplicate by
 ``event_id``.
+
+No single event can stop this path: an event that cannot be serialised or framed, or that is
+larger than ``kafka.max_event_bytes``, is set aside in the dead-letter file
+(:mod:`.dead_letters`) and the queue moves on. The writer thread survives any error and is
+restarted if it ever dies; the shipper process is restarted when it exits; :attr:`healthy`
+says whether both are making progress (``/readyz`` fails otherwise).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from pydantic import BaseModel
 from .. import metrics
 from ..config import KafkaConfig
 from ..features import LANGUAGES
+from .dead_letters import DeadLetters, dead_letters_for
 from .shipper import (
     CONNECTED,
     ERROR_BYTES,
@@ -39,12 +46,14 @@ from .shipper import (
     STATUS_SLOTS,
     PipeRecord,
     encode_batch,
+    frame_error,
     shipper_main,
 )
 from .spool import SpoolLockedError
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 30.0
+STALL_S = 10.0  # the writer thread must loop at least this often, or the publisher is not healthy
 
 
 class EventPublisher:
@@ -67,7 +76,10 @@ class EventPublisher:
         self._proc: Any = None
         self._conn: Connection | None = None
         self._thread: threading.Thread | None = None
+        self._closing = False
+        self._heartbeat = time.monotonic()
         self.queue_dropped = 0
+        self.dead_letters: DeadLetters = dead_letters_for(self.spool_dir, cfg.spool.dead_letter_max_bytes)
 
     # -- request path -----------------------------------------------------------------------------
     def publish(self, event: BaseModel) -> bool:
@@ -76,6 +88,8 @@ class EventPublisher:
             self.queue_dropped += 1
             metrics.EVENTS_DROPPED.labels("queue_full").inc()
             return False
+        if self._thread is not None and not self._thread.is_alive() and not self._closing:
+            self._start_writer(restart=True)  # never queue into a void
         self._queue.append(event)
         metrics.EVENTS_ENQUEUED.labels(event.type).inc()  # type: ignore[attr-defined]
         if len(self._queue) >= self.cfg.batch_max_events:
@@ -113,6 +127,18 @@ class EventPublisher:
         """Return the name of the last Kafka error, if any."""
         return self._error.value.decode() or None
 
+    @property
+    def healthy(self) -> bool:
+        """Return True while the writer thread loops and the shipper process runs (Kafka may be down)."""
+        return (self._thread is not None and self._thread.is_alive()
+                and time.monotonic() - self._heartbeat < STALL_S
+                and self._proc is not None and self._proc.is_alive() and self._status[STATE] == STATE_RUNNING)
+
+    @property
+    def dead_lettered(self) -> int:
+        """Return the events in this worker's dead-letter file."""
+        return self.dead_letters.count()
+
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
         """Start the shipper process (which takes the spool's lock) and the writer thread.
@@ -120,6 +146,13 @@ class EventPublisher:
         Raises SpoolLockedError when another process owns the spool directory.
         """
         self._start_shipper()
+        self._start_writer()
+
+    def _start_writer(self, restart: bool = False) -> None:
+        if restart:
+            log.error("the event writer thread had died; starting a new one")
+            metrics.DELIVERY_RESTARTS.labels("writer").inc()
+        self._heartbeat = time.monotonic()
         self._thread = threading.Thread(target=self._run_writer, name="splitwatch-event-writer", daemon=True)
         self._thread.start()
 
@@ -150,6 +183,7 @@ class EventPublisher:
         """Hand everything queued to the shipper, let it deliver for up to ``flush_s`` s, wait for it."""
         if self._thread is None:
             return
+        self._closing = True
         self._stop.set()
         self._wake.set()
         self._thread.join(self.flush_s + 10)
@@ -164,15 +198,52 @@ class EventPublisher:
                 log.error("event shipper did not stop in time; killing it (its spool is kept)")
                 self._proc.kill()
         if self._pending or self._queue:
-            log.error("%d events could not be handed to the shipper at shutdown", self.queued)
+            # Kept, not lost: the dead-letter file holds them for a replay.
+            log.error("%d events could not be handed to the shipper at shutdown; writing them to %s",
+                      self.queued, self.dead_letters.path)
+            self._set_aside_unsent()
+
+    def _set_aside_unsent(self) -> None:
+        for key, value, _sample in self._pending:
+            self.dead_letters.add("undelivered_at_shutdown", key, value, "the event shipper was unreachable")
+        self._pending = []
+        while self._queue:
+            ev = self._queue.popleft()
+            try:
+                key, value = ev.key(), ev.to_json()  # type: ignore[attr-defined]
+            except Exception as exc:
+                key, value = b"", repr(ev).encode(errors="replace")
+                self.dead_letters.add("unserialisable", key, value, f"{type(exc).__name__}: {exc}")
+                continue
+            self.dead_letters.add("undelivered_at_shutdown", key, value, "the event shipper was unreachable")
 
     # -- writer thread ----------------------------------------------------------------------------
+    def _serialise(self, ev: BaseModel) -> PipeRecord | None:
+        """Return the event as a pipe record, or None after setting it aside (it can never be sent)."""
+        key, value = b"", b""
+        try:
+            key, value = ev.key(), ev.to_json()  # type: ignore[attr-defined]
+            sample = getattr(ev, "_language_sample", "").encode("utf-8", "replace")
+        except Exception as exc:  # e.g. a string orjson refuses (lone surrogates)
+            value = value or repr(ev).encode("utf-8", "replace")
+            self.dead_letters.add("unserialisable", key, value, f"{type(exc).__name__}: {exc}")
+            return None
+        if len(value) > self.cfg.max_event_bytes:
+            self.dead_letters.add("too_large", key, value,
+                                  f"{len(value)} bytes > kafka.max_event_bytes ({self.cfg.max_event_bytes})")
+            return None
+        problem = frame_error(key, value)
+        if problem:
+            self.dead_letters.add("unserialisable", key, value, problem)
+            return None
+        return key, value, sample[:4096]
+
     def _hand_over(self) -> None:
         """Serialise the queue and send it to the shipper; keep it (and restart the shipper) on failure."""
         while self._queue:
-            ev = self._queue.popleft()
-            sample = getattr(ev, "_language_sample", "").encode()
-            self._pending.append((ev.key(), ev.to_json(), sample))  # type: ignore[attr-defined]
+            record = self._serialise(self._queue.popleft())
+            if record is not None:
+                self._pending.append(record)
         if not self._pending:
             return
         assert self._conn is not None
@@ -199,14 +270,23 @@ class EventPublisher:
     def _run_writer(self) -> None:
         linger = max(self.cfg.linger_ms / 1000, 0.001)
         while not self._stop.is_set():
+            self._heartbeat = time.monotonic()
             self._wake.wait(timeout=linger)
             self._wake.clear()
-            if self._proc is not None and not self._proc.is_alive():
-                log.error("event shipper exited with %s; restarting it", self._proc.exitcode)
-                self._restart_shipper()
-            self._hand_over()
+            try:
+                if self._proc is not None and not self._proc.is_alive():
+                    log.error("event shipper exited with %s; restarting it", self._proc.exitcode)
+                    metrics.DELIVERY_RESTARTS.labels("shipper").inc()
+                    self._restart_shipper()
+                self._hand_over()
+            except Exception:  # a bug here must not end delivery: log it and go on
+                log.exception("event writer: unexpected error; continuing")
+                time.sleep(linger)
             metrics.EVENTS_QUEUED.set(self.queued)
-        self._hand_over()
+        try:
+            self._hand_over()
+        except Exception:
+            log.exception("event writer: unexpected error in the final hand-over")
         metrics.EVENTS_QUEUED.set(self.queued)
 
 

@@ -9,6 +9,12 @@ kafka-python's CPU time and GIL hand-offs away from the worker's event loop
 
 It ignores SIGINT/SIGTERM: it stops when the worker closes the pipe (or dies),
 after delivering what it can within the worker's flush deadline.
+
+Only errors that a retry can cure are retried. When Kafka refuses a batch for a property of a
+record (too large, invalid), the shipper sends that batch's records one at a time and sets the
+offending one aside in the dead-letter file (:mod:`.dead_letters`), so one record never holds
+back the spool. Every other error (broker down, timeouts, authorisation) keeps the events in the
+spool and is retried with back-off.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import orjson
 from .. import metrics
 from ..config import KafkaConfig
 from ..features import LANGUAGES, detect_language
+from .dead_letters import DeadLetterReason, DeadLetters, dead_letters_for
 from .kafka_client import ensure_topic, kafka_security_settings
 from .spool import Record, Spool, SpoolLockedError
 
@@ -43,10 +50,42 @@ STATE_STARTING, STATE_RUNNING, STATE_LOCKED, STATE_DONE = 0.0, 1.0, -1.0, 2.0
 ERROR_BYTES = 128
 
 _FRAME = struct.Struct(">HIH")
+MAX_KEY_BYTES = 0xFFFF  # the pipe's and the spool's frames give a key two bytes of length
+MAX_VALUE_BYTES = 0xFFFFFFFF
 SHIPPER_CPUS_ENV = "SPLITWATCH_SHIPPER_CPUS"
 
 PipeRecord = tuple[bytes, bytes, bytes]
 """(key, event JSON, language sample) as the worker hands it over; the sample is b"" for most events."""
+
+
+def frame_error(key: bytes, value: bytes) -> str | None:
+    """Return why a record cannot be framed for the pipe and the spool, or None when it can."""
+    if len(key) > MAX_KEY_BYTES:
+        return f"key of {len(key)} bytes; a key must fit in {MAX_KEY_BYTES} bytes"
+    if len(value) > MAX_VALUE_BYTES:
+        return f"value of {len(value)} bytes"
+    return None
+
+
+def record_error_reason(exc: BaseException) -> DeadLetterReason | None:
+    """Return the dead-letter reason when ``exc`` is a property of the records sent, None when retriable.
+
+    Kafka refuses a record for its size or its content: no retry can cure that. Anything else (the
+    broker unreachable, timeouts, authorisation, leadership changes) is not the record's fault: the
+    events stay in the spool and the send is retried.
+    """
+    from kafka import errors
+
+    if isinstance(exc, SinkUnavailable):
+        return None
+    if isinstance(exc, errors.MessageSizeTooLargeError | errors.RecordListTooLargeError):
+        return "too_large"
+    if isinstance(exc, errors.InvalidRecordError | errors.CorruptRecordError
+                  | errors.UnsupportedForMessageFormatError):
+        return "rejected"
+    if isinstance(exc, TypeError | ValueError | struct.error) and not isinstance(exc, errors.KafkaError):
+        return "unserialisable"  # raised while the producer serialised or framed a record
+    return None
 
 
 def encode_batch(records: list[PipeRecord]) -> bytes:
@@ -74,6 +113,14 @@ def with_language(value: bytes, sample: bytes, languages: tuple[str, ...] = LANG
     return orjson.dumps(event)
 
 
+class SinkUnavailable(Exception):
+    """The sink could not connect to Kafka; ``cause`` is the error it got."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+
+
 class KafkaSink:
     """Sends batches of records to the topic with a kafka-python producer, rebuilt after any failure."""
 
@@ -96,12 +143,21 @@ class KafkaSink:
             request_timeout_ms=self.cfg.request_timeout_ms, max_block_ms=self.cfg.request_timeout_ms,
             bootstrap_timeout_ms=min(self.cfg.request_timeout_ms, 5000),
             reconnect_backoff_ms=50, reconnect_backoff_max_ms=self.cfg.reconnect_backoff_max_ms,
+            # room for one event of kafka.max_event_bytes plus the request's overhead
+            max_request_size=max(1_048_576, self.cfg.max_event_bytes + 65_536),
             **kafka_security_settings(self.cfg))
 
     def send(self, records: list[Record]) -> None:
-        """Send records and wait for every acknowledgement; raises on any failure."""
+        """Send records and wait for every acknowledgement; raises on any failure.
+
+        A failure to connect is raised as :class:`SinkUnavailable`, so that it is never mistaken for
+        a property of the records.
+        """
         if self._producer is None:
-            self._producer = self._connect()
+            try:
+                self._producer = self._connect()
+            except Exception as exc:
+                raise SinkUnavailable(exc) from exc
         try:
             futures = [self._producer.send(self.cfg.topic, key=k, value=v) for k, v in records]
             self._producer.flush(timeout=self.cfg.request_timeout_ms / 1000)
@@ -124,8 +180,10 @@ class Shipper:
 
     def __init__(self, cfg: KafkaConfig, spool: Spool, conn: Connection | None, status: Any, error: Any,
                  flush_s: float, sink: Any = None, report: bool = True,
-                 languages: tuple[str, ...] = LANGUAGES) -> None:
+                 languages: tuple[str, ...] = LANGUAGES, dead_letters: DeadLetters | None = None) -> None:
         self.cfg = cfg
+        self.dead_letters = dead_letters or dead_letters_for(spool.dir, cfg.spool.dead_letter_max_bytes)
+        self._isolate = 0  # records still to send one at a time after a batch was refused for a record
         self.languages = languages
         self.spool = spool
         self.conn = conn
@@ -144,7 +202,16 @@ class Shipper:
 
     # -- receiving --------------------------------------------------------------------------------
     def append(self, records: list[Record]) -> None:
-        """Append records to the spool and count what a full spool dropped."""
+        """Append records to the spool (setting aside any that cannot be framed); count what a full spool dropped."""
+        if any(frame_error(k, v) for k, v in records):
+            kept = []
+            for k, v in records:
+                problem = frame_error(k, v)
+                if problem:
+                    self.dead_letters.add("unserialisable", k, v, problem)
+                else:
+                    kept.append((k, v))
+            records = kept
         with self._lock:
             dropped = self.spool.append(records) if records else 0
             dropped += self.spool.take_dropped_oldest()
@@ -162,25 +229,51 @@ class Shipper:
                 blob = self.conn.recv_bytes()
                 if not blob:  # the worker's close marker
                     break
-                self.append([(k, with_language(v, s, self.languages) if s else v) for k, v, s in decode_batch(blob)])
+                self.append([(k, self._enrich(v, s)) for k, v, s in decode_batch(blob)])
         except (EOFError, OSError):
             log.warning("event pipe closed without a close marker (the worker died?); flushing the spool")
         finally:
             self._eof.set()
             self._wake.set()
 
+    def _enrich(self, value: bytes, sample: bytes) -> bytes:
+        """Return the event with its prompt's language, or unchanged when it has no sample (or is not JSON)."""
+        if not sample:
+            return value
+        try:
+            return with_language(value, sample, self.languages)
+        except Exception as exc:  # sent without a language rather than not at all
+            log.warning("could not add the language to an event (%s: %s)", type(exc).__name__, exc)
+            return value
+
     # -- shipping ---------------------------------------------------------------------------------
     def ship_once(self) -> bool:
-        """Send one batch from the spool; return True when it was acknowledged (or there was nothing)."""
+        """Send one batch from the spool; return True when it was acknowledged or set aside (or there was nothing).
+
+        After a batch was refused for one of its records, the next records go one at a time, so
+        that only the offending record is set aside.
+        """
         with self._lock:
-            records, pos = self.spool.read(self.cfg.batch_max_events)
+            records, pos = self.spool.read(1 if self._isolate else self.cfg.batch_max_events)
         if not records:
+            self._isolate = 0
             return True
         t0 = time.perf_counter()
         try:
             self.sink.send(records)
-        except Exception as exc:  # any failure means: keep the batch on disk, retry later
-            name = type(exc).__name__
+        except Exception as exc:
+            reason = record_error_reason(exc)
+            if reason is not None and len(records) > 1:
+                log.warning("Kafka refused a batch of %d events (%s); sending them one at a time",
+                            len(records), type(exc).__name__)
+                self._isolate = len(records)
+                return True  # not a connection problem: go on at once, one record at a time
+            if reason is not None:
+                (key, value), = records
+                self.dead_letters.add(reason, key, value, f"{type(exc).__name__}: {exc}")
+                self._acknowledged(pos, 1, t0, count_sent=False)
+                return True
+            name = type(exc.cause if isinstance(exc, SinkUnavailable) else exc).__name__
             metrics.EVENT_SEND_ERRORS.labels(name).inc()
             if self.connected or self.last_error != name:
                 log.warning("Kafka unreachable (%s: %s); events are spooled to %s", name, exc, self.spool.dir)
@@ -189,17 +282,23 @@ class Shipper:
             self._next_attempt = time.monotonic() + self._backoff
             self._backoff = min(self._backoff * 2, self.cfg.reconnect_backoff_max_ms / 1000)
             return False
+        self._acknowledged(pos, len(records), t0)
+        return True
+
+    def _acknowledged(self, pos: Any, n: int, t0: float, count_sent: bool = True) -> None:
+        """Advance the spool past ``n`` records that Kafka acknowledged (or that were set aside)."""
         metrics.EVENT_SEND_SECONDS.observe(time.perf_counter() - t0)
         with self._lock:
-            self.spool.commit(pos, len(records))
-        self.status[SENT] += len(records)
-        metrics.EVENTS_SENT.inc(len(records))
+            self.spool.commit(pos, n)
+        self._isolate = max(0, self._isolate - n)
+        if count_sent:
+            self.status[SENT] += n
+            metrics.EVENTS_SENT.inc(n)
         if not self.connected:
             log.info("Kafka reachable at %s; delivering spooled events", self.cfg.bootstrap_servers)
         self._set_connected(True)
         self._backoff = self.cfg.reconnect_backoff_ms / 1000
         self._publish_state()
-        return True
 
     def run(self) -> None:
         """Ship until the pipe closes, then deliver what remains within ``flush_s``; then close the spool."""

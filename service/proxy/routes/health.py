@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -21,15 +21,22 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(request: Request) -> dict[str, Any]:
-    """Return ready once the config is loaded, with the Kafka delivery state (reported, not required)."""
+async def readyz(request: Request) -> Response:
+    """Return 200 once the config is loaded and event delivery runs, with the Kafka delivery state.
+
+    Kafka being unreachable does not fail readiness (events are spooled); a stalled delivery path
+    (writer thread or shipper process not running) does: 503 ``delivery_stalled``.
+    """
     runtime: Runtime = request.app.state.runtime
     pub = runtime.publisher
     kafka = None if pub is None else {
         "connected": pub.connected, "queued": pub.queued, "spooled": pub.spooled,
-        "dropped": pub.dropped, "last_error": pub.last_error}
-    return {"status": "ready", "experiments": len(runtime.config.experiments), "kafka": kafka,
-            "worker": int(os.environ.get("SPLITWATCH_WORKER_INDEX", "0")), "pid": os.getpid()}
+        "dropped": pub.dropped, "dead_lettered": pub.dead_lettered, "last_error": pub.last_error,
+        "delivery": "ok" if pub.healthy else "stalled"}
+    ready = pub is None or pub.healthy
+    body = {"status": "ready" if ready else "delivery_stalled", "experiments": len(runtime.config.experiments),
+            "kafka": kafka, "worker": int(os.environ.get("SPLITWATCH_WORKER_INDEX", "0")), "pid": os.getpid()}
+    return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json")
 
 
 @router.get("/metrics")
