@@ -27,6 +27,7 @@ WORKER_INDEX_ENV = "SPLITWATCH_WORKER_INDEX"
 WORKERS_ENV = "SPLITWATCH_WORKERS"
 CONFIG_PATH_ENV = "SPLITWATCH_CONFIG"
 OVERRIDES_POLL_S = 1.0
+STALE_CONNECTIONS_S = 1.0
 
 
 def create_app(config: Config, config_path: str | Path | None = None, *,
@@ -46,10 +47,12 @@ def create_app(config: Config, config_path: str | Path | None = None, *,
             loop.add_signal_handler(signal.SIGHUP, runtime.reload)  # only in the main thread
         runtime.reload_if_changed()
         poller = asyncio.create_task(_poll_overrides(runtime))
+        cleaner = asyncio.create_task(_close_stale_connections(runtime))
         try:
             yield
         finally:
             poller.cancel()
+            cleaner.cancel()
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGHUP)
             await runtime.clients.aclose()
@@ -73,6 +76,16 @@ async def _poll_overrides(runtime: Runtime) -> None:
             runtime.overrides.refresh()
         except (OSError, ValueError) as exc:
             log.error("cannot read admin overrides %s: %s", runtime.overrides.path, exc)
+
+
+async def _close_stale_connections(runtime: Runtime) -> None:
+    """Close upstream connections the upstream has closed or that expired while idle, every second."""
+    while True:
+        await asyncio.sleep(STALE_CONNECTIONS_S)
+        try:
+            await runtime.clients.close_stale()
+        except Exception:  # never let the cleaner die: sockets would pile up again
+            log.exception("closing stale upstream connections failed")
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -18,19 +18,20 @@ class ProxyError(Exception):
     code: str | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
-                 status_code: int | None = None) -> None:
+                 status_code: int | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.headers = headers  # e.g. X-Splitwatch-Request-Id on the proxy's own 502 and 504
         if code is not None:
             self.code = code
         if status_code is not None:
             self.status_code = status_code
 
-    def response(self, headers: dict[str, str] | None = None) -> Response:
+    def response(self) -> Response:
         """Return the HTTP response that reports this error."""
         return error_response(self.status_code, self.message, self.error_type, self.param, self.code,
-                              headers)
+                              self.headers)
 
 
 class InvalidRequest(ProxyError):
@@ -49,6 +50,20 @@ class PayloadTooLarge(ProxyError):
 
     status_code = 413
     code = "request_too_large"
+
+
+class RequestTimeout(ProxyError):
+    """The request body did not arrive within ``proxy.body_timeout_s`` (408)."""
+
+    status_code = 408
+    code = "request_timeout"
+
+
+class ClientGone(ProxyError):
+    """The client left before the request was read; nobody is there to read the answer (499)."""
+
+    status_code = 499
+    code = "client_disconnected"
 
 
 class UnsupportedMediaType(ProxyError):

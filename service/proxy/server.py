@@ -21,15 +21,26 @@ from pathlib import Path
 
 import uvicorn
 
+from ..config import ProxyConfig
 from ..logs import configure_logging
 
 log = logging.getLogger(__name__)
 
 
-def _uvicorn_config(app: object, host: str, port: int, graceful_s: float, factory: bool = False) -> uvicorn.Config:
+def _uvicorn_config(app: object, host: str, port: int, proxy: ProxyConfig, factory: bool = False) -> uvicorn.Config:
+    """Return uvicorn's config with the server-layer limits of ``proxy`` (docs/deployment.md).
+
+    httptools (uvicorn's fast parser) with our header size and header time limits
+    (:mod:`.http_limits`); ``limit_concurrency`` answers 503 past ``max_concurrency`` connections
+    per worker; ``timeout_keep_alive`` closes idle kept-alive connections.
+    """
+    from .http_limits import bounded_httptools_protocol
+
     return uvicorn.Config(app, host=host, port=port, factory=factory, log_level="info", access_log=False,
-                          timeout_graceful_shutdown=int(graceful_s) or None, lifespan="on",
-                          loop="auto", http="auto")
+                          timeout_graceful_shutdown=int(proxy.graceful_shutdown_s) or None, lifespan="on",
+                          loop="auto", http=bounded_httptools_protocol(proxy.max_header_bytes, proxy.header_timeout_s),
+                          limit_concurrency=proxy.max_concurrency, timeout_keep_alive=proxy.keep_alive_s,
+                          h11_max_incomplete_event_size=proxy.max_header_bytes)
 
 
 def _metrics_dir(state_dir: str, port: int) -> str:
@@ -56,17 +67,17 @@ def serve_single(config_path: str, host: str, port: int) -> None:
     from .app import create_app
 
     app = create_app(config, config_path)
-    uvicorn.Server(_uvicorn_config(app, host, port, config.proxy.graceful_shutdown_s)).run()
+    uvicorn.Server(_uvicorn_config(app, host, port, config.proxy)).run()
 
 
-def _worker_main(config_path: str, sock: socket.socket, index: int, graceful_s: float) -> None:
+def _worker_main(config_path: str, sock: socket.socket, index: int, proxy: ProxyConfig) -> None:
     # SIGHUP's default action kills the process: ignore it until the app installs its reload handler
     # (which then also catches up with a change made meanwhile).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     os.environ["SPLITWATCH_CONFIG"] = config_path
     os.environ["SPLITWATCH_WORKER_INDEX"] = str(index)
     configure_logging(index)
-    cfg = _uvicorn_config("splitwatch.service.proxy.app:app_from_env", "", 0, graceful_s, factory=True)
+    cfg = _uvicorn_config("splitwatch.service.proxy.app:app_from_env", "", 0, proxy, factory=True)
     uvicorn.Server(cfg).run(sockets=[sock])
 
 
@@ -87,7 +98,7 @@ def serve_workers(config_path: str, host: str, port: int, workers: int) -> None:
     stopping = False
 
     def start(index: int) -> None:
-        p = ctx.Process(target=_worker_main, args=(config_path, sock, index, config.proxy.graceful_shutdown_s),
+        p = ctx.Process(target=_worker_main, args=(config_path, sock, index, config.proxy),
                         name=f"splitwatch-worker-{index}")
         p.start()
         procs[index] = p

@@ -58,6 +58,22 @@ class ShardedClient:
 
         return self.transports[i], release
 
+    async def close_stale(self) -> int:
+        """Close the idle connections that have expired or that the upstream has closed; return how many.
+
+        httpcore cleans a pool only when a request passes through it, and an idle proxy leases only
+        the first pool, so the others kept sockets the upstream had closed (CLOSE-WAIT) for ever.
+        """
+        closed = 0
+        for t in self.transports:
+            # httpx keeps its httpcore pool private (`_pool`); `connections`, `is_idle`, `has_expired`
+            # and `aclose` are httpcore's public connection interface.
+            for conn in t._pool.connections:
+                if conn.is_idle() and conn.has_expired():
+                    await conn.aclose()
+                    closed += 1
+        return closed
+
     async def aclose(self) -> None:
         """Close every pool."""
         for t in self.transports:
@@ -77,6 +93,10 @@ class UpstreamClients:
         if sharded is None:
             sharded = self._clients[key] = ShardedClient(up)
         return sharded.lease()
+
+    async def close_stale(self) -> int:
+        """Close stale idle connections of every upstream (see :meth:`ShardedClient.close_stale`); return how many."""
+        return sum([await c.close_stale() for c in list(self._clients.values())])
 
     async def aclose(self) -> None:
         """Close every pooled transport."""

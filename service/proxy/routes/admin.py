@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..assignment import CompiledExperiment
 from ..errors import AdminDisabled, InvalidRequest, NotFound, Unauthorized
-from ..request_body import parse_json_object, read_limited_body
+from ..openapi import inline_schema, request_body
+from ..request_body import check_identifier, parse_json_object, read_limited_body
 from ..runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -37,11 +38,14 @@ router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
 
 
 class ExperimentChange(BaseModel):
-    """The body of ``PUT /admin/experiments/{key}``."""
+    """The body of ``PUT /admin/experiments/{key}``. Strict: ``"0.5"`` is not a coverage."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     status: Literal["running", "paused"] | None = None
-    coverage: float | None = Field(None, ge=0, le=1)
+    coverage: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+
+
+CHANGE_REQUEST = request_body(inline_schema(ExperimentChange))
 
 
 def _describe(runtime: Runtime, exp: CompiledExperiment) -> dict[str, Any]:
@@ -61,6 +65,7 @@ def _describe(runtime: Runtime, exp: CompiledExperiment) -> dict[str, Any]:
 
 
 def _experiment(runtime: Runtime, key: str) -> CompiledExperiment:
+    check_identifier(key, "key", runtime.config.proxy.max_id_bytes)
     exp = runtime.snapshot.table.by_key.get(key)
     if exp is None:
         raise NotFound(f"no experiment {key!r}", param="key", code="experiment_not_found")
@@ -83,12 +88,14 @@ async def get_experiment(key: str, request: Request) -> dict[str, Any]:
     return _describe(runtime, _experiment(runtime, key))
 
 
-@router.put("/experiments/{key}")
+@router.put("/experiments/{key}", openapi_extra=CHANGE_REQUEST)
 async def change_experiment(key: str, request: Request) -> dict[str, Any]:
     """Pause, resume or change the coverage of an experiment; return its new state."""
     runtime: Runtime = request.app.state.runtime
     exp = _experiment(runtime, key)
-    body = parse_json_object(request, await read_limited_body(request, 64 * 1024))
+    limits = runtime.config.proxy
+    body = parse_json_object(request, await read_limited_body(request, 64 * 1024, limits.body_timeout_s),
+                             limits.max_json_depth)
     try:
         change = ExperimentChange.model_validate(body)
     except ValidationError as exc:

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from ..request_body import check_identifier
 from ..runtime import Runtime
 
 router = APIRouter()
@@ -15,6 +16,7 @@ router = APIRouter()
 async def get_assignments(unit_id: str, request: Request) -> dict[str, Any]:
     """Return the unit's assignment (arm, bucket, whether it counts) in each configured experiment."""
     runtime: Runtime = request.app.state.runtime
+    check_identifier(unit_id, "unit_id", runtime.config.proxy.max_id_bytes)
     out = []
     for exp in runtime.snapshot.table.by_key.values():
         a = runtime.assign(exp, unit_id)

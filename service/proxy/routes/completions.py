@@ -25,7 +25,8 @@ from ...events import ExposureEvent, ResponseEvent
 from ...features import features_of_prompt, language_sample, prompt_text
 from ..assignment import Assignment
 from ..errors import InvalidRequest, ModelNotFound, UpstreamError, error_body
-from ..request_body import parse_json_object, read_limited_body
+from ..openapi import CHAT_REQUEST, COMPLETION_REQUEST
+from ..request_body import check_identifier, parse_json_object, read_limited_body
 from ..runtime import Runtime
 from ..upstream import (
     ClientDisconnected,
@@ -44,24 +45,25 @@ FORCE_HEADER = "x-splitwatch-force-arm"
 Kind = Literal["chat", "completions"]
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=CHAT_REQUEST)
 async def chat_completions(request: Request) -> Response:
     """Return the upstream's chat completion (JSON or SSE stream) for the request's arm."""
     return await _proxy(request, "chat")
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", openapi_extra=COMPLETION_REQUEST)
 async def completions(request: Request) -> Response:
     """Return the upstream's text completion (JSON or SSE stream) for the request's arm."""
     return await _proxy(request, "completions")
 
 
-def validate_body(body: dict[str, Any], kind: Kind) -> None:
+def validate_body(body: dict[str, Any], kind: Kind, max_id_bytes: int) -> None:
     """Raise InvalidRequest naming the field when the body is not a valid request of this kind."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' is required and must be a non-empty string", param="model",
                              code="missing_required_parameter" if model is None else "invalid_type")
+    check_identifier(model, "model", max_id_bytes)
     if kind == "chat":
         messages = body.get("messages")
         if messages is None:
@@ -82,6 +84,8 @@ def validate_body(body: dict[str, Any], kind: Kind) -> None:
         raise InvalidRequest("'stream' must be a boolean", param="stream", code="invalid_type")
     if "user" in body and not isinstance(body["user"], str):
         raise InvalidRequest("'user' must be a string", param="user", code="invalid_type")
+    if body.get("user"):
+        check_identifier(body["user"], "user", max_id_bytes)
 
 
 @dataclass
@@ -138,9 +142,10 @@ async def _proxy(request: Request, kind: Kind) -> Response:
     runtime: Runtime = request.app.state.runtime
     snap = runtime.snapshot
     config = snap.config
-    raw = await read_limited_body(request, config.proxy.max_body_bytes)
-    body = parse_json_object(request, raw)
-    validate_body(body, kind)
+    limits = config.proxy
+    raw = await read_limited_body(request, limits.max_body_bytes, limits.body_timeout_s)
+    body = parse_json_object(request, raw, limits.max_json_depth)
+    validate_body(body, kind, limits.max_id_bytes)
     model: str = body["model"]
     exp = snap.table.for_model(model)
     path = "/chat/completions" if kind == "chat" else "/completions"
@@ -150,8 +155,11 @@ async def _proxy(request: Request, kind: Kind) -> Response:
         raise ModelNotFound(f"The model '{model}' does not exist or is not served by this proxy",
                             param="model")
     unit_id = body.get("user") or request.headers.get(UNIT_HEADER) or None
+    if unit_id is not None and not body.get("user"):
+        check_identifier(unit_id, "X-Splitwatch-Unit", limits.max_id_bytes)
     forced = request.headers.get(FORCE_HEADER)
     if forced is not None:
+        check_identifier(forced, "X-Splitwatch-Force-Arm", limits.max_id_bytes)
         if not config.proxy.allow_forced_arm:
             raise InvalidRequest(f"the {FORCE_HEADER} header is disabled (proxy.allow_forced_arm)",
                                  param=FORCE_HEADER, code="forced_arm_disabled")
@@ -212,11 +220,22 @@ def _passed_through(resp: httpx.Response, content: bytes, headers: dict[str, str
                     media_type=resp.headers.get("content-type", "application/json"))
 
 
-async def _open_upstream(request: Request, call: _Call, up: UpstreamConfig,
-                         send: Awaitable[httpx.Response]) -> httpx.Response | None:
+class _BodyInterrupted(Exception):
+    """The upstream sent its status and headers, then the connection broke before the body's end."""
+
+    def __init__(self, cause: httpx.HTTPError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+async def _open_upstream(request: Request, call: _Call, up: UpstreamConfig, send: Awaitable[httpx.Response],
+                         headers: dict[str, str]) -> httpx.Response | None:
     """Return the upstream's response (headers at least), or None when the client left first.
 
-    Raises UpstreamError (504 on timeout, 502 when unreachable); every outcome is logged.
+    Raises UpstreamError: 504 on a timeout; 502 when the upstream cannot be reached
+    (``connect_error``), breaks the protocol before answering (``protocol_error``) or cuts its
+    body short (``body_interrupted``). Every outcome is logged; the error carries the request's
+    ``X-Splitwatch-Request-Id`` like any answer.
     """
     call.sent_at = time.perf_counter()
     try:
@@ -227,11 +246,19 @@ async def _open_upstream(request: Request, call: _Call, up: UpstreamConfig,
     except httpx.TimeoutException:
         call.finish(504, time.perf_counter() - call.sent_at, error="timeout")
         raise UpstreamError(f"the upstream model endpoint did not answer within {up.timeout_s:g} s",
-                            status_code=504, code="upstream_timeout") from None
+                            status_code=504, code="upstream_timeout", headers=headers) from None
+    except _BodyInterrupted as exc:
+        call.finish(502, time.perf_counter() - call.sent_at, error="body_interrupted")
+        raise UpstreamError(f"the upstream model endpoint broke off its answer ({type(exc.cause).__name__})",
+                            code="upstream_interrupted", headers=headers) from None
     except httpx.HTTPError as exc:
-        call.finish(502, time.perf_counter() - call.sent_at, error="connect_error")
-        raise UpstreamError(f"the upstream model endpoint is unreachable ({type(exc).__name__})",
-                            code="upstream_unreachable") from None
+        reason = "connect_error" if isinstance(exc, httpx.ConnectError) else "protocol_error"
+        call.finish(502, time.perf_counter() - call.sent_at, error=reason)
+        raise UpstreamError(f"the upstream model endpoint is unreachable ({type(exc).__name__})"
+                            if reason == "connect_error" else
+                            f"the upstream model endpoint gave no valid answer ({type(exc).__name__})",
+                            code="upstream_unreachable" if reason == "connect_error" else "upstream_protocol_error",
+                            headers=headers) from None
 
 
 async def _read_whole(transport: httpx.AsyncHTTPTransport, req: httpx.Request) -> httpx.Response:
@@ -239,6 +266,10 @@ async def _read_whole(transport: httpx.AsyncHTTPTransport, req: httpx.Request) -
     resp = await transport.handle_async_request(req)
     try:
         await resp.aread()
+    except httpx.TimeoutException:
+        raise
+    except httpx.HTTPError as exc:
+        raise _BodyInterrupted(exc) from exc
     finally:
         await resp.aclose()
     return resp
@@ -249,7 +280,7 @@ async def _forward(request: Request, call: _Call, arm: ArmConfig, path: str, pay
     transport, call.release = call.runtime.clients.lease(up)
     headers = _headers(call.assignment, call.request_id)
     resp = await _open_upstream(request, call, up, _read_whole(transport, build_request(
-        up, path, payload, call.request_id)))
+        up, path, payload, call.request_id)), headers)
     if resp is None:
         return Response(status_code=499)
     upstream_s = time.perf_counter() - call.sent_at
@@ -297,13 +328,19 @@ async def _forward_stream(request: Request, call: _Call, arm: ArmConfig, path: s
     transport, call.release = call.runtime.clients.lease(up)
     headers = _headers(call.assignment, call.request_id)
     resp = await _open_upstream(request, call, up, transport.handle_async_request(
-        build_request(up, path, payload, call.request_id)))
+        build_request(up, path, payload, call.request_id)), headers)
     if resp is None:
         return Response(status_code=499)
     if resp.status_code >= 400:
         # An error before the stream started: answer it as a plain JSON error.
-        content = await resp.aread()
-        await resp.aclose()
+        try:
+            content = await resp.aread()
+        except httpx.HTTPError as exc:
+            call.finish(502, time.perf_counter() - call.sent_at, error="body_interrupted")
+            raise UpstreamError(f"the upstream model endpoint broke off its answer ({type(exc).__name__})",
+                                code="upstream_interrupted", headers=headers) from None
+        finally:
+            await resp.aclose()
         upstream_s = time.perf_counter() - call.sent_at
         status = resp.status_code
         call.finish(status, upstream_s, error=_error_kind(status))
