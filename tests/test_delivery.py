@@ -109,13 +109,19 @@ def test_sigterm_under_load_loses_nothing_acknowledged(broker, stubs, tmp_path: 
     proxy = Proxy(tmp_path, base_config(broker.bootstrap, topic, tmp_path, [experiment_config(*stubs)]))
     proxy.start()
     traffic = Traffic(proxy.url, prefix="term", threads=6, pause_s=0.0).start()
+
+    def until_answered(n: int) -> None:  # by count, not by time: the machine's speed varies
+        deadline = time.monotonic() + 60
+        while len(traffic.answered) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     try:
-        time.sleep(1.5)
+        until_answered(150)
         # uvicorn re-raises the SIGTERM it caught once its graceful shutdown is done
         assert proxy.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
         assert "Application shutdown complete" in proxy.log() and "Traceback" not in proxy.log()
         proxy.start()
-        time.sleep(1.0)
+        until_answered(len(traffic.answered) + 60)
         traffic.stop()
         wait_delivered(proxy.url, timeout=60)
         events = unique_by_event_id(read_events(broker.bootstrap, topic, idle=2.0))

@@ -97,6 +97,9 @@ def test_rendered_workloads_line_up(values: dict[str, Any]) -> None:
             assert container["envFrom"] == [{"secretRef": {"name": values["existingSecret"]}}]
         if args.command == "proxy":
             assert pod["spec"]["terminationGracePeriodSeconds"] > cfg.proxy.graceful_shutdown_s
+        # every process is probed on a path it serves, on a port it listens on
+        probe = container["livenessProbe"]["httpGet"]
+        assert probe["path"] == "/healthz" and probe["port"] in ports
     for monitor in by_kind.get("ServiceMonitor", []):
         selector = monitor["spec"]["selector"]["matchLabels"]
         (target,) = [s for s in services.values() if _matches(selector, s["metadata"]["labels"])]
