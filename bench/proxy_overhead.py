@@ -12,7 +12,10 @@ single-worker proxies, one with Kafka logging on and one with it off. Then measu
    the medians on/off is the cost of logging;
 4. that every event of the logging-on run reached the broker's spool/Kafka with none dropped.
 
-Usage: python bench/proxy_overhead.py [--quick] [--pin]
+Usage: python bench/proxy_overhead.py [--quick] [--pin] [--rate R]
+
+To compare two versions of the code in one session, run this script with each version's interpreter
+(an editable install of each), interleaved; docs/benchmarks.md shows how.
 """
 
 from __future__ import annotations
@@ -87,6 +90,10 @@ def wrk_rate(url: str, seconds: int, connections: int = 32) -> float:
         "  counter = counter + 1\n"
         f"  local body = '{json.dumps(BODY)[:-1]}, \"user\": \"wrk-' .. counter .. '\"}}'\n"
         "  return wrk.format(nil, nil, nil, body)\n"
+        "end\n"
+        # name any failure: its status and the start of its body go to wrk's output
+        "response = function(status, headers, body)\n"
+        "  if status > 299 then io.write('NON2XX ' .. status .. ' ' .. string.sub(body, 1, 300) .. '\\n') end\n"
         "end\n")
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url],
                          capture_output=True, text=True, check=True).stdout
@@ -107,11 +114,14 @@ def main() -> None:
     ap.add_argument("--pin", action="store_true",
                     help="proxy worker alone on CPU 0; its shipper, the broker, the stub and the load "
                          "generators on CPU 1: isolates the request path's own cost")
+    ap.add_argument("--rate", type=float, default=300.0,
+                    help="open-loop rate in requests/s (default 300; lower it on a slow machine, where 300/s "
+                         "would measure queueing only)")
     args = ap.parse_args()
     if args.pin:
         os.sched_setaffinity(0, {1})  # this process and what it starts (broker, stubs, wrk) on CPU 1
         os.environ["SPLITWATCH_SHIPPER_CPUS"] = "1"
-    n1, rate, ol_s, wrk_s, rounds = (300, 100, 3, 3, 1) if args.quick else (3000, 300, 15, 10, 5)
+    n1, rate, ol_s, wrk_s, rounds = (300, min(args.rate, 100), 3, 3, 1) if args.quick else (3000, args.rate, 15, 10, 5)
     if not shutil.which("wrk"):
         sys.exit("wrk is needed for the throughput part: apt-get install wrk")
     work = Path(tempfile.mkdtemp(prefix="splitwatch-bench-"))

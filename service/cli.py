@@ -35,13 +35,20 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyzer(args: argparse.Namespace) -> int:
+    from kafka.errors import KafkaError
+
     from .analyzer.lake import LakeLockedError
     from .analyzer.process import run_analyzer
 
+    cfg = load_config(args.config)
     try:
-        return run_analyzer(load_config(args.config), once=args.once, host=args.host, port=args.port)
+        return run_analyzer(cfg, once=args.once, host=args.host, port=args.port)
     except LakeLockedError as exc:
         print(f"splitwatch: {exc}", file=sys.stderr)
+        return 2
+    except KafkaError as exc:  # --once does not wait for Kafka (the live analyzer retries)
+        print(f"splitwatch: Kafka unreachable at {cfg.kafka.bootstrap_servers} ({type(exc).__name__}: {exc})",
+              file=sys.stderr)
         return 2
 
 

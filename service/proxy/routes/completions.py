@@ -248,17 +248,22 @@ async def _open_upstream(request: Request, call: _Call, up: UpstreamConfig, send
         raise UpstreamError(f"the upstream model endpoint did not answer within {up.timeout_s:g} s",
                             status_code=504, code="upstream_timeout", headers=headers) from None
     except _BodyInterrupted as exc:
-        call.finish(502, time.perf_counter() - call.sent_at, error="body_interrupted")
-        raise UpstreamError(f"the upstream model endpoint broke off its answer ({type(exc.cause).__name__})",
-                            code="upstream_interrupted", headers=headers) from None
+        raise _interrupted(call, exc.cause, headers) from None
     except httpx.HTTPError as exc:
-        reason = "connect_error" if isinstance(exc, httpx.ConnectError) else "protocol_error"
+        if isinstance(exc, httpx.ConnectError):
+            reason, code, what = "connect_error", "upstream_unreachable", "is unreachable"
+        else:
+            reason, code, what = "protocol_error", "upstream_protocol_error", "gave no valid answer"
         call.finish(502, time.perf_counter() - call.sent_at, error=reason)
-        raise UpstreamError(f"the upstream model endpoint is unreachable ({type(exc).__name__})"
-                            if reason == "connect_error" else
-                            f"the upstream model endpoint gave no valid answer ({type(exc).__name__})",
-                            code="upstream_unreachable" if reason == "connect_error" else "upstream_protocol_error",
+        raise UpstreamError(f"the upstream model endpoint {what} ({type(exc).__name__})", code=code,
                             headers=headers) from None
+
+
+def _interrupted(call: _Call, cause: httpx.HTTPError, headers: dict[str, str]) -> UpstreamError:
+    """Log a body the upstream cut short (502 ``body_interrupted``); return the error to raise."""
+    call.finish(502, time.perf_counter() - call.sent_at, error="body_interrupted")
+    return UpstreamError(f"the upstream model endpoint broke off its answer ({type(cause).__name__})",
+                         code="upstream_interrupted", headers=headers)
 
 
 async def _read_whole(transport: httpx.AsyncHTTPTransport, req: httpx.Request) -> httpx.Response:
@@ -336,9 +341,7 @@ async def _forward_stream(request: Request, call: _Call, arm: ArmConfig, path: s
         try:
             content = await resp.aread()
         except httpx.HTTPError as exc:
-            call.finish(502, time.perf_counter() - call.sent_at, error="body_interrupted")
-            raise UpstreamError(f"the upstream model endpoint broke off its answer ({type(exc).__name__})",
-                                code="upstream_interrupted", headers=headers) from None
+            raise _interrupted(call, exc, headers) from None
         finally:
             await resp.aclose()
         upstream_s = time.perf_counter() - call.sent_at
