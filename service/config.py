@@ -56,6 +56,10 @@ class UpstreamConfig(_Strict):
     timeout_s: float = Field(60.0, gt=0)
     connect_timeout_s: float = Field(5.0, gt=0)
     max_connections: int = Field(200, ge=1)
+    # Idle pooled connections are closed after this. Keep it below the upstream server's own
+    # keep-alive timeout (uvicorn, hence vLLM: 5 s): otherwise the proxy can send a request on a
+    # connection the upstream is closing at that instant, and the request fails with a 502.
+    keepalive_expiry_s: float = Field(4.0, gt=0)
     # streams: ask for token usage (stream_options.include_usage) when the client did not, to log
     # token counts, and drop that extra chunk before the client sees it. Off for a server that
     # refuses stream_options.

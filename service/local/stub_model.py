@@ -222,10 +222,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--completion-tokens", type=int, default=8)
     p.add_argument("--status", type=int, default=200)
     p.add_argument("--fail-rate", type=float, default=0.0)
+    p.add_argument("--keep-alive-s", type=int, default=5, help="idle keep-alive timeout (uvicorn's default: 5)")
     a = p.parse_args(argv)
     app = StubModelApp(StubSettings(a.name, a.latency_ms, a.token_delay_ms, a.completion_tokens, a.status,
                                     a.fail_rate))
-    uvicorn.run(app, host=a.host, port=a.port, log_level="warning", access_log=False, lifespan="on")
+    uvicorn.run(app, host=a.host, port=a.port, log_level="warning", access_log=False, lifespan="on",
+                timeout_keep_alive=a.keep_alive_s)
 
 
 if __name__ == "__main__":

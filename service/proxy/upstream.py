@@ -40,7 +40,8 @@ class ShardedClient:
     def __init__(self, up: UpstreamConfig) -> None:
         shards = max(1, math.ceil(up.max_connections / SHARD_CONNECTIONS))
         per_shard = min(up.max_connections, SHARD_CONNECTIONS)
-        limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
+        limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard,
+                              keepalive_expiry=up.keepalive_expiry_s)
         self.transports = [httpx.AsyncHTTPTransport(limits=limits) for _ in range(shards)]
         self.in_flight = [0] * shards
 
@@ -84,11 +85,11 @@ class UpstreamClients:
     """One :class:`ShardedClient` per distinct upstream base URL and connection limit."""
 
     def __init__(self) -> None:
-        self._clients: dict[tuple[str, int], ShardedClient] = {}
+        self._clients: dict[tuple[str, int, float], ShardedClient] = {}
 
     def lease(self, up: UpstreamConfig) -> tuple[httpx.AsyncHTTPTransport, Callable[[], None]]:
         """Return a pooled transport for this upstream and its release function."""
-        key = (up.base_url, up.max_connections)
+        key = (up.base_url, up.max_connections, up.keepalive_expiry_s)
         sharded = self._clients.get(key)
         if sharded is None:
             sharded = self._clients[key] = ShardedClient(up)
