@@ -18,7 +18,6 @@ silently.
 from __future__ import annotations
 
 import base64
-import contextlib
 import logging
 import os
 import threading
@@ -43,6 +42,7 @@ class DeadLetters:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        self._counted = (0, 0)  # (bytes read, lines in them): count() reads only what was appended since
 
     def add(self, reason: DeadLetterReason, key: bytes, value: bytes, error: str) -> bool:
         """Append one dead letter and count it; return False (counted as dropped) when the file is full."""
@@ -78,10 +78,22 @@ class DeadLetters:
         return True
 
     def count(self) -> int:
-        """Return the number of dead letters in the file (0 when there is none)."""
-        with contextlib.suppress(FileNotFoundError), open(self.path, "rb") as f:
-            return sum(1 for _ in f)
-        return 0
+        """Return the number of dead letters in the file (0 when there is none).
+
+        Cheap enough for every /readyz probe: only the bytes appended since the last call are read
+        (the file only grows; another process may append to it).
+        """
+        with self._lock:
+            offset, lines = self._counted
+            try:
+                with open(self.path, "rb") as f:
+                    f.seek(offset)
+                    chunk = f.read()
+            except FileNotFoundError:
+                return 0
+            whole = chunk[: chunk.rfind(b"\n") + 1]  # a line being written counts once it is complete
+            self._counted = (offset + len(whole), lines + whole.count(b"\n"))
+            return self._counted[1]
 
 
 def dead_letters_for(spool_dir: str | Path, max_bytes: int) -> DeadLetters:
