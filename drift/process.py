@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from collections import OrderedDict
 from typing import Any
 
@@ -27,7 +26,6 @@ from .monitor import ExperimentMonitor
 
 log = logging.getLogger(__name__)
 SEEN_IDS = 200_000  # recent event ids kept for deduplication (delivery is at least once)
-CONNECTION_CHECK_S = 1.0
 
 
 class DriftService:
@@ -87,7 +85,6 @@ class DriftService:
         consumer = connect_with_retry(self._connect, supervisor, stop, "drift detector")
         if consumer is None:
             return
-        next_check = time.monotonic() + CONNECTION_CHECK_S
         try:
             while not stop.is_set():
                 for records in consumer.poll(timeout_ms=500).values():
@@ -95,10 +92,7 @@ class DriftService:
                         self.handle(r.value)
                 self.flush_events()
                 if supervisor is not None:
-                    supervisor.beat()
-                    if time.monotonic() >= next_check:
-                        supervisor.set_connected(consumer_connected(consumer), "broker unreachable")
-                        next_check = time.monotonic() + CONNECTION_CHECK_S
+                    supervisor.polled(lambda: consumer_connected(consumer))
         finally:
             consumer.close()
             self.flush_events()

@@ -22,6 +22,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
 
 log = logging.getLogger(__name__)
+CONNECTION_CHECK_S = 1.0
 
 
 class Supervisor:
@@ -45,6 +46,7 @@ class Supervisor:
         self.connected = False
         self.last_error: str | None = None
         self.last_beat = time.monotonic()
+        self._next_check = 0.0
         self.thread = threading.Thread(target=self._run, name=f"splitwatch-{name}", daemon=True)
 
     def start(self) -> Supervisor:
@@ -56,6 +58,14 @@ class Supervisor:
     def beat(self) -> None:
         """Record that the loop is making progress."""
         self.last_beat = time.monotonic()
+
+    def polled(self, is_connected: Callable[[], bool]) -> None:
+        """Record one iteration of the loop; at most once a second, ask ``is_connected`` and record it."""
+        self.beat()
+        now = time.monotonic()
+        if now >= self._next_check:
+            self.set_connected(is_connected(), "broker unreachable")
+            self._next_check = now + CONNECTION_CHECK_S
 
     def set_connected(self, value: bool, error: str | None = None) -> None:
         """Record whether Kafka answered the loop's last call (and the error when it did not)."""

@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 CATCH_UP_IDLE_S = 1.0
-CONNECTION_CHECK_S = 1.0
 
 
 @dataclass
@@ -125,7 +124,6 @@ class Ingestor:
             self.lake.close()
             return stats
         self._consumer = consumer
-        next_check = time.monotonic() + CONNECTION_CHECK_S
         targets: dict[int, int] | None = None
         pending: dict[int, list[Record]] = defaultdict(list)
         batch_started = 0.0
@@ -135,10 +133,7 @@ class Ingestor:
             while not stop.is_set():
                 polled = self._consumer.poll(timeout_ms=200, max_records=a.batch_max_events)
                 if supervisor is not None:
-                    supervisor.beat()
-                    if time.monotonic() >= next_check:
-                        supervisor.set_connected(consumer_connected(self._consumer), "broker unreachable")
-                        next_check = time.monotonic() + CONNECTION_CHECK_S
+                    supervisor.polled(lambda: consumer_connected(consumer))
                 for tp, msgs in polled.items():
                     for m in msgs:
                         if m.offset < self.next_offsets.get(tp.partition, 0):

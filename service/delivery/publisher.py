@@ -204,18 +204,13 @@ class EventPublisher:
             self._set_aside_unsent()
 
     def _set_aside_unsent(self) -> None:
+        while self._queue:
+            record = self._serialise(self._queue.popleft())
+            if record is not None:
+                self._pending.append(record)
         for key, value, _sample in self._pending:
             self.dead_letters.add("undelivered_at_shutdown", key, value, "the event shipper was unreachable")
         self._pending = []
-        while self._queue:
-            ev = self._queue.popleft()
-            try:
-                key, value = ev.key(), ev.to_json()  # type: ignore[attr-defined]
-            except Exception as exc:
-                key, value = b"", repr(ev).encode(errors="replace")
-                self.dead_letters.add("unserialisable", key, value, f"{type(exc).__name__}: {exc}")
-                continue
-            self.dead_letters.add("undelivered_at_shutdown", key, value, "the event shipper was unreachable")
 
     # -- writer thread ----------------------------------------------------------------------------
     def _serialise(self, ev: BaseModel) -> PipeRecord | None:

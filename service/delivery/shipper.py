@@ -202,16 +202,10 @@ class Shipper:
 
     # -- receiving --------------------------------------------------------------------------------
     def append(self, records: list[Record]) -> None:
-        """Append records to the spool (setting aside any that cannot be framed); count what a full spool dropped."""
-        if any(frame_error(k, v) for k, v in records):
-            kept = []
-            for k, v in records:
-                problem = frame_error(k, v)
-                if problem:
-                    self.dead_letters.add("unserialisable", k, v, problem)
-                else:
-                    kept.append((k, v))
-            records = kept
+        """Append records to the spool and count what a full spool dropped.
+
+        The worker sets aside what cannot be framed (:func:`frame_error`) before handing it over.
+        """
         with self._lock:
             dropped = self.spool.append(records) if records else 0
             dropped += self.spool.take_dropped_oldest()
