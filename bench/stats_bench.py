@@ -36,7 +36,8 @@ def make_inputs(rng: np.random.Generator) -> tuple[list[MetricDefinition], dict]
         kind = KINDS[i % len(KINDS)]
         name = f"m{i}_{kind}"
         metrics.append(MetricDefinition(name=name, kind="continuous" if kind == "cuped" else kind,
-                                        direction="increase", guardrail=i == 9, margin=0.01,
+                                        direction="increase", role="guardrail" if i == 9 else "primary",
+                                        margin=0.01 if i == 9 else None,
                                         quantile=0.95 if kind == "quantile" else None))
         for arm in arms:
             n = int(rng.integers(5_000, 50_000))

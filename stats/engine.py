@@ -24,27 +24,38 @@ from .estimates import (
     quantile_estimate,
     ratio_estimate,
 )
-from .guardrails import GuardrailResult, check_guardrail
+from .guardrails import DEFAULT_MIN_UNITS, GuardrailResult, GuardrailSpec, check_guardrail
 from .metric import MetricDefinition
 from .multiple_testing import adjust_p_values
 from .sequential import DEFAULT_N_STAR, compare_sequential
-from .srm import DEFAULT_SRM_ALPHA, SRMResult, srm_chi_square, srm_sequential
+from .srm import DEFAULT_SRM_ALPHA, SRMResult, srm_checks
 from .statistics import QuantileStats, RatioStats, RegressionStats, SampleStats
 
 Stats = SampleStats | RatioStats | RegressionStats | QuantileStats
-Decision = Literal["better", "worse", "inconclusive", "guardrail_breached"]
+Decision = Literal["better", "worse", "inconclusive"]
 
 
 @dataclass(frozen=True)
 class AnalysisOptions:
-    """How to analyse: significance level, multiple-testing correction, sequential testing, SRM."""
+    """How to analyse: significance, correction, scale, sequential testing, guardrails, SRM, minimum sample."""
 
     alpha: float = 0.05
     correction: Literal["holm", "bh", "bonferroni", "none"] = "holm"
     sequential: bool = False
     n_star: int = DEFAULT_N_STAR
     srm_alpha: float = DEFAULT_SRM_ALPHA
-    srm_sequential: bool = False
+    srm_sequential: bool = False  # which SRM test is the headline ``srm`` (both are in ``srm_tests``)
+    decision_scale: Literal["absolute", "relative"] = "absolute"  # which p-value decides
+    guardrail_alpha: float = 0.05  # level of each one-sided guardrail bound (0.05: a 90% interval)
+    min_units_per_arm: int = DEFAULT_MIN_UNITS  # below it, no guardrail is non-inferior and nothing ships
+
+    def __post_init__(self) -> None:
+        for name in ("alpha", "guardrail_alpha", "srm_alpha"):
+            v = getattr(self, name)
+            if not 0 < v < 1:
+                raise InvalidSpecification(f"{name} must be in (0, 1), got {v!r}")
+        if self.min_units_per_arm < 2:
+            raise InvalidSpecification("min_units_per_arm must be >= 2")
 
 
 @dataclass(frozen=True)
@@ -59,14 +70,21 @@ class ArmValue:
 
 @dataclass(frozen=True)
 class MetricResult:
-    """One metric, one treatment arm against the control."""
+    """One metric, one treatment arm against the control.
+
+    ``p_value`` is the deciding scale's (``options.decision_scale``); ``p_value_adjusted`` is it
+    after the correction of the metric's role family (primaries together, secondaries together;
+    guardrails and diagnostics are not adjusted). ``decision`` reads the adjusted p-value.
+    """
 
     metric: str
     kind: str
+    role: str
     arm: str
     control: ArmValue
     treatment: ArmValue
     effect: Effect
+    p_value: float
     p_value_adjusted: float
     bayesian: BayesianSummary
     guardrail: GuardrailResult | None
@@ -80,12 +98,13 @@ class MetricResult:
 
 @dataclass(frozen=True)
 class ExperimentResult:
-    """Every metric and arm, and the sample ratio check."""
+    """Every metric and arm, and the sample ratio checks."""
 
     results: list[MetricResult]
-    srm: SRMResult | None
+    srm: SRMResult | None  # the headline SRM test (sequential or chi-square, per the options)
     options: AnalysisOptions = field(default_factory=AnalysisOptions)
     skipped: dict[str, str] = field(default_factory=dict)  # metric -> why it could not be tested
+    srm_tests: tuple[SRMResult, ...] = ()  # chi-square, sequential, arm counts
 
     def get(self, metric: str, arm: str) -> MetricResult:
         """Return the result of ``metric`` for treatment ``arm``."""
@@ -93,6 +112,11 @@ class ExperimentResult:
             if r.metric == metric and r.arm == arm:
                 return r
         raise KeyError((metric, arm))
+
+    @property
+    def srm_mismatch(self) -> bool:
+        """Return True when any SRM check failed."""
+        return any(t.mismatch for t in self.srm_tests) or (self.srm is not None and self.srm.mismatch)
 
 
 def _estimates(metric: MetricDefinition, per_arm: Mapping[str, Stats]) -> dict[str, ArmEstimate]:
@@ -123,35 +147,56 @@ def _effect(metric: MetricDefinition, c: ArmEstimate, t: ArmEstimate, sc: Stats,
     return effect
 
 
+def _is_plain_binary(metric: MetricDefinition, sc: Stats, stt: Stats) -> bool:
+    return metric.kind == "binary" and isinstance(sc, SampleStats) and isinstance(stt, SampleStats)
+
+
 def _plain_effect(metric: MetricDefinition, c: ArmEstimate, t: ArmEstimate, sc: Stats, stt: Stats,
                   options: AnalysisOptions) -> Effect:
+    binary = _is_plain_binary(metric, sc, stt)
+    if binary and c.variance + t.variance == 0:
+        return compare_proportions(sc, stt, options.alpha)  # type: ignore[arg-type]  # no test: p = 1
     if options.sequential:
         return compare_sequential(c, t, options.alpha, options.n_star)
-    if metric.kind == "binary" and isinstance(sc, SampleStats) and isinstance(stt, SampleStats):
-        return compare_proportions(sc, stt, options.alpha)
+    if binary:
+        return compare_proportions(sc, stt, options.alpha)  # type: ignore[arg-type]
     if c.df is not None and t.df is not None and not isinstance(sc, RegressionStats):
         return compare(c, t, options.alpha, "welch")
     return compare(c, t, options.alpha, "z")
 
 
-def _decision(effect_good: float, p: float, alpha: float, guardrail: GuardrailResult | None) -> Decision:
-    if guardrail is not None and guardrail.status == "breached":
-        return "guardrail_breached"
+def _deciding_p(metric: MetricDefinition, effect: Effect, scale: str) -> float:
+    if scale == "absolute":
+        return effect.p_value
+    if effect.relative_p_value is None:
+        raise InvalidStatistics("the control's value is 0: no relative effect to decide on")
+    return effect.relative_p_value
+
+
+def _decision(effect_good: float, p: float, alpha: float) -> Decision:
     if p < alpha:
         return "better" if effect_good > 0 else "worse"
     return "inconclusive"
 
 
+def check_srm(units: Mapping[str, int], weights: Mapping[str, float], options: AnalysisOptions
+              ) -> tuple[SRMResult | None, tuple[SRMResult, ...]]:
+    """Return the headline SRM test and all three checks (chi-square, sequential, arm counts)."""
+    tests = srm_checks(units, weights, options.srm_alpha)
+    return (tests[1] if options.srm_sequential else tests[0]), tests
+
+
 def analyze(metrics: Sequence[MetricDefinition], arm_stats: Mapping[str, Mapping[str, Stats]], control: str,
             weights: Mapping[str, float] | None = None, units: Mapping[str, int] | None = None,
             options: AnalysisOptions | None = None) -> ExperimentResult:
-    """Return the result of every metric for every treatment arm against ``control``, and the SRM check.
+    """Return the result of every metric for every treatment arm against ``control``, and the SRM checks.
 
     A metric whose statistics allow no test (zero variance in both arms, too few units) is left
     out of ``results`` and listed in ``skipped`` with the reason.
 
-    p-values of the non-guardrail comparisons are adjusted together (``options.correction``)
-    across metrics and arms; guardrails are judged uncorrected, so that harm is not hidden.
+    Correction families follow the roles: primaries x treatment arms are adjusted together
+    (``options.correction``), secondaries x arms together; guardrails (judged by their own
+    non-inferiority bounds, so that harm is not hidden) and diagnostics are not adjusted.
     """
     options = options or AnalysisOptions()
     if control not in arm_stats:
@@ -171,29 +216,38 @@ def analyze(metrics: Sequence[MetricDefinition], arm_stats: Mapping[str, Mapping
         # reported with the reason, and the other metrics are still analysed.
         try:
             est = _estimates(metric, per_arm)
-            effects = [(arm, _effect(metric, est[control], est[arm], per_arm[control], per_arm[arm], options))
-                       for arm in treatments]
+            rows = []
+            for arm in treatments:
+                eff = _effect(metric, est[control], est[arm], per_arm[control], per_arm[arm], options)
+                rows.append((metric, arm, est[control], est[arm], eff, _deciding_p(metric, eff,
+                                                                                    options.decision_scale)))
         except InvalidStatistics as exc:
             skipped[metric.name] = str(exc)
             continue
-        pending.extend((metric, arm, est[control], est[arm], eff) for arm, eff in effects)
-    primary = [i for i, (m, *_rest) in enumerate(pending) if not m.guardrail]
-    adjusted = dict(zip(primary, adjust_p_values([pending[i][4].p_value for i in primary], options.correction),
-                        strict=True))
+        pending.extend(rows)
+    adjusted: dict[int, float] = {}
+    for role in ("primary", "secondary"):
+        family = [i for i, row in enumerate(pending) if row[0].role == role]
+        adjusted.update(zip(family, adjust_p_values([pending[i][5] for i in family], options.correction),
+                            strict=True))
     results = []
-    for i, (metric, arm, c, t, eff) in enumerate(pending):
+    for i, (metric, arm, c, t, eff, p) in enumerate(pending):
         guard = None
         if metric.guardrail:
-            guard = check_guardrail(eff, metric.direction, metric.margin or 0.0, options.alpha,
-                                    relative=metric.relative_margin)
-        p_adj = adjusted.get(i, eff.p_value)
-        good = eff.absolute if metric.direction == "increase" else -eff.absolute
+            spec = GuardrailSpec(metric.direction, metric.margin or 0.0, metric.relative_margin,
+                                 options.guardrail_alpha, options.sequential, options.n_star,
+                                 options.min_units_per_arm)
+            guard = check_guardrail(spec, eff, c, t, arm_stats[control][metric.name], arm_stats[arm][metric.name],
+                                    binary=_is_plain_binary(metric, arm_stats[control][metric.name],
+                                                            arm_stats[arm][metric.name]))
+        p_adj = adjusted.get(i, p)
+        point = eff.absolute if options.decision_scale == "absolute" else (eff.relative or 0.0)
+        good = point if metric.direction == "increase" else -point
         results.append(MetricResult(
-            metric.name, metric.kind, arm, ArmValue(control, c.n, c.mean, c.se), ArmValue(arm, t.n, t.mean, t.se),
-            eff, p_adj, summarise(c, t, metric.direction, options.alpha), guard,
-            _decision(good, p_adj, options.alpha, guard)))
-    srm = None
+            metric.name, metric.kind, metric.role, arm, ArmValue(control, c.n, c.mean, c.se),
+            ArmValue(arm, t.n, t.mean, t.se), eff, p, p_adj, summarise(c, t, metric.direction, options.alpha),
+            guard, _decision(good, p_adj, options.alpha)))
+    srm, srm_tests = (None, ())
     if units is not None and weights is not None:
-        test = srm_sequential if options.srm_sequential else srm_chi_square
-        srm = test(units, weights, options.srm_alpha)
-    return ExperimentResult(results, srm, options, skipped)
+        srm, srm_tests = check_srm(units, weights, options)
+    return ExperimentResult(results, srm, options, skipped, srm_tests)

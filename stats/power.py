@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from scipy.optimize import brentq
@@ -96,3 +97,35 @@ def duration(units_needed: int, daily_units: float, coverage: float = 1.0) -> Du
         raise InvalidSpecification("daily_units must be positive and coverage in (0, 1]")
     per_day = daily_units * coverage
     return Duration(math.ceil(units_needed / per_day), units_needed, per_day)
+
+
+def units_to_reach(gap: float, variance: float, n: int, halfwidth: Callable[[float, int], float],
+                   power: float = 0.8, limit: int = 10**9) -> int | None:
+    """Return the total units N (>= n) at which an estimate ``gap`` away from its bound clears it with ``power``.
+
+    ``variance`` is the estimate's variance at ``n`` units; it shrinks as n/N. ``halfwidth(V, N)``
+    is the test's half-width (z or t times sqrt(V), or a confidence sequence's): power is reached
+    when gap - halfwidth(V_N, N) >= z_power sqrt(V_N). Returns None beyond ``limit`` units or for
+    a gap <= 0 (an effect that is not there is never detected).
+    """
+    if not 0 < power < 1:
+        raise InvalidSpecification("power must be in (0, 1)")
+    if gap <= 0 or variance <= 0 or n < 1:
+        return None
+    zb = norm_ppf(power)
+
+    def enough(total: int) -> bool:
+        v = variance * n / total
+        return gap - halfwidth(v, total) >= zb * math.sqrt(v)
+
+    if enough(n):
+        return n
+    lo, hi = n, 2 * n
+    while not enough(hi):
+        if hi > limit:
+            return None
+        lo, hi = hi, hi * 2
+    while hi - lo > max(1, lo // 1000):  # to 0.1%: a plan, not a bound
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if enough(mid) else (mid, hi)
+    return hi

@@ -13,6 +13,15 @@ Tuning: tau^2 = s2 * rho^2 where s2 = V * N is the per-unit variance and
 rho^2 = (-2 log alpha + log(-2 log alpha + 1)) / n_star makes the sequence tightest at N = n_star
 units (Howard et al. 2021, eq. 14; the same choice as GrowthBook). Pick n_star near the sample
 size at which you expect to decide; the default is 10,000 units.
+
+Guardrails need a one-sided bound (harm below the margin, or above it): :func:`one_sided_halfwidth`
+uses the one-sided normal mixture of Howard et al. (2021, Proposition 6, eq. 52),
+
+    log M(s, v) = log(4 rho / (v + rho)) / 2 + s^2 / (2 (v + rho)) + log Phi(s / sqrt(v + rho)),
+
+in intrinsic time v = 1/V with s = d/V, and the boundary is the s where M = 1/alpha;
+rho = v_opt / (2 log(1/(2 alpha)) + log(1 + 2 log(1/(2 alpha)))) tunes it for v_opt, the
+information at n_star units (their Proposition 3(a), as confseq's ``OneSidedNormalMixture``).
 """
 
 from __future__ import annotations
@@ -20,7 +29,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .comparison import Effect, _check_alpha, relative_effect
+from scipy.optimize import brentq
+from scipy.special import log_ndtr
+
+from .comparison import Effect, _check_alpha, relative_variance
 from .errors import InvalidSpecification, InvalidStatistics
 from .estimates import ArmEstimate
 
@@ -62,22 +74,57 @@ def always_valid_p(diff: float, variance: float, tau2: float) -> float:
     return 1.0 if log_lambda <= 0 else min(1.0, math.exp(-log_lambda))
 
 
+def one_sided_halfwidth(variance: float, n: int, alpha: float, n_star: int = DEFAULT_N_STAR) -> float:
+    """Return h such that P(exists t: d_t - delta > h_t) <= alpha: a one-sided confidence sequence.
+
+    ``variance`` is V, the variance of the estimate d at ``n`` units; the same h bounds the other
+    side by symmetry. Valid under continuous monitoring (Howard et al. 2021, Proposition 6).
+    """
+    _check_alpha(alpha)
+    if variance <= 0:
+        raise InvalidStatistics("the difference has zero variance: no test is possible")
+    if n_star < 1:
+        raise InvalidSpecification("n_star must be >= 1")
+    v = 1 / variance
+    v_opt = n_star / (variance * n)  # information at n_star units, at the current per-unit variance
+    la = math.log(1 / (2 * alpha))
+    rho = v_opt / (2 * la + math.log(1 + 2 * la))
+    target = math.log(1 / alpha)
+
+    def excess(s: float) -> float:
+        return (0.5 * math.log(4 * rho / (v + rho)) + s * s / (2 * (v + rho))
+                + float(log_ndtr(s / math.sqrt(v + rho))) - target)
+
+    hi = math.sqrt(v + rho)
+    while excess(hi) < 0:
+        hi *= 2
+    s = brentq(excess, 0.0 if excess(0.0) < 0 else -hi, hi, xtol=1e-12 * hi, rtol=1e-12)
+    return float(s) * variance
+
+
 def compare_sequential(control: ArmEstimate, treatment: ArmEstimate, alpha: float = 0.05,
                        n_star: int = DEFAULT_N_STAR) -> Effect:
-    """Return the effect with an always-valid p-value and confidence sequence (safe to peek at)."""
+    """Return the effect with always-valid p-values and confidence sequences on both scales.
+
+    The relative scale runs the same mixture on the delta-method variance of the relative effect,
+    so each sequence excludes 0 exactly when its always-valid p-value is below alpha.
+    """
     diff = treatment.mean - control.mean
     variance = control.variance + treatment.variance
-    b = boundary(variance, control.n + treatment.n, alpha, n_star)
+    n = control.n + treatment.n
+    b = boundary(variance, n, alpha, n_star)
     p = always_valid_p(diff, variance, b.tau2)
     se = math.sqrt(variance)
-    rel, _ = relative_effect(control, treatment, alpha)
-    rel_ci = None
-    if rel is not None:
-        # the same boundary on the delta-method scale of the relative effect
-        m0, m1 = control.mean, treatment.mean
-        v_rel = treatment.variance / m0**2 + m1**2 * control.variance / m0**4
+    rel = rel_ci = rel_se = rel_p = None
+    v_rel = relative_variance(control, treatment)
+    if v_rel is not None:
+        rel = treatment.mean / control.mean - 1
+        rel_se = math.sqrt(v_rel)
         if v_rel > 0:
-            h = boundary(v_rel, control.n + treatment.n, alpha, n_star).halfwidth
-            rel_ci = (rel - h, rel + h)
+            br = boundary(v_rel, n, alpha, n_star)
+            rel_ci = (rel - br.halfwidth, rel + br.halfwidth)
+            rel_p = always_valid_p(rel, v_rel, br.tau2)
+        else:
+            rel_p = 1.0  # no variance: no interval, no claim
     return Effect(diff, (diff - b.halfwidth, diff + b.halfwidth), rel, rel_ci, p, se, diff / se, None,
-                  f"msprt_normal_mixture(n_star={n_star})")
+                  f"msprt_normal_mixture(n_star={n_star})", rel_se, rel_p)

@@ -11,16 +11,17 @@ from splitwatch.stats import (
     MetricDefinition,
     RatioStats,
     SampleStats,
+    adjust_p_values,
     analyze,
     quantile_stats,
 )
 
 METRICS = [
-    MetricDefinition(name="resolved", kind="binary", direction="increase"),
-    MetricDefinition(name="escalated", kind="binary", direction="decrease", guardrail=True, margin=0.01),
+    MetricDefinition(name="resolved", kind="binary", direction="increase", role="primary"),
+    MetricDefinition(name="escalated", kind="binary", direction="decrease", role="guardrail", margin=0.01),
     MetricDefinition(name="csat", kind="continuous", direction="increase"),
-    MetricDefinition(name="resolutions_per_conversation", kind="ratio", direction="increase"),
-    MetricDefinition(name="latency_p95", kind="quantile", quantile=0.95, direction="decrease", guardrail=True,
+    MetricDefinition(name="resolutions_per_conversation", kind="ratio", direction="increase", role="primary"),
+    MetricDefinition(name="latency_p95", kind="quantile", quantile=0.95, direction="decrease", role="guardrail",
                      margin=0.10, relative_margin=True),
 ]
 
@@ -46,13 +47,15 @@ def test_decisions_on_a_clear_experiment() -> None:
     assert res.get("resolved", "finetuned").decision == "better"
     assert res.get("resolutions_per_conversation", "finetuned").decision == "better"
     esc = res.get("escalated", "finetuned")
-    assert esc.guardrail is not None and esc.guardrail.status == "breached" and esc.decision == "guardrail_breached"
+    assert esc.guardrail is not None and esc.guardrail.status == "breached" and esc.decision == "worse"
+    assert esc.guardrail.lower > 0.01 and esc.guardrail.method == "newcombe_hybrid_score"
     lat = res.get("latency_p95", "finetuned")
     assert lat.guardrail.status == "breached" and lat.effect.relative == pytest.approx(0.3, abs=0.05)
     assert res.get("csat", "finetuned").decision == "inconclusive"
     r = res.get("resolved", "finetuned")
     assert r.control.estimate == pytest.approx(0.30, abs=0.01) and r.effect.relative == pytest.approx(0.2, abs=0.05)
-    assert r.method == "two_proportion_z_newcombe" and res.get("csat", "finetuned").method == "welch_t"
+    assert r.method == "two_proportion_z" and res.get("csat", "finetuned").method == "welch_t"
+    assert r.role == "primary" and res.get("csat", "finetuned").role == "secondary"
     assert r.bayesian.chance_to_win > 0.999
     assert res.srm is not None and not res.srm.mismatch
 
@@ -74,7 +77,11 @@ def test_correction_across_metrics_and_arms() -> None:
     assert len(holm.results) == 3 * 2
     for h, n in zip(holm.results, none.results, strict=True):
         assert h.effect.p_value == n.effect.p_value and h.p_value_adjusted >= n.p_value_adjusted
-    assert any(r.p_value_adjusted > r.effect.p_value for r in holm.results)  # Holm multiplies the smallest by 6
+    # the families follow the roles: 2 primaries x 2 arms adjusted together, the secondary's 2 on their own
+    for role, size in (("primary", 4), ("secondary", 2)):
+        family = [r for r in holm.results if r.role == role]
+        expected = adjust_p_values([r.p_value for r in family], "holm")
+        assert len(family) == size and [r.p_value_adjusted for r in family] == pytest.approx(expected, rel=1e-12)
 
 
 def test_sequential_option_and_srm() -> None:

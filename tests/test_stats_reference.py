@@ -14,7 +14,9 @@ from statsmodels.stats.proportion import (
     confint_proportions_2indep,
     power_proportions_2indep,
     proportion_confint,
-    proportions_ztest,
+)
+from statsmodels.stats.proportion import (
+    test_proportions_2indep as sm_test_proportions_2indep,
 )
 
 from splitwatch.stats import (
@@ -29,6 +31,7 @@ from splitwatch.stats import (
     cuped_theta,
     mde_means,
     mde_proportions,
+    newcombe_interval,
     power_means,
     sample_size_means,
     sample_size_proportions,
@@ -65,14 +68,20 @@ def test_two_proportion_z_and_newcombe_interval() -> None:
     # proportions", Stat Med 17:873-890, Table II example (a): 56/70 - 48/80, method 10 (hybrid
     # score): 0.0524 to 0.3339. Tolerance: the paper's 4 decimals.
     control, treatment = SampleStats.binary(80, 48), SampleStats.binary(70, 56)
+    assert newcombe_interval(control, treatment, 0.05) == pytest.approx((0.0524, 0.3339), abs=5e-5)
+    # statsmodels: same interval (1e-10)
+    ref_ci = confint_proportions_2indep(56, 70, 48, 80, method="newcomb", compare="diff")
+    assert newcombe_interval(control, treatment, 0.05) == pytest.approx(ref_ci, abs=1e-10)
+    # The test is the unpooled (Wald) z-test, its CI the same z interval: statsmodels'
+    # test_proportions_2indep(method="wald") and confint_proportions_2indep(method="wald"), to 1e-12.
     eff = compare_proportions(control, treatment)
     assert eff.absolute == pytest.approx(0.2, abs=1e-12)
-    assert eff.absolute_ci == pytest.approx((0.0524, 0.3339), abs=5e-5)
-    # statsmodels: same interval (1e-10) and the pooled z-test's p-value (1e-12)
-    ref_ci = confint_proportions_2indep(56, 70, 48, 80, method="newcomb", compare="diff")
-    assert eff.absolute_ci == pytest.approx(ref_ci, abs=1e-10)
-    z, p = proportions_ztest([56, 48], [70, 80])
-    assert eff.statistic == pytest.approx(z, rel=1e-12) and eff.p_value == pytest.approx(p, rel=1e-12)
+    ref = sm_test_proportions_2indep(56, 70, 48, 80, method="wald", compare="diff")
+    assert eff.statistic == pytest.approx(ref.statistic, rel=1e-12) and eff.p_value == pytest.approx(ref.pvalue,
+                                                                                                     rel=1e-12)
+    assert eff.absolute_ci == pytest.approx(confint_proportions_2indep(56, 70, 48, 80, method="wald"), abs=1e-12)
+    # one convention: the statistic is the effect over the reported standard error
+    assert eff.statistic == pytest.approx(eff.absolute / eff.se, rel=1e-15)
     for count, n in [(0, 20), (1, 50), (48, 80), (30, 30)]:
         assert wilson_interval(count, n, 0.05) == pytest.approx(
             proportion_confint(count, n, method="wilson"), abs=1e-12)

@@ -1,0 +1,271 @@
+"""The verdict: ship, keep running, roll back, or invalid, built from metric roles (never table order).
+
+Policy (design, "Metric roles and the verdict"):
+
+- ``invalid``: a sample ratio check failed (chi-square, sequential, or arm counts), or more than
+  1% of units were seen in several arms (assignment broken). Overrides the rest.
+- ``roll_back``: a guardrail breached, or a primary metric significantly worse, for any arm.
+- ``ship``: for a treatment arm, a primary better, no primary worse, every guardrail
+  non-inferior, and every arm at the minimum sample.
+- ``keep_running``: otherwise, with what is missing and the units and days that reach the planned
+  power (80%) for each missing piece at the current traffic.
+
+Every reason is data (:class:`Reason`), and the sentence names every worse secondary and every
+unproven guardrail, whatever the decision.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ._dist import norm_ppf
+from .engine import ExperimentResult, MetricResult
+from .metric import MetricDefinition
+from .power import units_to_reach
+from .sequential import boundary, one_sided_halfwidth
+
+VerdictDecision = Literal["ship", "keep_running", "roll_back", "invalid"]
+BROKEN_ASSIGNMENT_SHARE = 0.01
+PLANNED_POWER = 0.8
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One fact behind the verdict: what (``code``), about which metric and arm, in words and as data."""
+
+    code: str
+    message: str
+    metric: str | None = None
+    arm: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The decision, its sentence, its reasons, and what reaching the planned power takes."""
+
+    decision: VerdictDecision
+    sentence: str
+    arm: str | None  # the arm to ship, or the arm that triggered a roll-back
+    reasons: list[Reason]
+    units_to_power: int | None = None  # more units (all arms) until every missing piece has 80% power
+    days_to_power: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the verdict as JSON-ready data (the report's ``verdict``)."""
+        return {"decision": self.decision, "sentence": self.sentence, "arm": self.arm,
+                "units_to_power": self.units_to_power, "days_to_power": self.days_to_power,
+                "reasons": [{"code": r.code, "metric": r.metric, "arm": r.arm, "message": r.message, **r.data}
+                            for r in self.reasons]}
+
+
+def _num(v: float) -> str:
+    return f"{v:+.3g}"
+
+
+def _harm_text(r: MetricResult) -> str:
+    g = r.guardrail
+    assert g is not None
+    conf = round(100 * (1 - 2 * g.alpha))
+    if g.relative:
+        return (f"harm {g.harm * 100:+.2f}%, {conf}% interval [{g.lower * 100:+.2f}%, {g.upper * 100:+.2f}%], "
+                f"margin {g.margin * 100:.3g}%")
+    return f"harm {_num(g.harm)}, {conf}% interval [{_num(g.lower)}, {_num(g.upper)}], margin {g.margin:.3g}"
+
+
+def _effect_text(r: MetricResult) -> str:
+    e = r.effect
+    rel = f" ({e.relative * 100:+.2f}%)" if e.relative is not None else ""
+    return f"{_num(e.absolute)}{rel}, p = {r.p_value_adjusted:.2g}"
+
+
+class _Planner:
+    """Units and days to reach the planned power for a primary or a guardrail."""
+
+    def __init__(self, result: ExperimentResult, n_primary: int, units_per_day: float | None, total_units: int):
+        self.o = result.options
+        self.alpha_primary = self.o.alpha / max(1, n_primary)  # Bonferroni: Holm's first step, conservative
+        self.units_per_day = units_per_day
+        self.total = total_units
+
+    def _more(self, needed: int | None, r: MetricResult) -> dict[str, Any]:
+        pair = r.control.n + r.treatment.n
+        if needed is None:
+            return {"units_needed": None, "more_units": None, "days": None}
+        more = max(0, math.ceil((needed - pair) * self.total / max(pair, 1)))  # all arms grow together
+        days = None if not self.units_per_day else more / self.units_per_day
+        return {"units_needed": math.ceil(needed * self.total / max(pair, 1)), "more_units": more, "days": days}
+
+    def primary(self, r: MetricResult, metric: MetricDefinition) -> dict[str, Any]:
+        gap = metric.mde if metric.mde is not None else abs(r.effect.absolute)
+        a, o = self.alpha_primary, self.o
+        if o.sequential:
+            def half(v: float, n: int) -> float:
+                return boundary(v, n, a, o.n_star).halfwidth
+        else:
+            q = norm_ppf(1 - a / 2)
+
+            def half(v: float, n: int) -> float:
+                return q * math.sqrt(v)
+        needed = units_to_reach(gap, r.effect.se ** 2, r.control.n + r.treatment.n, half, PLANNED_POWER)
+        return {"planned_effect": gap, "effect_source": "mde" if metric.mde is not None else "observed",
+                **self._more(needed, r)}
+
+    def guardrail(self, r: MetricResult) -> dict[str, Any]:
+        g, o = r.guardrail, self.o
+        assert g is not None
+        se = r.effect.relative_se if g.relative else r.effect.se
+        if not se:
+            return {"assumed_harm": 0.0, **self._more(None, r)}
+        if o.sequential:
+            def half(v: float, n: int) -> float:
+                return one_sided_halfwidth(v, n, o.guardrail_alpha, o.n_star)
+        else:
+            q = norm_ppf(1 - o.guardrail_alpha)
+
+            def half(v: float, n: int) -> float:
+                return q * math.sqrt(v)
+        needed = units_to_reach(g.margin, se * se, r.control.n + r.treatment.n, half, PLANNED_POWER)
+        return {"assumed_harm": 0.0, **self._more(needed, r)}
+
+
+def _srm_reasons(result: ExperimentResult, units: Mapping[str, int], weights: Mapping[str, float],
+                 multi_arm_units: int) -> list[Reason]:
+    out = []
+    total_w = sum(weights.values()) or 1.0
+    split = ", ".join(f"{a} {units.get(a, 0):,} ({weights.get(a, 0) / total_w:.0%} expected)" for a in weights)
+    for t in result.srm_tests or ((result.srm,) if result.srm is not None else ()):
+        if not t.mismatch:
+            continue
+        if t.method == "arm_counts":
+            msg = f"arm(s) {', '.join(t.arms)} got fewer than 2 units, or units despite a weight of 0 ({split})"
+        else:
+            msg = f"sample ratio mismatch, {t.method} p = {t.p_value:.2g} ({split})"
+        out.append(Reason("srm", msg, data={"method": t.method, "p_value": t.p_value, "observed": t.observed,
+                                            "expected": t.expected}))
+    total = sum(units.values())
+    if total and multi_arm_units > BROKEN_ASSIGNMENT_SHARE * (total + multi_arm_units):
+        out.append(Reason("broken_assignment",
+                          f"{multi_arm_units:,} units were seen in several arms (over "
+                          f"{BROKEN_ASSIGNMENT_SHARE:.0%} of units): assignment is not sticky",
+                          data={"multi_arm_units": multi_arm_units}))
+    return out
+
+
+def decide(result: ExperimentResult, metrics: Sequence[MetricDefinition], units: Mapping[str, int],
+           weights: Mapping[str, float], control: str, units_per_day: float | None = None,
+           multi_arm_units: int = 0) -> Verdict:
+    """Return the verdict of an analysed experiment.
+
+    ``metrics`` gives each metric's role (and planned ``mde``); ``units`` and ``weights`` the split;
+    ``units_per_day`` the current traffic (new units per day, all arms), for the days to power.
+    """
+    invalid = _srm_reasons(result, units, weights, multi_arm_units)
+    if invalid:
+        return Verdict("invalid", "Invalid: " + "; ".join(r.message for r in invalid)
+                       + ". Assignment or logging is broken: no result of this experiment can be trusted.",
+                       None, invalid)
+    by_name = {m.name: m for m in metrics}
+    role_of = {m.name: m.role for m in metrics}
+    treatments = [a for a in weights if a != control]
+    primaries = [m for m in metrics if m.role == "primary"]
+    guardrails = [m for m in metrics if m.role == "guardrail"]
+    n_primary = len(primaries) * len(treatments)
+    planner = _Planner(result, n_primary, units_per_day, sum(units.values()))
+    rows = {(r.metric, r.arm): r for r in result.results}
+    reasons: list[Reason] = []
+    notes: list[Reason] = []  # named in every sentence: worse secondaries, unproven guardrails
+    min_units = result.options.min_units_per_arm
+    short = [a for a in weights if weights[a] > 0 and units.get(a, 0) < min_units]
+    ship_arms, back = [], []
+    for arm in treatments:
+        prim = [(m, rows.get((m.name, arm))) for m in primaries]
+        guards = [(m, rows.get((m.name, arm))) for m in guardrails]
+        worse = [r for _, r in prim if r is not None and r.decision == "worse"]
+        better = [r for _, r in prim if r is not None and r.decision == "better"]
+        breached = [r for _, r in guards if r is not None and r.guardrail and r.guardrail.status == "breached"]
+        for r in breached:
+            back.append(Reason("guardrail_breached", f"guardrail {r.metric} breached for {arm}: {_harm_text(r)}",
+                               r.metric, arm, {"harm": r.guardrail.harm, "lower": r.guardrail.lower,  # type: ignore
+                                               "upper": r.guardrail.upper, "margin": r.guardrail.margin,
+                                               "units": r.control.n + r.treatment.n}))
+        for r in worse:
+            back.append(Reason("primary_worse", f"primary {r.metric} worse for {arm}: {_effect_text(r)}",
+                               r.metric, arm, {"effect": r.effect.absolute, "p_value_adjusted": r.p_value_adjusted}))
+        unproven = []
+        for m, r in guards:
+            if r is None:
+                why = result.skipped.get(m.name, "no data")
+                unproven.append(Reason("guardrail_unproven", f"guardrail {m.name} not testable for {arm} ({why})",
+                                       m.name, arm, {"units_needed": None, "more_units": None, "days": None}))
+            elif r.guardrail is not None and r.guardrail.status == "inconclusive":
+                why = r.guardrail.reason or _harm_text(r)
+                unproven.append(Reason("guardrail_unproven", f"guardrail {m.name} not yet shown non-inferior for "
+                                       f"{arm} ({why})", m.name, arm, {
+                                           "harm": r.guardrail.harm, "lower": r.guardrail.lower,
+                                           "upper": r.guardrail.upper, "margin": r.guardrail.margin,
+                                           **planner.guardrail(r)}))
+        notes.extend(unproven)
+        for r in result.results:
+            if r.arm == arm and role_of.get(r.metric) == "secondary" and r.decision == "worse":
+                notes.append(Reason("secondary_worse", f"secondary {r.metric} worse for {arm}: {_effect_text(r)}",
+                                    r.metric, arm, {"effect": r.effect.absolute,
+                                                    "p_value_adjusted": r.p_value_adjusted}))
+        if better and not worse and not breached and not unproven and not short:
+            ship_arms.append((arm, better))
+        elif not worse and not breached:
+            for r in better:
+                reasons.append(Reason("primary_better", f"primary {r.metric} better for {arm} ({_effect_text(r)}), "
+                                      "but not yet shippable", r.metric, arm,
+                                      {"effect": r.effect.absolute, "p_value_adjusted": r.p_value_adjusted}))
+            for m, r in prim:
+                if r is None:
+                    reasons.append(Reason("primary_untestable", f"primary {m.name} not testable for {arm} "
+                                          f"({result.skipped.get(m.name, 'no data')})", m.name, arm))
+                elif r.decision == "inconclusive":
+                    plan = planner.primary(r, by_name[m.name])
+                    reasons.append(Reason("primary_inconclusive", f"primary {m.name} not yet significant for "
+                                          f"{arm} ({_effect_text(r)})", m.name, arm, plan))
+    if not primaries:
+        reasons.insert(0, Reason("no_primary", "no metric has role: primary, so nothing can ship"))
+    if short:
+        need = {a: min_units - units.get(a, 0) for a in short}
+        reasons.insert(0, Reason("min_sample", "below the minimum sample of "
+                                 f"{min_units} units per arm ({', '.join(f'{a} {units.get(a, 0)}' for a in short)})",
+                                 data={"min_units_per_arm": min_units, "missing_units": need}))
+    tail = "".join(f" {r.message[0].upper()}{r.message[1:]}." for r in notes)
+    if back:
+        arm = back[0].arm
+        return Verdict("roll_back", "Roll back: " + "; ".join(r.message for r in back) + "." + tail, arm,
+                       back + notes)
+    if ship_arms:
+        arm, better = ship_arms[0]
+        also = f" (also qualifying: {', '.join(a for a, _ in ship_arms[1:])})" if len(ship_arms) > 1 else ""
+        names = ", ".join(f"{r.metric} ({_effect_text(r)})" for r in better)
+        guard = (f"; every guardrail non-inferior ({', '.join(m.name for m in guardrails)})" if guardrails
+                 else "; no guardrail is configured")
+        ship_reasons = [Reason("primary_better", f"primary {r.metric} better for {arm}: {_effect_text(r)}", r.metric,
+                               arm, {"effect": r.effect.absolute, "p_value_adjusted": r.p_value_adjusted})
+                        for r in better]
+        return Verdict("ship", f"Ship {arm}{also}: better on {names}, no primary worse{guard}." + tail, arm,
+                       ship_reasons + notes)
+    missing = reasons + [r for r in notes if r.code == "guardrail_unproven"]
+    more = [r.data.get("more_units") for r in missing if "more_units" in r.data]
+    if short:
+        shares = {a: weights[a] / sum(weights.values()) for a in short}
+        more.append(max(math.ceil((min_units - units.get(a, 0)) / shares[a]) for a in short))
+    units_more = None if not more or any(m is None for m in more) else max(more)  # type: ignore[type-var]
+    days = None if units_more is None or not units_per_day else units_more / units_per_day
+    if units_more is None:
+        plan = " Reaching 80% power on what is missing is out of reach at the planned effects (or unknown)."
+    elif days is None:
+        plan = f" About {units_more:,} more units reach 80% power on what is missing."
+    else:
+        plan = (f" About {units_more:,} more units, {math.ceil(days)} more days at the current "
+                f"{units_per_day:,.0f} units a day, reach 80% power on what is missing.")
+    text = "Keep running: " + "; ".join(r.message for r in reasons) if reasons else "Keep running"
+    sentence = (text + "." if reasons else text + ":") + tail + plan
+    return Verdict("keep_running", sentence, None, reasons + notes, units_more, days)
