@@ -48,8 +48,8 @@ def config(bootstrap: str, topic: str, lake: Path) -> dict:
             "key": "support-ft", "model": "support-bot",
             "arms": [{"name": "base", "weight": 50, "upstream": {"base_url": "http://x/v1", "model": "m-base"}},
                      {"name": "finetuned", "weight": 50, "upstream": {"base_url": "http://x/v1", "model": "m-ft"}}],
-            "metrics": [{"name": "resolved", "kind": "binary"},
-                        {"name": "escalated", "kind": "binary", "direction": "decrease", "guardrail": True,
+            "metrics": [{"name": "resolved", "kind": "binary", "role": "primary"},
+                        {"name": "escalated", "kind": "binary", "direction": "decrease", "role": "guardrail",
                          "margin": 0.01},
                         {"name": "csat", "kind": "continuous"}]}],
     }
@@ -145,7 +145,7 @@ def bench_report(units: int, work: Path) -> tuple[float, int, float]:
     elapsed = time.perf_counter() - t0
     assert sum(rep.data.units.values()) == units, rep.data.units
     assert "data:image/png;base64," in html
-    print(rep.verdict, file=sys.stderr)
+    print(rep.verdict.sentence if rep.verdict else "no verdict", file=sys.stderr)
     return elapsed, events, gen_s
 
 

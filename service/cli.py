@@ -18,6 +18,11 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     for e in cfg.experiments:
         arms = ", ".join(f"{a.name}={a.weight:g}" for a in e.arms)
         print(f"  {e.key}: model={e.model} phase={e.phase} status={e.status} coverage={e.coverage:g} arms: {arms}")
+        by_role = {r: [m.name for m in e.metrics if m.role == r] for r in ("primary", "secondary", "guardrail")}
+        print("    metrics: " + "; ".join(f"{r} {', '.join(n) or '-'}" for r, n in by_role.items())
+              + "; other built-ins diagnostic")
+        if not by_role["primary"]:
+            print(f"    warning: {e.key} has no metric with role: primary, so its verdict can never be ship")
     return 0
 
 

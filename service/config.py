@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from splitwatch.stats.metric import MetricDefinition
 
 from .features import LANGUAGES, supported_languages
+from .metric_catalog import builtin_defaults, complete_builtin
 
 ENV_PREFIX = "SPLITWATCH_"
 UNASSIGNED_ARM = "unassigned"
@@ -106,6 +107,14 @@ class ExperimentConfig(_Strict):
     arms: list[ArmConfig] = Field(min_length=2)
     metrics: list[MetricConfig] = Field(default_factory=list)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _builtins(cls, data: Any) -> Any:
+        """A built-in metric named in ``metrics`` needs only its name and role (and margin)."""
+        if isinstance(data, dict) and isinstance(data.get("metrics"), list):
+            data = {**data, "metrics": [complete_builtin(m) for m in data["metrics"]]}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
         _require_unique([a.name for a in self.arms], "arm names must be unique")
@@ -135,7 +144,8 @@ class ExperimentConfig(_Strict):
     def outcome_names(self) -> set[str]:
         """Return the outcome metric names clients may post: the metrics and the parts of ratio metrics."""
         parts = {p for m in self.metrics for p in (m.numerator, m.denominator) if p and p != "requests"}
-        return {m.name for m in self.metrics} | parts
+        # built-ins (latency, error rate, tokens, cost) come from response events, never from clients
+        return {m.name for m in self.metrics if builtin_defaults(m.name) is None} | parts
 
 
 class SpoolConfig(_Strict):
@@ -216,6 +226,12 @@ class AnalyzerConfig(_Strict):
     alpha: float = Field(0.05, gt=0, lt=1)
     correction: Literal["holm", "bh", "bonferroni", "none"] = "holm"
     sequential_n_star: int = Field(10_000, ge=1)
+    # the verdict (design, "Metric roles and the verdict"): which scale's p-value decides a primary
+    # or secondary metric, the level of each one-sided guardrail bound (0.05: a 90% interval), and
+    # the units each arm needs before a guardrail can be non-inferior or anything can ship
+    decision_scale: Literal["absolute", "relative"] = "absolute"
+    guardrail_alpha: float = Field(0.05, gt=0, lt=0.5)
+    min_units_per_arm: int = Field(100, ge=2)
     latency_quantiles: list[float] = Field(default_factory=lambda: [0.5, 0.95])
     prices: dict[str, PriceConfig] = Field(default_factory=dict)  # by upstream model name
 

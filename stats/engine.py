@@ -147,19 +147,32 @@ def _effect(metric: MetricDefinition, c: ArmEstimate, t: ArmEstimate, sc: Stats,
     return effect
 
 
-def _is_plain_binary(metric: MetricDefinition, sc: Stats, stt: Stats) -> bool:
-    return metric.kind == "binary" and isinstance(sc, SampleStats) and isinstance(stt, SampleStats)
+def _binary_view(metric: MetricDefinition, sc: Stats, stt: Stats) -> tuple[SampleStats, SampleStats] | None:
+    """Return the statistics as 0/1 counts when they are: a binary metric, or a ratio with no event at all.
+
+    A ratio of events per request (``error_rate``) with no event in either arm has no delta-method
+    variance, yet 0 errors in 10,000 requests is evidence: read as 0 successes out of the
+    denominator's total, Newcombe's interval bounds the harm honestly (with no event there is no
+    clustering to account for).
+    """
+    if metric.kind == "binary" and isinstance(sc, SampleStats) and isinstance(stt, SampleStats):
+        return sc, stt
+    if (metric.kind == "ratio" and isinstance(sc, RatioStats) and isinstance(stt, RatioStats)
+            and sc.num_sum == 0 and stt.num_sum == 0 and sc.num_sum_squares == 0 and stt.num_sum_squares == 0
+            and all(float(s.den_sum).is_integer() and s.den_sum >= 1 for s in (sc, stt))):
+        return SampleStats.binary(int(sc.den_sum), 0), SampleStats.binary(int(stt.den_sum), 0)
+    return None
 
 
 def _plain_effect(metric: MetricDefinition, c: ArmEstimate, t: ArmEstimate, sc: Stats, stt: Stats,
                   options: AnalysisOptions) -> Effect:
-    binary = _is_plain_binary(metric, sc, stt)
-    if binary and c.variance + t.variance == 0:
-        return compare_proportions(sc, stt, options.alpha)  # type: ignore[arg-type]  # no test: p = 1
+    counts = _binary_view(metric, sc, stt)
+    if counts is not None and c.variance + t.variance == 0:
+        return compare_proportions(*counts, alpha=options.alpha)  # no test: p = 1, Newcombe's interval
     if options.sequential:
         return compare_sequential(c, t, options.alpha, options.n_star)
-    if binary:
-        return compare_proportions(sc, stt, options.alpha)  # type: ignore[arg-type]
+    if counts is not None:
+        return compare_proportions(*counts, alpha=options.alpha)
     if c.df is not None and t.df is not None and not isinstance(sc, RegressionStats):
         return compare(c, t, options.alpha, "welch")
     return compare(c, t, options.alpha, "z")
@@ -237,9 +250,8 @@ def analyze(metrics: Sequence[MetricDefinition], arm_stats: Mapping[str, Mapping
             spec = GuardrailSpec(metric.direction, metric.margin or 0.0, metric.relative_margin,
                                  options.guardrail_alpha, options.sequential, options.n_star,
                                  options.min_units_per_arm)
-            guard = check_guardrail(spec, eff, c, t, arm_stats[control][metric.name], arm_stats[arm][metric.name],
-                                    binary=_is_plain_binary(metric, arm_stats[control][metric.name],
-                                                            arm_stats[arm][metric.name]))
+            counts = _binary_view(metric, arm_stats[control][metric.name], arm_stats[arm][metric.name])
+            guard = check_guardrail(spec, eff, c, t, *(counts or (None, None)), binary=counts is not None)
         p_adj = adjusted.get(i, p)
         point = eff.absolute if options.decision_scale == "absolute" else (eff.relative or 0.0)
         good = point if metric.direction == "increase" else -point

@@ -8,7 +8,8 @@ Policy (design, "Metric roles and the verdict"):
 - ``ship``: for a treatment arm, a primary better, no primary worse, every guardrail
   non-inferior, and every arm at the minimum sample.
 - ``keep_running``: otherwise, with what is missing and the units and days that reach the planned
-  power (80%) for each missing piece at the current traffic.
+  power (80%) for each missing piece at the current traffic: a primary at its ``mde`` (else at the observed
+  effect), a guardrail at the harm observed so far (or none, if it is negative).
 
 Every reason is data (:class:`Reason`), and the sentence names every worse secondary and every
 unproven guardrail, whatever the decision.
@@ -55,11 +56,22 @@ class Verdict:
     days_to_power: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """Return the verdict as JSON-ready data (the report's ``verdict``)."""
-        return {"decision": self.decision, "sentence": self.sentence, "arm": self.arm,
-                "units_to_power": self.units_to_power, "days_to_power": self.days_to_power,
-                "reasons": [{"code": r.code, "metric": r.metric, "arm": r.arm, "message": r.message, **r.data}
-                            for r in self.reasons]}
+        """Return the verdict as JSON-ready data (the report's ``verdict``; NaN and infinities as None)."""
+        return json_safe({"decision": self.decision, "sentence": self.sentence, "arm": self.arm,
+                          "units_to_power": self.units_to_power, "days_to_power": self.days_to_power,
+                          "reasons": [{"code": r.code, "metric": r.metric, "arm": r.arm, "message": r.message,
+                                       **r.data} for r in self.reasons]})
+
+
+def json_safe(value: Any) -> Any:
+    """Return ``value`` with NaN and infinities replaced by None: strict JSON has no such numbers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def _num(v: float) -> str:
@@ -70,6 +82,8 @@ def _harm_text(r: MetricResult) -> str:
     g = r.guardrail
     assert g is not None
     conf = round(100 * (1 - 2 * g.alpha))
+    if not math.isfinite(g.harm):
+        return f"no relative harm: the control's value is 0; upper bound {g.upper * 100:+.3g}%, margin {g.margin:.3g}"
     if g.relative:
         return (f"harm {g.harm * 100:+.2f}%, {conf}% interval [{g.lower * 100:+.2f}%, {g.upper * 100:+.2f}%], "
                 f"margin {g.margin * 100:.3g}%")
@@ -80,6 +94,10 @@ def _effect_text(r: MetricResult) -> str:
     e = r.effect
     rel = f" ({e.relative * 100:+.2f}%)" if e.relative is not None else ""
     return f"{_num(e.absolute)}{rel}, p = {r.p_value_adjusted:.2g}"
+
+
+def _why_skipped(result: ExperimentResult, metric: str) -> str:
+    return result.skipped.get(metric) or result.skipped.get("every metric") or "no data"
 
 
 class _Planner:
@@ -118,8 +136,10 @@ class _Planner:
         g, o = r.guardrail, self.o
         assert g is not None
         se = r.effect.relative_se if g.relative else r.effect.se
+        # plan for the harm seen so far (never less than none): optimism would promise too few days
+        assumed = max(0.0, g.harm) if math.isfinite(g.harm) else 0.0
         if not se:
-            return {"assumed_harm": 0.0, **self._more(None, r)}
+            return {"assumed_harm": assumed, **self._more(None, r)}
         if o.sequential:
             def half(v: float, n: int) -> float:
                 return one_sided_halfwidth(v, n, o.guardrail_alpha, o.n_star)
@@ -128,8 +148,8 @@ class _Planner:
 
             def half(v: float, n: int) -> float:
                 return q * math.sqrt(v)
-        needed = units_to_reach(g.margin, se * se, r.control.n + r.treatment.n, half, PLANNED_POWER)
-        return {"assumed_harm": 0.0, **self._more(needed, r)}
+        needed = units_to_reach(g.margin - assumed, se * se, r.control.n + r.treatment.n, half, PLANNED_POWER)
+        return {"assumed_harm": assumed, **self._more(needed, r)}
 
 
 def _srm_reasons(result: ExperimentResult, units: Mapping[str, int], weights: Mapping[str, float],
@@ -198,7 +218,7 @@ def decide(result: ExperimentResult, metrics: Sequence[MetricDefinition], units:
         unproven = []
         for m, r in guards:
             if r is None:
-                why = result.skipped.get(m.name, "no data")
+                why = _why_skipped(result, m.name)
                 unproven.append(Reason("guardrail_unproven", f"guardrail {m.name} not testable for {arm} ({why})",
                                        m.name, arm, {"units_needed": None, "more_units": None, "days": None}))
             elif r.guardrail is not None and r.guardrail.status == "inconclusive":
@@ -224,7 +244,7 @@ def decide(result: ExperimentResult, metrics: Sequence[MetricDefinition], units:
             for m, r in prim:
                 if r is None:
                     reasons.append(Reason("primary_untestable", f"primary {m.name} not testable for {arm} "
-                                          f"({result.skipped.get(m.name, 'no data')})", m.name, arm))
+                                          f"({_why_skipped(result, m.name)})", m.name, arm))
                 elif r.decision == "inconclusive":
                     plan = planner.primary(r, by_name[m.name])
                     reasons.append(Reason("primary_inconclusive", f"primary {m.name} not yet significant for "

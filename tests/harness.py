@@ -24,8 +24,8 @@ def experiment_config(base: StubModel, ft: StubModel, **overrides: Any) -> dict[
             {"name": "finetuned", "weight": 50, "upstream": {"base_url": ft.base_url, "model": "llama-ft",
                                                              "timeout_s": 5}},
         ],
-        "metrics": [{"name": "resolved", "kind": "binary", "direction": "increase"},
-                    {"name": "escalated", "kind": "binary", "direction": "decrease", "guardrail": True,
+        "metrics": [{"name": "resolved", "kind": "binary", "direction": "increase", "role": "primary"},
+                    {"name": "escalated", "kind": "binary", "direction": "decrease", "role": "guardrail",
                      "margin": 0.01},
                     {"name": "csat", "kind": "continuous", "direction": "increase"}],
     }

@@ -79,8 +79,24 @@ def test_report_counts_match_what_was_sent_and_effects_contain_the_truth(start_p
         lo, hi = by_metric[metric]["absolute_ci"]
         assert lo <= effect <= hi, (metric, lo, hi, effect)
     assert by_metric["resolved"]["decision"] == "better"
-    assert "latency_p95_ms" in by_metric and "error_rate" in report["skipped_metrics"]  # no errors: untestable
-    assert report["verdict"].startswith("Ship")
+    assert "latency_p95_ms" in by_metric and "error_rate" in by_metric  # no errors: p = 1, Newcombe interval
+    assert by_metric["error_rate"]["p_value"] == 1.0 and by_metric["error_rate"]["absolute_ci"][1] > 0
+    # the verdict agrees with its table (design, "Metric roles and the verdict")
+    roles = {m["metric"]: m["role"] for m in report["metrics"]}
+    assert roles == {"resolved": "primary", "csat": "secondary", "escalated": "guardrail",
+                     "latency_p50_ms": "diagnostic", "latency_p95_ms": "diagnostic", "error_rate": "diagnostic",
+                     "completion_tokens_per_request": "diagnostic"}
+    guards = [r["guardrail"]["status"] for r in report["results"] if r["role"] == "guardrail"]
+    primary = [r["decision"] for r in report["results"] if r["role"] == "primary"]
+    expected = ("roll_back" if "breached" in guards or "worse" in primary else
+                "ship" if "better" in primary and guards and all(g == "non_inferior" for g in guards) else
+                "keep_running")
+    assert report["verdict"]["decision"] == expected, report["verdict"]
+    assert report["verdict"]["sentence"] and all("code" in r for r in report["verdict"]["reasons"])
+    assert set(report["srm"]) >= {"chi_square", "sequential", "arm_counts", "mismatch"}
+    defs = {m["metric"]: m["definition"] for m in report["metrics"]}
+    assert defs["resolved"].startswith("per user: resolved reported as 1 at least once within 72 h")
+    assert defs["error_rate"].startswith("per request:")
     # the other formats of the same report
     html = _cli("report", "--config", str(proxy.config_path), "--experiment", "support-ft", "--from", today,
                 "--to", today, "--format", "html").stdout
@@ -88,7 +104,10 @@ def test_report_counts_match_what_was_sent_and_effects_contain_the_truth(start_p
         "<body>")[1]  # self-contained: nothing to fetch
     md = _cli("report", "--config", str(proxy.config_path), "--experiment", "support-ft", "--from", today,
               "--to", today).stdout
-    assert "**Verdict.** Ship" in md and "| resolved | finetuned |" in md
+    assert f"**Verdict: {expected.replace('_', ' ')}.**" in md and "| resolved | finetuned |" in md
+    for section in ("## Primary metrics", "## Secondary metrics", "## Guardrails", "## Diagnostics",
+                    "## Metric definitions"):
+        assert section in md
 
 
 def test_killed_analyzer_leaves_every_event_in_the_lake_exactly_once(start_proxy, broker, topic) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -98,6 +99,8 @@ def test_cli_config_check(tmp_path: Path) -> None:
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "support-ft" in ok.stdout
+    assert "metrics: primary -; secondary resolved; guardrail -" in ok.stdout
+    assert "has no metric with role: primary, so its verdict can never be ship" in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(_with("experiments.0.coverage", 2)))
     res = subprocess.run(splitwatch_command("config", "check", str(bad)),
@@ -123,3 +126,33 @@ def test_outcome_names_include_the_parts_of_ratio_metrics() -> None:
     assert cfg.experiments[0].outcome_names == {"resolution_rate", "cost_per_resolution", "resolved", "cost"}
     with pytest.raises(ConfigError, match="both 'numerator' and 'denominator'"):
         parse_config(_with("experiments.0.metrics", [{"name": "r", "kind": "ratio", "numerator": "x"}]), environ={})
+
+
+def test_metric_roles_and_built_ins_in_the_config() -> None:
+    cfg = parse_config(_with("experiments.0.metrics", [
+        {"name": "resolved", "kind": "binary", "role": "primary", "mde": 0.02},
+        {"name": "csat", "kind": "continuous"},
+        {"name": "escalated", "kind": "binary", "direction": "decrease", "guardrail": True, "margin": 0.01},
+        {"name": "error_rate", "role": "guardrail", "margin": 0.005},
+        {"name": "latency_p95_ms", "role": "guardrail", "margin": 0.1, "relative_margin": True}]), environ={})
+    m = {x.name: x for x in cfg.experiments[0].metrics}
+    assert [m[n].role for n in m] == ["primary", "secondary", "guardrail", "guardrail", "guardrail"]
+    assert m["escalated"].guardrail and m["resolved"].mde == 0.02
+    assert (m["latency_p95_ms"].kind, m["latency_p95_ms"].quantile, m["latency_p95_ms"].direction) == (
+        "quantile", 0.95, "decrease")
+    assert m["error_rate"].kind == "ratio"
+    # a built-in is not an outcome clients may post
+    assert cfg.experiments[0].outcome_names == {"resolved", "csat", "escalated"}
+
+
+@pytest.mark.parametrize(("metric", "message"), [
+    ({"name": "x", "kind": "binary", "role": "guardrail"}, "a guardrail needs 'margin'"),
+    ({"name": "x", "kind": "binary", "margin": 0.1}, "only for guardrails"),
+    ({"name": "x", "kind": "binary", "guardrail": True, "role": "primary"}, "contradicts 'role: primary'"),
+    ({"name": "x", "kind": "binary", "role": "main"}, "metrics.0.role"),
+    ({"name": "latency_p95_ms", "kind": "binary", "role": "guardrail", "margin": 1}, "built-in: its kind"),
+    ({"name": "resolved"}, "metrics.0.kind: Field required"),
+])
+def test_bad_metric_roles_are_refused_naming_the_field(metric: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config(_with("experiments.0.metrics", [metric]), environ={})

@@ -20,3 +20,12 @@ def test_demo_runs_and_reads_back_every_event() -> None:
     rows = re.findall(r"^\| (base|finetuned) \| (\d+) \| (\d+) \|", res.stdout, re.M)
     assert {r[0] for r in rows} == {"base", "finetuned"}
     assert sum(int(r[1]) for r in rows) == 60 and sum(int(r[2]) for r in rows) == requests
+    # the truth is printed on the report's definitions, and the report has a section per role and a verdict
+    assert "True values of the simulation, on the same definitions" in res.stdout
+    truth = dict(re.findall(r"^\| (base|finetuned) \| (0\.\d+) \| 0\.3", res.stdout, re.M))
+    # per user, at least once in 1-3 conversations at 0.30 (0.36) each: 1 - mean(0.7^k) = 0.489
+    assert truth == {"base": "0.489", "finetuned": "0.563"}, truth
+    for section in ("## Primary metrics", "## Secondary metrics", "## Guardrails", "## Diagnostics",
+                    "## Metric definitions"):
+        assert section in res.stdout
+    assert re.search(r"^\*\*Verdict: (ship|keep running|roll back|invalid)\.\*\*", res.stdout, re.M)

@@ -41,7 +41,7 @@ def test_aa_false_positive_rates_and_coverage_of_fixed_horizon_tests() -> None:
         c, t = rng.binomial(1, 0.2, 800), rng.binomial(1, 0.2, 800)
         e = compare_proportions(SampleStats.binary(800, int(c.sum())), SampleStats.binary(800, int(t.sum())))
         prop_fp.append(e.p_value < ALPHA)
-        # binary with a true effect of +3 points: coverage of the Newcombe interval
+        # binary with a true effect of +3 points: coverage of the z interval
         t2 = rng.binomial(1, 0.23, 800)
         e2 = compare_proportions(SampleStats.binary(800, int(c.sum())), SampleStats.binary(800, int(t2.sum())))
         prop_cover.append(e2.absolute_ci[0] <= 0.03 <= e2.absolute_ci[1])
@@ -60,7 +60,7 @@ def test_aa_false_positive_rates_and_coverage_of_fixed_horizon_tests() -> None:
         ratio_fp.append(r.p_value < ALPHA)
     for name, rate in [("proportions", _rate(prop_fp)), ("welch", _rate(welch_fp)), ("ratio", _rate(ratio_fp))]:
         assert 0.035 <= rate <= 0.065, (name, rate)
-    for name, rate in [("newcombe", _rate(prop_cover)), ("welch", _rate(welch_cover))]:
+    for name, rate in [("proportions_z", _rate(prop_cover)), ("welch", _rate(welch_cover))]:
         assert 0.935 <= rate <= 0.965, (name, rate)
 
 

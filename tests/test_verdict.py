@@ -4,6 +4,7 @@ with the issue's input and the correct outcome; references are stated with their
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -14,6 +15,7 @@ from splitwatch.stats import (
     AnalysisOptions,
     MetricDefinition,
     QuantileStats,
+    RatioStats,
     SampleStats,
     analyze,
     compare,
@@ -110,12 +112,30 @@ def test_zero_events_in_three_units_is_not_non_inferior() -> None:
 def test_relative_margin_with_zero_against_one_event_is_not_non_inferior() -> None:
     metric = [_binary("escalated", "guardrail", "decrease", margin=0.2, relative_margin=True)]
     stats = {"base": {"escalated": SampleStats.binary(20, 0)}, "ft": {"escalated": SampleStats.binary(20, 1)}}
-    res, _ = _run(metric, stats, min_units_per_arm=2)
+    res, v = _run(metric, stats, min_units_per_arm=2)
     g = res.get("escalated", "ft").guardrail
     assert g.status == "inconclusive" and g.upper > 1 and g.method == "katz_log_ratio_adjusted"
+    assert math.isnan(g.harm) and "control's value is 0" in v.sentence and "nan" not in v.sentence
+    json.dumps(v.as_dict(), allow_nan=False)  # strict JSON: the undefined harm is null
     # reference: statsmodels' log-adjusted ratio interval (Katz, 0.5 added), 90%, to 1e-9
     lo, hi = confint_proportions_2indep(1, 20, 0, 20, method="log-adjusted", compare="ratio", alpha=0.10)
     assert (g.lower, g.upper) == pytest.approx((lo - 1, hi - 1), rel=1e-9)
+
+
+def test_an_error_rate_guardrail_with_no_error_is_judged_on_its_requests() -> None:
+    # error_rate is a ratio over users (errors / requests); with no error in either arm it has no
+    # delta-method variance, yet 0 errors in 12,000 requests bounds the harm: Newcombe over requests.
+    metric = [MetricDefinition(name="error_rate", kind="ratio", direction="decrease", role="guardrail",
+                               margin=0.005)]
+    zero = RatioStats(4000, 0.0, 0.0, 12000.0, 40000.0, 0.0)  # 3 requests a user (per-user sums)
+    res, _ = _run(metric, {"base": {"error_rate": zero}, "ft": {"error_rate": zero}})
+    r = res.get("error_rate", "ft")
+    assert r.effect.p_value == 1.0 and r.guardrail.status == "non_inferior"
+    ref = confint_proportions_2indep(0, 12000, 0, 12000, method="newcomb", alpha=0.10)
+    assert (r.guardrail.lower, r.guardrail.upper) == pytest.approx(ref, abs=1e-12)
+    few = RatioStats(150, 0.0, 0.0, 150.0, 150.0, 0.0)  # 150 requests: the bound (0.018) is above 0.005
+    res, _ = _run(metric, {"base": {"error_rate": few}, "ft": {"error_rate": few}})
+    assert res.get("error_rate", "ft").guardrail.status == "inconclusive"
 
 
 def test_sequential_guardrail_uses_a_confidence_sequence() -> None:

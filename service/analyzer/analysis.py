@@ -7,24 +7,37 @@ import re
 
 from prometheus_client import Gauge
 
-from splitwatch.stats import AnalysisOptions, ExperimentResult, analyze
+from splitwatch.stats import AnalysisOptions, ExperimentResult, analyze, check_srm
 
 from .. import metrics
 from ..config import AnalyzerConfig, ExperimentConfig
 from .kpi_queries import ExperimentData
 
 
+def analysis_options(cfg: AnalyzerConfig, sequential: bool) -> AnalysisOptions:
+    """Return the engine's options for the analyzer's config (sequential: always-valid tests and SRM)."""
+    return AnalysisOptions(alpha=cfg.alpha, correction=cfg.correction, sequential=sequential,
+                           n_star=cfg.sequential_n_star, srm_sequential=sequential,
+                           decision_scale=cfg.decision_scale, guardrail_alpha=cfg.guardrail_alpha,
+                           min_units_per_arm=cfg.min_units_per_arm)
+
+
 def analyze_data(data: ExperimentData, exp: ExperimentConfig, cfg: AnalyzerConfig,
-                 sequential: bool) -> ExperimentResult | None:
-    """Return the engine's result for the experiment's data, or None when an arm has no units yet."""
+                 sequential: bool) -> ExperimentResult:
+    """Return the engine's result for the experiment's data.
+
+    While an arm has fewer than 2 units no metric can be tested, but the sample ratio checks still
+    run: an arm that gets no units is a broken assignment, not a reason to wait.
+    """
     arms = [a.name for a in exp.arms]
-    if any(data.units.get(a, 0) < 2 for a in arms):
-        return None
-    options = AnalysisOptions(alpha=cfg.alpha, correction=cfg.correction, sequential=sequential,
-                              n_star=cfg.sequential_n_star, srm_sequential=sequential)
+    options = analysis_options(cfg, sequential)
+    units = {a: data.units.get(a, 0) for a in arms}
+    weights = {a.name: a.weight for a in exp.arms}
+    if any(units[a] < 2 for a in arms):
+        srm, tests = check_srm(units, weights, options)
+        return ExperimentResult([], srm, options, {"every metric": "an arm has fewer than 2 units"}, tests)
     return analyze(data.metrics, {a: data.stats[a] for a in arms}, control=exp.control.name,
-                   weights={a.name: a.weight for a in exp.arms}, units={a: data.units.get(a, 0) for a in arms},
-                   options=options)
+                   weights=weights, units=units, options=options)
 
 
 # Label sets exported at the previous analysis, per experiment: series not refreshed this time (a
@@ -45,7 +58,9 @@ def export_gauges(data: ExperimentData, result: ExperimentResult | None) -> None
         put(metrics.UNITS, (key, arm), n)
     if result is not None:
         if result.srm is not None:
-            put(metrics.SRM_P_VALUE, (key,), result.srm.p_value)
+            # an arm without units (or units in an arm of weight 0) is a mismatch whatever the test says
+            counts_fail = any(t.method == "arm_counts" and t.mismatch for t in result.srm_tests)
+            put(metrics.SRM_P_VALUE, (key,), 0.0 if counts_fail else result.srm.p_value)
         breached: dict[str, bool] = {}
         for r in result.results:
             put(metrics.METRIC_MEAN, (key, r.control.arm, r.metric), r.control.estimate)

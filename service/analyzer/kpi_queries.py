@@ -27,6 +27,7 @@ from splitwatch.stats import MetricDefinition, QuantileStats, RatioStats, Sample
 from splitwatch.stats.quantile import quantile_design_effect, rank_bounds
 
 from ..config import AnalyzerConfig, ExperimentConfig
+from ..metric_catalog import builtin_defaults
 
 Stats = SampleStats | RatioStats | QuantileStats
 
@@ -51,16 +52,33 @@ class ExperimentData:
 
 
 def builtin_metrics(cfg: AnalyzerConfig, with_cost: bool) -> list[MetricDefinition]:
-    """Return the request-level KPIs computed from response events for every experiment."""
-    out = [MetricDefinition(name=f"latency_p{round(q * 100):d}_ms", kind="quantile", quantile=q,
-                            direction="decrease", description=f"p{round(q * 100)} upstream latency, ms")
-           for q in cfg.latency_quantiles]
-    out.append(MetricDefinition(name="error_rate", kind="ratio", direction="decrease",
-                                description="5xx answers and broken streams per request"))
-    out.append(MetricDefinition(name="completion_tokens_per_request", kind="ratio", direction="decrease"))
-    if with_cost:
-        out.append(MetricDefinition(name="cost_per_request", kind="ratio", direction="decrease"))
-    return out
+    """Return the request-level KPIs computed from response events for every experiment (role: diagnostic)."""
+    names = [f"latency_p{round(q * 100):d}_ms" for q in cfg.latency_quantiles]
+    names += ["error_rate", "completion_tokens_per_request"] + (["cost_per_request"] if with_cost else [])
+    return [MetricDefinition(name=n, role="diagnostic", **builtin_defaults(n)) for n in names]  # type: ignore[arg-type]
+
+
+def unit_definition(m: MetricDefinition, cfg: AnalyzerConfig) -> str:
+    """Return what a metric's value is, unit by unit, as the queries below compute it (the report's vocabulary)."""
+    window = f"{cfg.attribution_window_hours:g} h"
+    if m.kind == "quantile":
+        return (f"p{m.quantile * 100:g} of the upstream latency (ms) of all successful responses of the arm's "  # type: ignore[operator]
+                "users; its variance widened for requests clustered in users (design effect)")
+    if m.name in ("error_rate", "completion_tokens_per_request", "cost_per_request"):
+        what = {"error_rate": "5xx answers and broken streams", "completion_tokens_per_request": "completion tokens",
+                "cost_per_request": "token cost (analyzer.prices)"}[m.name]
+        return f"per request: {what} over all the arm's users / their requests (delta method over users)"
+    if m.kind == "binary":
+        return (f"per user: {m.name} reported as 1 at least once within {window} of the first exposure "
+                "(users without a report count as 0)")
+    if m.kind == "continuous":
+        return (f"per user: mean of the {m.name} values reported within {window} of the first exposure "
+                "(users without a report are left out)")
+    if m.numerator is not None:
+        den = "their requests" if m.denominator == "requests" else f"their sum of {m.denominator}"
+        return (f"per {'request' if m.denominator == 'requests' else m.denominator}: sum of {m.numerator} "
+                f"within {window} over all the arm's users / {den} (delta method over users)")
+    return f"{m.kind} metric {m.name}"
 
 
 def prepare_events(con: duckdb.DuckDBPyConnection, glob: str, phase: int) -> None:
@@ -148,7 +166,7 @@ def load_experiment(con: duckdb.DuckDBPyConnection, glob: str | None, exp: Exper
 
 
 def _merge_metrics(configured: list[MetricDefinition], builtin: list[MetricDefinition]) -> list[MetricDefinition]:
-    """Config metrics first; a built-in with the same name takes the config's definition (guardrail...)."""
+    """Config metrics first; a built-in with the same name takes the config's definition (its role...)."""
     names = {m.name for m in configured}
     return [*configured, *(b for b in builtin if b.name not in names)]
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import duckdb
 
-from splitwatch.stats import ExperimentResult, MetricResult, sample_size_means, sample_size_proportions
+from splitwatch.stats import ROLES, ExperimentResult, MetricResult, Verdict, decide, json_safe
 
-from ..config import Config, ExperimentConfig
+from ..config import AnalyzerConfig, Config, ExperimentConfig
 from .analysis import analyze_data
-from .kpi_queries import ExperimentData, load_experiment, prepare_events
+from .kpi_queries import ExperimentData, load_experiment, prepare_events, unit_definition
 from .lake import Lake
 
 
@@ -54,7 +54,8 @@ class Report:
     result: ExperimentResult | None
     sequential: bool
     series: dict[tuple[str, str], list[SeriesPoint]] = field(default_factory=dict)
-    verdict: str = ""
+    verdict: Verdict | None = None
+    analyzer: AnalyzerConfig = field(default_factory=AnalyzerConfig)
     drift: list[dict[str, Any]] = field(default_factory=list)  # drift events of the period, in time order
 
 
@@ -91,8 +92,8 @@ def build_report(cfg: Config, key: str, start: date, end: date, sequential: bool
                 _progress(i, len(days), f"report {key}")
     finally:
         con.close()
-    assert data is not None
-    rep = Report(exp, start, end, data, result, sequential, series, drift=drift)
+    assert data is not None and result is not None
+    rep = Report(exp, start, end, data, result, sequential, series, drift=drift, analyzer=cfg.analyzer)
     rep.verdict = verdict(rep)
     return rep
 
@@ -110,57 +111,26 @@ def _drift_events(con: duckdb.DuckDBPyConnection, start: date, end: date) -> lis
              "features": json.loads(feats) if feats else []} for ts, arm, det, hit, feats in rows]
 
 
-def _days_to_power(rep: Report, r: MetricResult) -> float | None:
-    """Return the extra days needed for 80% power at the observed effect, or None if it cannot be told."""
-    d = rep.data
+def verdict(rep: Report) -> Verdict:
+    """Return the verdict (ship, keep running, roll back, invalid) of the report's analysis."""
+    d, res = rep.data, rep.result
+    assert res is not None
     days = max(1, (rep.end - rep.start).days + 1)
-    total_units = sum(d.units.values())
-    per_day = total_units / days
-    effect = r.effect.absolute
-    if effect == 0 or per_day == 0:
-        return None
-    try:
-        if r.kind == "binary":
-            n0, n1 = sample_size_proportions(r.control.estimate, effect)
-        else:
-            sd = r.control.se * math.sqrt(max(r.control.n, 1))
-            n0, n1 = sample_size_means(effect, sd)
-    except ValueError:
-        return None
-    return max(0.0, (n0 + n1 - total_units) / per_day)
+    total = sum(d.units.values())
+    return decide(res, d.metrics, {a.name: d.units.get(a.name, 0) for a in rep.experiment.arms},
+                  {a.name: a.weight for a in rep.experiment.arms}, rep.experiment.control.name,
+                  units_per_day=total / days if total else None, multi_arm_units=d.multi_arm_units)
 
 
-def verdict(rep: Report) -> str:
-    """Return a plain-language decision: ship, keep running (with the days to reach power), or stop."""
-    res = rep.result
-    if res is None:
-        return "Keep running: an arm has fewer than 2 units in this period, nothing can be concluded yet."
-    if res.srm is not None and res.srm.mismatch:
-        return (f"Stop and investigate: sample ratio mismatch (p = {res.srm.p_value:.2g}). The split of units "
-                "does not match the weights, so assignment or logging is broken and no result can be trusted.")
-    breached = [r for r in res.results if r.guardrail is not None and r.guardrail.status == "breached"]
-    if breached:
-        names = ", ".join(f"{r.metric} ({r.arm})" for r in breached)
-        return f"Stop: guardrail breached: {names}. The fine-tuned model makes these worse beyond the margin."
-    primary_names = {m.name for m in rep.experiment.metrics if not m.guardrail}
-    primary = [r for r in res.results if r.metric in primary_names]
-    worse = [r for r in primary if r.decision == "worse"]
-    if worse:
-        return "Stop: significantly worse on " + ", ".join(f"{r.metric} ({r.arm})" for r in worse) + "."
-    better = [r for r in primary if r.decision == "better"]
-    if better:
-        return ("Ship: significantly better on " + ", ".join(f"{r.metric} ({r.arm})" for r in better)
-                + ", with no primary metric worse and no guardrail breached.")
-    waits = [(r, _days_to_power(rep, r)) for r in primary]
-    known = [(r, w) for r, w in waits if w is not None]
-    if not known:
-        return "Keep running: no primary metric is significant yet."
-    r, w = min(known, key=lambda x: x[1])
-    if w > 365:
-        return (f"Keep running or stop: at the observed effect on {r.metric} ({r.effect.absolute:+.3g}), 80% power "
-                "would take more than a year at the current traffic; the effect is probably too small to matter.")
-    return (f"Keep running: about {math.ceil(w)} more days to reach 80% power for the observed effect on "
-            f"{r.metric} ({r.effect.absolute:+.3g}) at the current traffic.")
+def metric_vocabulary(rep: Report) -> list[dict[str, Any]]:
+    """Return each metric's role, unit-level definition and description, by role."""
+    out = []
+    for m in sorted(rep.data.metrics, key=lambda m: ROLES.index(m.role)):
+        out.append({"metric": m.name, "role": m.role, "kind": m.kind, "direction": m.direction,
+                    "definition": unit_definition(m, rep.analyzer), "description": m.description,
+                    "margin": m.margin, "relative_margin": m.relative_margin if m.guardrail else None,
+                    "mde": m.mde})
+    return out
 
 
 # -- rendering ------------------------------------------------------------------------------------
@@ -181,54 +151,115 @@ def _ci(ci: tuple[float, float] | None, pct: bool = False) -> str:
     return f"[{f(ci[0])}, {f(ci[1])}]"
 
 
+def _srm_dict(res: ExperimentResult | None) -> dict[str, Any] | None:
+    if res is None or not res.srm_tests:
+        return None
+    out: dict[str, Any] = {"mismatch": res.srm_mismatch}
+    for t in res.srm_tests:
+        name = "sequential" if t.method.startswith("dirichlet") else t.method
+        out[name] = {"p_value": t.p_value, "mismatch": t.mismatch, "method": t.method, "expected": t.expected,
+                     **({"arms": t.arms} if t.method == "arm_counts" else {})}
+    return out
+
+
 def to_dict(rep: Report) -> dict[str, Any]:
     """Return the report as JSON-ready data."""
     d, res = rep.data, rep.result
+    o = res.options if res is not None else None
     out: dict[str, Any] = {
         "experiment": rep.experiment.key, "phase": rep.experiment.phase, "from": rep.start.isoformat(),
         "to": rep.end.isoformat(), "method": "always-valid (sequential)" if rep.sequential else "fixed horizon",
+        "alpha": o.alpha if o else None, "correction": o.correction if o else None,
+        "decision_scale": o.decision_scale if o else None,
+        "guardrail_alpha_one_sided": o.guardrail_alpha if o else None,
+        "min_units_per_arm": o.min_units_per_arm if o else None,
         "units": d.units, "requests": d.requests, "excluded": {
             "units_in_several_arms": d.multi_arm_units, "orphan_outcomes": d.orphan_outcomes,
             "late_outcomes": d.late_outcomes, "forced_requests": d.forced_requests},
         "skipped_metrics": {**d.skipped, **(res.skipped if res is not None else {})},
-        "verdict": rep.verdict, "srm": None, "drift": rep.drift, "results": []}
-    if res is not None and res.srm is not None:
-        out["srm"] = {"p_value": res.srm.p_value, "mismatch": res.srm.mismatch, "method": res.srm.method,
-                      "expected": res.srm.expected}
+        "verdict": rep.verdict.as_dict() if rep.verdict else None, "srm": _srm_dict(res),
+        "metrics": metric_vocabulary(rep), "drift": rep.drift, "results": []}
     for r in res.results if res else []:
+        g = r.guardrail
         out["results"].append({
-            "metric": r.metric, "kind": r.kind, "arm": r.arm, "control": r.control.arm,
+            "metric": r.metric, "role": r.role, "kind": r.kind, "arm": r.arm, "control": r.control.arm,
             "control_value": r.control.estimate, "treatment_value": r.treatment.estimate,
             "control_n": r.control.n, "treatment_n": r.treatment.n,
             "absolute_effect": r.effect.absolute, "absolute_ci": list(r.effect.absolute_ci),
+            "p_value_absolute": r.effect.p_value,
             "relative_effect": r.effect.relative,
             "relative_ci": list(r.effect.relative_ci) if r.effect.relative_ci else None,
-            "p_value": r.effect.p_value, "p_value_adjusted": r.p_value_adjusted, "method": r.method,
+            "p_value_relative": r.effect.relative_p_value,
+            "p_value": r.p_value, "p_value_adjusted": r.p_value_adjusted, "method": r.method,
             "decision": r.decision, "chance_to_win": r.bayesian.chance_to_win,
-            "guardrail": None if r.guardrail is None else {
-                "status": r.guardrail.status, "margin": r.guardrail.margin, "harm": r.guardrail.harm},
+            "guardrail": None if g is None else {
+                "status": g.status, "margin": g.margin, "relative": g.relative, "harm": g.harm,
+                "harm_lower": g.lower, "harm_upper": g.upper, "alpha_one_sided": g.alpha, "method": g.method,
+                "reason": g.reason},
             "series": [p.__dict__ for p in rep.series.get((r.metric, r.arm), [])]})
     return out
 
 
 def to_json(rep: Report) -> str:
-    """Return the report as JSON text."""
-    return json.dumps(to_dict(rep), indent=2, default=str)
+    """Return the report as JSON text (strict: an undefined or infinite number is null)."""
+    return json.dumps(json_safe(to_dict(rep)), indent=2, default=str, allow_nan=False)
 
 
-def _rows(rep: Report) -> list[list[str]]:
-    rows = []
-    for r in rep.result.results if rep.result else []:
-        rows.append([r.metric + (" (guardrail)" if r.guardrail else ""), r.arm, _fmt(r.control.estimate),
-                     _fmt(r.treatment.estimate), f"{r.effect.absolute:+.4g} {_ci(r.effect.absolute_ci)}",
-                     f"{_pct(r.effect.relative)} {_ci(r.effect.relative_ci, pct=True)}",
-                     _fmt(r.p_value_adjusted, 3), r.guardrail.status if r.guardrail else r.decision,
-                     r.method])
-    return rows
+def _harm(r: MetricResult) -> str:
+    g = r.guardrail
+    if g is None:
+        return ""
+    if g.relative:
+        return f"{_pct(g.harm)} [{_pct(g.lower)}, {_pct(g.upper)}] vs {g.margin * 100:.3g}%"
+    return f"{g.harm:+.4g} [{g.lower:+.4g}, {g.upper:+.4g}] vs {g.margin:.4g}"
 
 
-HEADER = ["metric", "arm", "control", "treatment", "absolute effect [CI]", "relative effect [CI]",
-          "p (adjusted)", "decision", "method"]
+def _row(r: MetricResult) -> list[str]:
+    p_rel = _fmt(r.effect.relative_p_value, 3)
+    row = [r.metric, r.arm, _fmt(r.control.estimate), _fmt(r.treatment.estimate),
+           f"{r.effect.absolute:+.4g} {_ci(r.effect.absolute_ci)}",
+           f"{_pct(r.effect.relative)} {_ci(r.effect.relative_ci, pct=True)}",
+           f"{_fmt(r.effect.p_value, 3)} / {p_rel}"]
+    if r.role == "guardrail":
+        return [*row, _harm(r), r.guardrail.status if r.guardrail else "n/a", r.method]
+    if r.role == "diagnostic":
+        return [*row, r.decision, r.method]
+    return [*row, _fmt(r.p_value_adjusted, 3), r.decision, r.method]
+
+
+_BASE = ["metric", "arm", "control", "treatment", "absolute effect [CI]", "relative effect [CI]",
+         "p absolute / relative"]
+HEADERS = {"primary": [*_BASE, "p adjusted", "decision", "method"],
+           "secondary": [*_BASE, "p adjusted", "decision", "method"],
+           "guardrail": [*_BASE, "harm [interval] vs margin", "status", "method"],
+           "diagnostic": [*_BASE, "decision (unadjusted)", "method"]}
+TITLES = {"primary": "Primary metrics (decide the verdict)",
+          "secondary": "Secondary metrics (reported; a worse one is named in the verdict)",
+          "guardrail": "Guardrails (non-inferiority against their margin)",
+          "diagnostic": "Diagnostics (shown only; not adjusted, not in the verdict)"}
+
+
+def _sections(rep: Report) -> list[tuple[str, list[str], list[list[str]], str]]:
+    """Return (title, header, rows, note) for each role that has metrics."""
+    res = rep.result
+    o = res.options if res is not None else None
+    out = []
+    for role in ROLES:
+        rows = [_row(r) for r in (res.results if res else []) if r.role == role]
+        if not rows:
+            continue
+        note = ""
+        if o is not None and role in ("primary", "secondary"):
+            note = (f"Two-sided tests at alpha {o.alpha:g}, {o.correction} correction within the {role} family; "
+                    f"the {o.decision_scale} scale decides. A CI excludes 0 exactly when its p < alpha.")
+        elif o is not None and role == "guardrail":
+            note = (f"Harm bounds are one-sided at {o.guardrail_alpha:g} each (a "
+                    f"{round(100 * (1 - 2 * o.guardrail_alpha))}% interval"
+                    f"{', valid under continuous monitoring' if rep.sequential else ''}); non-inferior when the "
+                    f"upper bound is below the margin, breached when the lower bound is above it; at least "
+                    f"{o.min_units_per_arm} units per arm.")
+        out.append((TITLES[role], HEADERS[role], rows, note))
+    return out
 
 
 def _summary_lines(rep: Report) -> list[str]:
@@ -238,9 +269,12 @@ def _summary_lines(rep: Report) -> list[str]:
              f"{rep.start} to {rep.end} ({tests})",
              "Units per arm: " + ", ".join(f"{a} {n}" for a, n in sorted(d.units.items())),
              "Requests per arm: " + ", ".join(f"{a} {n}" for a, n in sorted(d.requests.items()))]
-    if res is not None and res.srm is not None:
-        lines.append(f"Sample ratio check: p = {res.srm.p_value:.3g} "
-                     f"({'MISMATCH' if res.srm.mismatch else 'ok'}, {res.srm.method})")
+    for t in res.srm_tests if res is not None else ():
+        what = {"chi_square": "Sample ratio, chi-square over the period",
+                "arm_counts": "Sample ratio, every arm with a weight has units"}.get(
+            t.method, "Sample ratio, sequential (valid when watched)")
+        value = "" if t.method == "arm_counts" else f"p = {t.p_value:.3g}, "
+        lines.append(f"{what}: {value}{'MISMATCH' if t.mismatch else 'ok'}")
     lines.append(f"Excluded: {d.multi_arm_units} units seen in several arms, {d.forced_requests} forced requests; "
                  f"{d.orphan_outcomes} outcomes without an exposure, {d.late_outcomes} after the attribution window")
     for m, why in d.skipped.items():
@@ -254,12 +288,28 @@ def _summary_lines(rep: Report) -> list[str]:
     return lines
 
 
+def _vocabulary_lines(rep: Report) -> list[str]:
+    out = []
+    for m in metric_vocabulary(rep):
+        d = (m["description"] or "").rstrip(".")
+        extra = f" {d[:1].upper()}{d[1:]}." if d else ""
+        out.append(f"{m['metric']} ({m['role']}, {m['direction']} is better): {m['definition']}.{extra}")
+    return out
+
+
 def to_markdown(rep: Report) -> str:
     """Return the report as Markdown."""
-    out = [f"# splitwatch report: {rep.experiment.key}", "", f"**Verdict.** {rep.verdict}", ""]
+    v = rep.verdict
+    head = f"**Verdict: {v.decision.replace('_', ' ')}.** {v.sentence}" if v else "**Verdict:** none"
+    out = [f"# splitwatch report: {rep.experiment.key}", "", head, ""]
     out += [f"- {line}" for line in _summary_lines(rep)]
-    out += ["", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    out += ["| " + " | ".join(row) + " |" for row in _rows(rep)]
+    for title, header, rows, note in _sections(rep):
+        out += ["", f"## {title}", ""]
+        out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(row) + " |" for row in rows]
+        if note:
+            out += ["", note]
+    out += ["", "## Metric definitions", ""] + [f"- {line}" for line in _vocabulary_lines(rep)]
     return "\n".join(out) + "\n"
 
 
@@ -289,22 +339,29 @@ def _plot(points: list[SeriesPoint], title: str) -> str:
 def to_html(rep: Report) -> str:
     """Return the report as one self-contained HTML page (plots embedded as PNG)."""
     esc = html.escape
-    rows = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in _rows(rep))
+    tables = "".join(
+        f"<h2>{esc(title)}</h2><table><tr>{''.join(f'<th>{esc(h)}</th>' for h in header)}</tr>"
+        + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+        + f"</table><p class=note>{esc(note)}</p>"
+        for title, header, rows, note in _sections(rep))
+    vocabulary = "".join(f"<li>{esc(line)}</li>" for line in _vocabulary_lines(rep))
     plots = "".join(
         f'<figure><img alt="{esc(m)} {esc(a)}" '
         f'src="data:image/png;base64,{_plot(pts, f"{m}: {a} vs control (cumulative)")}"></figure>'
         for (m, a), pts in rep.series.items())
     summary = "".join(f"<li>{esc(line)}</li>" for line in _summary_lines(rep))
+    decision = rep.verdict.decision.replace("_", " ") if rep.verdict else "none"
+    sentence = rep.verdict.sentence if rep.verdict else ""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>splitwatch report: {esc(rep.experiment.key)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}
 table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}th{{background:#f4f4f4}}
 .verdict{{padding:1em;background:#eef5ff;border-left:4px solid #1f77b4}}
-figure{{display:inline-block;margin:0.5em}}</style>
+figure{{display:inline-block;margin:0.5em}}.note{{font-size:12px;color:#555}}</style>
 </head><body><h1>splitwatch report: {esc(rep.experiment.key)}</h1>
-<p class="verdict"><b>Verdict.</b> {esc(rep.verdict)}</p><ul>{summary}</ul>
-<h2>KPIs and guardrails</h2><table><tr>{''.join(f'<th>{esc(h)}</th>' for h in HEADER)}</tr>{rows}</table>
+<p class="verdict"><b>Verdict: {esc(decision)}.</b> {esc(sentence)}</p><ul>{summary}</ul>
+{tables}<h2>Metric definitions</h2><ul>{vocabulary}</ul>
 <h2>Effects over time</h2>{plots}</body></html>
 """
 

@@ -29,11 +29,13 @@ from ..delivery.topic_reader import read_events, unique_by_event_id
 from .processes import Broker, Proxy, StubModel, wait_delivered
 
 TOPIC = "splitwatch.events"
-# The simulation's truth: what a perfect analysis would find.
+# The simulation's truth, per conversation (one chat request): what each simulated conversation draws.
 TRUE_RATES = {
     "base": {"resolved": 0.30, "escalated": 0.12, "csat": 3.8},
     "finetuned": {"resolved": 0.36, "escalated": 0.10, "csat": 4.0},
 }
+CONVERSATIONS = (1, 2, 3)  # each user has 1, 2 or 3 conversations, equally likely
+CSAT_SD = 0.9
 PROMPTS = [
     "Where is my parcel? Order {n} was due yesterday.",
     "How do I reset my password?",
@@ -61,15 +63,14 @@ def demo_config(broker: Broker, base: StubModel, ft: StubModel, workdir: Path) -
                  "upstream": {"base_url": ft.base_url, "model": "llama-3.1-8b-support-ft", "timeout_s": 30}},
             ],
             "metrics": [
-                {"name": "resolved", "kind": "binary", "direction": "increase",
+                {"name": "resolved", "kind": "binary", "direction": "increase", "role": "primary", "mde": 0.05,
                  "description": "the user had at least one conversation resolved"},
                 {"name": "resolution_rate", "kind": "ratio", "numerator": "resolved", "denominator": "requests",
                  "direction": "increase", "description": "resolved conversations per conversation"},
-                {"name": "escalated", "kind": "binary", "direction": "decrease", "guardrail": True,
-                 "margin": 0.01},
                 {"name": "csat", "kind": "continuous", "direction": "increase"},
-                {"name": "latency_p95_ms", "kind": "quantile", "quantile": 0.95, "direction": "decrease",
-                 "guardrail": True, "margin": 0.20, "relative_margin": True,
+                {"name": "escalated", "kind": "binary", "direction": "decrease", "role": "guardrail",
+                 "margin": 0.03, "description": "the user was handed to a human at least once"},
+                {"name": "latency_p95_ms", "role": "guardrail", "margin": 0.20, "relative_margin": True,
                  "description": "p95 upstream latency must not grow by more than 20%"},
             ],
         }],
@@ -81,7 +82,7 @@ def _simulate_unit(proxy_url: str, unit: str, seed: int) -> list[dict[str, Any]]
     rng = random.Random(f"{seed}:{unit}")
     outcomes = []
     with httpx.Client(timeout=30) as client:
-        for _ in range(rng.randint(1, 3)):
+        for _ in range(rng.choice(CONVERSATIONS)):
             text = rng.choice(PROMPTS).format(n=rng.randint(1000, 9999))
             body = {"model": "support-bot", "user": unit, "messages": [{"role": "user", "content": text}]}
             if rng.random() < 0.3:
@@ -93,20 +94,40 @@ def _simulate_unit(proxy_url: str, unit: str, seed: int) -> list[dict[str, Any]]
             for metric in ("resolved", "escalated"):
                 outcomes.append({"experiment": "support-ft", "unit_id": unit, "metric": metric,
                                  "request_id": request_id, "value": float(rng.random() < truth[metric])})
-            csat = min(5.0, max(1.0, round(rng.gauss(truth["csat"], 0.9))))
+            csat = min(5.0, max(1.0, round(rng.gauss(truth["csat"], CSAT_SD))))
             outcomes.append({"experiment": "support-ft", "unit_id": unit, "metric": "csat",
                              "request_id": request_id, "value": csat})
     return outcomes
 
 
+def true_values() -> dict[str, dict[str, float]]:
+    """Return each arm's true value of every outcome KPI on the report's own definitions.
+
+    Per user (binary): P(at least one of K conversations) = 1 - E[(1 - p)^K]; per request (ratio):
+    p; CSAT per user: the mean of per-conversation scores, round(N(mu, sd)) clamped to 1..5, whose
+    expectation is the expectation of one score.
+    """
+    from scipy.stats import norm
+
+    out = {}
+    for arm, t in TRUE_RATES.items():
+        at_least_once = {m: 1 - mean((1 - t[m]) ** k for k in CONVERSATIONS) for m in ("resolved", "escalated")}
+        edges = [-float("inf"), 1.5, 2.5, 3.5, 4.5, float("inf")]
+        csat = sum(v * (norm.cdf(hi, t["csat"], CSAT_SD) - norm.cdf(lo, t["csat"], CSAT_SD))
+                   for v, lo, hi in zip(range(1, 6), edges, edges[1:], strict=False))
+        out[arm] = {**at_least_once, "resolution_rate": t["resolved"], "csat": csat}
+    return out
+
+
 def summarise(events: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Return per-arm units, requests, latency and per-unit outcome means from deduplicated events."""
-    arms: dict[str, dict[str, Any]] = defaultdict(lambda: {"units": set(), "latency": [], "tokens": [],
+    """Return per-arm units, requests, latency and the outcome KPIs, on the report's definitions."""
+    arms: dict[str, dict[str, Any]] = defaultdict(lambda: {"units": set(), "requests": 0, "latency": [], "tokens": [],
                                                            "outcomes": defaultdict(lambda: defaultdict(list))})
     for e in events:
         a = arms[e["arm"]]
         if e["type"] == "exposure" and not e["forced"]:
             a["units"].add(e["unit_id"])
+            a["requests"] += 1
         elif e["type"] == "response" and e["status_code"] == 200:
             a["latency"].append(e["latency_ms"])
             if e["completion_tokens"] is not None:
@@ -116,12 +137,18 @@ def summarise(events: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     out = {}
     for arm, a in sorted(arms.items()):
         lat = sorted(a["latency"])
-        row = {"units": len(a["units"]), "requests": len(lat),
+        users = a["units"]
+        row = {"units": len(users), "requests": a["requests"],
                "latency_p50_ms": lat[len(lat) // 2] if lat else float("nan"),
                "latency_p95_ms": lat[int(len(lat) * 0.95)] if lat else float("nan"),
                "completion_tokens_mean": mean(a["tokens"]) if a["tokens"] else float("nan")}
-        for metric, per_unit in a["outcomes"].items():
-            row[metric] = mean(mean(v) for v in per_unit.values())  # the unit is the unit of analysis
+        oc = a["outcomes"]
+        if users:
+            for m in ("resolved", "escalated"):  # per user: at least once (users without a report: 0)
+                row[m] = sum(max(oc[m].get(u, [0.0])) for u in users) / len(users)
+            row["resolution_rate"] = sum(sum(oc["resolved"].get(u, [])) for u in users) / max(1, a["requests"])
+            rated = [mean(oc["csat"][u]) for u in users if oc["csat"].get(u)]
+            row["csat"] = mean(rated) if rated else float("nan")
         out[arm] = row
     return out
 
@@ -173,15 +200,20 @@ def run_demo(units: int = 2000, seed: int = 7, workdir: str | None = None) -> in
     n_req = sum(1 for e in events if e["type"] == "exposure")
     print(f"\n{len(events)} events read back from Kafka ({n_req} requests, {len(outcomes)} outcomes) "
           f"in {time.monotonic() - t0:.0f} s\n")
-    cols = ["units", "requests", "resolved", "escalated", "csat", "latency_p50_ms", "latency_p95_ms",
-            "completion_tokens_mean"]
+    cols = ["units", "requests", "resolved", "resolution_rate", "escalated", "csat", "latency_p50_ms",
+            "latency_p95_ms", "completion_tokens_mean"]
+    print("Measured from the events read back (resolved, escalated: per user, at least once; resolution_rate: "
+          "per request; csat: per user mean):")
     print("| arm | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     for arm, row in summary.items():
         print(f"| {arm} | " + " | ".join(f"{row.get(c, float('nan')):.3g}" for c in cols) + " |")
-    print("\ntrue values used by the simulation:")
-    for arm, truth in TRUE_RATES.items():
-        print(f"  {arm}: " + ", ".join(f"{k}={v}" for k, v in truth.items()))
+    truth = true_values()
+    print("\nTrue values of the simulation, on the same definitions (per conversation: "
+          + "; ".join(f"{a} " + ", ".join(f"{k} {v}" for k, v in t.items()) for a, t in TRUE_RATES.items()) + "):")
+    print("| arm | resolved | resolution_rate | escalated | csat |\n|---|---|---|---|---|")
+    for arm, t in truth.items():
+        print(f"| {arm} | {t['resolved']:.3g} | {t['resolution_rate']:.3g} | {t['escalated']:.3g} | {t['csat']:.3g} |")
     total = sum(r["units"] for r in summary.values())
     print("\nunits per arm (expected 50/50): " + ", ".join(
         f"{arm} {r['units'] / total:.1%}" for arm, r in summary.items()))
