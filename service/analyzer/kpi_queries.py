@@ -1,13 +1,18 @@
 """Lake -> sufficient statistics: plain SQL (DuckDB here; the same SQL runs on Trino or ClickHouse).
 
-Per experiment and phase, over units first exposed in [start, end):
+Per experiment and phase (counting rules, also in docs/analyzer.md):
 
-- units: non-forced exposures; a unit seen in two arms is excluded and counted (assignment broken);
-- outcomes join exposures by experiment, phase and unit, within ``attribution_window_hours`` of
-  the unit's first exposure; outcomes of units never exposed are counted as orphans, later ones
-  as late, never silently merged;
+- units: a unit's first exposure is its first non-forced exposure in the whole phase; a period
+  holds the units first exposed in it (a returning unit belongs to its first period only); a unit
+  seen in two arms is excluded and counted (assignment broken);
+- every KPI reads only the unit's events within ``attribution_window_hours`` of its first exposure:
+  outcomes, responses, and the requests that are the denominator of per-request ratios. Outcomes
+  before the first exposure are counted as early, after the window as late; outcomes (timestamped
+  in the period) of units never exposed in the phase as orphans, or as forced-only when the unit
+  only had forced (QA) requests. None is ever merged in;
 - per unit: binary outcome -> max (did it happen, 0 if never reported); continuous -> mean of the
-  reported values (units without one are left out); ratio -> sum(numerator) / denominator;
+  reported values (units without one are left out); ratio -> sum(numerator) / denominator, units
+  with 0/0 stay in n (the ratio of sums over units is what the delta method estimates);
 - built-in request-level KPIs from response events: latency quantiles (ms, successful responses),
   ``error_rate`` (5xx and broken streams per request), ``completion_tokens_per_request`` and
   ``cost_per_request`` (from ``analyzer.prices``, by upstream model).
@@ -49,6 +54,8 @@ class ExperimentData:
     late_outcomes: int = 0
     forced_requests: int = 0
     skipped: dict[str, str] = field(default_factory=dict)  # metric -> why it could not be computed
+    early_outcomes: int = 0  # timestamped before the unit's first exposure
+    forced_only_outcomes: int = 0  # of units only ever served by forced (QA) requests
 
 
 def builtin_metrics(cfg: AnalyzerConfig, with_cost: bool) -> list[MetricDefinition]:
@@ -102,45 +109,67 @@ def load_experiment(con: duckdb.DuckDBPyConnection, glob: str | None, exp: Exper
     """
     if glob is not None:
         prepare_events(con, glob, exp.phase)
-    where = ["type = 'exposure'", "NOT forced", "unit_id IS NOT NULL"]
-    params: list[object] = []
+    window = f"to_microseconds(CAST({float(cfg.attribution_window_hours)} * 3600e6 AS BIGINT))"
+    # A unit belongs to the period of its first exposure over the whole phase: a unit first exposed
+    # before the period that returns during it is not a unit of the period.
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE units_all AS
+        SELECT unit_id, min(arm) AS arm, count(DISTINCT arm) AS arms, min(ts) AS first_ts
+        FROM ev WHERE type = 'exposure' AND NOT forced AND unit_id IS NOT NULL GROUP BY unit_id
+    """)
+    in_period, params = ["TRUE"], []
     if start is not None:
-        where.append("ts >= ?")
+        in_period.append("first_ts >= ?")
         params.append(start)
     if end is not None:
-        where.append("ts < ?")
+        in_period.append("first_ts < ?")
         params.append(end)
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE units_all AS
-        SELECT unit_id, min(arm) AS arm, count(DISTINCT arm) AS arms, min(ts) AS first_ts, count(*) AS requests
-        FROM ev WHERE {' AND '.join(where)} GROUP BY unit_id
+        CREATE OR REPLACE TEMP TABLE units_period AS SELECT * FROM units_all WHERE {' AND '.join(in_period)}
     """, params)
-    con.execute("CREATE OR REPLACE TEMP TABLE units AS SELECT * FROM units_all WHERE arms = 1")
-    multi = con.execute("SELECT count(*) FROM units_all WHERE arms > 1").fetchone()[0]
+    # Every KPI reads only the unit's events within the attribution window from its first exposure:
+    # its requests (the denominator of per-request ratios), responses and outcomes alike.
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE units AS
+        SELECT u.unit_id, u.arm, u.first_ts, count(e.unit_id) AS requests
+        FROM units_period u JOIN ev e ON e.unit_id = u.unit_id AND e.type = 'exposure' AND NOT e.forced
+             AND e.ts >= u.first_ts AND e.ts <= u.first_ts + {window}
+        WHERE u.arms = 1 GROUP BY u.unit_id, u.arm, u.first_ts
+    """)
+    multi = con.execute("SELECT count(*) FROM units_period WHERE arms > 1").fetchone()[0]
     units = dict(con.execute("SELECT arm, count(*) FROM units GROUP BY arm").fetchall())
     requests = dict(con.execute("SELECT arm, sum(requests) FROM units GROUP BY arm").fetchall())
-    forced = con.execute("SELECT count(*) FROM ev WHERE type = 'exposure' AND forced").fetchone()[0]
-    window_h = float(cfg.attribution_window_hours)
+    period_ts = " AND ".join(["TRUE"] + [c.replace("first_ts", "ts") for c in in_period[1:]])
+    forced = con.execute(f"SELECT count(*) FROM ev WHERE type = 'exposure' AND forced AND {period_ts}",
+                         params).fetchone()[0]
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE outc AS
         SELECT o.unit_id, o.metric, o.value,
-               u.unit_id IS NOT NULL AND o.ts >= u.first_ts
-                 AND o.ts <= u.first_ts + to_microseconds(CAST({window_h} * 3600e6 AS BIGINT)) AS attributed,
-               u.unit_id IS NOT NULL AS known
-        FROM ev o LEFT JOIN units u ON u.unit_id = o.unit_id
+               o.ts >= u.first_ts AND o.ts <= u.first_ts + {window} AS attributed,
+               o.ts < u.first_ts AS early
+        FROM ev o JOIN units u ON u.unit_id = o.unit_id
         WHERE o.type = 'outcome'
     """)
-    exposed_ever = "SELECT DISTINCT unit_id FROM ev WHERE type = 'exposure' AND NOT forced"
-    orphans = con.execute(f"SELECT count(*) FROM outc WHERE unit_id NOT IN ({exposed_ever})").fetchone()[0]
-    late = con.execute("SELECT count(*) FROM outc WHERE known AND NOT attributed").fetchone()[0]
-    # per-request facts of the units' responses, with the upstream model for prices
-    con.execute("""
+    early = con.execute("SELECT count(*) FROM outc WHERE early").fetchone()[0]
+    late = con.execute("SELECT count(*) FROM outc WHERE NOT attributed AND NOT early").fetchone()[0]
+    # outcomes of the period (by their own time) whose unit has no exposure in the phase: orphans, or
+    # forced-only when the unit was only ever served by a forced (QA) request
+    orphan_rows = dict(con.execute(f"""
+        SELECT f.unit_id IS NOT NULL, count(*)
+        FROM ev o LEFT JOIN (SELECT DISTINCT unit_id FROM ev WHERE type = 'exposure' AND forced) f
+             ON f.unit_id = o.unit_id
+        WHERE o.type = 'outcome' AND {period_ts} AND o.unit_id NOT IN (SELECT unit_id FROM units_all)
+        GROUP BY 1
+    """, params).fetchall())
+    orphans, forced_only = orphan_rows.get(False, 0), orphan_rows.get(True, 0)
+    # per-request facts of the units' responses within the window, with the upstream model for prices
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE resp AS
         SELECT u.unit_id, u.arm, r.status_code, r.error, r.latency_ms, r.prompt_tokens, r.completion_tokens,
                x.upstream_model
         FROM ev r JOIN units u ON u.unit_id = r.unit_id
         LEFT JOIN (SELECT request_id, upstream_model FROM ev WHERE type = 'exposure') x ON x.request_id = r.request_id
-        WHERE r.type = 'response' AND NOT r.forced
+        WHERE r.type = 'response' AND NOT r.forced AND r.ts >= u.first_ts AND r.ts <= u.first_ts + {window}
     """)
     with_cost = bool(cfg.prices)
     con.execute("CREATE OR REPLACE TEMP TABLE prices (model VARCHAR, p_in DOUBLE, p_out DOUBLE)")
@@ -162,7 +191,7 @@ def load_experiment(con: duckdb.DuckDBPyConnection, glob: str | None, exp: Exper
     metrics = [m for m in metrics if m.name not in skipped]
     return ExperimentData(exp.key, exp.phase, start, end, units, {a: int(v) for a, v in requests.items()},
                           metrics, stats, int(multi), int(orphans), int(late), int(forced),
-                          skipped=skipped)
+                          skipped=skipped, early_outcomes=int(early), forced_only_outcomes=int(forced_only))
 
 
 def _merge_metrics(configured: list[MetricDefinition], builtin: list[MetricDefinition]) -> list[MetricDefinition]:

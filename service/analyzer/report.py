@@ -175,6 +175,7 @@ def to_dict(rep: Report) -> dict[str, Any]:
         "min_units_per_arm": o.min_units_per_arm if o else None,
         "units": d.units, "requests": d.requests, "excluded": {
             "units_in_several_arms": d.multi_arm_units, "orphan_outcomes": d.orphan_outcomes,
+            "forced_only_outcomes": d.forced_only_outcomes, "early_outcomes": d.early_outcomes,
             "late_outcomes": d.late_outcomes, "forced_requests": d.forced_requests},
         "skipped_metrics": {**d.skipped, **(res.skipped if res is not None else {})},
         "verdict": rep.verdict.as_dict() if rep.verdict else None, "srm": _srm_dict(res),
@@ -276,7 +277,9 @@ def _summary_lines(rep: Report) -> list[str]:
         value = "" if t.method == "arm_counts" else f"p = {t.p_value:.3g}, "
         lines.append(f"{what}: {value}{'MISMATCH' if t.mismatch else 'ok'}")
     lines.append(f"Excluded: {d.multi_arm_units} units seen in several arms, {d.forced_requests} forced requests; "
-                 f"{d.orphan_outcomes} outcomes without an exposure, {d.late_outcomes} after the attribution window")
+                 f"outcomes: {d.orphan_outcomes} of units never exposed, {d.forced_only_outcomes} of units only "
+                 f"served by forced requests, {d.early_outcomes} before the unit's first exposure, "
+                 f"{d.late_outcomes} after its attribution window")
     for m, why in d.skipped.items():
         lines.append(f"Not computed: {m} ({why})")
     for m, why in (res.skipped.items() if res is not None else ()):

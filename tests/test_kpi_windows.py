@@ -1,0 +1,116 @@
+"""The KPI queries' counting rules, on events written through the analyzer's own lake writer.
+
+Events are built with explicit timestamps (the proxy stamps its own, so it cannot backdate a unit's
+first exposure), serialised as on Kafka, and written by ``Lake.write_batch``; the report reads them
+as in production. Expected values are computed here by hand from the events.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from splitwatch.service.analyzer.lake import Lake, Record
+from splitwatch.service.analyzer.report import build_report, to_dict
+from splitwatch.service.config import parse_config
+from splitwatch.service.events import ExposureEvent, OutcomeEvent, ResponseEvent
+
+DAY = date(2026, 11, 20)
+T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+KEY = "kpi-windows"
+
+
+class _Log:
+    """Events of one experiment, written to a lake as one Kafka partition."""
+
+    def __init__(self) -> None:
+        self.events: list[bytes] = []
+        self.n = 0
+
+    def request(self, unit: str, arm: str, ts: datetime, forced: bool = False, tokens: int = 10) -> str:
+        self.n += 1
+        rid = f"r{self.n}"
+        common = {"experiment": KEY, "phase": 1, "arm": arm, "unit_id": unit, "request_id": rid}
+        self.events.append(ExposureEvent(ts=ts, requested_model="m", upstream_model=f"up-{arm}", forced=forced,
+                                         **common).to_json())
+        self.events.append(ResponseEvent(ts=ts + timedelta(milliseconds=50), status_code=200, latency_ms=50.0,
+                                         completion_tokens=tokens, forced=forced, **common).to_json())
+        return rid
+
+    def outcome(self, unit: str, arm: str, metric: str, value: float, ts: datetime) -> None:
+        self.events.append(OutcomeEvent(ts=ts, experiment=KEY, phase=1, arm=arm, unit_id=unit, metric=metric,
+                                        value=value).to_json())
+
+    def write(self, root: Path) -> None:
+        lake = Lake(root, writer=True)
+        try:
+            lake.write_batch(0, [Record(0, i, v) for i, v in enumerate(self.events)])
+        finally:
+            lake.close()
+
+
+def _config(root: Path) -> object:
+    return parse_config({"analyzer": {"lake_dir": str(root)}, "experiments": [{
+        "key": KEY, "model": "m", "arms": [
+            {"name": "base", "weight": 50, "upstream": {"base_url": "http://x/v1", "model": "up-base"}},
+            {"name": "ft", "weight": 50, "upstream": {"base_url": "http://x/v1", "model": "up-ft"}}],
+        "metrics": [{"name": "resolved", "kind": "binary", "role": "primary"},
+                    {"name": "resolution_rate", "kind": "ratio", "numerator": "resolved",
+                     "denominator": "requests"}]}]}, environ={})
+
+
+def test_returning_units_belong_to_the_period_of_their_first_exposure(tmp_path: Path) -> None:
+    log = _Log()
+    # 14 units per arm first exposed on DAY; resolved by 4 of the control's and 7 of the treatment's
+    for arm, resolved in (("base", 4), ("ft", 7)):
+        for i in range(14):
+            u = f"{arm}-{i}"
+            log.request(u, arm, T0 + timedelta(minutes=i))
+            if i < resolved:
+                log.outcome(u, arm, "resolved", 1.0, T0 + timedelta(hours=1, minutes=i))
+    # 10 control units first exposed 8 days earlier return on DAY, and report resolutions then
+    for i in range(10):
+        u = f"old-{i}"
+        log.request(u, "base", T0 - timedelta(days=8))
+        log.request(u, "base", T0 + timedelta(hours=2))
+        log.outcome(u, "base", "resolved", 1.0, T0 + timedelta(hours=3))
+    log.write(tmp_path / "lake")
+    cfg = _config(tmp_path / "lake")
+    rep = to_dict(build_report(cfg, KEY, DAY, DAY, progress=False))
+    assert rep["units"] == {"base": 14, "ft": 14}  # not 24: the returning units are not units of DAY
+    assert rep["requests"] == {"base": 14, "ft": 14}
+    resolved = next(r for r in rep["results"] if r["metric"] == "resolved")
+    assert resolved["control_value"] == pytest.approx(4 / 14) and resolved["treatment_value"] == pytest.approx(7 / 14)
+    # the week the returning units were first exposed in holds them, their later outcomes counted as late
+    week = to_dict(build_report(cfg, KEY, DAY - timedelta(days=8), DAY, progress=False))
+    assert week["units"] == {"base": 24, "ft": 14} and week["excluded"]["late_outcomes"] == 10
+
+
+def test_one_attribution_window_for_numerator_and_denominator(tmp_path: Path) -> None:
+    # Users active longer than the 72 h window: requests at 0 h, 24 h and 120 h, each resolved. Only
+    # the first two fall in the window: the rate is 2/2, not 2/3 (the denominator once counted all 3).
+    log = _Log()
+    for arm in ("base", "ft"):
+        for i in range(6):
+            u = f"{arm}-{i}"
+            for hours in (0, 24, 120):
+                ts = T0 + timedelta(hours=hours, minutes=i)
+                log.request(u, arm, ts, tokens=hours + 1 + i)
+                log.outcome(u, arm, "resolved", 1.0 if i % 2 == 0 else 0.0, ts + timedelta(minutes=5))
+        log.request(f"{arm}-qa", arm, T0, forced=True)  # a QA request: its unit is not a unit
+        log.outcome(f"{arm}-qa", arm, "resolved", 1.0, T0 + timedelta(minutes=1))
+    log.outcome("stranger", "base", "resolved", 1.0, T0 + timedelta(minutes=2))  # never exposed
+    log.outcome("base-1", "base", "resolved", 1.0, T0 - timedelta(hours=1))  # before its first exposure
+    log.write(tmp_path / "lake")
+    rep = to_dict(build_report(_config(tmp_path / "lake"), KEY, DAY, DAY, progress=False))
+    assert rep["requests"] == {"base": 12, "ft": 12}  # 6 units x 2 requests in the window
+    rate = next(r for r in rep["results"] if r["metric"] == "resolution_rate")
+    assert rate["control_value"] == pytest.approx(6 / 12) and rate["treatment_value"] == pytest.approx(6 / 12)
+    tokens = next(r for r in rep["results"] if r["metric"] == "completion_tokens_per_request")
+    # responses in the window only: tokens 1 + i and 25 + i, mean 13 + 2.5 (all three would give 51.5)
+    assert tokens["control_n"] == 6 and tokens["control_value"] == pytest.approx(15.5)
+    ex = rep["excluded"]
+    assert ex["late_outcomes"] == 12 and ex["early_outcomes"] == 1
+    assert ex["orphan_outcomes"] == 1 and ex["forced_only_outcomes"] == 2 and ex["forced_requests"] == 2
