@@ -11,6 +11,21 @@ MetricRole = Literal["primary", "secondary", "guardrail", "diagnostic"]
 ROLES: tuple[MetricRole, ...] = ("primary", "secondary", "guardrail", "diagnostic")
 
 
+class MetricCap(BaseModel):
+    """Winsorisation of per-unit values before they are summed: at a quantile of all units, or a value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    quantile: float | None = Field(None, ge=0.5, lt=1)  # e.g. 0.99: the value at the 99th percentile of all units
+    value: float | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> MetricCap:
+        if (self.quantile is None) == (self.value is None):
+            raise ValueError("a cap needs exactly one of 'quantile' (e.g. 0.99) or 'value'")
+        return self
+
+
 class MetricDefinition(BaseModel):
     """A metric of an experiment: what it measures, which way is better, and its role in the verdict.
 
@@ -36,6 +51,8 @@ class MetricDefinition(BaseModel):
     numerator: str | None = None
     denominator: str | None = None
     description: str | None = None
+    # continuous metrics: each unit's value, ratio metrics: each unit's numerator, capped before summing
+    cap: MetricCap | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -67,6 +84,8 @@ class MetricDefinition(BaseModel):
             raise ValueError("'numerator' and 'denominator' are only for kind 'ratio'")
         if self.role == "guardrail" and self.margin is None:
             raise ValueError("a guardrail needs 'margin': the harm it accepts (0 accepts none)")
+        if self.cap is not None and self.kind not in ("continuous", "ratio"):
+            raise ValueError("'cap' is for continuous and ratio metrics (a unit's value, a ratio's numerator)")
         if self.role != "guardrail" and (self.margin is not None or self.relative_margin):
             raise ValueError("'margin' and 'relative_margin' are only for guardrails (role: guardrail)")
         return self

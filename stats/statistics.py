@@ -29,15 +29,22 @@ def _check_finite(**values: float) -> None:
 
 @dataclass(frozen=True, slots=True)
 class SampleStats:
-    """n units, the sum of their values and the sum of squares (continuous or binary metrics)."""
+    """n units, the sum of their values and the sum of squares (continuous or binary metrics).
+
+    With ``shift`` = c the sums are of (value - c): a warehouse query subtracts a reference near
+    the mean (``SUM(v - c)``, ``SUM((v - c)^2)``) so that the sum of squares keeps its digits.
+    Raw sums of values near 1e6 with a spread of 0.01 lose every digit of the variance to
+    cancellation; shifted sums keep them. The mean is c + sum / n; the variance does not depend on c.
+    """
 
     n: int
     sum: float
     sum_squares: float
+    shift: float = 0.0
 
     def __post_init__(self) -> None:
         _check_n(self.n)
-        _check_finite(sum=self.sum, sum_squares=self.sum_squares)
+        _check_finite(sum=self.sum, sum_squares=self.sum_squares, shift=self.shift)
         if self.sum_squares < 0:
             raise InvalidStatistics(f"sum_squares must be >= 0, got {self.sum_squares!r}")
         if self.n == 0 and (self.sum != 0 or self.sum_squares != 0):
@@ -49,12 +56,12 @@ class SampleStats:
                 "(the variance would be negative)")
 
     @classmethod
-    def from_values(cls, values: object) -> SampleStats:
-        """Return the statistics of an array of per-unit values."""
+    def from_values(cls, values: object, shift: float = 0.0) -> SampleStats:
+        """Return the statistics of an array of per-unit values (sums of value - ``shift``)."""
         import numpy as np
 
-        a = np.asarray(values, dtype=float)
-        return cls(int(a.size), float(a.sum()), float((a * a).sum()))
+        a = np.asarray(values, dtype=float) - shift
+        return cls(int(a.size), float(a.sum()), float((a * a).sum()), shift)
 
     @classmethod
     def binary(cls, n: int, successes: int) -> SampleStats:
@@ -65,7 +72,15 @@ class SampleStats:
         return cls(n, float(successes), float(successes))
 
     def __add__(self, other: SampleStats) -> SampleStats:
-        return SampleStats(self.n + other.n, self.sum + other.sum, self.sum_squares + other.sum_squares)
+        o = other.shifted(self.shift)
+        return SampleStats(self.n + o.n, self.sum + o.sum, self.sum_squares + o.sum_squares, self.shift)
+
+    def shifted(self, shift: float) -> SampleStats:
+        """Return the same statistics as sums of (value - ``shift``) (exact algebra)."""
+        d = self.shift - shift
+        if d == 0:
+            return self
+        return SampleStats(self.n, self.sum + self.n * d, self.sum_squares + 2 * d * self.sum + self.n * d * d, shift)
 
     def require(self, minimum: int = 2) -> None:
         """Raise InvalidStatistics unless there are at least ``minimum`` units."""
@@ -76,7 +91,7 @@ class SampleStats:
     def mean(self) -> float:
         """Return the mean (raises for n = 0)."""
         self.require(1)
-        return self.sum / self.n
+        return self.shift + self.sum / self.n
 
     @property
     def variance(self) -> float:
@@ -87,7 +102,8 @@ class SampleStats:
     @property
     def is_binary_compatible(self) -> bool:
         """Return True when the statistics can come from 0/1 values (sum equals sum of squares)."""
-        return math.isclose(self.sum, self.sum_squares, rel_tol=1e-9, abs_tol=1e-9) and 0 <= self.sum <= self.n
+        return (self.shift == 0 and math.isclose(self.sum, self.sum_squares, rel_tol=1e-9, abs_tol=1e-9)
+                and 0 <= self.sum <= self.n)
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,3 +114,69 @@ def test_one_attribution_window_for_numerator_and_denominator(tmp_path: Path) ->
     ex = rep["excluded"]
     assert ex["late_outcomes"] == 12 and ex["early_outcomes"] == 1
     assert ex["orphan_outcomes"] == 1 and ex["forced_only_outcomes"] == 2 and ex["forced_requests"] == 2
+
+
+def test_a_mean_of_a_million_with_a_spread_of_a_hundredth_keeps_its_variance() -> None:
+    # 100,000 units per arm, mean 1e6, sd 0.01: raw sums of squares (1e17) lose every digit of the
+    # variance; the SQL's shifted sums keep it. Reference: scipy's Welch test on the raw values,
+    # p within 10% (the tolerance).
+    import duckdb
+    import numpy as np
+    from scipy import stats as st
+
+    from splitwatch.service.analyzer.kpi_queries import _metric_stats
+    from splitwatch.stats import MetricDefinition, analyze
+
+    rng = np.random.default_rng(12)
+    a, b = 1e6 + rng.normal(0, 0.01, 100_000), 1e6 + 0.00015 + rng.normal(0, 0.01, 100_000)
+    con = duckdb.connect()
+    con.execute("CREATE TEMP TABLE units (unit_id VARCHAR, arm VARCHAR)")
+    con.execute("CREATE TEMP TABLE outc (unit_id VARCHAR, metric VARCHAR, value DOUBLE, attributed BOOLEAN)")
+    for arm, values in (("base", a), ("ft", b)):
+        ids = [f"{arm}-{i}" for i in range(values.size)]
+        con.execute("INSERT INTO units SELECT * FROM (SELECT unnest(?) AS unit_id, ? AS arm)", [ids, arm])
+        con.execute("INSERT INTO outc SELECT unnest(?), 'spend', unnest(?), TRUE", [ids, values.tolist()])
+    metric = MetricDefinition(name="spend", kind="continuous", role="primary")
+    per_arm = _metric_stats(con, metric, [metric])
+    res = analyze([metric], {arm: {"spend": s} for arm, s in per_arm.items()}, "base")
+    assert not res.skipped, res.skipped
+    ref = st.ttest_ind(b, a, equal_var=False)
+    assert res.get("spend", "ft").effect.p_value == pytest.approx(ref.pvalue, rel=0.1)
+    # the difference of two means near 1e6 is known to about 1e-10 absolute: 1e-6 of this effect
+    assert res.get("spend", "ft").effect.absolute == pytest.approx(b.mean() - a.mean(), rel=1e-4)
+
+
+def test_capping_at_the_99th_percentile_matches_numpy(tmp_path: Path) -> None:
+    # Heavy-tailed per-unit spend (Pareto, tail index 1.2: the variance is infinite). Capped at the
+    # 99th percentile of all units of both arms, each arm's mean must be numpy's, to 1e-9; the report
+    # says the cap and its value. A ratio metric's numerator is capped the same way.
+    import numpy as np
+
+    rng = np.random.default_rng(14)
+    log, values = _Log(), {}
+    for arm in ("base", "ft"):
+        values[arm] = (rng.pareto(1.2, 300) + 1) * 10
+        for i, v in enumerate(values[arm]):
+            u = f"{arm}-{i}"
+            log.request(u, arm, T0 + timedelta(seconds=i))
+            log.outcome(u, arm, "spend", float(v), T0 + timedelta(seconds=i, minutes=1))
+    log.write(tmp_path / "lake")
+    cfg = parse_config({"analyzer": {"lake_dir": str(tmp_path / "lake")}, "experiments": [{
+        "key": KEY, "model": "m", "arms": [
+            {"name": "base", "weight": 50, "upstream": {"base_url": "http://x/v1", "model": "up-base"}},
+            {"name": "ft", "weight": 50, "upstream": {"base_url": "http://x/v1", "model": "up-ft"}}],
+        "metrics": [{"name": "spend", "kind": "continuous", "role": "primary", "cap": {"quantile": 0.99}},
+                    {"name": "spend_raw_per_request", "kind": "ratio", "numerator": "spend", "denominator": "requests",
+                     "cap": {"value": 50}}]}]}, environ={})
+    rep = to_dict(build_report(cfg, KEY, DAY, DAY, progress=False))
+    cap = np.quantile(np.concatenate([values["base"], values["ft"]]), 0.99)
+    spend = next(r for r in rep["results"] if r["metric"] == "spend")
+    assert spend["control_value"] == pytest.approx(np.minimum(values["base"], cap).mean(), rel=1e-9)
+    assert spend["treatment_value"] == pytest.approx(np.minimum(values["ft"], cap).mean(), rel=1e-9)
+    assert spend["treatment_value"] < values["ft"].mean()  # the cap changed the estimate
+    vocabulary = {m["metric"]: m for m in rep["metrics"]}
+    assert vocabulary["spend"]["cap_value"] == pytest.approx(cap, rel=1e-12)
+    assert "capped at" in vocabulary["spend"]["definition"]
+    ratio = next(r for r in rep["results"] if r["metric"] == "spend_raw_per_request")
+    assert ratio["control_value"] == pytest.approx(np.minimum(values["base"], 50).mean(), rel=1e-9)
+    assert vocabulary["spend_raw_per_request"]["cap_value"] == 50

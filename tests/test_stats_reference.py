@@ -245,3 +245,18 @@ def test_corrections_match_statsmodels(ours: str, theirs: str) -> None:
         p = np.r_[rng.uniform(0, 0.05, size // 2), rng.uniform(0, 1, size - size // 2)]
         assert adjust_p_values(p.tolist(), ours) == pytest.approx(list(multipletests(p, method=theirs)[1]),
                                                                    rel=1e-12)
+
+
+def test_shifted_sums_merge_by_addition_and_keep_the_variance() -> None:
+    # Sums of (value - c) merge across days with different references c, exactly: the merged mean and
+    # variance equal numpy's on the concatenated values (rel 1e-9), and the unshifted raw sums of
+    # values near 1e6 with sd 0.01 do not (their variance is cancellation noise).
+    rng = np.random.default_rng(31)
+    a, b = 1e6 + rng.normal(0, 0.01, 5000), 1e6 + rng.normal(0, 0.01, 7000)
+    merged = SampleStats.from_values(a, shift=float(a[0])) + SampleStats.from_values(b, shift=float(b[-1]))
+    both = np.concatenate([a, b])
+    assert merged.n == both.size and merged.shift == float(a[0])
+    assert merged.mean == pytest.approx(both.mean(), rel=1e-12)
+    assert merged.variance == pytest.approx(both.var(ddof=1), rel=1e-6)
+    raw = SampleStats.from_values(both)
+    assert abs(raw.variance / both.var(ddof=1) - 1) > 0.01

@@ -56,6 +56,7 @@ class ExperimentData:
     skipped: dict[str, str] = field(default_factory=dict)  # metric -> why it could not be computed
     early_outcomes: int = 0  # timestamped before the unit's first exposure
     forced_only_outcomes: int = 0  # of units only ever served by forced (QA) requests
+    caps: dict[str, float] = field(default_factory=dict)  # metric -> the cap applied to its per-unit values
 
 
 def builtin_metrics(cfg: AnalyzerConfig, with_cost: bool) -> list[MetricDefinition]:
@@ -179,8 +180,9 @@ def load_experiment(con: duckdb.DuckDBPyConnection, glob: str | None, exp: Exper
     metrics = _merge_metrics(exp.metrics, builtin_metrics(cfg, with_cost))
     stats: dict[str, dict[str, Stats]] = {arm: {} for arm in units}
     skipped: dict[str, str] = {}
+    caps: dict[str, float] = {}
     for m in metrics:
-        per_arm = _metric_stats(con, m, exp.metrics)
+        per_arm = _metric_stats(con, m, exp.metrics, caps)
         missing = [a for a in units if a not in per_arm]
         if missing:
             skipped[m.name] = f"no data in arm(s) {missing}"
@@ -191,7 +193,8 @@ def load_experiment(con: duckdb.DuckDBPyConnection, glob: str | None, exp: Exper
     metrics = [m for m in metrics if m.name not in skipped]
     return ExperimentData(exp.key, exp.phase, start, end, units, {a: int(v) for a, v in requests.items()},
                           metrics, stats, int(multi), int(orphans), int(late), int(forced),
-                          skipped=skipped, early_outcomes=int(early), forced_only_outcomes=int(forced_only))
+                          skipped=skipped, early_outcomes=int(early), forced_only_outcomes=int(forced_only),
+                          caps=caps)
 
 
 def _merge_metrics(configured: list[MetricDefinition], builtin: list[MetricDefinition]) -> list[MetricDefinition]:
@@ -204,39 +207,63 @@ def _sample_stats(rows: list[tuple]) -> dict[str, SampleStats]:
     return {arm: SampleStats(int(n), float(s or 0.0), float(ss or 0.0)) for arm, n, s, ss in rows if n}
 
 
-def _ratio_stats(rows: list[tuple]) -> dict[str, RatioStats]:
+def _ratio_stats(rows: list[tuple], caps: dict[str, float] | None = None, name: str = "") -> dict[str, RatioStats]:
+    for row in rows:
+        if caps is not None and row[7] is not None:
+            caps[name] = float(row[7])
     return {arm: RatioStats(int(n), float(a), float(b), float(c), float(d), float(e))
-            for arm, n, a, b, c, d, e in rows if n}
+            for arm, n, a, b, c, d, e, _cap in rows if n}
 
 
 _RATIO_AGG = """
-    SELECT arm, count(*), sum(num), sum(num * num), sum(den), sum(den * den), sum(num * den)
-    FROM ({per_unit}) GROUP BY arm
+    WITH pu AS ({per_unit}), c AS ({cap}),
+         pc AS (SELECT arm, CASE WHEN c.cap IS NULL THEN num ELSE least(num, c.cap) END AS num, den FROM pu, c)
+    SELECT arm, count(*), sum(num), sum(num * num), sum(den), sum(den * den), sum(num * den), any_value(c.cap)
+    FROM pc, c GROUP BY arm
 """
 
 
-def _metric_stats(con: duckdb.DuckDBPyConnection, m: MetricDefinition,
-                  configured: list[MetricDefinition]) -> dict[str, Stats]:
-    """Return per-arm statistics of one metric, by SQL over the temp tables of load_experiment."""
+def _cap_sql(m: MetricDefinition, column: str, source: str) -> str:
+    """Return a one-row SELECT of a metric's cap over all units' ``column`` of ``source`` (NULL: no cap)."""
+    if m.cap is None:
+        return "SELECT CAST(NULL AS DOUBLE) AS cap"
+    if m.cap.value is not None:
+        return f"SELECT CAST({float(m.cap.value)!r} AS DOUBLE) AS cap"
+    return f"SELECT quantile_cont({column}, {float(m.cap.quantile):.17g}) AS cap FROM {source}"  # type: ignore[arg-type]
+
+
+def _metric_stats(con: duckdb.DuckDBPyConnection, m: MetricDefinition, configured: list[MetricDefinition],
+                  caps: dict[str, float] | None = None) -> dict[str, Stats]:
+    """Return per-arm statistics of one metric, by SQL over the temp tables of load_experiment.
+
+    A metric's ``cap`` applies to each unit's value (continuous) or numerator (ratio) before the
+    sums, at a value or at a quantile of all units of all arms; the cap used goes into ``caps``.
+    """
     name = m.name
+    caps = {} if caps is None else caps
+
+    def ratio(per_unit: str) -> dict[str, Stats]:
+        rows = con.execute(_RATIO_AGG.format(per_unit=per_unit, cap=_cap_sql(m, "num", "pu"))).fetchall()
+        return _ratio_stats(rows, caps, name)  # type: ignore[return-value]
+
     if m.kind == "quantile" and name.startswith("latency_p"):
         return latency_quantile_stats(con, m.quantile or 0.5)
     if name == "error_rate":
         per_unit = """SELECT arm, unit_id,
             sum(CASE WHEN status_code >= 500 OR error = 'stream_interrupted' THEN 1 ELSE 0 END)::DOUBLE AS num,
             count(*)::DOUBLE AS den FROM resp GROUP BY arm, unit_id"""
-        return _ratio_stats(con.execute(_RATIO_AGG.format(per_unit=per_unit)).fetchall())
+        return ratio(per_unit)
     if name == "completion_tokens_per_request":
         per_unit = """SELECT arm, unit_id, coalesce(sum(completion_tokens), 0)::DOUBLE AS num,
             count(*)::DOUBLE AS den FROM resp GROUP BY arm, unit_id"""
-        return _ratio_stats(con.execute(_RATIO_AGG.format(per_unit=per_unit)).fetchall())
+        return ratio(per_unit)
     if name == "cost_per_request":
         per_unit = """SELECT r.arm, r.unit_id,
             coalesce(sum(coalesce(r.prompt_tokens, 0) / 1000.0 * p.p_in
                          + coalesce(r.completion_tokens, 0) / 1000.0 * p.p_out), 0) AS num,
             count(*)::DOUBLE AS den FROM resp r LEFT JOIN prices p ON p.model = r.upstream_model
             GROUP BY r.arm, r.unit_id"""
-        return _ratio_stats(con.execute(_RATIO_AGG.format(per_unit=per_unit)).fetchall())
+        return ratio(per_unit)
     if m.kind == "binary":
         rows = con.execute("""
             SELECT u.arm, count(*), sum(v), sum(v * v) FROM (
@@ -245,11 +272,20 @@ def _metric_stats(con: duckdb.DuckDBPyConnection, m: MetricDefinition,
               GROUP BY u.unit_id, u.arm) u GROUP BY u.arm""", [name]).fetchall()
         return _sample_stats(rows)
     if m.kind == "continuous":
-        rows = con.execute("""
-            SELECT arm, count(*), sum(v), sum(v * v) FROM (
-              SELECT u.arm, avg(o.value) AS v FROM units u JOIN outc o ON o.unit_id = u.unit_id
-              WHERE o.metric = ? AND o.attributed GROUP BY u.unit_id, u.arm) GROUP BY arm""", [name]).fetchall()
-        return _sample_stats(rows)
+        # sums of (v - k), k the mean over all units: raw sums of squares of values near 1e6 with a
+        # spread of 0.01 lose the variance to cancellation (stats.SampleStats.shift)
+        rows = con.execute(f"""
+            WITH raw AS (SELECT u.arm, avg(o.value) AS v FROM units u JOIN outc o ON o.unit_id = u.unit_id
+                         WHERE o.metric = ? AND o.attributed GROUP BY u.unit_id, u.arm),
+                 c AS ({_cap_sql(m, "v", "raw")}),
+                 pu AS (SELECT arm, CASE WHEN c.cap IS NULL THEN v ELSE least(v, c.cap) END AS v FROM raw, c),
+                 k AS (SELECT avg(v) AS k FROM pu)
+            SELECT arm, count(*), sum(v - k), sum((v - k) * (v - k)), any_value(k), any_value(c.cap)
+            FROM pu, k, c GROUP BY arm""", [name]).fetchall()
+        for row in rows:
+            if row[5] is not None:
+                caps[name] = float(row[5])
+        return {arm: SampleStats(int(n), float(s), float(ss), float(k)) for arm, n, s, ss, k, _ in rows if n}
     if m.kind == "ratio" and m.numerator is not None:
         if m.denominator == "requests":
             den = "u.requests::DOUBLE"
@@ -259,7 +295,7 @@ def _metric_stats(con: duckdb.DuckDBPyConnection, m: MetricDefinition,
             coalesce(sum(o.value) FILTER (WHERE o.attributed AND o.metric = '{_ident(m.numerator)}'), 0) AS num,
             {den} AS den
             FROM units u LEFT JOIN outc o ON o.unit_id = u.unit_id GROUP BY u.arm, u.unit_id, u.requests"""
-        return _ratio_stats(con.execute(_RATIO_AGG.format(per_unit=per_unit)).fetchall())
+        return ratio(per_unit)
     return {}
 
 

@@ -126,10 +126,16 @@ def metric_vocabulary(rep: Report) -> list[dict[str, Any]]:
     """Return each metric's role, unit-level definition and description, by role."""
     out = []
     for m in sorted(rep.data.metrics, key=lambda m: ROLES.index(m.role)):
+        definition = unit_definition(m, rep.analyzer)
+        cap = rep.data.caps.get(m.name)
+        if cap is not None and m.cap is not None:
+            what = "each unit's value" if m.kind == "continuous" else "each unit's numerator"
+            at = f"the {m.cap.quantile:g} quantile of all units" if m.cap.quantile is not None else "the configured value"
+            definition += f"; {what} capped at {cap:.6g} ({at})"
         out.append({"metric": m.name, "role": m.role, "kind": m.kind, "direction": m.direction,
-                    "definition": unit_definition(m, rep.analyzer), "description": m.description,
+                    "definition": definition, "description": m.description,
                     "margin": m.margin, "relative_margin": m.relative_margin if m.guardrail else None,
-                    "mde": m.mde})
+                    "mde": m.mde, "cap": m.cap.model_dump() if m.cap else None, "cap_value": cap})
     return out
 
 
