@@ -213,6 +213,13 @@ class PriceConfig(_Strict):
     completion_per_1k: float = Field(0.0, ge=0)
 
 
+class CupedConfig(_Strict):
+    """Variance reduction (CUPED): each unit's own value of a metric before its first exposure."""
+
+    enabled: bool = True  # primary and secondary outcome metrics (binary, continuous, ratio)
+    lookback_days: float = Field(28.0, gt=0)  # the pre-period: this long before the unit's first exposure
+
+
 class AnalyzerConfig(_Strict):
     lake_dir: str = ".splitwatch/lake"
     group_id: str = "splitwatch-analyzer"
@@ -232,6 +239,7 @@ class AnalyzerConfig(_Strict):
     decision_scale: Literal["absolute", "relative"] = "absolute"
     guardrail_alpha: float = Field(0.05, gt=0, lt=0.5)
     min_units_per_arm: int = Field(100, ge=2)
+    cuped: CupedConfig = CupedConfig()
     latency_quantiles: list[float] = Field(default_factory=lambda: [0.5, 0.95])
     prices: dict[str, PriceConfig] = Field(default_factory=dict)  # by upstream model name
 

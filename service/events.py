@@ -74,7 +74,12 @@ class ResponseEvent(_Event):
 
 
 class OutcomeEvent(_Event):
+    """A business outcome. Without ``experiment`` (and so without phase and arm) it is history: an
+    outcome of the unit outside any experiment, read as its pre-period value (CUPED, docs/events.md)."""
+
     type: Literal["outcome"] = "outcome"
+    experiment: str | None  # type: ignore[assignment]
+    phase: int | None  # type: ignore[assignment]
     metric: str
     value: float
 

@@ -26,6 +26,7 @@ _EXPORTS = {
     "adjust_p_values": "multiple_testing",
     "duration": "power", "mde_means": "power", "mde_proportions": "power", "power_means": "power",
     "sample_size_means": "power", "sample_size_proportions": "power", "units_to_reach": "power",
+    "MomentStats": "regression", "regression_adjusted": "regression",
     "clustered_quantile_stats": "quantile", "quantile_design_effect": "quantile", "quantile_stats": "quantile",
     "compare_sequential": "sequential", "one_sided_halfwidth": "sequential",
     "SRMResult": "srm", "srm_arm_counts": "srm", "srm_checks": "srm", "srm_chi_square": "srm",

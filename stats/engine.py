@@ -27,11 +27,12 @@ from .estimates import (
 from .guardrails import DEFAULT_MIN_UNITS, GuardrailResult, GuardrailSpec, check_guardrail
 from .metric import MetricDefinition
 from .multiple_testing import adjust_p_values
+from .regression import MomentStats, regression_adjusted
 from .sequential import DEFAULT_N_STAR, compare_sequential
 from .srm import DEFAULT_SRM_ALPHA, SRMResult, srm_checks
 from .statistics import QuantileStats, RatioStats, RegressionStats, SampleStats
 
-Stats = SampleStats | RatioStats | RegressionStats | QuantileStats
+Stats = SampleStats | RatioStats | RegressionStats | QuantileStats | MomentStats
 Decision = Literal["better", "worse", "inconclusive"]
 
 
@@ -89,6 +90,8 @@ class MetricResult:
     bayesian: BayesianSummary
     guardrail: GuardrailResult | None
     decision: Decision
+    # CUPED: 1 - var(adjusted effect) / var(unadjusted effect); None when not adjusted
+    variance_reduction: float | None = None
 
     @property
     def method(self) -> str:
@@ -119,7 +122,22 @@ class ExperimentResult:
         return any(t.mismatch for t in self.srm_tests) or (self.srm is not None and self.srm.mismatch)
 
 
-def _estimates(metric: MetricDefinition, per_arm: Mapping[str, Stats]) -> dict[str, ArmEstimate]:
+def _estimates(metric: MetricDefinition, per_arm: Mapping[str, Stats]
+               ) -> tuple[dict[str, ArmEstimate], dict[str, ArmEstimate] | None]:
+    """Return each arm's estimate, and the unadjusted estimates when a regression adjustment was made."""
+    values = list(per_arm.values())
+    if all(isinstance(s, MomentStats) for s in values):
+        if metric.kind not in ("binary", "continuous", "ratio"):
+            raise InvalidSpecification(f"metric {metric.name!r}: regression adjustment applies to binary, "
+                                       "continuous and ratio metrics")
+        if any(s.ratio != (metric.kind == "ratio") for s in values):  # type: ignore[union-attr]
+            raise InvalidSpecification(f"metric {metric.name!r}: moment statistics of the wrong layout")
+        adj = regression_adjusted(per_arm)  # type: ignore[arg-type]
+        return adj.adjusted, adj.unadjusted
+    return _plain_estimates(metric, per_arm), None
+
+
+def _plain_estimates(metric: MetricDefinition, per_arm: Mapping[str, Stats]) -> dict[str, ArmEstimate]:
     values = list(per_arm.values())
     if all(isinstance(s, RegressionStats) for s in values):
         if metric.kind not in ("binary", "continuous"):
@@ -228,12 +246,18 @@ def analyze(metrics: Sequence[MetricDefinition], arm_stats: Mapping[str, Mapping
         # Degenerate data (every value equal, too few units) makes one metric untestable: it is
         # reported with the reason, and the other metrics are still analysed.
         try:
-            est = _estimates(metric, per_arm)
+            est, plain = _estimates(metric, per_arm)
             rows = []
             for arm in treatments:
                 eff = _effect(metric, est[control], est[arm], per_arm[control], per_arm[arm], options)
-                rows.append((metric, arm, est[control], est[arm], eff, _deciding_p(metric, eff,
-                                                                                    options.decision_scale)))
+                reduction = None
+                if plain is not None:
+                    before = plain[control].variance + plain[arm].variance
+                    reduction = 1 - (est[control].variance + est[arm].variance) / before if before > 0 else None
+                shown = plain or est  # arms show their own (unadjusted) values; the effect is adjusted
+                rows.append((metric, arm, est[control], est[arm], eff,
+                             _deciding_p(metric, eff, options.decision_scale), reduction, shown[control],
+                             shown[arm]))
         except InvalidStatistics as exc:
             skipped[metric.name] = str(exc)
             continue
@@ -244,7 +268,7 @@ def analyze(metrics: Sequence[MetricDefinition], arm_stats: Mapping[str, Mapping
         adjusted.update(zip(family, adjust_p_values([pending[i][5] for i in family], options.correction),
                             strict=True))
     results = []
-    for i, (metric, arm, c, t, eff, p) in enumerate(pending):
+    for i, (metric, arm, c, t, eff, p, reduction, c_shown, t_shown) in enumerate(pending):
         guard = None
         if metric.guardrail:
             spec = GuardrailSpec(metric.direction, metric.margin or 0.0, metric.relative_margin,
@@ -256,9 +280,10 @@ def analyze(metrics: Sequence[MetricDefinition], arm_stats: Mapping[str, Mapping
         point = eff.absolute if options.decision_scale == "absolute" else (eff.relative or 0.0)
         good = point if metric.direction == "increase" else -point
         results.append(MetricResult(
-            metric.name, metric.kind, metric.role, arm, ArmValue(control, c.n, c.mean, c.se),
-            ArmValue(arm, t.n, t.mean, t.se), eff, p, p_adj, summarise(c, t, metric.direction, options.alpha),
-            guard, _decision(good, p_adj, options.alpha)))
+            metric.name, metric.kind, metric.role, arm, ArmValue(control, c.n, c_shown.mean, c_shown.se),
+            ArmValue(arm, t.n, t_shown.mean, t_shown.se), eff, p, p_adj,
+            summarise(c, t, metric.direction, options.alpha),
+            guard, _decision(good, p_adj, options.alpha), reduction))
     srm, srm_tests = (None, ())
     if units is not None and weights is not None:
         srm, srm_tests = check_srm(units, weights, options)

@@ -28,13 +28,13 @@ from datetime import datetime
 
 import duckdb
 
-from splitwatch.stats import MetricDefinition, QuantileStats, RatioStats, SampleStats
+from splitwatch.stats import MetricDefinition, MomentStats, QuantileStats, RatioStats, SampleStats
 from splitwatch.stats.quantile import quantile_design_effect, rank_bounds
 
 from ..config import AnalyzerConfig, ExperimentConfig
 from ..metric_catalog import builtin_defaults
 
-Stats = SampleStats | RatioStats | QuantileStats
+Stats = SampleStats | RatioStats | QuantileStats | MomentStats
 
 
 @dataclass
@@ -57,6 +57,8 @@ class ExperimentData:
     early_outcomes: int = 0  # timestamped before the unit's first exposure
     forced_only_outcomes: int = 0  # of units only ever served by forced (QA) requests
     caps: dict[str, float] = field(default_factory=dict)  # metric -> the cap applied to its per-unit values
+    # metric -> the share of units with pre-period data, for the metrics adjusted by CUPED
+    history_share: dict[str, float] = field(default_factory=dict)
 
 
 def builtin_metrics(cfg: AnalyzerConfig, with_cost: bool) -> list[MetricDefinition]:
@@ -89,35 +91,50 @@ def unit_definition(m: MetricDefinition, cfg: AnalyzerConfig) -> str:
     return f"{m.kind} metric {m.name}"
 
 
-def prepare_events(con: duckdb.DuckDBPyConnection, glob: str, phase: int) -> None:
+def prepare_events(con: duckdb.DuckDBPyConnection, glob: str, phase: int, history_glob: str | None = None,
+                   experiment: str | None = None) -> None:
     """Materialise the phase's events, deduplicated by event_id, as the temp table ``ev``.
 
-    Once per analysis (once per report, however many days it plots): the KPI queries all read it.
+    With ``history_glob`` (the whole lake), also the table ``hist``: the outcomes and non-forced
+    exposures of the phase's units anywhere in the lake (other experiments, earlier phases, outcomes
+    posted without an experiment), from which CUPED reads each unit's pre-period values.
+    Once per analysis (once per report, however many days it plots): the KPI queries all read them.
     """
+    for derived in ("unit_facts", "hist", "pre_unit"):  # built from the events: stale once they change
+        con.execute(f"DROP TABLE IF EXISTS {derived}")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE ev AS
         SELECT * EXCLUDE (features) FROM read_parquet('{glob}', union_by_name = true)
         WHERE phase = {int(phase)}
         QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY kafka_partition, kafka_offset) = 1
     """)
+    if history_glob is None:
+        return
+    # the phase's own exposures are never before a unit's first one: left out, they are half the lake
+    own = f"AND NOT (experiment = '{_ident(experiment)}' AND phase = {int(phase)})" if experiment else ""
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE hist AS
+        SELECT unit_id, ts, type, metric, value FROM read_parquet('{history_glob}', union_by_name = true)
+        WHERE (type = 'outcome' OR (type = 'exposure' AND NOT forced {own}))
+          AND unit_id IN (SELECT unit_id FROM ev WHERE type = 'exposure' AND NOT forced)
+        QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY kafka_partition, kafka_offset) = 1
+    """)
 
 
 def load_experiment(con: duckdb.DuckDBPyConnection, glob: str | None, exp: ExperimentConfig, cfg: AnalyzerConfig,
-                    start: datetime | None = None, end: datetime | None = None) -> ExperimentData:
+                    start: datetime | None = None, end: datetime | None = None,
+                    history_glob: str | None = None) -> ExperimentData:
     """Return per-arm sufficient statistics of every KPI of ``exp`` (config metrics and built-ins).
 
-    ``glob`` names the experiment's Parquet files; None reuses the ``ev`` table of an earlier call.
+    ``glob`` names the experiment's Parquet files, ``history_glob`` the whole lake (CUPED's
+    pre-period data); None reuses the tables of an earlier call.
     """
     if glob is not None:
-        prepare_events(con, glob, exp.phase)
-    window = f"to_microseconds(CAST({float(cfg.attribution_window_hours)} * 3600e6 AS BIGINT))"
+        prepare_events(con, glob, exp.phase, history_glob, exp.key)
+    if not _has_table(con, "unit_facts"):
+        _build_unit_facts(con, cfg)
     # A unit belongs to the period of its first exposure over the whole phase: a unit first exposed
     # before the period that returns during it is not a unit of the period.
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE units_all AS
-        SELECT unit_id, min(arm) AS arm, count(DISTINCT arm) AS arms, min(ts) AS first_ts
-        FROM ev WHERE type = 'exposure' AND NOT forced AND unit_id IS NOT NULL GROUP BY unit_id
-    """)
     in_period, params = ["TRUE"], []
     if start is not None:
         in_period.append("first_ts >= ?")
@@ -126,52 +143,24 @@ def load_experiment(con: duckdb.DuckDBPyConnection, glob: str | None, exp: Exper
         in_period.append("first_ts < ?")
         params.append(end)
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE units_period AS SELECT * FROM units_all WHERE {' AND '.join(in_period)}
-    """, params)
-    # Every KPI reads only the unit's events within the attribution window from its first exposure:
-    # its requests (the denominator of per-request ratios), responses and outcomes alike.
-    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE units AS
-        SELECT u.unit_id, u.arm, u.first_ts, count(e.unit_id) AS requests
-        FROM units_period u JOIN ev e ON e.unit_id = u.unit_id AND e.type = 'exposure' AND NOT e.forced
-             AND e.ts >= u.first_ts AND e.ts <= u.first_ts + {window}
-        WHERE u.arms = 1 GROUP BY u.unit_id, u.arm, u.first_ts
-    """)
-    multi = con.execute("SELECT count(*) FROM units_period WHERE arms > 1").fetchone()[0]
+        SELECT unit_id, arm, first_ts, requests FROM unit_facts WHERE arms = 1 AND {' AND '.join(in_period)}
+    """, params)
+    multi = con.execute(f"SELECT count(*) FROM unit_facts WHERE arms > 1 AND {' AND '.join(in_period)}",
+                        params).fetchone()[0]
     units = dict(con.execute("SELECT arm, count(*) FROM units GROUP BY arm").fetchall())
     requests = dict(con.execute("SELECT arm, sum(requests) FROM units GROUP BY arm").fetchall())
     period_ts = " AND ".join(["TRUE"] + [c.replace("first_ts", "ts") for c in in_period[1:]])
     forced = con.execute(f"SELECT count(*) FROM ev WHERE type = 'exposure' AND forced AND {period_ts}",
                          params).fetchone()[0]
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE outc AS
-        SELECT o.unit_id, o.metric, o.value,
-               o.ts >= u.first_ts AND o.ts <= u.first_ts + {window} AS attributed,
-               o.ts < u.first_ts AS early
-        FROM ev o JOIN units u ON u.unit_id = o.unit_id
-        WHERE o.type = 'outcome'
-    """)
+    con.execute("CREATE OR REPLACE TEMP TABLE outc AS SELECT o.* FROM outc_all o SEMI JOIN units u USING (unit_id)")
     early = con.execute("SELECT count(*) FROM outc WHERE early").fetchone()[0]
     late = con.execute("SELECT count(*) FROM outc WHERE NOT attributed AND NOT early").fetchone()[0]
-    # outcomes of the period (by their own time) whose unit has no exposure in the phase: orphans, or
-    # forced-only when the unit was only ever served by a forced (QA) request
-    orphan_rows = dict(con.execute(f"""
-        SELECT f.unit_id IS NOT NULL, count(*)
-        FROM ev o LEFT JOIN (SELECT DISTINCT unit_id FROM ev WHERE type = 'exposure' AND forced) f
-             ON f.unit_id = o.unit_id
-        WHERE o.type = 'outcome' AND {period_ts} AND o.unit_id NOT IN (SELECT unit_id FROM units_all)
-        GROUP BY 1
-    """, params).fetchall())
+    orphan_rows = dict(con.execute(f"SELECT forced_only, count(*) FROM stray_outcomes WHERE {period_ts} GROUP BY 1",
+                                   params).fetchall())
     orphans, forced_only = orphan_rows.get(False, 0), orphan_rows.get(True, 0)
-    # per-request facts of the units' responses within the window, with the upstream model for prices
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE resp AS
-        SELECT u.unit_id, u.arm, r.status_code, r.error, r.latency_ms, r.prompt_tokens, r.completion_tokens,
-               x.upstream_model
-        FROM ev r JOIN units u ON u.unit_id = r.unit_id
-        LEFT JOIN (SELECT request_id, upstream_model FROM ev WHERE type = 'exposure') x ON x.request_id = r.request_id
-        WHERE r.type = 'response' AND NOT r.forced AND r.ts >= u.first_ts AND r.ts <= u.first_ts + {window}
-    """)
+    con.execute("CREATE OR REPLACE TEMP TABLE resp AS SELECT r.* FROM resp_all r SEMI JOIN units u USING (unit_id)")
+    cuped = cfg.cuped.enabled and _has_table(con, "pre_unit")
     with_cost = bool(cfg.prices)
     con.execute("CREATE OR REPLACE TEMP TABLE prices (model VARCHAR, p_in DOUBLE, p_out DOUBLE)")
     if with_cost:
@@ -181,8 +170,13 @@ def load_experiment(con: duckdb.DuckDBPyConnection, glob: str | None, exp: Exper
     stats: dict[str, dict[str, Stats]] = {arm: {} for arm in units}
     skipped: dict[str, str] = {}
     caps: dict[str, float] = {}
+    history: dict[str, float] = {}
     for m in metrics:
-        per_arm = _metric_stats(con, m, exp.metrics, caps)
+        if (cuped and m.role in ("primary", "secondary") and m.kind in ("binary", "continuous")) or (
+                cuped and m.role in ("primary", "secondary") and m.kind == "ratio" and m.numerator is not None):
+            per_arm, history[m.name] = _adjusted_stats(con, m, caps)
+        else:
+            per_arm = _metric_stats(con, m, exp.metrics, caps)
         missing = [a for a in units if a not in per_arm]
         if missing:
             skipped[m.name] = f"no data in arm(s) {missing}"
@@ -194,7 +188,7 @@ def load_experiment(con: duckdb.DuckDBPyConnection, glob: str | None, exp: Exper
     return ExperimentData(exp.key, exp.phase, start, end, units, {a: int(v) for a, v in requests.items()},
                           metrics, stats, int(multi), int(orphans), int(late), int(forced),
                           skipped=skipped, early_outcomes=int(early), forced_only_outcomes=int(forced_only),
-                          caps=caps)
+                          caps=caps, history_share=history)
 
 
 def _merge_metrics(configured: list[MetricDefinition], builtin: list[MetricDefinition]) -> list[MetricDefinition]:
@@ -297,6 +291,169 @@ def _metric_stats(con: duckdb.DuckDBPyConnection, m: MetricDefinition, configure
             FROM units u LEFT JOIN outc o ON o.unit_id = u.unit_id GROUP BY u.arm, u.unit_id, u.requests"""
         return ratio(per_unit)
     return {}
+
+
+def _build_unit_facts(con: duckdb.DuckDBPyConnection, cfg: AnalyzerConfig) -> None:
+    """Build what does not depend on the period, once per set of events (a report's daily analyses
+    share it): each unit's first exposure, arm and requests within its attribution window, its
+    outcomes and responses flagged or filtered by that window, the stray outcomes, and (CUPED) each
+    unit's pre-period values. Every KPI reads only the unit's events within the attribution window
+    from its first exposure: its requests (the denominator of per-request ratios), responses and
+    outcomes alike.
+    """
+    window = f"to_microseconds(CAST({float(cfg.attribution_window_hours)} * 3600e6 AS BIGINT))"
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE unit_facts AS
+        WITH f AS (SELECT unit_id, min(arm) AS arm, count(DISTINCT arm) AS arms, min(ts) AS first_ts
+                   FROM ev WHERE type = 'exposure' AND NOT forced AND unit_id IS NOT NULL GROUP BY unit_id)
+        SELECT f.unit_id, f.arm, f.arms, f.first_ts, count(*) FILTER (WHERE e.ts <= f.first_ts + {window}) AS requests
+        FROM f JOIN ev e ON e.unit_id = f.unit_id AND e.type = 'exposure' AND NOT e.forced
+        GROUP BY f.unit_id, f.arm, f.arms, f.first_ts
+    """)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE outc_all AS
+        SELECT o.unit_id, o.metric, o.value,
+               o.ts >= u.first_ts AND o.ts <= u.first_ts + {window} AS attributed,
+               o.ts < u.first_ts AS early
+        FROM ev o JOIN unit_facts u ON u.unit_id = o.unit_id
+        WHERE o.type = 'outcome' AND u.arms = 1
+    """)
+    # outcomes whose unit has no exposure in the phase: orphans, or forced-only when the unit was only
+    # ever served by a forced (QA) request; a period counts those timestamped in it
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE stray_outcomes AS
+        SELECT o.ts, f.unit_id IS NOT NULL AS forced_only
+        FROM ev o LEFT JOIN (SELECT DISTINCT unit_id FROM ev WHERE type = 'exposure' AND forced) f
+             ON f.unit_id = o.unit_id
+        WHERE o.type = 'outcome' AND o.unit_id NOT IN (SELECT unit_id FROM unit_facts)
+    """)
+    # per-request facts of the units' responses within the window, with the upstream model for prices
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE resp_all AS
+        SELECT u.unit_id, u.arm, r.status_code, r.error, r.latency_ms, r.prompt_tokens, r.completion_tokens,
+               x.upstream_model
+        FROM ev r JOIN unit_facts u ON u.unit_id = r.unit_id
+        LEFT JOIN (SELECT request_id, upstream_model FROM ev WHERE type = 'exposure') x ON x.request_id = r.request_id
+        WHERE r.type = 'response' AND NOT r.forced AND u.arms = 1
+          AND r.ts >= u.first_ts AND r.ts <= u.first_ts + {window}
+    """)
+    if not (cfg.cuped.enabled and _has_table(con, "hist")):
+        return
+    lookback = f"to_microseconds(CAST({float(cfg.cuped.lookback_days)} * 86400e6 AS BIGINT))"
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE pre_ev AS
+        SELECT h.* FROM unit_facts u JOIN hist h ON h.unit_id = u.unit_id
+        WHERE h.ts < u.first_ts AND h.ts >= u.first_ts - {lookback}
+    """)
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE pre_unit AS
+        SELECT unit_id, count(*) FILTER (WHERE type = 'exposure') AS requests, count(*) AS events
+        FROM pre_ev GROUP BY unit_id
+    """)
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE pre_outc AS
+        SELECT unit_id, metric, max(value) AS mx, avg(value) AS mean, sum(value) AS total
+        FROM pre_ev WHERE type = 'outcome' GROUP BY unit_id, metric
+    """)
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchone()[0])
+
+
+def _unit_values(m: MetricDefinition) -> tuple[str, list[str]]:
+    """Return CTEs ending in ``pu`` (arm, unit_id and the metric's per-unit columns, capped) and those columns."""
+    name = _ident(m.name)
+    if m.kind == "binary":
+        return f"""pu AS (SELECT u.unit_id, u.arm, coalesce(max(o.value) FILTER (WHERE o.attributed), 0)::DOUBLE AS y
+                   FROM units u LEFT JOIN outc o ON o.unit_id = u.unit_id AND o.metric = '{name}'
+                   GROUP BY u.unit_id, u.arm)""", ["y"]
+    if m.kind == "continuous":
+        return f"""raw AS (SELECT u.unit_id, u.arm, avg(o.value) AS v FROM units u JOIN outc o ON o.unit_id = u.unit_id
+                    WHERE o.metric = '{name}' AND o.attributed GROUP BY u.unit_id, u.arm),
+               c AS ({_cap_sql(m, "v", "raw")}),
+               pu AS (SELECT unit_id, arm, CASE WHEN c.cap IS NULL THEN v ELSE least(v, c.cap) END AS y, c.cap
+                      FROM raw, c)""", ["y"]
+    if m.denominator == "requests":
+        den = "u.requests::DOUBLE"
+    else:
+        den = f"coalesce(sum(o.value) FILTER (WHERE o.attributed AND o.metric = '{_ident(m.denominator)}'), 0)"
+    return f"""raw AS (SELECT u.arm, u.unit_id,
+                  coalesce(sum(o.value) FILTER (WHERE o.attributed AND o.metric = '{_ident(m.numerator)}'), 0) AS num,
+                  {den} AS den
+                  FROM units u LEFT JOIN outc o ON o.unit_id = u.unit_id GROUP BY u.arm, u.unit_id, u.requests),
+               c AS ({_cap_sql(m, "num", "raw")}),
+               pu AS (SELECT unit_id, arm, CASE WHEN c.cap IS NULL THEN num ELSE least(num, c.cap) END AS y,
+                             den AS d, c.cap FROM raw, c)""", ["y", "d"]
+
+
+def _covariates(m: MetricDefinition) -> tuple[str, list[str]]:
+    """Return the join and the covariate columns of a metric: its pre-period value(s) and "has history".
+
+    A unit without pre-period data gets 0 and h = 0 (the missing-covariate indicator), never a drop.
+    binary: active before (any exposure or outcome) and then its max; continuous: the mean of its
+    pre-period values; ratio: the pre-period numerator and denominator sums.
+    """
+    name = _ident(m.name)
+    join = (f"LEFT JOIN pre_unit p ON p.unit_id = pu.unit_id "
+            f"LEFT JOIN pre_outc q ON q.unit_id = pu.unit_id AND q.metric = '{name}'")
+    if m.kind == "binary":
+        return join, ["CASE WHEN coalesce(p.events, 0) > 0 THEN coalesce(q.mx, 0) ELSE 0 END AS x",
+                      "CASE WHEN coalesce(p.events, 0) > 0 THEN 1.0 ELSE 0.0 END AS h"]
+    if m.kind == "continuous":
+        return join, ["coalesce(q.mean, 0) AS x", "CASE WHEN q.mean IS NOT NULL THEN 1.0 ELSE 0.0 END AS h"]
+    num = _ident(m.numerator)
+    join = (f"LEFT JOIN pre_unit p ON p.unit_id = pu.unit_id "
+            f"LEFT JOIN pre_outc q ON q.unit_id = pu.unit_id AND q.metric = '{num}'")
+    if m.denominator == "requests":
+        den, has_den = "coalesce(p.requests, 0)", "coalesce(p.requests, 0) > 0"
+    else:
+        join += f" LEFT JOIN pre_outc q2 ON q2.unit_id = pu.unit_id AND q2.metric = '{_ident(m.denominator)}'"
+        den, has_den = "coalesce(q2.total, 0)", "q2.total IS NOT NULL"
+    return join, ["coalesce(q.total, 0)::DOUBLE AS x", f"{den}::DOUBLE AS w",
+                  f"CASE WHEN q.total IS NOT NULL OR {has_den} THEN 1.0 ELSE 0.0 END AS h"]
+
+
+def _adjusted_stats(con: duckdb.DuckDBPyConnection, m: MetricDefinition,
+                    caps: dict[str, float]) -> tuple[dict[str, Stats], float]:
+    """Return per-arm moment statistics (the metric and its covariates) for CUPED, and the share of
+    units with pre-period data. Columns are shifted by their means over all units (stable sums)."""
+    values, value_cols = _unit_values(m)
+    join, cov_exprs = _covariates(m)
+    cols = value_cols + [e.rsplit(" AS ", 1)[1] for e in cov_exprs]
+    shifts = ", ".join(f"avg({c}) AS k_{c}" for c in cols)
+    sums = [f"sum({c} - k_{c})" for c in cols]
+    cross = [f"sum(({a} - k_{a}) * ({b} - k_{b}))" for i, a in enumerate(cols) for b in cols[i:]]
+    cap_col = ", any_value(cap)" if "c AS (" in values else ", NULL"
+    rows = con.execute(f"""
+        WITH {values},
+             z AS (SELECT pu.*, {', '.join(cov_exprs)} FROM pu {join}),
+             k AS (SELECT {shifts} FROM z)
+        SELECT arm, count(*), {', '.join(sums + cross)}, {', '.join(f'any_value(k_{c})' for c in cols)},
+               avg(h){cap_col}
+        FROM z, k GROUP BY arm
+    """).fetchall()
+    p = len(cols)
+    out: dict[str, Stats] = {}
+    with_history = total = 0.0
+    for row in rows:
+        arm, n = row[0], int(row[1])
+        if not n:
+            continue
+        s = [float(v) for v in row[2:2 + p]]
+        flat = iter(float(v) for v in row[2 + p:2 + p + p * (p + 1) // 2])
+        c = [[0.0] * p for _ in range(p)]
+        for i in range(p):
+            for j in range(i, p):
+                c[i][j] = c[j][i] = next(flat)
+        k = [float(v) for v in row[2 + p + p * (p + 1) // 2:2 + 2 * p + p * (p + 1) // 2]]
+        share, cap = row[-2], row[-1]
+        if cap is not None:
+            caps[m.name] = float(cap)
+        with_history += float(share) * n
+        total += n
+        out[arm] = MomentStats(n, tuple(s), tuple(map(tuple, c)), tuple(k), ratio=m.kind == "ratio")
+    return out, (with_history / total if total else 0.0)
 
 
 def _ident(name: str | None) -> str:

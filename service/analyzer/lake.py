@@ -51,6 +51,10 @@ SCHEMA = pa.schema([
 _FIELDS = [f.name for f in SCHEMA]
 
 
+UNATTACHED = "_unattached"
+"""The partition of outcomes posted without an experiment (experiment keys cannot start with '_')."""
+
+
 @dataclass(frozen=True)
 class Record:
     """One Kafka message: where it came from and its raw value."""
@@ -138,7 +142,7 @@ class Lake:
             if row is None:
                 invalid.append(rec)
                 continue
-            groups[(row["ts"].strftime("%Y-%m-%d"), row["experiment"])].append(row)
+            groups[(row["ts"].strftime("%Y-%m-%d"), row["experiment"] or UNATTACHED)].append(row)
         files = []
         for (day, experiment), rows in sorted(groups.items()):
             d = self.root / f"date={day}" / f"experiment={experiment}"
@@ -170,5 +174,6 @@ class Lake:
         return len(records) - len(invalid), len(invalid)
 
     def glob(self, experiment: str) -> str:
-        """Return the Parquet glob of one experiment, for DuckDB's read_parquet."""
+        """Return the Parquet glob of one experiment (``*``: every experiment and the unattached
+        outcomes), for DuckDB's read_parquet."""
         return str(self.root / "date=*" / f"experiment={experiment}" / "*.parquet")

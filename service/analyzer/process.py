@@ -31,7 +31,8 @@ def analyze_all(cfg: Config, sequential: bool = True) -> dict[str, object]:
         t0 = time.perf_counter()
         con = duckdb.connect()
         try:
-            data = load_experiment(con, lake.glob(exp.key), exp, cfg.analyzer)
+            data = load_experiment(con, lake.glob(exp.key), exp, cfg.analyzer,
+                                   history_glob=lake.glob("*") if cfg.analyzer.cuped.enabled else None)
             result = analyze_data(data, exp, cfg.analyzer, sequential)
         except Exception:  # one broken experiment must not stop the others' gauges
             log.exception("analysis of %s failed", exp.key)

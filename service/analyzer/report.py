@@ -79,7 +79,7 @@ def build_report(cfg: Config, key: str, start: date, end: date, sequential: bool
         days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
         series: dict[tuple[str, str], list[SeriesPoint]] = {}
         data = result = None
-        prepare_events(con, lake.glob(key), exp.phase)
+        prepare_events(con, lake.glob(key), exp.phase, lake.glob("*") if cfg.analyzer.cuped.enabled else None, key)
         drift = _drift_events(con, start, end)
         for i, day in enumerate(days, 1):
             data = load_experiment(con, None, exp, cfg.analyzer, _day_start(start),
@@ -130,8 +130,12 @@ def metric_vocabulary(rep: Report) -> list[dict[str, Any]]:
         cap = rep.data.caps.get(m.name)
         if cap is not None and m.cap is not None:
             what = "each unit's value" if m.kind == "continuous" else "each unit's numerator"
-            at = f"the {m.cap.quantile:g} quantile of all units" if m.cap.quantile is not None else "the configured value"
+            at = (f"the {m.cap.quantile:g} quantile of all units" if m.cap.quantile is not None
+                  else "the configured value")
             definition += f"; {what} capped at {cap:.6g} ({at})"
+        if m.name in rep.data.history_share:
+            definition += (f"; the effect adjusted for the unit's own value in the {rep.analyzer.cuped.lookback_days:g}"
+                           " days before its first exposure (CUPED; units without history keep theirs)")
         out.append({"metric": m.name, "role": m.role, "kind": m.kind, "direction": m.direction,
                     "definition": definition, "description": m.description,
                     "margin": m.margin, "relative_margin": m.relative_margin if m.guardrail else None,
@@ -199,6 +203,8 @@ def to_dict(rep: Report) -> dict[str, Any]:
             "p_value_relative": r.effect.relative_p_value,
             "p_value": r.p_value, "p_value_adjusted": r.p_value_adjusted, "method": r.method,
             "decision": r.decision, "chance_to_win": r.bayesian.chance_to_win,
+            "variance_reduction": r.variance_reduction,
+            "history_share": rep.data.history_share.get(r.metric),
             "guardrail": None if g is None else {
                 "status": g.status, "margin": g.margin, "relative": g.relative, "harm": g.harm,
                 "harm_lower": g.lower, "harm_upper": g.upper, "alpha_one_sided": g.alpha, "method": g.method,
@@ -221,7 +227,7 @@ def _harm(r: MetricResult) -> str:
     return f"{g.harm:+.4g} [{g.lower:+.4g}, {g.upper:+.4g}] vs {g.margin:.4g}"
 
 
-def _row(r: MetricResult) -> list[str]:
+def _row(rep: Report, r: MetricResult) -> list[str]:
     p_rel = _fmt(r.effect.relative_p_value, 3)
     row = [r.metric, r.arm, _fmt(r.control.estimate), _fmt(r.treatment.estimate),
            f"{r.effect.absolute:+.4g} {_ci(r.effect.absolute_ci)}",
@@ -231,13 +237,23 @@ def _row(r: MetricResult) -> list[str]:
         return [*row, _harm(r), r.guardrail.status if r.guardrail else "n/a", r.method]
     if r.role == "diagnostic":
         return [*row, r.decision, r.method]
-    return [*row, _fmt(r.p_value_adjusted, 3), r.decision, r.method]
+    return [*row, _fmt(r.p_value_adjusted, 3), r.decision, _cuped(rep, r), r.method]
+
+
+def _cuped(rep: Report, r: MetricResult) -> str:
+    """Return the variance reduction of a CUPED-adjusted metric, and the share of units with history."""
+    if r.variance_reduction is None:
+        return "-"
+    share = rep.data.history_share.get(r.metric, 0.0)
+    if share == 0:
+        return "no pre-period data"
+    return f"{r.variance_reduction * 100:.0f}% ({share * 100:.0f}% of units with history)"
 
 
 _BASE = ["metric", "arm", "control", "treatment", "absolute effect [CI]", "relative effect [CI]",
          "p absolute / relative"]
-HEADERS = {"primary": [*_BASE, "p adjusted", "decision", "method"],
-           "secondary": [*_BASE, "p adjusted", "decision", "method"],
+HEADERS = {"primary": [*_BASE, "p adjusted", "decision", "variance reduction (CUPED)", "method"],
+           "secondary": [*_BASE, "p adjusted", "decision", "variance reduction (CUPED)", "method"],
            "guardrail": [*_BASE, "harm [interval] vs margin", "status", "method"],
            "diagnostic": [*_BASE, "decision (unadjusted)", "method"]}
 TITLES = {"primary": "Primary metrics (decide the verdict)",
@@ -252,13 +268,16 @@ def _sections(rep: Report) -> list[tuple[str, list[str], list[list[str]], str]]:
     o = res.options if res is not None else None
     out = []
     for role in ROLES:
-        rows = [_row(r) for r in (res.results if res else []) if r.role == role]
+        rows = [_row(rep, r) for r in (res.results if res else []) if r.role == role]
         if not rows:
             continue
         note = ""
         if o is not None and role in ("primary", "secondary"):
             note = (f"Two-sided tests at alpha {o.alpha:g}, {o.correction} correction within the {role} family; "
                     f"the {o.decision_scale} scale decides. A CI excludes 0 exactly when its p < alpha.")
+            if any(r.variance_reduction is not None for r in res.results if r.role == role):
+                note += (f" Effects are adjusted for each unit's own value in the {rep.analyzer.cuped.lookback_days:g}"
+                         " days before its first exposure (CUPED); the arms' values are unadjusted.")
         elif o is not None and role == "guardrail":
             note = (f"Harm bounds are one-sided at {o.guardrail_alpha:g} each (a "
                     f"{round(100 * (1 - 2 * o.guardrail_alpha))}% interval"

@@ -33,7 +33,9 @@ class OutcomeIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    experiment: str = Field(min_length=1, description="the experiment key")
+    experiment: str | None = Field(None, min_length=1, description=(
+        "the experiment key; omitted: the unit's history outside any experiment (say with a past ts), "
+        "read as its pre-period value by the variance reduction (CUPED)"))
     unit_id: str = Field(min_length=1, description="the experiment unit (the `user` of the requests)")
     metric: str = Field(min_length=1, description="a metric the experiment defines")
     value: Annotated[float, Field(allow_inf_nan=False, description="0 or 1 for binary metrics")]
@@ -84,6 +86,10 @@ def _validate(items: list[Any], runtime: Runtime) -> list[OutcomeEvent]:
             value = getattr(o, name)
             if value is not None:
                 check_identifier(value, f"{where}{name}".lstrip("."), max_id_bytes)
+        ts = _outcome_time(o, where)
+        if o.experiment is None:
+            events.append(_history_outcome(o, ts, where, runtime))
+            continue
         exp = runtime.snapshot.table.by_key.get(o.experiment)
         if exp is None:
             raise NotFound(f"outcome{where}: unknown experiment {o.experiment!r}", param="experiment",
@@ -96,13 +102,27 @@ def _validate(items: list[Any], runtime: Runtime) -> list[OutcomeEvent]:
         if mdef is not None and mdef.kind == "binary" and o.value not in (0.0, 1.0):
             raise InvalidRequest(f"outcome{where}: metric {o.metric!r} is binary, value must be 0 or 1",
                                  param="value", code="invalid_outcome")
-        ts = _outcome_time(o, where)
         _, arm_range = exp.bucketed_arm(o.unit_id)
         events.append(OutcomeEvent(
             event_id=o.event_id or new_event_id(), ts=ts, experiment=o.experiment,
             phase=exp.config.phase, arm=arm_range.name, unit_id=o.unit_id, request_id=o.request_id,
             metric=o.metric, value=o.value))
     return events
+
+
+def _history_outcome(o: OutcomeIn, ts: datetime, where: str, runtime: Runtime) -> OutcomeEvent:
+    """Return the event of an outcome posted without an experiment: a metric some experiment defines."""
+    defined = [e.config for e in runtime.snapshot.table.by_key.values() if o.metric in e.config.outcome_names]
+    if not defined:
+        known = sorted({n for e in runtime.snapshot.table.by_key.values() for n in e.config.outcome_names})
+        raise InvalidRequest(f"outcome{where}: no experiment has a metric {o.metric!r}; metrics: {known}",
+                             param="metric", code="unknown_metric")
+    binary = any((m := c.metric(o.metric)) is not None and m.kind == "binary" for c in defined)
+    if binary and o.value not in (0.0, 1.0):
+        raise InvalidRequest(f"outcome{where}: metric {o.metric!r} is binary, value must be 0 or 1",
+                             param="value", code="invalid_outcome")
+    return OutcomeEvent(event_id=o.event_id or new_event_id(), ts=ts, experiment=None, phase=None, arm=None,
+                        unit_id=o.unit_id, request_id=o.request_id, metric=o.metric, value=o.value)
 
 
 # The request schema in the OpenAPI document (clients, fuzzers). The handler reads the raw body
@@ -135,7 +155,7 @@ async def post_outcomes(request: Request) -> Response:
     for ev in events:
         if runtime.publisher is not None:
             runtime.publisher.publish(ev)
-        metrics.OUTCOMES.labels(ev.experiment, ev.metric).inc()
+        metrics.OUTCOMES.labels(ev.experiment or "", ev.metric).inc()
     return Response(orjson.dumps({"accepted": len(events), "event_ids": [e.event_id for e in events]}),
                     status_code=202, media_type="application/json")
 
