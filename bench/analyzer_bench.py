@@ -6,8 +6,10 @@
    last batch (the one-second quiet period it waits for at the end is not counted).
 2. Report (target: under 30 s): DuckDB writes a synthetic lake in the analyzer's layout and schema,
    1,000,000 units and about 10,000,000 events over one ISO week (each unit 1-7 requests, each
-   request an exposure and a response, plus resolved, escalated and csat outcomes), then
-   ``build_report`` runs on it for the week (seven cumulative daily analyses for the plots).
+   request an exposure and a response, plus resolved, escalated and csat outcomes; 60% of units
+   also have a resolved and a csat outcome from the week before, posted without an experiment, so
+   CUPED, on by default, adjusts resolved and csat), then ``build_report`` runs on it for the week
+   (seven cumulative daily analyses for the plots).
 
 Usage: python bench/analyzer_bench.py [--events 300000] [--units 1000000]
 """
@@ -121,7 +123,15 @@ COPY (
                          WHEN 'escalated' THEN (random() < 0.10)::INT
                          ELSE 3 + random() * 2 END
     FROM units, (VALUES ('resolved'), ('escalated'), ('csat')) m(metric)),
-  allev AS (SELECT * FROM exposures UNION ALL SELECT * FROM responses UNION ALL SELECT * FROM outcomes)
+  -- CUPED's pre-period data: for 60% of users, a resolved and a csat outcome posted without an
+  -- experiment a week before their first exposure (partition experiment=_unattached)
+  history AS (
+    SELECT uuid()::VARCHAR, 'outcome', t0 - to_seconds(7 * 86400), '_unattached', NULL::INTEGER, NULL::VARCHAR,
+           unit_id, NULL, NULL, NULL, NULL::BOOLEAN, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, m.metric,
+           CASE m.metric WHEN 'resolved' THEN (random() < 0.30)::INT ELSE 3 + random() * 2 END
+    FROM units, (VALUES ('resolved'), ('csat')) m(metric) WHERE hash(u * 31) % 10 < 6),
+  allev AS (SELECT * FROM exposures UNION ALL SELECT * FROM responses UNION ALL SELECT * FROM outcomes
+            UNION ALL SELECT * FROM history)
   SELECT *, strftime(ts, '%Y-%m-%d') AS date, 0::INTEGER AS kafka_partition,
          row_number() OVER () AS kafka_offset
   FROM allev
