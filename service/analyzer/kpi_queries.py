@@ -258,39 +258,28 @@ def _metric_stats(con: duckdb.DuckDBPyConnection, m: MetricDefinition, configure
             count(*)::DOUBLE AS den FROM resp r LEFT JOIN prices p ON p.model = r.upstream_model
             GROUP BY r.arm, r.unit_id"""
         return ratio(per_unit)
+    if m.kind not in ("binary", "continuous") and m.numerator is None:
+        return {}
+    values, _ = _unit_values(m)
     if m.kind == "binary":
-        rows = con.execute("""
-            SELECT u.arm, count(*), sum(v), sum(v * v) FROM (
-              SELECT u.unit_id, u.arm, coalesce(max(o.value) FILTER (WHERE o.attributed), 0)::DOUBLE AS v
-              FROM units u LEFT JOIN outc o ON o.unit_id = u.unit_id AND o.metric = ?
-              GROUP BY u.unit_id, u.arm) u GROUP BY u.arm""", [name]).fetchall()
-        return _sample_stats(rows)
+        return _sample_stats(con.execute(f"WITH {values} SELECT arm, count(*), sum(y), sum(y * y) FROM pu GROUP BY arm")
+                             .fetchall())
     if m.kind == "continuous":
         # sums of (v - k), k the mean over all units: raw sums of squares of values near 1e6 with a
         # spread of 0.01 lose the variance to cancellation (stats.SampleStats.shift)
         rows = con.execute(f"""
-            WITH raw AS (SELECT u.arm, avg(o.value) AS v FROM units u JOIN outc o ON o.unit_id = u.unit_id
-                         WHERE o.metric = ? AND o.attributed GROUP BY u.unit_id, u.arm),
-                 c AS ({_cap_sql(m, "v", "raw")}),
-                 pu AS (SELECT arm, CASE WHEN c.cap IS NULL THEN v ELSE least(v, c.cap) END AS v FROM raw, c),
-                 k AS (SELECT avg(v) AS k FROM pu)
-            SELECT arm, count(*), sum(v - k), sum((v - k) * (v - k)), any_value(k), any_value(c.cap)
-            FROM pu, k, c GROUP BY arm""", [name]).fetchall()
+            WITH {values}, k AS (SELECT avg(y) AS k FROM pu)
+            SELECT arm, count(*), sum(y - k), sum((y - k) * (y - k)), any_value(k), any_value(cap)
+            FROM pu, k GROUP BY arm""").fetchall()
         for row in rows:
             if row[5] is not None:
                 caps[name] = float(row[5])
         return {arm: SampleStats(int(n), float(s), float(ss), float(k)) for arm, n, s, ss, k, _ in rows if n}
-    if m.kind == "ratio" and m.numerator is not None:
-        if m.denominator == "requests":
-            den = "u.requests::DOUBLE"
-        else:
-            den = f"coalesce(sum(o.value) FILTER (WHERE o.attributed AND o.metric = '{_ident(m.denominator)}'), 0)"
-        per_unit = f"""SELECT u.arm, u.unit_id,
-            coalesce(sum(o.value) FILTER (WHERE o.attributed AND o.metric = '{_ident(m.numerator)}'), 0) AS num,
-            {den} AS den
-            FROM units u LEFT JOIN outc o ON o.unit_id = u.unit_id GROUP BY u.arm, u.unit_id, u.requests"""
-        return ratio(per_unit)
-    return {}
+    rows = con.execute(f"""
+        WITH {values}
+        SELECT arm, count(*), sum(y), sum(y * y), sum(d), sum(d * d), sum(y * d), any_value(cap)
+        FROM pu GROUP BY arm""").fetchall()
+    return _ratio_stats(rows, caps, name)  # type: ignore[return-value]
 
 
 def _build_unit_facts(con: duckdb.DuckDBPyConnection, cfg: AnalyzerConfig) -> None:
@@ -362,10 +351,13 @@ def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
 
 
 def _unit_values(m: MetricDefinition) -> tuple[str, list[str]]:
-    """Return CTEs ending in ``pu`` (arm, unit_id and the metric's per-unit columns, capped) and those columns."""
+    """Return CTEs ending in ``pu`` (arm, unit_id, the metric's per-unit columns, capped, and the cap) and
+    those columns: ``y`` (a binary's max, a continuous metric's mean, a ratio's numerator), ``d`` (a
+    ratio's denominator)."""
     name = _ident(m.name)
     if m.kind == "binary":
-        return f"""pu AS (SELECT u.unit_id, u.arm, coalesce(max(o.value) FILTER (WHERE o.attributed), 0)::DOUBLE AS y
+        return f"""pu AS (SELECT u.unit_id, u.arm, coalesce(max(o.value) FILTER (WHERE o.attributed), 0)::DOUBLE AS y,
+                          CAST(NULL AS DOUBLE) AS cap
                    FROM units u LEFT JOIN outc o ON o.unit_id = u.unit_id AND o.metric = '{name}'
                    GROUP BY u.unit_id, u.arm)""", ["y"]
     if m.kind == "continuous":
@@ -424,13 +416,12 @@ def _adjusted_stats(con: duckdb.DuckDBPyConnection, m: MetricDefinition,
     shifts = ", ".join(f"avg({c}) AS k_{c}" for c in cols)
     sums = [f"sum({c} - k_{c})" for c in cols]
     cross = [f"sum(({a} - k_{a}) * ({b} - k_{b}))" for i, a in enumerate(cols) for b in cols[i:]]
-    cap_col = ", any_value(cap)" if "c AS (" in values else ", NULL"
     rows = con.execute(f"""
         WITH {values},
              z AS (SELECT pu.*, {', '.join(cov_exprs)} FROM pu {join}),
              k AS (SELECT {shifts} FROM z)
         SELECT arm, count(*), {', '.join(sums + cross)}, {', '.join(f'any_value(k_{c})' for c in cols)},
-               avg(h){cap_col}
+               avg(h), any_value(cap)
         FROM z, k GROUP BY arm
     """).fetchall()
     p = len(cols)
