@@ -32,8 +32,11 @@ class _Rig:
     def __init__(self, proxy, tmp_path) -> None:
         self.proxy, self.port, self.sent = proxy, free_port(), 0
         cfg = proxy.config
+        # a consumer group of its own: tests share the session's broker, and a group another test's
+        # detector left behind must not delay this one's join (Tansu joins after the rebalance timeout)
         cfg["drift"] = {"state_dir": str(tmp_path / "drift"), "reference_size": 200, "window_size": 200,
-                        "window_step": 100, "max_poll_interval_ms": 3000, "port": self.port}
+                        "window_step": 100, "max_poll_interval_ms": 3000, "port": self.port,
+                        "group_id": f"splitwatch-drift-{tmp_path.name}"}
         proxy.write_config(cfg)  # the proxy ignores the drift section; the drift process reads it
         self.drift = ManagedProcess(splitwatch_command("drift", "--config",
                                      str(proxy.config_path)), tmp_path / "drift.log")
