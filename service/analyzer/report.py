@@ -133,9 +133,11 @@ def metric_vocabulary(rep: Report) -> list[dict[str, Any]]:
             at = (f"the {m.cap.quantile:g} quantile of all units" if m.cap.quantile is not None
                   else "the configured value")
             definition += f"; {what} capped at {cap:.6g} ({at})"
-        if m.name in rep.data.history_share:
+        if rep.data.history_share.get(m.name, 0) > 0:
             definition += (f"; the effect adjusted for the unit's own value in the {rep.analyzer.cuped.lookback_days:g}"
                            " days before its first exposure (CUPED; units without history keep theirs)")
+        elif m.name in rep.data.history_share:
+            definition += "; not adjusted: no unit has pre-period data (CUPED)"
         out.append({"metric": m.name, "role": m.role, "kind": m.kind, "direction": m.direction,
                     "definition": definition, "description": m.description,
                     "margin": m.margin, "relative_margin": m.relative_margin if m.guardrail else None,
@@ -275,7 +277,8 @@ def _sections(rep: Report) -> list[tuple[str, list[str], list[list[str]], str]]:
         if o is not None and role in ("primary", "secondary"):
             note = (f"Two-sided tests at alpha {o.alpha:g}, {o.correction} correction within the {role} family; "
                     f"the {o.decision_scale} scale decides. A CI excludes 0 exactly when its p < alpha.")
-            if any(r.variance_reduction is not None for r in res.results if r.role == role):
+            if any(r.variance_reduction is not None and rep.data.history_share.get(r.metric, 0) > 0
+                   for r in res.results if r.role == role):
                 note += (f" Effects are adjusted for each unit's own value in the {rep.analyzer.cuped.lookback_days:g}"
                          " days before its first exposure (CUPED); the arms' values are unadjusted.")
         elif o is not None and role == "guardrail":
