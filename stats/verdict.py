@@ -18,7 +18,7 @@ unproven guardrail, whatever the decision.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -117,17 +117,19 @@ class _Planner:
         days = None if not self.units_per_day else more / self.units_per_day
         return {"units_needed": math.ceil(needed * self.total / max(pair, 1)), "more_units": more, "days": days}
 
+    def _halfwidth(self, alpha: float, two_sided: bool) -> Callable[[float, int], float]:
+        """Return the test's half-width as a function of (variance, units): z, or the confidence sequence."""
+        o = self.o
+        if o.sequential:
+            if two_sided:
+                return lambda v, n: boundary(v, n, alpha, o.n_star).halfwidth
+            return lambda v, n: one_sided_halfwidth(v, n, alpha, o.n_star)
+        q = norm_ppf(1 - alpha / 2) if two_sided else norm_ppf(1 - alpha)
+        return lambda v, n: q * math.sqrt(v)
+
     def primary(self, r: MetricResult, metric: MetricDefinition) -> dict[str, Any]:
         gap = metric.mde if metric.mde is not None else abs(r.effect.absolute)
-        a, o = self.alpha_primary, self.o
-        if o.sequential:
-            def half(v: float, n: int) -> float:
-                return boundary(v, n, a, o.n_star).halfwidth
-        else:
-            q = norm_ppf(1 - a / 2)
-
-            def half(v: float, n: int) -> float:
-                return q * math.sqrt(v)
+        half = self._halfwidth(self.alpha_primary, two_sided=True)
         needed = units_to_reach(gap, r.effect.se ** 2, r.control.n + r.treatment.n, half, PLANNED_POWER)
         return {"planned_effect": gap, "effect_source": "mde" if metric.mde is not None else "observed",
                 **self._more(needed, r)}
@@ -140,14 +142,7 @@ class _Planner:
         assumed = max(0.0, g.harm) if math.isfinite(g.harm) else 0.0
         if not se:
             return {"assumed_harm": assumed, **self._more(None, r)}
-        if o.sequential:
-            def half(v: float, n: int) -> float:
-                return one_sided_halfwidth(v, n, o.guardrail_alpha, o.n_star)
-        else:
-            q = norm_ppf(1 - o.guardrail_alpha)
-
-            def half(v: float, n: int) -> float:
-                return q * math.sqrt(v)
+        half = self._halfwidth(o.guardrail_alpha, two_sided=False)
         needed = units_to_reach(g.margin - assumed, se * se, r.control.n + r.treatment.n, half, PLANNED_POWER)
         return {"assumed_harm": assumed, **self._more(needed, r)}
 

@@ -137,7 +137,7 @@ def test_a_mean_of_a_million_with_a_spread_of_a_hundredth_keeps_its_variance() -
         con.execute("INSERT INTO units SELECT * FROM (SELECT unnest(?) AS unit_id, ? AS arm)", [ids, arm])
         con.execute("INSERT INTO outc SELECT unnest(?), 'spend', unnest(?), TRUE", [ids, values.tolist()])
     metric = MetricDefinition(name="spend", kind="continuous", role="primary")
-    per_arm = _metric_stats(con, metric, [metric])
+    per_arm = _metric_stats(con, metric)
     res = analyze([metric], {arm: {"spend": s} for arm, s in per_arm.items()}, "base")
     assert not res.skipped, res.skipped
     ref = st.ttest_ind(b, a, equal_var=False)

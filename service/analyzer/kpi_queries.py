@@ -172,11 +172,11 @@ def load_experiment(con: duckdb.DuckDBPyConnection, glob: str | None, exp: Exper
     caps: dict[str, float] = {}
     history: dict[str, float] = {}
     for m in metrics:
-        if (cuped and m.role in ("primary", "secondary") and m.kind in ("binary", "continuous")) or (
-                cuped and m.role in ("primary", "secondary") and m.kind == "ratio" and m.numerator is not None):
+        outcome_metric = m.kind in ("binary", "continuous") or m.numerator is not None  # not a built-in
+        if cuped and m.role in ("primary", "secondary") and outcome_metric:
             per_arm, history[m.name] = _adjusted_stats(con, m, caps)
         else:
-            per_arm = _metric_stats(con, m, exp.metrics, caps)
+            per_arm = _metric_stats(con, m, caps)
         missing = [a for a in units if a not in per_arm]
         if missing:
             skipped[m.name] = f"no data in arm(s) {missing}"
@@ -226,7 +226,7 @@ def _cap_sql(m: MetricDefinition, column: str, source: str) -> str:
     return f"SELECT quantile_cont({column}, {float(m.cap.quantile):.17g}) AS cap FROM {source}"  # type: ignore[arg-type]
 
 
-def _metric_stats(con: duckdb.DuckDBPyConnection, m: MetricDefinition, configured: list[MetricDefinition],
+def _metric_stats(con: duckdb.DuckDBPyConnection, m: MetricDefinition,
                   caps: dict[str, float] | None = None) -> dict[str, Stats]:
     """Return per-arm statistics of one metric, by SQL over the temp tables of load_experiment.
 
