@@ -12,6 +12,7 @@ overrides.
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -97,6 +98,45 @@ MetricConfig = MetricDefinition
 """A metric of an experiment; defined once, in stats.metric, and shared with the statistics engine."""
 
 
+class FastRollbackConfig(_Strict):
+    """The fast path: a candidate whose failures (5xx, broken streams) clearly exceed the control's.
+
+    A one-sided always-valid test on the response events (docs/rollout.md): it pauses the experiment
+    when the candidate's failure rate exceeds the control's by more than ``margin`` at level ``alpha``,
+    whatever the number of looks.
+    """
+
+    enabled: bool = True
+    margin: float = Field(0.05, gt=0, lt=1)  # absolute excess of the failure rate that counts as failure
+    alpha: float = Field(0.001, gt=0, lt=0.5)
+    min_requests: int = Field(50, ge=10)  # per arm, since the experiment last started or resumed
+
+
+class RolloutConfig(_Strict):
+    """The guarded rollout (design, "Rollout and automatic rollback"; docs/rollout.md)."""
+
+    steps: list[float] = Field(default_factory=list)  # coverage ramp; empty: coverage as configured
+    min_units_per_step: int = Field(500, ge=1)  # units exposed since the step began
+    min_minutes_per_step: float = Field(60.0, ge=0)
+    auto_rollback: bool = True  # a breached guardrail (sequential test) or SRM pauses the experiment
+    # the guard acts only once each arm has this many units (since the last start or resume)
+    min_units_to_act: int = Field(100, ge=2)
+    # consecutive live analyses that must show a breach or SRM before the guard pauses (hysteresis)
+    confirmations: int = Field(2, ge=1)
+    # the false-rollback level, split (Bonferroni) over guardrails x treatment arms; None: analyzer.guardrail_alpha
+    alpha: float | None = Field(None, gt=0, lt=0.5)
+    fast_rollback: FastRollbackConfig = FastRollbackConfig()
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, v: list[float]) -> list[float]:
+        if any(not 0 < s <= 1 for s in v):
+            raise ValueError("every step is a coverage in (0, 1]")
+        if any(b <= a for a, b in itertools.pairwise(v)):
+            raise ValueError(f"steps must increase strictly, got {v}")
+        return v
+
+
 class ExperimentConfig(_Strict):
     key: Name
     model: str = Field(min_length=1)
@@ -106,6 +146,7 @@ class ExperimentConfig(_Strict):
     status: Literal["running", "paused"] = "running"
     arms: list[ArmConfig] = Field(min_length=2)
     metrics: list[MetricConfig] = Field(default_factory=list)
+    rollout: RolloutConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -128,9 +169,19 @@ class ExperimentConfig(_Strict):
         return base if self.phase == 1 else f"{base}:phase{self.phase}"
 
     @property
+    def initial_coverage(self) -> float:
+        """Return the coverage a phase starts at: the first rollout step, else ``coverage``."""
+        return self.rollout.steps[0] if self.rollout and self.rollout.steps else self.coverage
+
+    @property
     def control(self) -> ArmConfig:
         """Return the control arm (the first arm in config order)."""
         return self.arms[0]
+
+    @property
+    def arm_names(self) -> list[str]:
+        """Return the arms' names in config order (the control first)."""
+        return [a.name for a in self.arms]
 
     def arm(self, name: str) -> ArmConfig | None:
         """Return the arm called ``name``, or None."""
@@ -165,6 +216,9 @@ class KafkaConfig(_Strict):
     enabled: bool = True  # false: publish no events at all (dry runs, benchmarks)
     bootstrap_servers: str = "127.0.0.1:9092"
     topic: str = Field("splitwatch.events", min_length=1)
+    # experiment state (status, coverage; who changed it and why): compacted, one partition, key =
+    # experiment key (docs/rollout.md). Every proxy worker and the analyzer read it from the start.
+    control_topic: str = Field("splitwatch.control", min_length=1)
     client_id: str = "splitwatch"
     queue_max_events: int = Field(100_000, ge=1)
     batch_max_events: int = Field(2_000, ge=1)
@@ -204,6 +258,8 @@ class ProxyConfig(_Strict):
     body_timeout_s: float = Field(60.0, gt=0)
     max_concurrency: int = Field(2048, ge=1)
     keep_alive_s: int = Field(5, ge=1)
+    # at start, how long a worker reads the control topic before it serves with its cached state
+    control_startup_timeout_s: float = Field(5.0, ge=0)
 
 
 class PriceConfig(_Strict):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter
 
@@ -94,7 +94,26 @@ class DriftEvent(_Event):
     window_size: int
 
 
-AnyEvent = ExposureEvent | ResponseEvent | OutcomeEvent | DriftEvent
+class ControlEvent(_Event):
+    """A change of an experiment's state (docs/rollout.md): who did what, why, and on what evidence.
+
+    The same change is the newest message of the experiment on the control topic; this copy on the
+    events topic is the record that the lake keeps and the report's timeline shows. ``event_id`` is
+    the change's id.
+    """
+
+    type: Literal["control"] = "control"
+    action: Literal["pause", "resume", "coverage"]
+    status: Literal["running", "paused"]
+    coverage: float
+    actor: Literal["guard", "admin"]
+    changed_by: str | None = None  # who, for an admin change (given to the admin API as "by")
+    reason: str
+    revision: int
+    evidence: dict[str, Any] | None = None  # the guard's: metric, estimate, interval, units, test
+
+
+AnyEvent = ExposureEvent | ResponseEvent | OutcomeEvent | DriftEvent | ControlEvent
 Event = Annotated[AnyEvent, Field(discriminator="type")]
 _EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(Event)
 

@@ -82,6 +82,18 @@ KAFKA_CONNECTED = Gauge(
     "splitwatch_kafka_connected", "1 when the event shipper of this spool reaches Kafka.", ["spool"],
     multiprocess_mode="livemin")
 
+EXPERIMENT_COVERAGE = Gauge(
+    "splitwatch_experiment_coverage",
+    "Coverage in force for the experiment's current phase (proxy: the highest any live worker applies).",
+    ["experiment"], multiprocess_mode="livemax")
+EXPERIMENT_PAUSED = Gauge(
+    "splitwatch_experiment_paused",
+    "1 when the experiment is paused (proxy: only when every live worker applies the pause).",
+    ["experiment"], multiprocess_mode="livemin")
+CONTROL_CONNECTED = Gauge(
+    "splitwatch_control_connected", "1 when this worker reads the control topic (the lowest over live workers).",
+    ["topic"], multiprocess_mode="livemin")
+
 
 # -- analyzer (its own process and registry: these never appear on the proxy's /metrics) -------------
 ANALYZER_REGISTRY = CollectorRegistry(auto_describe=True)
@@ -117,6 +129,24 @@ SRM_P_VALUE = Gauge("splitwatch_srm_p_value", "p-value of the sample ratio misma
                     registry=ANALYZER_REGISTRY)
 GUARDRAIL_BREACHED = Gauge("splitwatch_guardrail_breached", "1 when a guardrail metric is breached.",
                            ["experiment", "metric"], registry=ANALYZER_REGISTRY)
+GUARD_COVERAGE = Gauge(
+    "splitwatch_experiment_coverage", "Coverage in force for the experiment's current phase (the control topic).",
+    ["experiment"], registry=ANALYZER_REGISTRY)
+GUARD_PAUSED = Gauge("splitwatch_experiment_paused", "1 when the experiment's current phase is paused.",
+                     ["experiment"], registry=ANALYZER_REGISTRY)
+ROLLOUT_STEP = Gauge(
+    "splitwatch_rollout_step", "Rollout step in force (1 = the first of rollout.steps; 0 = off the ramp).",
+    ["experiment"], registry=ANALYZER_REGISTRY)
+ROLLBACKS = Counter(
+    "splitwatch_rollbacks", "Automatic rollbacks (pauses) by the guard, by reason (guardrail, srm, failures).",
+    ["experiment", "reason"], registry=ANALYZER_REGISTRY)
+CONTROL_CHANGES = Counter(
+    "splitwatch_control_changes", "State changes read from the control topic, by action and actor.",
+    ["experiment", "action", "actor"], registry=ANALYZER_REGISTRY)
+GUARD_FAILURE_EXCESS = Gauge(
+    "splitwatch_guard_failure_excess_lower",
+    "Fast path: always-valid lower bound of an arm's failure rate minus the control's (rolls back above "
+    "rollout.fast_rollback.margin).", ["experiment", "arm"], registry=ANALYZER_REGISTRY)
 
 
 # -- drift detector (its own process and registry) ---------------------------------------------------

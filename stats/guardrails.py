@@ -74,6 +74,12 @@ def _katz_log_ratio(control: SampleStats, treatment: SampleStats) -> tuple[float
     return math.log(x1 / n1) - math.log(x0 / n0), max(0.0, 1 / x1 - 1 / n1 + 1 / x0 - 1 / n0)
 
 
+def _agresti_caffo(x0: float, n0: float, x1: float, n1: float) -> tuple[float, float]:
+    """Return the difference of proportions with one success and one failure added to each arm, and its variance."""
+    p0, p1 = (x0 + 1) / (n0 + 2), (x1 + 1) / (n1 + 2)
+    return p1 - p0, p0 * (1 - p0) / (n0 + 2) + p1 * (1 - p1) / (n1 + 2)
+
+
 def _binary_bounds(control: SampleStats, treatment: SampleStats, spec: GuardrailSpec) -> tuple[float, float, str]:
     """Return one-sided bounds of the effect (difference, or ratio - 1) of a binary metric."""
     n = control.n + treatment.n
@@ -89,12 +95,9 @@ def _binary_bounds(control: SampleStats, treatment: SampleStats, spec: Guardrail
             method = "katz_log_ratio_adjusted"
         return math.exp(log_rr - h) - 1, math.exp(log_rr + h) - 1, method
     if spec.sequential:
-        # Agresti-Caffo: one success and one failure added to each arm
-        p0 = (control.sum + 1) / (control.n + 2)
-        p1 = (treatment.sum + 1) / (treatment.n + 2)
-        v = p0 * (1 - p0) / (control.n + 2) + p1 * (1 - p1) / (treatment.n + 2)
+        d, v = _agresti_caffo(control.sum, control.n, treatment.sum, treatment.n)
         h = one_sided_halfwidth(v, n, spec.alpha, spec.n_star)
-        return p1 - p0 - h, p1 - p0 + h, "agresti_caffo_msprt_one_sided"
+        return d - h, d + h, "agresti_caffo_msprt_one_sided"
     lo, hi = newcombe_interval(control, treatment, 2 * spec.alpha)
     return lo, hi, "newcombe_hybrid_score"
 
@@ -153,3 +156,18 @@ def check_guardrail(spec: GuardrailSpec, effect: Effect, control: ArmEstimate, t
     else:
         status = "inconclusive"
     return GuardrailResult(harm, lower, upper, spec.margin, spec.relative, spec.alpha, status, method)
+
+
+def rate_excess_lower_bound(control_events: int, control_n: int, treatment_events: int, treatment_n: int,
+                            alpha: float, n_star: int) -> float:
+    """Return an always-valid one-sided (1 - alpha) lower bound of p_treatment - p_control.
+
+    Agresti-Caffo-adjusted proportions (one event and one non-event added to each arm) inside
+    Howard et al.'s one-sided normal-mixture confidence sequence, as the sequential binary
+    guardrails: P(the bound ever exceeds the true difference) <= alpha, however often it is
+    computed. Used by the rollout guard's fast path on request failures.
+    """
+    if min(control_n, treatment_n) < 1:
+        raise InvalidStatistics("an arm has no requests")
+    d, v = _agresti_caffo(control_events, control_n, treatment_events, treatment_n)
+    return d - one_sided_halfwidth(v, control_n + treatment_n, alpha, n_star)

@@ -37,7 +37,8 @@ def base_config(broker_bootstrap: str, topic: str, workdir: Path, experiments: l
                 **proxy: Any) -> dict[str, Any]:
     """Return a full config dict with the spool and state under ``workdir``."""
     return {
-        "kafka": {"bootstrap_servers": broker_bootstrap, "topic": topic, "linger_ms": 5,
+        "kafka": {"bootstrap_servers": broker_bootstrap, "topic": topic, "control_topic": f"{topic}.control",
+                  "linger_ms": 5,
                   "request_timeout_ms": 3000, "reconnect_backoff_ms": 200,
                   "reconnect_backoff_max_ms": 1000,
                   "spool": {"dir": str(workdir / "spool")}},

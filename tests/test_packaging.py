@@ -108,11 +108,12 @@ def test_the_package_never_imports_its_folders_by_their_bare_names() -> None:
 
 # Which stage may import which (docs/architecture.md): the flow's direction, not the other way round.
 ALLOWED_STAGES = {
-    "proxy": {"delivery"},
+    "proxy": {"delivery", "control"},
     "delivery": set(),
-    "analyzer": {"delivery"},
+    "control": {"delivery"},
+    "analyzer": {"delivery", "control"},
     "drift": {"delivery"},
-    "local": {"proxy", "delivery", "analyzer"},
+    "local": {"proxy", "delivery", "analyzer", "control"},
 }
 # The CLI starts every process and the package re-exports its public names: they may import any stage.
 # Every other shared module is a contract and imports no stage.

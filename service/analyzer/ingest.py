@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +35,10 @@ class IngestStats:
 class Ingestor:
     """Consumes the events topic with a consumer group and writes batches to the lake."""
 
-    def __init__(self, cfg: Config, lake: Lake | None = None) -> None:
+    def __init__(self, cfg: Config, lake: Lake | None = None,
+                 on_batch: Callable[[list[bytes]], None] | None = None) -> None:
         self.cfg = cfg
+        self.on_batch = on_batch  # sees every batch once it is in the lake (the guard's fast path)
         self.lake = lake or Lake(cfg.analyzer.lake_dir, writer=True)
         self.next_offsets = self.lake.recover()
         self._consumer: Any = None
@@ -88,6 +91,7 @@ class Ingestor:
         from kafka.structs import OffsetAndMetadata
 
         commit: dict[Any, Any] = {}
+        written_values: list[bytes] = []
         for partition, records in pending.items():
             if not records:
                 continue
@@ -97,11 +101,17 @@ class Ingestor:
             metrics.ANALYZER_EVENTS_INGESTED.inc(written)
             if invalid:
                 metrics.ANALYZER_INVALID_EVENTS.inc(invalid)
+            written_values.extend(r.value for r in records)
             nxt = records[-1].offset + 1
             self.next_offsets[partition] = nxt
             commit[TopicPartition(self.cfg.kafka.topic, partition)] = OffsetAndMetadata(nxt, "", -1)
         pending.clear()
         stats.batches += 1
+        if self.on_batch is not None and written_values:
+            try:
+                self.on_batch(written_values)
+            except Exception:  # the guard must never stop the lake
+                log.exception("the ingested batch's observer failed")
         if commit and self.cfg.analyzer.group_id and self._consumer.config.get("group_id"):
             try:
                 self._consumer.commit(commit)

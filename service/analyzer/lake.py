@@ -46,6 +46,8 @@ SCHEMA = pa.schema([
     ("metric", pa.string()), ("value", pa.float64()),
     ("detector", pa.string()), ("detected", pa.bool_()), ("drifted_features", pa.string()),
     ("window_size", pa.int64()),
+    ("action", pa.string()), ("status", pa.string()), ("coverage", pa.float64()), ("actor", pa.string()),
+    ("changed_by", pa.string()), ("reason", pa.string()), ("revision", pa.int64()), ("evidence", pa.string()),
     ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64()),
 ])
 _FIELDS = [f.name for f in SCHEMA]
@@ -73,7 +75,7 @@ def _row(rec: Record) -> dict[str, Any] | None:
     d = ev.model_dump()
     row = {k: d.get(k) for k in _FIELDS}
     row["ts"] = ev.ts.astimezone(UTC)
-    for col in ("features", "drifted_features"):
+    for col in ("features", "drifted_features", "evidence"):
         if row.get(col) is not None:
             row[col] = orjson.dumps(row[col]).decode()
     row["kafka_partition"], row["kafka_offset"] = rec.partition, rec.offset

@@ -11,39 +11,71 @@ import duckdb
 
 from .. import metrics
 from ..config import Config
+from ..control.channel import KafkaControl
+from ..control.state import StateTable
+from ..delivery.shipper import KafkaSink
 from ..status_server import Supervisor, start_status_server
 from .analysis import analyze_data, export_gauges
+from .guard import RolloutGuard
 from .ingest import Ingestor
 from .kpi_queries import load_experiment
 
 log = logging.getLogger(__name__)
 
 
-def analyze_all(cfg: Config, sequential: bool = True) -> dict[str, object]:
-    """Re-analyse every running experiment's current phase from the lake; export gauges; return results."""
+def analyze_all(cfg: Config, sequential: bool = True, guard: RolloutGuard | None = None) -> dict[str, object]:
+    """Re-analyse every running experiment's current phase from the lake; export gauges; return results.
+
+    With a ``guard`` (the live analyzer), each experiment with a ``rollout`` is then reviewed by it.
+    """
     from .lake import Lake
 
     lake = Lake(cfg.analyzer.lake_dir)
     out: dict[str, object] = {}
     for exp in cfg.experiments:
+        guarded = guard is not None and exp.rollout is not None
+        if guard is not None:
+            guard.export(exp)
         if not any(lake.root.glob(f"date=*/experiment={exp.key}/*.parquet")):
+            if guard is not None and guarded:
+                guard.review(exp, None)  # a ramp starts before the first event
             continue
         t0 = time.perf_counter()
         con = duckdb.connect()
+        evidence = None
         try:
             data = load_experiment(con, lake.glob(exp.key), exp, cfg.analyzer,
                                    history_glob=lake.glob("*") if cfg.analyzer.cuped.enabled else None)
             result = analyze_data(data, exp, cfg.analyzer, sequential)
+            if guard is not None and guarded:
+                try:
+                    evidence = guard.evidence(con, exp, data, result)
+                except Exception:
+                    log.exception("the rollout guard's analysis of %s failed; no action this time", exp.key)
+                    guarded = False
         except Exception:  # one broken experiment must not stop the others' gauges
             log.exception("analysis of %s failed", exp.key)
             continue
         finally:
             con.close()
         export_gauges(data, result)
+        if guard is not None and guarded:
+            guard.review(exp, evidence)
         metrics.ANALYSIS_SECONDS.labels(exp.key).observe(time.perf_counter() - t0)
         metrics.LAST_ANALYSIS.labels(exp.key).set(time.time())
         out[exp.key] = result
     return out
+
+
+def _start_guard(cfg: Config) -> RolloutGuard | None:
+    """Return the rollout guard reading the control topic (None without Kafka)."""
+    if not cfg.kafka.enabled:
+        return None
+    control = KafkaControl(cfg.kafka, StateTable(), name="guard")
+    guard = RolloutGuard(cfg, control, KafkaSink(cfg.kafka))
+    control.on_apply = guard.on_apply
+    control.start()
+    return guard
 
 
 def run_analyzer(cfg: Config, once: bool = False, host: str | None = None, port: int | None = None) -> int:
@@ -55,7 +87,9 @@ def run_analyzer(cfg: Config, once: bool = False, host: str | None = None, port:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    first = [Ingestor(cfg)]  # made here, so that a locked lake is reported before anything starts
+    guard = None if once else _start_guard(cfg)
+    on_batch = None if guard is None else guard.observe
+    first = [Ingestor(cfg, on_batch=on_batch)]  # made here, so that a locked lake is reported before anything starts
     if once:
         stats = first[0].run(stop, until_caught_up=True)
         log.info("ingested %d events (%d invalid) in %d batches, %.1f s", stats.events, stats.invalid,
@@ -66,7 +100,7 @@ def run_analyzer(cfg: Config, once: bool = False, host: str | None = None, port:
 
     def ingest(supervisor: Supervisor) -> None:
         # after a failure, a new Ingestor: the failed run closed its lake writer
-        (first.pop() if first else Ingestor(cfg)).run(stop, supervisor=supervisor)
+        (first.pop() if first else Ingestor(cfg, on_batch=on_batch)).run(stop, supervisor=supervisor)
 
     supervisor = Supervisor("analyzer-ingest", ingest, stop, metrics.ANALYZER_KAFKA_CONNECTED.labels(a.group_id),
                             metrics.ANALYZER_LOOP_RESTARTS.labels(a.group_id)).start()
@@ -77,9 +111,11 @@ def run_analyzer(cfg: Config, once: bool = False, host: str | None = None, port:
     next_run = 0.0
     while not stop.is_set():
         if time.monotonic() >= next_run:
-            analyze_all(cfg)
+            analyze_all(cfg, guard=guard)
             next_run = time.monotonic() + a.interval_s
         stop.wait(0.5)
     supervisor.thread.join(a.batch_max_seconds + 30)
+    if guard is not None:
+        guard.control.stop()
     server.shutdown()
     return 0

@@ -30,8 +30,9 @@ def kafka_security_settings(cfg: KafkaConfig) -> dict[str, Any]:
     return out
 
 
-def ensure_topic(cfg: KafkaConfig, timeout_ms: int = 5000) -> None:
-    """Create the events topic if it does not exist; raises kafka errors when the broker is unreachable."""
+def ensure_topic(cfg: KafkaConfig, timeout_ms: int = 5000, *, topic: str | None = None,
+                 partitions: int | None = None, topic_configs: dict[str, str] | None = None) -> None:
+    """Create the events topic (or ``topic``) if it does not exist; raises kafka errors if Kafka is unreachable."""
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
@@ -39,10 +40,12 @@ def ensure_topic(cfg: KafkaConfig, timeout_ms: int = 5000) -> None:
                              request_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms,
                              **kafka_security_settings(cfg))
     try:
-        if cfg.topic in admin.list_topics():
+        name = topic or cfg.topic
+        if name in admin.list_topics():
             return
         with contextlib.suppress(TopicAlreadyExistsError):
-            admin.create_topics([NewTopic(cfg.topic, num_partitions=cfg.topic_partitions, replication_factor=1)])
+            admin.create_topics([NewTopic(name, num_partitions=partitions or cfg.topic_partitions,
+                                          replication_factor=1, topic_configs=topic_configs or {})])
     finally:
         admin.close()
 

@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 WORKER_INDEX_ENV = "SPLITWATCH_WORKER_INDEX"
 WORKERS_ENV = "SPLITWATCH_WORKERS"
 CONFIG_PATH_ENV = "SPLITWATCH_CONFIG"
-OVERRIDES_POLL_S = 1.0
 STALE_CONNECTIONS_S = 1.0
 
 
@@ -46,13 +45,13 @@ def create_app(config: Config, config_path: str | Path | None = None, *,
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGHUP, runtime.reload)  # only in the main thread
         runtime.reload_if_changed()
-        poller = asyncio.create_task(_poll_overrides(runtime))
+        await asyncio.to_thread(_start_control, runtime)
         cleaner = asyncio.create_task(_close_stale_connections(runtime))
         try:
             yield
         finally:
-            poller.cancel()
             cleaner.cancel()
+            runtime.control.stop()
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGHUP)
             await runtime.clients.aclose()
@@ -68,14 +67,17 @@ def create_app(config: Config, config_path: str | Path | None = None, *,
     return app
 
 
-async def _poll_overrides(runtime: Runtime) -> None:
-    """Pick up admin changes written by other workers."""
-    while True:
-        await asyncio.sleep(OVERRIDES_POLL_S)
-        try:
-            runtime.overrides.refresh()
-        except (OSError, ValueError) as exc:
-            log.error("cannot read admin overrides %s: %s", runtime.overrides.path, exc)
+def _start_control(runtime: Runtime) -> None:
+    """Start reading experiment state; before serving, wait (up to ``proxy.control_startup_timeout_s``)
+    until the control topic was read to its end, so that a restarted worker applies a pause or a
+    rollback from its first request. Without Kafka it serves from its cache and ``/readyz`` says so."""
+    runtime.control.start()
+    timeout = runtime.config.proxy.control_startup_timeout_s
+    if not runtime.control.wait_caught_up(timeout):
+        status = runtime.control.status()
+        log.warning("control topic not read within %.1f s (%s): serving with the %s state", timeout,
+                    status.get("last_error") or "still reading", status["source"])
+    runtime.export_state()
 
 
 async def _close_stale_connections(runtime: Runtime) -> None:

@@ -96,6 +96,20 @@ class NotFound(ProxyError):
     code = "not_found"
 
 
+class Conflict(ProxyError):
+    """A concurrent change won over this one (409)."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class ServiceUnavailable(ProxyError):
+    """A dependency the request needs (the control topic) is unreachable (503)."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+
+
 class UpstreamError(ProxyError):
     """The upstream model endpoint failed: timeout (504), unreachable or bad answer (502)."""
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 from .. import metrics
 from ..config import Config, ConfigError, load_config
+from ..control.channel import Control, FileControl, KafkaControl
+from ..control.state import ExperimentState, StateTable
 from ..delivery.publisher import EventPublisher
 from .assignment import Assignment, CompiledExperiment, ExperimentTable
-from .overrides import OverrideStore
 from .upstream import UpstreamClients
 
 log = logging.getLogger(__name__)
@@ -34,9 +35,36 @@ class Runtime:
         self.config_path = Path(config_path) if config_path else None
         self._loaded_mtime = self._mtime()
         self.snapshot = Snapshot(config, ExperimentTable(config))
-        self.overrides = OverrideStore(config.proxy.state_dir)
+        self.control: Control = self._open_control(config)
         self.publisher = publisher
         self.clients = UpstreamClients()
+
+    def _open_control(self, config: Config) -> Control:
+        """Return the (not yet started) control channel: the control topic, or the state file without Kafka."""
+        table = StateTable()
+        if not config.kafka.enabled:
+            return FileControl(table, config.proxy.state_dir, self._applied)
+        return KafkaControl(config.kafka, table, config.proxy.state_dir, self._applied, name="proxy",
+                            on_connected=lambda up: metrics.CONTROL_CONNECTED.labels(config.kafka.control_topic)
+                            .set(1 if up else 0))
+
+    def _applied(self, state: ExperimentState) -> None:
+        """A change reached this worker: log it and update the state gauges of the current phase."""
+        exp = self.snapshot.config.experiment(state.experiment) if hasattr(self, "snapshot") else None
+        current = exp is not None and exp.phase == state.phase
+        log.info("control: %s phase %d %s (coverage %.4g, %s) by %s%s: %s [revision %d]%s", state.experiment,
+                 state.phase, state.status, state.coverage, state.action, state.actor,
+                 f" ({state.changed_by})" if state.changed_by else "", state.reason, state.revision,
+                 "" if current else " (not the configured phase: kept, not applied)")
+        if current and hasattr(self, "control"):  # not while the channel is being built (cache load)
+            self.export_state()
+
+    def export_state(self) -> None:
+        """Set the coverage and paused gauges of every configured experiment from the state in force."""
+        for exp in self.snapshot.config.experiments:
+            st = self.control.table.effective(exp)
+            metrics.EXPERIMENT_COVERAGE.labels(exp.key).set(st.coverage)
+            metrics.EXPERIMENT_PAUSED.labels(exp.key).set(1 if st.status == "paused" else 0)
 
     @property
     def config(self) -> Config:
@@ -70,12 +98,14 @@ class Runtime:
             log.warning("config reload: kafka, proxy.state_dir and drift.languages changes take effect at the "
                         "next restart")
         self.snapshot = Snapshot(new, ExperimentTable(new))
+        self.export_state()
         metrics.CONFIG_RELOADS.labels("applied").inc()
         log.info("config reloaded from %s: %d experiments", self.config_path, len(new.experiments))
         return True
 
     def assign(self, exp: CompiledExperiment, unit_id: str | None, forced_arm: str | None = None) -> Assignment:
-        """Return the assignment of a unit, with the admin overrides of that experiment phase applied."""
-        o = self.overrides.get(exp.config.key, exp.config.phase)
-        paused = None if o is None or o.status is None else o.status == "paused"
-        return exp.assign(unit_id, forced_arm, paused=paused, coverage=None if o is None else o.coverage)
+        """Return the assignment of a unit under the state in force (control topic, else config)."""
+        st = self.control.table.get(exp.config.key, exp.config.phase)
+        if st is None:  # nobody changed this phase: the config (and the first rollout step) rule
+            return exp.assign(unit_id, forced_arm, coverage=exp.config.initial_coverage)
+        return exp.assign(unit_id, forced_arm, paused=st.status == "paused", coverage=st.coverage)

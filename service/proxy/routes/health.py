@@ -25,7 +25,9 @@ async def readyz(request: Request) -> Response:
     """Return 200 once the config is loaded and event delivery runs, with the Kafka delivery state.
 
     Kafka being unreachable does not fail readiness (events are spooled); a stalled delivery path
-    (writer thread or shipper process not running) does: 503 ``delivery_stalled``.
+    (writer thread or shipper process not running) does: 503 ``delivery_stalled``. ``control`` says
+    where the experiment state in force comes from: ``topic`` (read to its end), ``cache`` (Kafka
+    unreachable since start: the last state this replica saw), ``config`` (neither) or ``file``.
     """
     runtime: Runtime = request.app.state.runtime
     pub = runtime.publisher
@@ -35,7 +37,8 @@ async def readyz(request: Request) -> Response:
         "delivery": "ok" if pub.healthy else "stalled"}
     ready = pub is None or pub.healthy
     body = {"status": "ready" if ready else "delivery_stalled", "experiments": len(runtime.config.experiments),
-            "kafka": kafka, "worker": int(os.environ.get("SPLITWATCH_WORKER_INDEX", "0")), "pid": os.getpid()}
+            "kafka": kafka, "control": runtime.control.status(),
+            "worker": int(os.environ.get("SPLITWATCH_WORKER_INDEX", "0")), "pid": os.getpid()}
     return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json")
 
 

@@ -1,0 +1,1 @@
+"""Experiment state on the control topic: what every proxy worker and the rollout guard agree on."""
