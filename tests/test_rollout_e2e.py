@@ -204,3 +204,177 @@ def test_admin_changes_reach_every_worker_of_every_replica_and_survive_restarts(
             ("pause", "admin"), ("resume", "admin")]
     finally:
         replicas.stop()
+
+
+def test_a_candidate_failing_30_percent_is_rolled_back_on_every_worker_within_seconds(
+        broker, stubs, failing_stub, tmp_path) -> None:
+    topic = new_topic()
+    make = _config_factory(broker, topic, stubs[0], failing_stub, tmp_path / "lake",
+                           rollout={"auto_rollback": True})
+    replicas = Replicas(tmp_path, make).start()
+    analyzer, port = _start_analyzer(replicas.proxies[0].config_path, tmp_path)
+    users = Users(replicas)
+    try:
+        time.sleep(2)  # the analyzer has read the (empty) control topic
+        users.start()  # the failure begins with the first request
+        _wait(replicas.all_paused, 60, "every worker of every replica to apply the rollback")
+        took = time.monotonic() - users.started_at
+        users.stop()
+        print(f"\nrollback applied by every worker {took:.1f} s after the failure began "
+              f"({sum(users.arms.values())} requests sent by then)")
+        assert took < 30
+        for p in replicas.proxies:
+            assert _workers_that_logged(p, "control: support-ft phase 1 paused .* by guard") == {0, 1}
+            assert all(_ask(p, u).headers["x-splitwatch-excluded"] == "paused" for u in _candidate_units(5))
+        log = analyzer.log()
+        assert "guard: ROLLBACK of support-ft phase 1 (failures)" in log, log[-3000:]
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        assert 'splitwatch_rollbacks_total{experiment="support-ft",reason="failures"} 1.0' in metrics
+        assert 'splitwatch_experiment_paused{experiment="support-ft"} 1.0' in metrics
+        control = [e for e in read_events(broker.bootstrap, topic, idle=2.0) if e["type"] == "control"]
+        assert len(control) == 1 and control[0]["actor"] == "guard" and control[0]["action"] == "pause"
+        ev = control[0]["evidence"]
+        assert ev["test"] == "failures" and ev["lower"] > ev["margin"] == 0.05
+        assert 0.15 < ev["treatment"]["rate"] < 0.45 and ev["control"]["rate"] == 0
+
+        # a replica restarted after the rollback (a new pod: no cache) serves control from its first request
+        b = replicas.proxies[1]
+        b.stop()
+        (b.workdir / "state" / "control-state.json").unlink()
+        b.start()
+        first = _ask(b, _candidate_units(1, "fresh")[0])
+        assert first.headers["x-splitwatch-arm"] == "base" and first.headers["x-splitwatch-excluded"] == "paused"
+    finally:
+        users.stop()
+        analyzer.stop()
+        replicas.stop()
+
+
+def _guardrail_experiment(**rollout: Any) -> dict[str, Any]:
+    return {"metrics": [{"name": "escalated", "kind": "binary", "direction": "decrease", "role": "guardrail",
+                         "margin": 0.1}],
+            "rollout": {"auto_rollback": True, "min_units_to_act": 50, **rollout}}
+
+
+def test_a_candidate_worse_on_a_guardrail_outcome_is_rolled_back(broker, stubs, tmp_path) -> None:
+    """Escalations 5% -> 25%: twice the margin of 0.1. The guard's sequential test pauses the experiment."""
+    topic = new_topic()
+    make = _config_factory(broker, topic, *stubs, tmp_path / "lake", **_guardrail_experiment())
+
+    def config(workdir: Path) -> dict[str, Any]:
+        cfg = make(workdir)
+        cfg["analyzer"]["sequential_n_star"] = 1000  # the mixture tuned to this test's size
+        return cfg
+
+    replicas = Replicas(tmp_path, config).start()
+    analyzer, port = _start_analyzer(replicas.proxies[0].config_path, tmp_path)
+    users = Users(replicas, escalation={"base": 0.05, "finetuned": 0.25}, threads=6)
+    try:
+        time.sleep(2)
+        users.start()
+        _wait(replicas.all_paused, 240, "the guard to roll the experiment back")
+        users.stop()
+        control = [e for e in read_events(broker.bootstrap, topic, idle=2.0) if e["type"] == "control"]
+        assert [(e["action"], e["actor"]) for e in control] == [("pause", "guard")]
+        ev = control[0]["evidence"]
+        assert ev["test"] == "guardrail" and ev["metric"] == "escalated" and ev["arm"] == "finetuned"
+        assert ev["lower"] > ev["margin"] == 0.1 and ev["confirmations"] == 2
+        print(f"\nguardrail rollback after {sum(ev['units'].values())} units ({ev['units']}); harm "
+              f"{ev['harm']:+.3f}, lower bound {ev['lower']:+.3f} at alpha {ev['alpha']}")
+        assert "guard: ROLLBACK of support-ft phase 1 (guardrail)" in analyzer.log()
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        assert 'splitwatch_rollbacks_total{experiment="support-ft",reason="guardrail"} 1.0' in metrics
+        for p in replicas.proxies:
+            assert _workers_that_logged(p, "control: support-ft phase 1 paused .* by guard") == {0, 1}
+
+        # a person resumes: every worker serves the candidate again, and the guard does not overrule
+        # the resume on the evidence that paused it (it judges units exposed since the resume)
+        r = httpx.put(replicas.proxies[1].url + "/admin/experiments/support-ft", headers=AUTH,
+                      json={"status": "running", "reason": "fixed the prompt template", "by": "bob"})
+        assert r.status_code == 200 and r.json()["status"] == "running"
+        units = _candidate_units(5, "after")
+        _wait(lambda: all(_ask(p, u).headers["x-splitwatch-arm"] == "finetuned"
+                          for p in replicas.proxies for u in units), 10, "the resume on every replica")
+        time.sleep(4)  # several analyses
+        assert not any(_gauge(p.url, "splitwatch_experiment_paused", 'experiment="support-ft"')
+                       for p in replicas.proxies)
+        assert analyzer.log().count("guard: ROLLBACK") == 1
+    finally:
+        users.stop()
+        analyzer.stop()
+        replicas.stop()
+
+
+def test_a_healthy_candidate_is_ramped_through_every_step_without_rollback(broker, stubs, tmp_path) -> None:
+    topic = new_topic()
+    steps = [0.2, 0.5, 1.0]
+    make = _config_factory(broker, topic, *stubs, tmp_path / "lake", **_guardrail_experiment(
+        steps=steps, min_units_per_step=40, min_minutes_per_step=0.05))
+    replicas = Replicas(tmp_path, make).start()
+    analyzer, port = _start_analyzer(replicas.proxies[0].config_path, tmp_path)
+    users = Users(replicas, escalation={"base": 0.1, "finetuned": 0.1}, threads=4)
+    try:
+        users.start()
+        url = f"http://127.0.0.1:{port}"
+        _wait(lambda: _gauge(url, "splitwatch_rollout_step", 'experiment="support-ft"') == 3.0, 180,
+              "the guard to reach the last step")
+        users.stop()
+        for p in replicas.proxies:
+            _wait(lambda p=p: _workers_that_logged(p, r"control: support-ft phase 1 running \(coverage 1, coverage\)")
+                  == {0, 1}, 10, "every worker to apply full coverage")
+            assert _gauge(p.url, "splitwatch_experiment_coverage", 'experiment="support-ft"') == 1.0
+        control = sorted((e for e in read_events(broker.bootstrap, topic, idle=2.0) if e["type"] == "control"),
+                         key=lambda e: e["revision"])
+        assert [(e["action"], e["actor"], e["coverage"]) for e in control] == [
+            ("coverage", "guard", 0.2), ("coverage", "guard", 0.5), ("coverage", "guard", 1.0)]
+        for e in control[1:]:
+            assert e["evidence"]["step_units"] >= 40 and e["evidence"]["minutes"] >= 0.05
+        assert "ROLLBACK" not in analyzer.log()
+        # the share of users in the experiment followed the ramp: fewer at 20% than at the end
+        assert users.arms.get("finetuned", 0) > 0
+    finally:
+        users.stop()
+        analyzer.stop()
+        replicas.stop()
+
+
+def test_the_proxy_survives_a_control_topic_outage_and_replicas_converge(stubs, tmp_path) -> None:
+    broker = Broker(tmp_path)  # a broker of its own: this test kills it
+    broker.start()
+    topic = new_topic()
+    make = _config_factory(broker, topic, *stubs, tmp_path / "lake")
+    replicas = Replicas(tmp_path, make).start()
+    a, b = replicas.proxies
+    units = _candidate_units(6)
+    try:
+        # a replica that misses a message (stopped while it was written) converges when it runs again
+        os.killpg(b.proc.pid, signal.SIGSTOP)
+        try:
+            r = httpx.put(a.url + "/admin/experiments/support-ft", headers=AUTH, json={"coverage": 0.0})
+            assert r.status_code == 200
+        finally:
+            os.killpg(b.proc.pid, signal.SIGCONT)
+        _wait(lambda: all(_ask(b, u).headers.get("x-splitwatch-excluded") == "not_covered" for u in units), 10,
+              "the stopped replica to catch up")
+
+        # Kafka goes away: both replicas keep serving with the state in force, and say so
+        broker.stop()
+        for p in (a, b):
+            assert all(_ask(p, u).status_code == 200 for u in units)
+            _wait(lambda p=p: httpx.get(p.url + "/readyz").json()["control"]["connected"] is False, 20,
+                  "readyz to report the control topic unreachable")
+            assert httpx.get(p.url + "/readyz").status_code == 200
+        r = httpx.put(a.url + "/admin/experiments/support-ft", headers=AUTH, json={"coverage": 1.0}, timeout=30)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "control_unavailable"
+        assert all(_ask(p, u).headers.get("x-splitwatch-excluded") == "not_covered" for p in (a, b) for u in units)
+
+        # Kafka returns (Tansu keeps nothing: the topic is gone too); a change made now reaches both
+        broker.start()
+        _wait(lambda: httpx.put(a.url + "/admin/experiments/support-ft", headers=AUTH,
+                                json={"coverage": 1.0}, timeout=30).status_code == 200, 60,
+              "the admin API to write to the control topic again", step=1.0)
+        _wait(lambda: all(_ask(p, u).headers["x-splitwatch-arm"] == "finetuned" for p in (a, b) for u in units),
+              30, "both replicas to apply the change made after the outage")
+    finally:
+        replicas.stop()
+        broker.stop()
