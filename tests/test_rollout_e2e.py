@@ -6,10 +6,12 @@ ramps a healthy candidate and rolls back a failing or harmful one (docs/rollout.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -45,12 +47,16 @@ def _workers_that_logged(proxy: Proxy, pattern: str) -> set[int]:
 
 
 def _gauge(url: str, name: str, labels: str) -> float | None:
-    m = re.search(rf"^{name}\{{{re.escape(labels)}\}} ([0-9.e+-]+)$", httpx.get(url + "/metrics").text, re.M)
+    try:
+        text = httpx.get(url + "/metrics", timeout=30).text
+    except httpx.HTTPError:  # a loaded machine: the caller polls again
+        return None
+    m = re.search(rf"^{name}\{{{re.escape(labels)}\}} ([0-9.e+-]+)$", text, re.M)
     return float(m.group(1)) if m else None
 
 
 def _ask(proxy: Proxy, unit: str) -> httpx.Response:
-    return httpx.post(proxy.url + "/v1/chat/completions", json={**CHAT, "user": unit}, timeout=10)
+    return httpx.post(proxy.url + "/v1/chat/completions", json={**CHAT, "user": unit}, timeout=30)
 
 
 def _candidate_units(n: int, prefix: str = "cand") -> list[str]:
@@ -299,6 +305,20 @@ def test_a_candidate_worse_on_a_guardrail_outcome_is_rolled_back(broker, stubs, 
         assert not any(_gauge(p.url, "splitwatch_experiment_paused", 'experiment="support-ft"')
                        for p in replicas.proxies)
         assert analyzer.log().count("guard: ROLLBACK") == 1
+
+        # the report's timeline: who paused, who resumed, and why
+        today = time.strftime("%Y-%m-%d", time.gmtime())
+
+        def timeline() -> list[dict[str, Any]]:
+            out = subprocess.run(splitwatch_command("report", "--config", str(replicas.proxies[0].config_path),
+                                                    "--experiment", "support-ft", "--from", today, "--to", today,
+                                                    "--format", "json"), capture_output=True, text=True)
+            return json.loads(out.stdout)["timeline"] if out.returncode == 0 else []
+
+        events = _wait(lambda: len(timeline()) == 2 and timeline(), 30, "both changes in the report", step=1)
+        assert [(e["action"], e["actor"], e["by"]) for e in events] == [("pause", "guard", None),
+                                                                       ("resume", "admin", "bob")]
+        assert events[0]["evidence"]["metric"] == "escalated" and events[1]["reason"] == "fixed the prompt template"
     finally:
         users.stop()
         analyzer.stop()

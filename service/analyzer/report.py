@@ -57,6 +57,8 @@ class Report:
     verdict: Verdict | None = None
     analyzer: AnalyzerConfig = field(default_factory=AnalyzerConfig)
     drift: list[dict[str, Any]] = field(default_factory=list)  # drift events of the period, in time order
+    # the phase's state changes (ramp steps, pauses, resumes) up to the period's end, in order
+    timeline: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _progress(i: int, total: int, label: str) -> None:
@@ -81,6 +83,7 @@ def build_report(cfg: Config, key: str, start: date, end: date, sequential: bool
         data = result = None
         prepare_events(con, lake.glob(key), exp.phase, lake.glob("*") if cfg.analyzer.cuped.enabled else None, key)
         drift = _drift_events(con, start, end)
+        timeline = _timeline(con, end)
         for i, day in enumerate(days, 1):
             data = load_experiment(con, None, exp, cfg.analyzer, _day_start(start),
                                    _day_start(day + timedelta(days=1)))
@@ -93,7 +96,8 @@ def build_report(cfg: Config, key: str, start: date, end: date, sequential: bool
     finally:
         con.close()
     assert data is not None and result is not None
-    rep = Report(exp, start, end, data, result, sequential, series, drift=drift, analyzer=cfg.analyzer)
+    rep = Report(exp, start, end, data, result, sequential, series, drift=drift, analyzer=cfg.analyzer,
+                 timeline=timeline)
     rep.verdict = verdict(rep)
     return rep
 
@@ -109,6 +113,28 @@ def _drift_events(con: duckdb.DuckDBPyConnection, start: date, end: date) -> lis
         "AND ts >= ? AND ts < ? ORDER BY ts", [_day_start(start), _day_start(end + timedelta(days=1))]).fetchall()
     return [{"ts": ts.isoformat(), "arm": arm, "detector": det, "detected": bool(hit),
              "features": json.loads(feats) if feats else []} for ts, arm, det, hit, feats in rows]
+
+
+def _timeline(con: duckdb.DuckDBPyConnection, end: date) -> list[dict[str, Any]]:
+    """Return the phase's state changes (``control`` events) up to the period's end, oldest first."""
+    has = con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'ev' "
+                      "AND column_name = 'action'").fetchone()[0]
+    if not has:
+        return []
+    rows = con.execute(
+        "SELECT ts, action, status, coverage, actor, changed_by, reason, evidence FROM ev WHERE type = 'control' "
+        "AND ts < ? ORDER BY revision, ts", [_day_start(end + timedelta(days=1))]).fetchall()
+    return [{"ts": ts.isoformat(), "action": action, "status": status, "coverage": coverage, "actor": actor,
+             "by": by, "reason": reason, "evidence": json.loads(evidence) if evidence else None}
+            for ts, action, status, coverage, actor, by, reason, evidence in rows]
+
+
+def _timeline_rows(rep: Report) -> list[list[str]]:
+    return [[e["ts"][:19].replace("T", " "), e["action"], e["status"], f"{e['coverage']:.4g}",
+             e["actor"] + (f" ({e['by']})" if e["by"] else ""), e["reason"]] for e in rep.timeline]
+
+
+TIMELINE_HEADER = ["time (UTC)", "action", "status", "coverage", "who", "why"]
 
 
 def verdict(rep: Report) -> Verdict:
@@ -191,7 +217,7 @@ def to_dict(rep: Report) -> dict[str, Any]:
             "late_outcomes": d.late_outcomes, "forced_requests": d.forced_requests},
         "skipped_metrics": {**d.skipped, **(res.skipped if res is not None else {})},
         "verdict": rep.verdict.as_dict() if rep.verdict else None, "srm": _srm_dict(res),
-        "metrics": metric_vocabulary(rep), "drift": rep.drift, "results": []}
+        "metrics": metric_vocabulary(rep), "drift": rep.drift, "timeline": rep.timeline, "results": []}
     for r in res.results if res else []:
         g = r.guardrail
         out["results"].append({
@@ -312,6 +338,11 @@ def _summary_lines(rep: Report) -> list[str]:
         lines.append(f"Not computed: {m} ({why})")
     for m, why in (res.skipped.items() if res is not None else ()):
         lines.append(f"Not testable: {m} ({why})")
+    if rep.timeline:
+        last = rep.timeline[-1]
+        lines.append(f"Rollout: {last['status']} at coverage {last['coverage']:.4g} since {last['ts'][:16]} UTC "
+                     f"({last['action']} by {last['actor']}: {last['reason']}); {len(rep.timeline)} changes in "
+                     "the phase, listed under Rollout timeline")
     for e in rep.drift:
         what = "drift detected" if e["detected"] else "drift cleared"
         lines.append(f"Prompt {what} at {e['ts'][:16]} UTC ({e['arm']}, {e['detector']}): "
@@ -340,6 +371,10 @@ def to_markdown(rep: Report) -> str:
         out += ["| " + " | ".join(row) + " |" for row in rows]
         if note:
             out += ["", note]
+    if rep.timeline:
+        out += ["", "## Rollout timeline", "", "| " + " | ".join(TIMELINE_HEADER) + " |",
+                "|" + "---|" * len(TIMELINE_HEADER)]
+        out += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in _timeline_rows(rep)]
     out += ["", "## Metric definitions", ""] + [f"- {line}" for line in _vocabulary_lines(rep)]
     return "\n".join(out) + "\n"
 
@@ -381,6 +416,10 @@ def to_html(rep: Report) -> str:
         f'src="data:image/png;base64,{_plot(pts, f"{m}: {a} vs control (cumulative)")}"></figure>'
         for (m, a), pts in rep.series.items())
     summary = "".join(f"<li>{esc(line)}</li>" for line in _summary_lines(rep))
+    timeline = "" if not rep.timeline else (
+        "<h2>Rollout timeline</h2><table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in TIMELINE_HEADER) + "</tr>"
+        + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in _timeline_rows(rep))
+        + "</table>")
     decision = rep.verdict.decision.replace("_", " ") if rep.verdict else "none"
     sentence = rep.verdict.sentence if rep.verdict else ""
     return f"""<!doctype html>
@@ -392,7 +431,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}th{{background:#f4
 figure{{display:inline-block;margin:0.5em}}.note{{font-size:12px;color:#555}}</style>
 </head><body><h1>splitwatch report: {esc(rep.experiment.key)}</h1>
 <p class="verdict"><b>Verdict: {esc(decision)}.</b> {esc(sentence)}</p><ul>{summary}</ul>
-{tables}<h2>Metric definitions</h2><ul>{vocabulary}</ul>
+{tables}{timeline}<h2>Metric definitions</h2><ul>{vocabulary}</ul>
 <h2>Effects over time</h2>{plots}</body></html>
 """
 
