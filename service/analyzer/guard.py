@@ -43,6 +43,12 @@ class RolloutGuard:
         self.memory: dict[str, GuardMemory] = {}
         self.monitors: dict[str, FailureMonitor] = {}
         self._outbox: list[ControlEvent] = []
+        for exp in cfg.experiments:  # counters start at 0, so that the first rollback is an increase
+            for reason in ("guardrail", "srm", "failures"):
+                metrics.ROLLBACKS.labels(exp.key, reason)
+            for action in ("pause", "resume", "coverage"):
+                for actor in ("guard", "admin"):
+                    metrics.CONTROL_CHANGES.labels(exp.key, action, actor)
 
     # -- the state in force ---------------------------------------------------------------------
     def on_apply(self, state: ExperimentState) -> None:
