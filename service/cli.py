@@ -23,6 +23,19 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
               + "; other built-ins diagnostic")
         if not by_role["primary"]:
             print(f"    warning: {e.key} has no metric with role: primary, so its verdict can never be ship")
+        r = e.rollout
+        if r is not None:
+            ramp = " -> ".join(f"{s:g}" for s in r.steps) or f"none (coverage {e.coverage:g})"
+            fast = r.fast_rollback
+            print(f"    rollout: steps {ramp}; a step needs {r.min_units_per_step} units and "
+                  f"{r.min_minutes_per_step:g} min; auto_rollback {'on' if r.auto_rollback else 'off'}"
+                  + (f" (fast path: failures {fast.margin:g} above the control's)" if r.auto_rollback
+                     and fast.enabled else ""))
+            if r.steps and e.coverage != 1.0:
+                print(f"    note: {e.key} starts at the first step ({r.steps[0]:g}); "
+                      f"coverage {e.coverage:g} is not used")
+            if r.auto_rollback and not by_role["guardrail"]:
+                print(f"    warning: {e.key} has no guardrail: the guard rolls back only on SRM and failing requests")
     return 0
 
 

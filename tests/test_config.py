@@ -110,6 +110,15 @@ def test_cli_config_check(tmp_path: Path) -> None:
     missing = subprocess.run(splitwatch_command("config", "check", str(tmp_path / "nope.yaml")),
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "cannot read" in missing.stderr
+    ramp = tmp_path / "ramp.yaml"
+    ramp.write_text(yaml.safe_dump(_with("experiments.0.rollout", {"steps": [0.05, 0.5, 1.0]})))
+    out = subprocess.run(splitwatch_command("config", "check", str(ramp)), capture_output=True, text=True).stdout
+    assert "rollout: steps 0.05 -> 0.5 -> 1; a step needs 500 units and 60 min; auto_rollback on" in out
+    assert "has no guardrail: the guard rolls back only on SRM and failing requests" in out
+    bad_steps = tmp_path / "bad_steps.yaml"
+    bad_steps.write_text(yaml.safe_dump(_with("experiments.0.rollout", {"steps": [0.5, 0.1]})))
+    res = subprocess.run(splitwatch_command("config", "check", str(bad_steps)), capture_output=True, text=True)
+    assert res.returncode == 2 and "experiments.0.rollout.steps" in res.stderr
 
 
 def test_invalid_yaml_is_reported(tmp_path: Path) -> None:
