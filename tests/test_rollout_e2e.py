@@ -250,6 +250,7 @@ def test_a_candidate_failing_30_percent_is_rolled_back_on_every_worker_within_se
         b.start()
         first = _ask(b, _candidate_units(1, "fresh")[0])
         assert first.headers["x-splitwatch-arm"] == "base" and first.headers["x-splitwatch-excluded"] == "paused"
+        assert "Traceback" not in analyzer.log(), analyzer.log()[-5000:]  # the guard never failed
     finally:
         users.stop()
         analyzer.stop()
@@ -319,6 +320,7 @@ def test_a_candidate_worse_on_a_guardrail_outcome_is_rolled_back(broker, stubs, 
         assert [(e["action"], e["actor"], e["by"]) for e in events] == [("pause", "guard", None),
                                                                        ("resume", "admin", "bob")]
         assert events[0]["evidence"]["metric"] == "escalated" and events[1]["reason"] == "fixed the prompt template"
+        assert "Traceback" not in analyzer.log(), analyzer.log()[-5000:]  # the guard never failed
     finally:
         users.stop()
         analyzer.stop()
@@ -352,6 +354,7 @@ def test_a_healthy_candidate_is_ramped_through_every_step_without_rollback(broke
         assert "ROLLBACK" not in analyzer.log()
         # the share of users in the experiment followed the ramp: fewer at 20% than at the end
         assert users.arms.get("finetuned", 0) > 0
+        assert "Traceback" not in analyzer.log(), analyzer.log()[-5000:]  # the guard never failed
     finally:
         users.stop()
         analyzer.stop()
@@ -387,6 +390,12 @@ def test_the_proxy_survives_a_control_topic_outage_and_replicas_converge(stubs, 
         r = httpx.put(a.url + "/admin/experiments/support-ft", headers=AUTH, json={"coverage": 1.0}, timeout=30)
         assert r.status_code == 503 and r.json()["error"]["code"] == "control_unavailable"
         assert all(_ask(p, u).headers.get("x-splitwatch-excluded") == "not_covered" for p in (a, b) for u in units)
+        # a replica restarted while Kafka is away serves its cached state, and says so
+        b.stop()
+        b.start(timeout=60)
+        ready = httpx.get(b.url + "/readyz").json()
+        assert ready["control"]["source"] == "cache" and ready["control"]["connected"] is False
+        assert all(_ask(b, u).headers.get("x-splitwatch-excluded") == "not_covered" for u in units)
 
         # Kafka returns (Tansu keeps nothing: the topic is gone too); a change made now reaches both
         broker.start()
