@@ -102,11 +102,15 @@ def build_report(cfg: Config, key: str, start: date, end: date, sequential: bool
     return rep
 
 
+def _has_column(con: duckdb.DuckDBPyConnection, column: str) -> bool:
+    """Return True when the events table has ``column`` (a lake written before that event type has not)."""
+    return bool(con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'ev' "
+                            "AND column_name = ?", [column]).fetchone()[0])
+
+
 def _drift_events(con: duckdb.DuckDBPyConnection, start: date, end: date) -> list[dict[str, Any]]:
     """Return the drift detector's verdict changes in the period (from the ``ev`` table)."""
-    has = con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'ev' "
-                      "AND column_name = 'detector'").fetchone()[0]
-    if not has:
+    if not _has_column(con, "detector"):
         return []
     rows = con.execute(
         "SELECT ts, coalesce(arm, 'all'), detector, detected, drifted_features FROM ev WHERE type = 'drift' "
@@ -117,9 +121,7 @@ def _drift_events(con: duckdb.DuckDBPyConnection, start: date, end: date) -> lis
 
 def _timeline(con: duckdb.DuckDBPyConnection, end: date) -> list[dict[str, Any]]:
     """Return the phase's state changes (``control`` events) up to the period's end, oldest first."""
-    has = con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'ev' "
-                      "AND column_name = 'action'").fetchone()[0]
-    if not has:
+    if not _has_column(con, "action"):
         return []
     rows = con.execute(
         "SELECT ts, action, status, coverage, actor, changed_by, reason, evidence FROM ev WHERE type = 'control' "
