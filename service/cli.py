@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -15,8 +15,12 @@ from .logs import configure_logging
 def _cmd_config_check(args: argparse.Namespace) -> int:
     cfg = load_config(args.file)
     print(f"{args.file}: ok ({len(cfg.experiments)} experiments)")
+    if not cfg.experiments:
+        print("  warning: no experiments: every request gets 404 model_not_found"
+              + (" unless it goes to the passthrough upstream" if cfg.proxy.passthrough else ""))
     for e in cfg.experiments:
-        arms = ", ".join(f"{a.name}={a.weight:g}" for a in e.arms)
+        total = sum(a.weight for a in e.arms)
+        arms = ", ".join(f"{a.name}={a.weight:g} ({a.weight / total:.1%})" for a in e.arms)
         print(f"  {e.key}: model={e.model} phase={e.phase} status={e.status} coverage={e.coverage:g} arms: {arms}")
         by_role = {r: [m.name for m in e.metrics if m.role == r] for r in ("primary", "secondary", "guardrail")}
         print("    metrics: " + "; ".join(f"{r} {', '.join(n) or '-'}" for r, n in by_role.items())
@@ -86,20 +90,49 @@ def _parse_day(value: str, field: str) -> date:
         raise ConfigError(f"{field}: expected a date YYYY-MM-DD, got {value!r}") from None
 
 
+FORMAT_OF_SUFFIX = {".html": "html", ".htm": "html", ".md": "md", ".markdown": "md", ".json": "json"}
+
+
+def _report_period(args: argparse.Namespace) -> tuple[date, date, bool]:
+    """Return the report's first and last day, and whether the default period (the last full week) is used."""
+    from .analyzer.report import last_full_iso_week
+
+    if not args.date_from and not args.date_to:
+        return (*last_full_iso_week(), True)
+    today = datetime.now(UTC).date()
+    end = _parse_day(args.date_to, "--to") if args.date_to else today  # --from alone: up to today
+    start = _parse_day(args.date_from, "--from") if args.date_from else end - timedelta(days=6)
+    return start, end, False
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .analyzer.report import RENDERERS, build_report, last_full_iso_week
+    from .analyzer.report import RENDERERS, build_report, exposure_days
 
     cfg = load_config(args.config)
-    start, end = last_full_iso_week()
-    if args.date_from:
-        start = _parse_day(args.date_from, "--from")
-    if args.date_to:
-        end = _parse_day(args.date_to, "--to")
+    if cfg.experiment(args.experiment) is None:
+        raise ConfigError(f"--experiment: no experiment {args.experiment!r} in {args.config}; experiments: "
+                          f"{[e.key for e in cfg.experiments]}")
+    fmt = args.format or FORMAT_OF_SUFFIX.get(Path(args.output).suffix.lower() if args.output else "", "md")
+    start, end, default = _report_period(args)
+    if end < start:
+        raise ConfigError(f"--to {end} is before --from {start}")
+    days = exposure_days(cfg, args.experiment)
+    if days is None:
+        print(f"splitwatch report: the lake at {cfg.analyzer.lake_dir} has no exposures of {args.experiment}'s "
+              f"current phase: run `splitwatch analyzer --config {args.config}` (or with --once) to ingest "
+              "the events first", file=sys.stderr)
+        return 1
+    if days[1] < start or days[0] > end:
+        what = "the last full ISO week" if default else "the period"
+        print(f"splitwatch report: no unit of {args.experiment} was first exposed in {what} ({start} to {end}); "
+              f"the lake has exposures from {days[0]} to {days[1]}: try --from {days[0]} --to {days[1]}",
+              file=sys.stderr)
+        return 1
     try:
         rep = build_report(cfg, args.experiment, start, end, sequential=not args.fixed_horizon)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    text = RENDERERS[args.format](rep)
+    text = RENDERERS[fmt](rep)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
         print(f"report written to {args.output}", file=sys.stderr)
@@ -163,9 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="the KPI significance report of one experiment")
     rp.add_argument("--config", required=True, help=CONFIG_HELP)
     rp.add_argument("--experiment", required=True)
-    rp.add_argument("--from", dest="date_from", default=None, help="first day (default: last full ISO week)")
-    rp.add_argument("--to", dest="date_to", default=None, help="last day, inclusive")
-    rp.add_argument("--format", choices=["md", "html", "json"], default="md")
+    rp.add_argument("--from", dest="date_from", default=None,
+                    help="first day, YYYY-MM-DD (default: the last full ISO week; --from alone: up to today)")
+    rp.add_argument("--to", dest="date_to", default=None, help="last day, inclusive (--to alone: the 7 days up to it)")
+    rp.add_argument("--format", choices=["md", "html", "json"], default=None,
+                    help="default: from the --output file's extension (.html, .md, .json), else md")
     rp.add_argument("--output", default=None, help="file to write (default: stdout)")
     rp.add_argument("--fixed-horizon", action="store_true",
                     help="fixed-horizon tests (only once the planned sample size is reached); default: always-valid")

@@ -12,11 +12,15 @@ overrides.
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
 import os
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -70,6 +74,8 @@ class UpstreamConfig(_Strict):
     @field_validator("base_url")
     @classmethod
     def _strip_slash(cls, v: str) -> str:
+        if not urlsplit(v).hostname:
+            raise ValueError(f"{v!r} has no host; expected e.g. http://127.0.0.1:8001/v1")
         return v.rstrip("/")
 
     def api_key(self) -> str | None:
@@ -360,14 +366,21 @@ def _parse_env_value(raw: str) -> Any:
         return raw
 
 
-def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """Return ``data`` with every ``SPLITWATCH_A__B__C`` variable of ``environ`` written at path a.b.c."""
+def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str],
+                        sources: dict[tuple[str, ...], str] | None = None) -> dict[str, Any]:
+    """Return ``data`` with every ``SPLITWATCH_A__B__C`` variable of ``environ`` written at path a.b.c.
+
+    ``sources``, when given, receives the path each variable set, so that an error there names the
+    variable rather than the file.
+    """
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
         path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
         if any(not p for p in path):
             raise ConfigError(f"environment override {name}: empty path segment")
+        if sources is not None:
+            sources[tuple(path)] = name
         node: Any = data
         for i, part in enumerate(path):
             last = i == len(path) - 1
@@ -390,28 +403,87 @@ def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dic
     return data
 
 
-def _format_validation_error(exc: ValidationError, source: str) -> str:
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """Return the pydantic model an annotation holds (directly, in a list, or in an Optional), or None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (list, typing.Union, types.UnionType, Annotated):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Return the field names of the section at ``loc`` (a validation error's location), or []."""
+    model: type[BaseModel] | None = Config
+    for part in loc:
+        if model is None:
+            return []
+        if isinstance(part, int):
+            continue  # a list item: the same model
+        field = model.model_fields.get(str(part))
+        model = _model_in(field.annotation) if field is not None else None
+    return list(model.model_fields) if model is not None else []
+
+
+def _yaml_line(node: Any, loc: tuple[Any, ...]) -> int | None:
+    """Return the 1-based line in the YAML source of the deepest node on ``loc`` (the key, for a mapping key)."""
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if getattr(k, "value", None) == str(part)), None)
+            if match is None:
+                break
+            line = match[0].start_mark.line + 1
+            node = match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _format_validation_error(exc: ValidationError, source: str, node: Any = None,
+                             env_sources: dict[tuple[str, ...], str] | None = None) -> str:
     lines = [f"invalid configuration in {source}:"]
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
+        loc = tuple(err["loc"])
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
-        lines.append(f"  {loc}: {msg}")
+            close = difflib.get_close_matches(str(loc[-1]), _fields_at(loc[:-1]), n=1, cutoff=0.6)
+            if close:
+                msg += f"; did you mean {close[0]!r}?"
+        variable = next((v for path, v in (env_sources or {}).items()
+                         if tuple(str(p).lower() for p in loc[:len(path)]) == path), None)
+        if variable is not None:
+            where += f" (set by the environment variable {variable})"
+        elif node is not None and (line := _yaml_line(node, loc)) is not None:
+            where += f" (line {line})"
+        lines.append(f"  {where}: {msg}")
     return "\n".join(lines)
 
 
-def parse_config(data: Any, source: str = "<config>", environ: Mapping[str, str] | None = None) -> Config:
-    """Return the validated :class:`Config` for a parsed YAML document, after environment overrides."""
+def parse_config(data: Any, source: str = "<config>", environ: Mapping[str, str] | None = None,
+                 node: Any = None) -> Config:
+    """Return the validated :class:`Config` for a parsed YAML document, after environment overrides.
+
+    ``node`` (the document composed by PyYAML) lets errors name their line in the file.
+    """
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"invalid configuration in {source}: the top level must be a mapping")
-    data = apply_env_overrides(copy.deepcopy(data), os.environ if environ is None else environ)
+    env_sources: dict[tuple[str, ...], str] = {}
+    data = apply_env_overrides(copy.deepcopy(data), os.environ if environ is None else environ, env_sources)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, source)) from None
+        raise ConfigError(_format_validation_error(exc, source, node, env_sources)) from None
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
@@ -423,6 +495,8 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
         raise ConfigError(f"cannot read configuration file {p}: {exc.strerror}") from None
     try:
         data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML in {p}: {exc}") from None
-    return parse_config(data, str(p), environ)
+        # PyYAML names a string source "<unicode string>": name the file instead
+        raise ConfigError(f"invalid YAML in {p}: {str(exc).replace('<unicode string>', str(p))}") from None
+    return parse_config(data, str(p), environ, node)

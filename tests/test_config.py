@@ -81,7 +81,8 @@ def test_env_overrides_keep_types_and_reach_list_items() -> None:
 def test_env_override_errors_name_the_variable_or_field() -> None:
     with pytest.raises(ConfigError, match="SPLITWATCH_EXPERIMENTS__3__STATUS"):
         parse_config(GOOD, environ={"SPLITWATCH_EXPERIMENTS__3__STATUS": "paused"})
-    with pytest.raises(ConfigError, match=r"kafka\.bootstrap_server: unknown field"):
+    with pytest.raises(ConfigError, match=r"kafka\.bootstrap_server \(set by the environment variable "
+                       r"SPLITWATCH_KAFKA__BOOTSTRAP_SERVER\): unknown field; did you mean 'bootstrap_servers'\?"):
         parse_config(GOOD, environ={"SPLITWATCH_KAFKA__BOOTSTRAP_SERVER": "x:1"})
     with pytest.raises(ConfigError, match=r"proxy\.require_unit"):
         parse_config(GOOD, environ={"SPLITWATCH_PROXY__REQUIRE_UNIT": "maybe"})
@@ -165,3 +166,54 @@ def test_metric_roles_and_built_ins_in_the_config() -> None:
 def test_bad_metric_roles_are_refused_naming_the_field(metric: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_config(_with("experiments.0.metrics", [metric]), environ={})
+
+
+TYPO = """\
+kafka:
+  bootstrap_servers: "127.0.0.1:9092"
+  topik: splitwatch.events
+experiments:
+  - key: support-ft
+    model: support-bot
+    arms:
+      - {name: base, weight: 30, upstream: {base_url: "http://a/v1", model: m1}}
+      - name: finetuned
+        wieght: 50
+        upstream: {base_url: "http://", model: m2}
+"""
+
+
+def test_errors_name_the_line_suggest_the_key_and_refuse_a_url_without_host(tmp_path: Path) -> None:
+    p = tmp_path / "typo.yaml"
+    p.write_text(TYPO)
+    with pytest.raises(ConfigError) as err:
+        load_config(p, environ={})
+    msg = str(err.value)
+    assert "kafka.topik (line 3): unknown field; did you mean 'topic'?" in msg
+    assert "experiments.0.arms.1.wieght (line 10): unknown field; did you mean 'weight'?" in msg
+    assert "experiments.0.arms.1.upstream.base_url (line 11): 'http://' has no host" in msg
+
+
+def test_yaml_errors_name_the_file_and_env_errors_name_the_variable(tmp_path: Path) -> None:
+    p = tmp_path / "broken.yaml"
+    p.write_text("kafka: [unclosed\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p, environ={})
+    assert f'in "{p}", line 1' in str(err.value) and "<unicode string>" not in str(err.value)
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(GOOD))
+    with pytest.raises(ConfigError) as err:
+        load_config(good, environ={"SPLITWATCH_PROXY__PORT": "abc"})
+    assert "proxy.port (set by the environment variable SPLITWATCH_PROXY__PORT)" in str(err.value)
+    assert "(line" not in str(err.value)
+
+
+def test_config_check_shows_shares_and_warns_on_an_empty_file(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    out = subprocess.run(splitwatch_command("config", "check", str(empty)), capture_output=True, text=True)
+    assert out.returncode == 0 and "warning: no experiments: every request gets 404 model_not_found" in out.stdout
+    weights = tmp_path / "weights.yaml"
+    weights.write_text(yaml.safe_dump(_with("experiments.0.arms.0.weight", 30)))
+    out = subprocess.run(splitwatch_command("config", "check", str(weights)), capture_output=True, text=True)
+    assert "arms: base=30 (37.5%), finetuned=50 (62.5%)" in out.stdout

@@ -29,6 +29,22 @@ def last_full_iso_week(today: date | None = None) -> tuple[date, date]:
     return this_monday - timedelta(days=7), this_monday - timedelta(days=1)
 
 
+def exposure_days(cfg: Config, key: str) -> tuple[date, date] | None:
+    """Return the first and last day with exposures of the experiment's current phase, or None (no data)."""
+    exp = cfg.experiment(key)
+    lake = Lake(cfg.analyzer.lake_dir)
+    if exp is None or not any(lake.root.glob(f"date=*/experiment={key}/*.parquet")):
+        return None
+    con = duckdb.connect()
+    try:
+        first, last = con.execute(
+            f"SELECT min(ts), max(ts) FROM read_parquet('{lake.glob(key)}', union_by_name = true) "
+            "WHERE type = 'exposure' AND phase = ? AND NOT coalesce(forced, false)", [exp.phase]).fetchone()
+    finally:
+        con.close()
+    return None if first is None else (first.astimezone(UTC).date(), last.astimezone(UTC).date())
+
+
 def _day_start(d: date) -> datetime:
     return datetime.combine(d, time.min, tzinfo=UTC)
 

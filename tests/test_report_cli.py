@@ -1,0 +1,96 @@
+"""`splitwatch report` on a lake written directly (no processes): periods, formats, empty data, messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import yaml
+
+from splitwatch.service.analyzer.lake import Lake, Record
+from splitwatch.service.events import ExposureEvent, OutcomeEvent, ResponseEvent
+from splitwatch.service.local.processes import splitwatch_command
+from splitwatch.service.proxy.assignment import bucket_of
+
+ARMS = [{"name": "base", "weight": 50, "upstream": {"base_url": "http://127.0.0.1:9/v1", "model": "a"}},
+        {"name": "finetuned", "weight": 50, "upstream": {"base_url": "http://127.0.0.1:9/v1", "model": "b"}}]
+
+
+def _config(tmp_path: Path) -> Path:
+    cfg = {"analyzer": {"lake_dir": str(tmp_path / "lake"), "cuped": {"enabled": False}},
+           "experiments": [{"key": "support-ft", "model": "support-bot", "arms": ARMS,
+                            "metrics": [{"name": "resolved", "kind": "binary", "direction": "increase",
+                                         "role": "primary"}]}]}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _write_lake(tmp_path: Path, day: date, units: int = 60) -> None:
+    lake = Lake(tmp_path / "lake", writer=True)
+    lake.recover()
+    records, offset = [], 0
+    ts = datetime.combine(day, datetime.min.time(), tzinfo=UTC) + timedelta(hours=10)
+    for i in range(units):
+        unit = f"u-{i}"
+        arm = "base" if bucket_of("support-ft", unit) < 5000 else "finetuned"
+        common = {"experiment": "support-ft", "phase": 1, "arm": arm, "unit_id": unit, "request_id": f"r-{i}",
+                  "ts": ts + timedelta(seconds=i)}
+        for ev in (ExposureEvent(**common, requested_model="support-bot", upstream_model=arm),
+                   ResponseEvent(**common, status_code=200, latency_ms=100.0 + i),
+                   OutcomeEvent(**{**common, "ts": ts + timedelta(seconds=i + 1)}, metric="resolved",
+                                value=float(i % 3 == 0))):
+            records.append(Record(0, offset, ev.to_json()))
+            offset += 1
+    lake.write_batch(0, records)
+    lake.close()
+
+
+def _report(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(splitwatch_command("report", "--config", str(config), "--experiment", "support-ft", *args),
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_an_empty_lake_gets_one_line_with_a_hint(tmp_path: Path) -> None:
+    res = _report(_config(tmp_path))
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert "has no exposures of support-ft's current phase: run `splitwatch analyzer" in res.stderr
+
+
+def test_an_empty_default_week_suggests_the_period_with_data(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    today = datetime.now(UTC).date()
+    _write_lake(tmp_path, today)
+    res = _report(config)
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1
+    assert "no unit of support-ft was first exposed in the last full ISO week" in res.stderr
+    assert f"try --from {today} --to {today}" in res.stderr
+
+
+def test_from_alone_runs_to_today_and_the_format_follows_the_extension(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    today = datetime.now(UTC).date()
+    _write_lake(tmp_path, today - timedelta(days=1))
+    out = tmp_path / "r.json"
+    res = _report(config, "--from", str(today - timedelta(days=3)), "--output", str(out))
+    assert res.returncode == 0, res.stderr
+    report = json.loads(out.read_text())
+    assert report["to"] == today.isoformat() and sum(report["units"].values()) == 60
+    html = tmp_path / "r.html"
+    res = _report(config, "--from", str(today - timedelta(days=3)), "--output", str(html))
+    assert res.returncode == 0 and html.read_text().startswith("<!doctype html>")
+    assert "INFO" not in res.stderr  # no library log lines (matplotlib logged 24)
+    md = _report(config, "--from", str(today - timedelta(days=3)))
+    assert md.stdout.startswith("# splitwatch report: support-ft")
+    # an explicit --format wins over the extension
+    res = _report(config, "--from", str(today - timedelta(days=3)), "--output", str(tmp_path / "x.html"),
+                  "--format", "md")
+    assert (tmp_path / "x.html").read_text().startswith("# splitwatch report")
+    bad = _report(config, "--from", str(today), "--to", str(today - timedelta(days=2)))
+    assert bad.returncode == 2 and "is before --from" in bad.stderr
+    unknown = subprocess.run(splitwatch_command("report", "--config", str(config), "--experiment", "nope"),
+                             capture_output=True, text=True)
+    assert unknown.returncode == 2 and "--experiment: no experiment 'nope'" in unknown.stderr
