@@ -90,10 +90,15 @@ def _harm_text(r: MetricResult) -> str:
     return f"harm {_num(g.harm)}, {conf}% interval [{_num(g.lower)}, {_num(g.upper)}], margin {g.margin:.3g}"
 
 
+def _p_text(p: float) -> str:
+    """Return "p < 0.001" or "p = 0.012": a p-value is never printed as 0 or in scientific notation."""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
+
+
 def _effect_text(r: MetricResult) -> str:
     e = r.effect
     rel = f" ({e.relative * 100:+.2f}%)" if e.relative is not None else ""
-    return f"{_num(e.absolute)}{rel}, p = {r.p_value_adjusted:.2g}"
+    return f"{_num(e.absolute)}{rel}, {_p_text(r.p_value_adjusted)}"
 
 
 def _why_skipped(result: ExperimentResult, metric: str) -> str:
@@ -158,7 +163,7 @@ def _srm_reasons(result: ExperimentResult, units: Mapping[str, int], weights: Ma
         if t.method == "arm_counts":
             msg = f"arm(s) {', '.join(t.arms)} got fewer than 2 units, or units despite a weight of 0 ({split})"
         else:
-            msg = f"sample ratio mismatch, {t.method} p = {t.p_value:.2g} ({split})"
+            msg = f"sample ratio mismatch, {t.method} {_p_text(t.p_value)} ({split})"
         out.append(Reason("srm", msg, data={"method": t.method, "p_value": t.p_value, "observed": t.observed,
                                             "expected": t.expected}))
     total = sum(units.values())

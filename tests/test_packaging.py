@@ -156,3 +156,17 @@ def test_stages_import_only_upstream_stages_and_the_contracts() -> None:
                 if theirs and theirs != mine and theirs not in ALLOWED_STAGES.get(mine or "", set()):
                     wrong.append(f"{rel}:{node.lineno} ({mine or 'contract'}) imports {t} ({theirs})")
     assert sorted(set(wrong)) == []
+
+
+def test_make_test_names_a_missing_prerequisite_in_one_line(tmp_path: Path) -> None:
+    """Without promtool, prometheus or chromium, `make test` stops first with what to install."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "id", "sort", "tr", "env"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or f"/usr/bin/{tool}")
+    res = subprocess.run([str(bin_dir / "bash"), str(ROOT / ".ci" / "prerequisites")], capture_output=True,
+                         text=True, env={**os.environ, "PATH": str(bin_dir), "SPLITWATCH_NO_INSTALL": "1"})
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [
+        "make test needs promtool prometheus chromium: on Debian or Ubuntu run "
+        "'sudo apt-get install chromium prometheus'"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -22,26 +23,36 @@ def _config(tmp_path: Path) -> Path:
     cfg = {"analyzer": {"lake_dir": str(tmp_path / "lake"), "cuped": {"enabled": False}},
            "experiments": [{"key": "support-ft", "model": "support-bot", "arms": ARMS,
                             "metrics": [{"name": "resolved", "kind": "binary", "direction": "increase",
-                                         "role": "primary"}]}]}
+                                         "role": "primary", "description": "the ticket was solved"},
+                                        {"name": "csat", "kind": "continuous", "direction": "increase"},
+                                        {"name": "escalated", "kind": "binary", "direction": "decrease",
+                                         "role": "guardrail", "margin": 0.05},
+                                        {"name": "latency_p95_ms", "role": "guardrail", "margin": 0.2,
+                                         "relative_margin": True}]}]}
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
-def _write_lake(tmp_path: Path, day: date, units: int = 60) -> None:
+def _write_lake(tmp_path: Path, day: date, units: int = 60, days: int = 1) -> None:
     lake = Lake(tmp_path / "lake", writer=True)
     lake.recover()
     records, offset = [], 0
-    ts = datetime.combine(day, datetime.min.time(), tzinfo=UTC) + timedelta(hours=10)
+    start = datetime.combine(day, datetime.min.time(), tzinfo=UTC) + timedelta(hours=10)
+    rng = random.Random(3)
     for i in range(units):
         unit = f"u-{i}"
         arm = "base" if bucket_of("support-ft", unit) < 5000 else "finetuned"
+        ft = arm == "finetuned"
+        ts = start + timedelta(days=i * days // units, seconds=i)
         common = {"experiment": "support-ft", "phase": 1, "arm": arm, "unit_id": unit, "request_id": f"r-{i}",
-                  "ts": ts + timedelta(seconds=i)}
+                  "ts": ts}
+        later = {**common, "ts": ts + timedelta(seconds=1)}
         for ev in (ExposureEvent(**common, requested_model="support-bot", upstream_model=arm),
-                   ResponseEvent(**common, status_code=200, latency_ms=100.0 + i),
-                   OutcomeEvent(**{**common, "ts": ts + timedelta(seconds=i + 1)}, metric="resolved",
-                                value=float(i % 3 == 0))):
+                   ResponseEvent(**common, status_code=200, latency_ms=rng.gauss(900 if ft else 1000, 150)),
+                   OutcomeEvent(**later, metric="resolved", value=float(rng.random() < (0.55 if ft else 0.45))),
+                   OutcomeEvent(**later, metric="csat", value=float(rng.choice([3, 4, 4, 5] if ft else [3, 4, 5]))),
+                   OutcomeEvent(**later, metric="escalated", value=float(rng.random() < 0.1))):
             records.append(Record(0, offset, ev.to_json()))
             offset += 1
     lake.write_batch(0, records)

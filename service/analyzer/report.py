@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
-import math
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -20,6 +16,7 @@ from ..config import AnalyzerConfig, Config, ExperimentConfig
 from .analysis import analyze_data
 from .kpi_queries import ExperimentData, load_experiment, prepare_events, unit_definition
 from .lake import Lake
+from .report_format import fmt_count, fmt_interval, fmt_num, fmt_p
 
 
 def last_full_iso_week(today: date | None = None) -> tuple[date, date]:
@@ -147,12 +144,20 @@ def _timeline(con: duckdb.DuckDBPyConnection, end: date) -> list[dict[str, Any]]
             for ts, action, status, coverage, actor, by, reason, evidence in rows]
 
 
-def _timeline_rows(rep: Report) -> list[list[str]]:
+def timeline_rows(rep: Report) -> list[list[str]]:
     return [[e["ts"][:19].replace("T", " "), e["action"], e["status"], f"{e['coverage']:.4g}",
              e["actor"] + (f" ({e['by']})" if e["by"] else ""), e["reason"]] for e in rep.timeline]
 
 
 TIMELINE_HEADER = ["time (UTC)", "action", "status", "coverage", "who", "why"]
+DRIFT_HEADER = ["time (UTC)", "arms", "detector", "verdict", "features that moved"]
+
+
+def drift_rows(rep: Report) -> list[list[str]]:
+    """Return the drift timeline's rows: when the detector's verdict changed, and on which features."""
+    return [[e["ts"][:19].replace("T", " "), e["arm"], e["detector"],
+             "drift detected" if e["detected"] else "drift cleared", ", ".join(e["features"]) or "-"]
+            for e in rep.drift]
 
 
 def verdict(rep: Report) -> Verdict:
@@ -190,23 +195,6 @@ def metric_vocabulary(rep: Report) -> list[dict[str, Any]]:
 
 
 # -- rendering ------------------------------------------------------------------------------------
-def _fmt(v: float | None, digits: int = 4) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    return f"{v:.{digits}g}"
-
-
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None or not math.isfinite(v) else f"{v * 100:+.2f}%"
-
-
-def _ci(ci: tuple[float, float] | None, pct: bool = False) -> str:
-    if ci is None:
-        return "n/a"
-    f = _pct if pct else (lambda x: f"{x:+.4g}")
-    return f"[{f(ci[0])}, {f(ci[1])}]"
-
-
 def _srm_dict(res: ExperimentResult | None) -> dict[str, Any] | None:
     if res is None or not res.srm_tests:
         return None
@@ -268,22 +256,21 @@ def _harm(r: MetricResult) -> str:
     g = r.guardrail
     if g is None:
         return ""
-    if g.relative:
-        return f"{_pct(g.harm)} [{_pct(g.lower)}, {_pct(g.upper)}] vs {g.margin * 100:.3g}%"
-    return f"{g.harm:+.4g} [{g.lower:+.4g}, {g.upper:+.4g}] vs {g.margin:.4g}"
+    margin = f"{g.margin * 100:.3g}%" if g.relative else fmt_num(g.margin)
+    return f"{fmt_interval(g.harm, g.lower, g.upper, percent=g.relative)} vs margin {margin}"
 
 
 def _row(rep: Report, r: MetricResult) -> list[str]:
-    p_rel = _fmt(r.effect.relative_p_value, 3)
-    row = [r.metric, r.arm, _fmt(r.control.estimate), _fmt(r.treatment.estimate),
-           f"{r.effect.absolute:+.4g} {_ci(r.effect.absolute_ci)}",
-           f"{_pct(r.effect.relative)} {_ci(r.effect.relative_ci, pct=True)}",
-           f"{_fmt(r.effect.p_value, 3)} / {p_rel}"]
+    values = [r.metric, r.arm, fmt_num(r.control.estimate), fmt_num(r.treatment.estimate)]
     if r.role == "guardrail":
-        return [*row, _harm(r), r.guardrail.status if r.guardrail else "n/a", r.method]
+        return [*values, _harm(r), r.guardrail.status.replace("_", " ") if r.guardrail else "n/a"]
+    effects = [fmt_interval(r.effect.absolute, *r.effect.absolute_ci),
+               fmt_interval(r.effect.relative, *(r.effect.relative_ci or (None, None)), percent=True),
+               fmt_p(r.p_value)]
     if r.role == "diagnostic":
-        return [*row, r.decision, r.method]
-    return [*row, _fmt(r.p_value_adjusted, 3), r.decision, _cuped(rep, r), r.method]
+        return [*values, *effects, r.decision]
+    return [*values, *effects, fmt_p(r.p_value_adjusted), f"{r.bayesian.chance_to_win:.0%}", r.decision,
+            _cuped(rep, r)]
 
 
 def _cuped(rep: Report, r: MetricResult) -> str:
@@ -296,12 +283,13 @@ def _cuped(rep: Report, r: MetricResult) -> str:
     return f"{r.variance_reduction * 100:.0f}% ({share * 100:.0f}% of units with history)"
 
 
-_BASE = ["metric", "arm", "control", "treatment", "absolute effect [CI]", "relative effect [CI]",
-         "p absolute / relative"]
-HEADERS = {"primary": [*_BASE, "p adjusted", "decision", "variance reduction (CUPED)", "method"],
-           "secondary": [*_BASE, "p adjusted", "decision", "variance reduction (CUPED)", "method"],
-           "guardrail": [*_BASE, "harm [interval] vs margin", "status", "method"],
-           "diagnostic": [*_BASE, "decision (unadjusted)", "method"]}
+_VALUES = ["metric", "arm", "control", "treatment"]
+_EFFECTS = ["absolute effect [CI]", "relative effect [CI]", "p"]
+HEADERS = {"primary": [*_VALUES, *_EFFECTS, "p adjusted", "chance to win", "decision", "variance reduction (CUPED)"],
+           "secondary": [*_VALUES, *_EFFECTS, "p adjusted", "chance to win", "decision",
+                         "variance reduction (CUPED)"],
+           "guardrail": [*_VALUES, "harm [one-sided bounds] vs margin", "status"],
+           "diagnostic": [*_VALUES, *_EFFECTS, "decision (unadjusted)"]}
 TITLES = {"primary": "Primary metrics (decide the verdict)",
           "secondary": "Secondary metrics (reported; a worse one is named in the verdict)",
           "guardrail": "Guardrails (non-inferiority against their margin)",
@@ -331,6 +319,9 @@ def _sections(rep: Report) -> list[tuple[str, list[str], list[list[str]], str]]:
                     f"{', valid under continuous monitoring' if rep.sequential else ''}); non-inferior when the "
                     f"upper bound is below the margin, breached when the lower bound is above it; at least "
                     f"{o.min_units_per_arm} units per arm.")
+        methods = sorted({(r.guardrail.method if r.guardrail and role == "guardrail" else r.method)
+                          for r in (res.results if res else []) if r.role == role})
+        note = f"{note} Method: {', '.join(methods)}.".strip()
         out.append((TITLES[role], HEADERS[role], rows, note))
     return out
 
@@ -340,13 +331,13 @@ def _summary_lines(rep: Report) -> list[str]:
     tests = "always-valid sequential tests" if rep.sequential else "fixed-horizon tests"
     lines = [f"Experiment {rep.experiment.key}, phase {rep.experiment.phase}, units first exposed "
              f"{rep.start} to {rep.end} ({tests})",
-             "Units per arm: " + ", ".join(f"{a} {n}" for a, n in sorted(d.units.items())),
-             "Requests per arm: " + ", ".join(f"{a} {n}" for a, n in sorted(d.requests.items()))]
+             "Units per arm: " + ", ".join(f"{a} {fmt_count(n)}" for a, n in sorted(d.units.items())),
+             "Requests per arm: " + ", ".join(f"{a} {fmt_count(n)}" for a, n in sorted(d.requests.items()))]
     for t in res.srm_tests if res is not None else ():
         what = {"chi_square": "Sample ratio, chi-square over the period",
                 "arm_counts": "Sample ratio, every arm with a weight has units"}.get(
             t.method, "Sample ratio, sequential (valid when watched)")
-        value = "" if t.method == "arm_counts" else f"p = {t.p_value:.3g}, "
+        value = "" if t.method == "arm_counts" else f"p = {fmt_p(t.p_value)}, "
         lines.append(f"{what}: {value}{'MISMATCH' if t.mismatch else 'ok'}")
     lines.append(f"Excluded: {d.multi_arm_units} units seen in several arms, {d.forced_requests} forced requests; "
                  f"outcomes: {d.orphan_outcomes} of units never exposed, {d.forced_only_outcomes} of units only "
@@ -361,11 +352,28 @@ def _summary_lines(rep: Report) -> list[str]:
         lines.append(f"Rollout: {last['status']} at coverage {last['coverage']:.4g} since {last['ts'][:16]} UTC "
                      f"({last['action']} by {last['actor']}: {last['reason']}); {len(rep.timeline)} changes in "
                      "the phase, listed under Rollout timeline")
-    for e in rep.drift:
-        what = "drift detected" if e["detected"] else "drift cleared"
-        lines.append(f"Prompt {what} at {e['ts'][:16]} UTC ({e['arm']}, {e['detector']}): "
-                     f"{', '.join(e['features']) or 'no feature'}")
     return lines
+
+
+def banners(rep: Report) -> list[tuple[str, str]]:
+    """Return the warnings to show above the results, as (level, text): level ``error`` or ``warning``."""
+    d, res = rep.data, rep.result
+    out: list[tuple[str, str]] = []
+    if res is not None and res.srm_mismatch:
+        failed = ", ".join(t.method for t in res.srm_tests if t.mismatch)
+        out.append(("error", f"Sample ratio mismatch ({failed}): units are not split as the weights say. "
+                             "Assignment or logging is broken; no result below can be trusted until it is fixed."))
+    total = sum(d.units.values()) or 1
+    quality = [(d.multi_arm_units, "units seen in several arms (excluded)", total),
+               (d.orphan_outcomes, "outcomes of units never exposed", None),
+               (d.early_outcomes, "outcomes before the unit's first exposure", None),
+               (d.late_outcomes, "outcomes after the attribution window", None),
+               (d.forced_only_outcomes, "outcomes of units only served by forced requests", None)]
+    parts = [f"{fmt_count(n)} {what}" + (f" ({n / base:.1%} of units)" if base else "")
+             for n, what, base in quality if n]
+    if parts:
+        out.append(("warning", "Data quality: " + "; ".join(parts) + ". See the exclusions below."))
+    return out
 
 
 def _vocabulary_lines(rep: Report) -> list[str]:
@@ -380,8 +388,19 @@ def _vocabulary_lines(rep: Report) -> list[str]:
 def to_markdown(rep: Report) -> str:
     """Return the report as Markdown."""
     v = rep.verdict
-    head = f"**Verdict: {v.decision.replace('_', ' ')}.** {v.sentence}" if v else "**Verdict:** none"
-    out = [f"# splitwatch report: {rep.experiment.key}", "", head, ""]
+    out = [f"# splitwatch report: {rep.experiment.key}", ""]
+    if v is None:
+        out += ["**Verdict:** none", ""]
+    elif v.reasons:  # the reasons are the sentence's parts: listed once, as a list
+        out += [f"**Verdict: {v.decision.replace('_', ' ')}.**", ""] + [f"- {r.message}" for r in v.reasons]
+        if v.units_to_power:
+            days = f", about {v.days_to_power:.1f} more days at the current rate" if v.days_to_power else ""
+            out.append(f"- To reach 80% power: {fmt_count(v.units_to_power)} more units{days}.")
+        out.append("")
+    else:
+        out += [f"**Verdict: {v.decision.replace('_', ' ')}.** {v.sentence}", ""]
+    for level, text in banners(rep):
+        out += [f"> **{'Error' if level == 'error' else 'Warning'}:** {text}", ""]
     out += [f"- {line}" for line in _summary_lines(rep)]
     for title, header, rows, note in _sections(rep):
         out += ["", f"## {title}", ""]
@@ -389,69 +408,23 @@ def to_markdown(rep: Report) -> str:
         out += ["| " + " | ".join(row) + " |" for row in rows]
         if note:
             out += ["", note]
+    if rep.drift:
+        out += ["", "## Drift timeline", "", "| " + " | ".join(DRIFT_HEADER) + " |", "|" + "---|" * len(DRIFT_HEADER)]
+        out += ["| " + " | ".join(row) + " |" for row in drift_rows(rep)]
     if rep.timeline:
         out += ["", "## Rollout timeline", "", "| " + " | ".join(TIMELINE_HEADER) + " |",
                 "|" + "---|" * len(TIMELINE_HEADER)]
-        out += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in _timeline_rows(rep)]
+        out += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in timeline_rows(rep)]
     out += ["", "## Metric definitions", ""] + [f"- {line}" for line in _vocabulary_lines(rep)]
     return "\n".join(out) + "\n"
 
 
-def _plot(points: list[SeriesPoint], title: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pts = [p for p in points if p.relative is not None]
-    fig, ax = plt.subplots(figsize=(6, 2.6), dpi=90)
-    if pts:
-        xs = [p.day[5:] for p in pts]
-        ax.plot(xs, [p.relative * 100 for p in pts], marker="o", color="#1f77b4")
-        ax.fill_between(xs, [p.low * 100 for p in pts], [p.high * 100 for p in pts], alpha=0.2, color="#1f77b4")
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_title(title, fontsize=9)
-    ax.set_ylabel("relative effect, %", fontsize=8)
-    ax.tick_params(labelsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
 def to_html(rep: Report) -> str:
-    """Return the report as one self-contained HTML page (plots embedded as PNG)."""
-    esc = html.escape
-    tables = "".join(
-        f"<h2>{esc(title)}</h2><table><tr>{''.join(f'<th>{esc(h)}</th>' for h in header)}</tr>"
-        + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
-        + f"</table><p class=note>{esc(note)}</p>"
-        for title, header, rows, note in _sections(rep))
-    vocabulary = "".join(f"<li>{esc(line)}</li>" for line in _vocabulary_lines(rep))
-    plots = "".join(
-        f'<figure><img alt="{esc(m)} {esc(a)}" '
-        f'src="data:image/png;base64,{_plot(pts, f"{m}: {a} vs control (cumulative)")}"></figure>'
-        for (m, a), pts in rep.series.items())
-    summary = "".join(f"<li>{esc(line)}</li>" for line in _summary_lines(rep))
-    timeline = "" if not rep.timeline else (
-        "<h2>Rollout timeline</h2><table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in TIMELINE_HEADER) + "</tr>"
-        + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in _timeline_rows(rep))
-        + "</table>")
-    decision = rep.verdict.decision.replace("_", " ") if rep.verdict else "none"
-    sentence = rep.verdict.sentence if rep.verdict else ""
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>splitwatch report: {esc(rep.experiment.key)}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}
-table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}th{{background:#f4f4f4}}
-.verdict{{padding:1em;background:#eef5ff;border-left:4px solid #1f77b4}}
-figure{{display:inline-block;margin:0.5em}}.note{{font-size:12px;color:#555}}</style>
-</head><body><h1>splitwatch report: {esc(rep.experiment.key)}</h1>
-<p class="verdict"><b>Verdict: {esc(decision)}.</b> {esc(sentence)}</p><ul>{summary}</ul>
-{tables}{timeline}<h2>Metric definitions</h2><ul>{vocabulary}</ul>
-<h2>Effects over time</h2>{plots}</body></html>
-"""
+    """Return the report as one self-contained HTML results page (:mod:`.report_html`)."""
+    from .report_html import render_html
+
+    notes = {role: note for role in ROLES for title, _, _, note in _sections(rep) if title == TITLES[role]}
+    return render_html(rep, _summary_lines(rep), notes, _vocabulary_lines(rep))
 
 
 RENDERERS = {"md": to_markdown, "html": to_html, "json": to_json}

@@ -1,0 +1,238 @@
+"""The report as a results page: one self-contained HTML file (inline SVG and PNG), readable offline.
+
+Verdict first (colour-coded, with its reasons), then banners (sample ratio, data quality), one
+section per metric role with each metric's interval drawn on an axis shared by the section (the
+zero line, and for guardrails the margin), the effects over time with their interval bands in a
+grid, the drift and rollout timelines, and the metric definitions.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections.abc import Iterable
+
+from splitwatch.stats import ROLES, MetricResult
+
+from .report import (
+    DRIFT_HEADER,
+    TIMELINE_HEADER,
+    TITLES,
+    Report,
+    SeriesPoint,
+    banners,
+    drift_rows,
+    metric_vocabulary,
+    timeline_rows,
+)
+from .report_format import fmt_count, fmt_interval, fmt_num, fmt_p
+
+esc = html.escape
+COLOURS = {"better": "#1e8e3e", "worse": "#d93025", "inconclusive": "#5f6368", "non_inferior": "#1e8e3e",
+           "breached": "#d93025"}
+VERDICT_STYLE = {"ship": ("#e6f4ea", "#1e8e3e"), "keep_running": ("#fef7e0", "#e37400"),
+                 "roll_back": ("#fce8e6", "#d93025"), "invalid": ("#f1f3f4", "#5f6368")}
+BAR_W, BAR_H, PAD = 260, 28, 8
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1280px;color:#202124;
+padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em}
+h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+.sub{color:#5f6368;margin-top:0}
+.verdict{padding:1em 1.2em;border-left:6px solid;border-radius:4px;margin:1em 0}
+.verdict .decision{font-size:1.4em;font-weight:700;text-transform:uppercase;letter-spacing:.03em}
+.verdict ul{margin:.5em 0 0 0}
+.banner{padding:.7em 1em;border-radius:4px;margin:.5em 0}
+.banner.error{background:#fce8e6;border:1px solid #d93025}.banner.warning{background:#fef7e0;border:1px solid #e37400}
+table{border-collapse:collapse;font-size:13px;width:100%}
+td,th{border-bottom:1px solid #e0e0e0;padding:6px 8px;text-align:left;vertical-align:middle}
+th{background:#f8f9fa;font-weight:600}
+td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
+.metric-name{font-weight:600}.desc{color:#5f6368;font-size:12px}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;color:#fff;font-size:12px;white-space:nowrap}
+.note{font-size:12px;color:#5f6368}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(400px,1fr));gap:12px}
+.grid figure{margin:0;border:1px solid #eee;border-radius:4px;padding:4px}
+.grid img{width:100%}
+ul.summary{font-size:13px}
+"""
+
+
+def _badge(text: str, key: str) -> str:
+    return f'<span class="badge" style="background:{COLOURS.get(key, "#5f6368")}">{esc(text)}</span>'
+
+
+def _bar_points(r: MetricResult) -> tuple[float | None, float | None, float | None]:
+    """Return (estimate, low, high) on the section's axis: relative effect in %, or harm in margins."""
+    g = r.guardrail
+    if r.role == "guardrail" and g is not None:
+        m = g.margin or 1.0
+        return tuple(None if v is None or math.isnan(v) else v / m for v in (g.harm, g.lower, g.upper))  # type: ignore[return-value]
+    if r.effect.relative is None or r.effect.relative_ci is None:
+        return None, None, None
+    lo, hi = r.effect.relative_ci
+    return r.effect.relative * 100, lo * 100, hi * 100
+
+
+def _axis(rows: Iterable[MetricResult], guardrails: bool) -> tuple[float, float]:
+    values = [0.0, 1.0] if guardrails else [0.0]
+    for r in rows:
+        values += [v for v in _bar_points(r) if v is not None and math.isfinite(v)]
+    lo, hi = min(values), max(values)
+    span = (hi - lo) or 1.0
+    return lo - 0.08 * span, hi + 0.08 * span
+
+
+def interval_svg(r: MetricResult, axis: tuple[float, float]) -> str:
+    """Return an inline SVG of one metric's interval on the section's shared axis (zero and margin lines)."""
+    est, lo, hi = _bar_points(r)
+    a, b = axis
+
+    def x(v: float) -> float:
+        return PAD + (min(max(v, a), b) - a) / (b - a) * (BAR_W - 2 * PAD)
+
+    status = r.guardrail.status if r.role == "guardrail" and r.guardrail else r.decision
+    colour = COLOURS.get(status, "#5f6368")
+    mid = BAR_H / 2
+    parts = [f'<line x1="{PAD}" x2="{BAR_W - PAD}" y1="{mid}" y2="{mid}" stroke="#e0e0e0"/>',
+             f'<line x1="{x(0):.1f}" x2="{x(0):.1f}" y1="2" y2="{BAR_H - 2}" stroke="#9aa0a6" stroke-dasharray="3,2"/>']
+    if r.role == "guardrail":
+        parts.append(f'<line class="margin-line" x1="{x(1):.1f}" x2="{x(1):.1f}" y1="2" y2="{BAR_H - 2}" '
+                     f'stroke="#d93025" stroke-width="1.5"/>')
+    if lo is not None and hi is not None:
+        parts.append(f'<rect x="{x(lo):.1f}" y="{mid - 4}" width="{max(1.5, x(hi) - x(lo)):.1f}" height="8" '
+                     f'rx="3" fill="{colour}" fill-opacity="0.35" stroke="{colour}"/>')
+    if est is not None and math.isfinite(est):
+        parts.append(f'<circle cx="{x(est):.1f}" cy="{mid}" r="4" fill="{colour}"/>')
+    what = ("harm in margins (1 = the margin)" if r.role == "guardrail" else "relative effect, %")
+    title = f"{r.metric} ({r.arm}): {what} {fmt_num(est)} [{fmt_num(lo)}, {fmt_num(hi)}]"
+    return (f'<svg class="interval-bar" data-metric="{esc(r.metric)}" data-arm="{esc(r.arm)}" width="{BAR_W}" '
+            f'height="{BAR_H}" viewBox="0 0 {BAR_W} {BAR_H}" role="img"><title>{esc(title)}</title>'
+            + "".join(parts) + "</svg>")
+
+
+def _axis_labels(axis: tuple[float, float], guardrails: bool) -> str:
+    a, b = axis
+    unit = " margins" if guardrails else "%"
+    return (f'<div class="note" style="display:flex;justify-content:space-between;width:{BAR_W}px">'
+            f"<span>{fmt_num(a, 2)}{unit}</span><span>{'harm / margin' if guardrails else 'relative effect'}</span>"
+            f"<span>{fmt_num(b, 2)}{unit}</span></div>")
+
+
+def _metric_cell(r: MetricResult, vocab: dict[str, dict[str, object]]) -> str:
+    v = vocab.get(r.metric, {})
+    desc = v.get("description") or ""
+    definition = v.get("definition") or ""
+    return (f'<div class="metric-name" title="{esc(str(definition))}">{esc(r.metric)}</div>'
+            + (f'<div class="desc">{esc(str(desc))}</div>' if desc else ""))
+
+
+def _section(rep: Report, role: str, rows: list[MetricResult], vocab: dict[str, dict[str, object]],
+             note: str) -> str:
+    guardrails = role == "guardrail"
+    axis = _axis(rows, guardrails)
+    if guardrails:
+        head = ["metric", "arm", "control", "treatment", "harm [one-sided bounds] vs margin", "interval", "status"]
+    else:
+        head = ["metric", "arm", "control", "treatment", "relative effect [CI]", "interval", "p",
+                *(["p adjusted", "chance to win"] if role in ("primary", "secondary") else []), "decision"]
+    body = []
+    for r in rows:
+        cells = [_metric_cell(r, vocab), esc(r.arm), fmt_num(r.control.estimate), fmt_num(r.treatment.estimate)]
+        if guardrails and r.guardrail is not None:
+            g = r.guardrail
+            margin = f"{g.margin * 100:.3g}%" if g.relative else fmt_num(g.margin)
+            cells += [fmt_interval(g.harm, g.lower, g.upper, percent=g.relative) + f" vs {margin}",
+                      interval_svg(r, axis), _badge(g.status.replace("_", " "), g.status)]
+        else:
+            cells += [fmt_interval(r.effect.relative, *(r.effect.relative_ci or (None, None)), percent=True),
+                      interval_svg(r, axis), fmt_p(r.p_value)]
+            if role in ("primary", "secondary"):
+                cells += [fmt_p(r.p_value_adjusted), f"{r.bayesian.chance_to_win:.0%}"]
+            cells.append(_badge(r.decision, r.decision))
+        body.append("<tr>" + "".join(
+            f'<td class="{"num" if i in (2, 3, 4) else ""}">{c if i in (0, 5) or c.startswith("<") else esc(c)}</td>'
+            for i, c in enumerate(cells)) + "</tr>")
+    header = "".join(f"<th>{esc(h)}</th>" if h != "interval" else f"<th>{_axis_labels(axis, guardrails)}</th>"
+                     for h in head)
+    return (f'<h2 id="{role}">{esc(TITLES[role])}</h2><table class="results" data-role="{role}"><tr>{header}</tr>'
+            + "".join(body) + f'</table><p class="note">{esc(note)}</p>')
+
+
+def _plot(points: list[SeriesPoint], title: str) -> str:
+    """Return a PNG (base64) of a cumulative relative effect over days, with its interval as a band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [p for p in points if p.relative is not None]
+    fig, ax = plt.subplots(figsize=(5.2, 2.6), dpi=100)
+    if pts:
+        xs = list(range(len(pts)))
+        ax.fill_between(xs, [(p.low if p.low is not None else p.relative) * 100 for p in pts],
+                        [(p.high if p.high is not None else p.relative) * 100 for p in pts],
+                        alpha=0.25, color="#1a73e8", lw=0, label="interval")
+        ax.plot(xs, [p.relative * 100 for p in pts], marker="o", ms=3, color="#1a73e8", label="effect")
+        ax.set_xticks(xs, [p.day[5:] for p in pts], fontsize=7, rotation=45 if len(pts) > 8 else 0)
+    ax.axhline(0, color="#5f6368", lw=0.8)
+    ax.set_title(title, fontsize=9)
+    ax.set_ylabel("relative effect, %", fontsize=8)
+    ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    return ("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows) + "</table>")
+
+
+def render_html(rep: Report, summary_lines: list[str], notes: dict[str, str], vocabulary_lines: list[str]) -> str:
+    """Return the report as one self-contained HTML page."""
+    v = rep.verdict
+    decision = v.decision if v else "invalid"
+    bg, fg = VERDICT_STYLE.get(decision, VERDICT_STYLE["invalid"])
+    reasons = "".join(f"<li>{esc(r.message)}</li>" for r in (v.reasons if v else []))
+    power = ""
+    if v is not None and v.units_to_power:
+        days = f", about {v.days_to_power:.1f} more days at the current rate" if v.days_to_power else ""
+        power = f"<p>To reach 80% power: {fmt_count(v.units_to_power)} more units{days}.</p>"
+    # the reasons are the sentence's parts: shown once, as a list (the sentence when there are none)
+    body = f"<ul>{reasons}</ul>" if reasons else f"<p>{esc(v.sentence if v else 'no verdict')}</p>"
+    verdict = (f'<div class="verdict" id="verdict" data-decision="{decision}" style="background:{bg};'
+               f'border-color:{fg}"><div class="decision" style="color:{fg}">{esc(decision.replace("_", " "))}'
+               f"</div>{body}{power}</div>")
+    banner_html = "".join(f'<div class="banner {level}">{esc(text)}</div>' for level, text in banners(rep))
+    vocab = {m["metric"]: m for m in metric_vocabulary(rep)}
+    results = rep.result.results if rep.result else []
+    sections = "".join(_section(rep, role, [r for r in results if r.role == role], vocab, notes.get(role, ""))
+                       for role in ROLES if any(r.role == role for r in results))
+    plots = "".join(
+        f'<figure><img alt="{esc(m)}, {esc(a)} vs control" '
+        f'src="data:image/png;base64,{_plot(pts, f"{m}: {a} vs control (cumulative)")}"></figure>'
+        for (m, a), pts in rep.series.items() if any(p.relative is not None for p in pts))
+    drift = f"<h2>Drift timeline</h2>{_table(DRIFT_HEADER, drift_rows(rep))}" if rep.drift else ""
+    rollout = f"<h2>Rollout timeline</h2>{_table(TIMELINE_HEADER, timeline_rows(rep))}" if rep.timeline else ""
+    tests = "always-valid sequential tests" if rep.sequential else "fixed-horizon tests"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>splitwatch report: {esc(rep.experiment.key)}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body>
+<h1>splitwatch report: {esc(rep.experiment.key)}</h1>
+<p class="sub">Phase {rep.experiment.phase}, units first exposed {rep.start} to {rep.end}, {tests}</p>
+{verdict}{banner_html}
+<ul class="summary">{"".join(f"<li>{esc(line)}</li>" for line in summary_lines)}</ul>
+{sections}
+<h2>Effects over time</h2>
+<p class="note">Cumulative relative effect at the end of each day, with its interval as a band.</p>
+<div class="grid">{plots}</div>
+{drift}{rollout}
+<h2>Metric definitions</h2><ul>{"".join(f"<li>{esc(line)}</li>" for line in vocabulary_lines)}</ul>
+</body></html>
+"""
