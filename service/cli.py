@@ -209,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the whole loop locally on embedded defaults")
     demo.add_argument("--units", type=int, default=2000, help="simulated users (default 2000)")
     demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--workdir", default=None, help="where to keep the demo's files (default: a temp dir)")
+    demo.add_argument("--workdir", "--output", dest="workdir", default=None,
+                      help="where to keep the demo's files: reports, lake, logs (default: ./splitwatch-demo)")
     demo.set_defaults(func=_cmd_demo)
     return p
 

@@ -13,3 +13,7 @@ def configure_logging(worker: int | None = None) -> None:
     # matplotlib logs every categorical axis it builds at INFO (24 lines per HTML report).
     for noisy in ("httpx", "kafka", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # kafka-python's connection manager logs every failed connection attempt at ERROR (several lines a
+    # second per client while a broker is down). splitwatch logs Kafka's reachability itself, one line
+    # per change (shipper, control topic, analyzer and drift loops), with the error.
+    logging.getLogger("kafka.net").setLevel(logging.CRITICAL)
