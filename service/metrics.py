@@ -125,6 +125,15 @@ EFFECT_RELATIVE = Gauge(
     ["experiment", "arm", "metric"], registry=ANALYZER_REGISTRY)
 P_VALUE = Gauge("splitwatch_p_value", "p-value of an arm against the control (always valid when sequential).",
                 ["experiment", "arm", "metric", "method"], registry=ANALYZER_REGISTRY)
+EFFECT_RELATIVE_LOWER = Gauge(
+    "splitwatch_effect_relative_lower", "Lower bound of the relative effect's interval (the test's own: always "
+    "valid when sequential).", ["experiment", "arm", "metric"], registry=ANALYZER_REGISTRY)
+EFFECT_RELATIVE_UPPER = Gauge(
+    "splitwatch_effect_relative_upper", "Upper bound of the relative effect's interval.",
+    ["experiment", "arm", "metric"], registry=ANALYZER_REGISTRY)
+VERDICT = Gauge(
+    "splitwatch_verdict", "The live verdict: 2 ship, 1 keep running, 0 roll back, -1 invalid (docs/analyzer.md).",
+    ["experiment"], registry=ANALYZER_REGISTRY)
 SRM_P_VALUE = Gauge("splitwatch_srm_p_value", "p-value of the sample ratio mismatch test.", ["experiment"],
                     registry=ANALYZER_REGISTRY)
 GUARDRAIL_BREACHED = Gauge("splitwatch_guardrail_breached", "1 when a guardrail metric is breached.",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +26,46 @@ def test_alert_rules_pass_promtool() -> None:
     assert unit.returncode == 0, unit.stdout + unit.stderr
 
 
+def test_the_committed_dashboards_are_what_the_builder_generates() -> None:
+    """dashboards/*.json are built by dashboards/build.py (grafana-foundation-sdk); edits go there."""
+    res = subprocess.run([sys.executable, str(DASHBOARDS / "build.py"), "--check"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def _differences(original: object, round_trip: object, where: str = "") -> list[str]:
+    """Return the paths where a JSON value and its round trip through the SDK's models differ."""
+    if isinstance(original, dict) and isinstance(round_trip, dict):
+        out = [f"{where}.{k}: not in Grafana's schema" for k in original.keys() - round_trip.keys()]
+        out += [f"{where}.{k}: required, missing" for k in round_trip.keys() - original.keys()]
+        for k in original.keys() & round_trip.keys():
+            out += _differences(original[k], round_trip[k], f"{where}.{k}")
+        return out
+    if isinstance(original, list) and isinstance(round_trip, list) and len(original) == len(round_trip):
+        return [d for i, (a, b) in enumerate(zip(original, round_trip, strict=True))
+                for d in _differences(a, b, f"{where}[{i}]")]
+    return [] if original == round_trip else [f"{where}: {original!r} became {round_trip!r}"]
+
+
+def test_every_dashboard_conforms_to_grafanas_schema() -> None:
+    """Each dashboard parses into the SDK's models of Grafana's schema (dashboard, panels' options and field
+    config per plugin, Prometheus queries) and comes back unchanged: no unknown key, no required one missing
+    (the tooltip and legend options every time-series panel needs included)."""
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.cog.plugins import register_default_plugins
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    register_default_plugins()
+    for path in sorted(DASHBOARDS.glob("splitwatch-*.json")):
+        original = json.loads(path.read_text())
+        round_trip = json.loads(json.dumps(Dashboard.from_json(original), cls=JSONEncoder))
+        assert _differences(original, round_trip) == [], path.name
+        for panel in original["panels"]:
+            if panel["type"] == "timeseries":
+                assert {"legend", "tooltip"} <= panel["options"].keys(), (path.name, panel["title"])
+            assert panel["targets"] and all(t["expr"] and t["datasource"]["type"] == "prometheus"
+                                            for t in panel["targets"]), (path.name, panel["title"])
+
+
 def _rule_count() -> int:
     """Return the number of rules in alerts.yaml (every one must load into Prometheus)."""
     return sum(len(g["rules"]) for g in yaml.safe_load((DASHBOARDS / "alerts.yaml").read_text())["groups"])
@@ -36,7 +77,8 @@ def _panel_queries(name: str = "splitwatch-proxy.json") -> list[tuple[str, str]]
 
 
 def _query(prom_url: str, expr: str) -> list[dict]:
-    expr = expr.replace("$experiment", ".*").replace("$metric", ".*").replace("$__rate_interval", "1m")
+    expr = (expr.replace('arm="$arm"', 'arm=~".*"').replace("$experiment", ".*").replace("$metric", ".*")
+            .replace("$__rate_interval", "1m"))
     r = httpx.get(prom_url + "/api/v1/query", params={"query": expr}, timeout=10).json()
     assert r["status"] == "success", (expr, r)
     return r["data"]["result"]

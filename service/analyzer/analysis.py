@@ -7,7 +7,7 @@ import re
 
 from prometheus_client import Gauge
 
-from splitwatch.stats import AnalysisOptions, ExperimentResult, analyze, check_srm
+from splitwatch.stats import AnalysisOptions, ExperimentResult, analyze, check_srm, decide
 
 from .. import metrics
 from ..config import AnalyzerConfig, ExperimentConfig
@@ -45,7 +45,17 @@ def analyze_data(data: ExperimentData, exp: ExperimentConfig, cfg: AnalyzerConfi
 _exported: dict[str, set[tuple[Gauge, tuple[str, ...]]]] = {}
 
 
-def export_gauges(data: ExperimentData, result: ExperimentResult | None) -> None:
+VERDICT_CODES = {"ship": 2, "keep_running": 1, "roll_back": 0, "invalid": -1}
+
+
+def live_verdict(data: ExperimentData, exp: ExperimentConfig, result: ExperimentResult) -> str:
+    """Return the verdict's decision on the live analysis (ship, keep_running, roll_back, invalid)."""
+    return decide(result, data.metrics, {a.name: data.units.get(a.name, 0) for a in exp.arms},
+                  {a.name: a.weight for a in exp.arms}, exp.control.name,
+                  multi_arm_units=data.multi_arm_units).decision
+
+
+def export_gauges(data: ExperimentData, result: ExperimentResult | None, verdict: str | None = None) -> None:
     """Set the analyzer's gauges for one experiment, and remove its series that went stale."""
     key = data.experiment
     now: set[tuple[Gauge, tuple[str, ...]]] = set()
@@ -67,11 +77,17 @@ def export_gauges(data: ExperimentData, result: ExperimentResult | None) -> None
             put(metrics.METRIC_MEAN, (key, r.arm, r.metric), r.treatment.estimate)
             if r.effect.relative is not None and math.isfinite(r.effect.relative):
                 put(metrics.EFFECT_RELATIVE, (key, r.arm, r.metric), r.effect.relative)
+                ci = r.effect.relative_ci
+                if ci is not None and all(math.isfinite(v) for v in ci):
+                    put(metrics.EFFECT_RELATIVE_LOWER, (key, r.arm, r.metric), ci[0])
+                    put(metrics.EFFECT_RELATIVE_UPPER, (key, r.arm, r.metric), ci[1])
             put(metrics.P_VALUE, (key, r.arm, r.metric, re.split(r"[(;]", r.method)[0]), r.p_value_adjusted)
             if r.guardrail is not None:
                 breached[r.metric] = breached.get(r.metric, False) or r.guardrail.status == "breached"
         for metric, b in breached.items():
             put(metrics.GUARDRAIL_BREACHED, (key, metric), 1 if b else 0)
+    if verdict is not None:
+        put(metrics.VERDICT, (key,), VERDICT_CODES[verdict])
     for gauge, labels in _exported.get(key, set()) - now:
         gauge.remove(*labels)
     _exported[key] = now

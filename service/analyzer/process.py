@@ -15,7 +15,7 @@ from ..control.channel import KafkaControl
 from ..control.state import StateTable
 from ..delivery.shipper import KafkaSink
 from ..status_server import Supervisor, start_status_server
-from .analysis import analyze_data, export_gauges
+from .analysis import analyze_data, export_gauges, live_verdict
 from .guard import RolloutGuard
 from .ingest import Ingestor
 from .kpi_queries import load_experiment
@@ -58,7 +58,12 @@ def analyze_all(cfg: Config, sequential: bool = True, guard: RolloutGuard | None
             continue
         finally:
             con.close()
-        export_gauges(data, result)
+        try:
+            verdict = live_verdict(data, exp, result) if result.results or result.srm_tests else None
+        except Exception:  # the gauges matter more than the verdict
+            log.exception("the live verdict of %s failed", exp.key)
+            verdict = None
+        export_gauges(data, result, verdict)
         if guard is not None and guarded:
             guard.review(exp, evidence)
         metrics.ANALYSIS_SECONDS.labels(exp.key).observe(time.perf_counter() - t0)

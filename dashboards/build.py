@@ -1,0 +1,267 @@
+"""The Grafana dashboards of this folder, as code, with Grafana's own grafana-foundation-sdk.
+
+    python dashboards/build.py           # regenerate dashboards/splitwatch-*.json
+    python dashboards/build.py --check   # exit 1 (naming the file) when a committed JSON differs
+
+Every panel's query is proven against a real Prometheus scraping the real processes
+(tests/test_dashboards.py), and every dashboard is checked against the SDK's models of Grafana's
+schema. Edit this file, never the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from grafana_foundation_sdk.builders import common as cb
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.builders import prometheus, stat, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import dashboard as dm
+
+HERE = Path(__file__).resolve().parent
+DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
+EXP = 'experiment=~"$experiment"'
+RATE = "[$__rate_interval]"
+
+
+def _query(expr: str, legend: str = "__auto", ref: str = "A") -> prometheus.Dataquery:
+    return prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref).datasource(DS)
+
+
+def _legend() -> cb.VizLegendOptions:
+    return cb.VizLegendOptions().display_mode(common.LegendDisplayMode.LIST).placement(
+        common.LegendPlacement.BOTTOM).show_legend(True).calcs([])
+
+
+def _tooltip() -> cb.VizTooltipOptions:
+    return cb.VizTooltipOptions().mode(common.TooltipDisplayMode.MULTI).sort(common.SortOrder.DESCENDING)
+
+
+def graph(title: str, unit: str, queries: Iterable[tuple[str, str]], description: str = "",
+          width: int = 12, height: int = 8) -> timeseries.Panel:
+    """Return a time-series panel of (expression, legend) queries."""
+    panel = (timeseries.Panel().title(title).datasource(DS).unit(unit).span(width).height(height)
+             .legend(_legend()).tooltip(_tooltip()).line_width(1).fill_opacity(8).show_points(
+                 common.VisibilityMode.NEVER))
+    for i, (expr, legend) in enumerate(queries):
+        panel = panel.with_target(_query(expr, legend, chr(65 + i)))
+    return panel.description(description) if description else panel
+
+
+def band(title: str, value: str, lower: str, upper: str, description: str) -> timeseries.Panel:
+    """Return a panel of one series with its interval drawn as a band (upper filled down to lower)."""
+    dashed = dm.DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [4, 4]})
+    return (graph(title, "percentunit", [(value, "effect"), (lower, "lower bound"), (upper, "upper bound")],
+                  description)
+            .override_by_name("upper bound", [dm.DynamicConfigValue(id_val="custom.fillBelowTo", value="lower bound"),
+                                              dm.DynamicConfigValue(id_val="custom.fillOpacity", value=20), dashed])
+            .override_by_name("lower bound", [dm.DynamicConfigValue(id_val="custom.fillOpacity", value=0), dashed])
+            .repeat("metric").repeat_direction("h").max_per_row(2))
+
+
+def _thresholds(*steps: tuple[float | None, str]) -> db.ThresholdsConfig:
+    return db.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE).steps(
+        [dm.Threshold(value=v, color=c) for v, c in steps])
+
+
+def status(title: str, expr: str, legend: str, mapping: dict[int, tuple[str, str]], description: str,
+           width: int = 8) -> stat.Panel:
+    """Return a stat panel whose values map to words and colours (verdict, SRM, guardrails)."""
+    mappings = [dm.ValueMap(options={str(k): dm.ValueMappingResult(text=t, color=c, index=i)
+                                     for i, (k, (t, c)) in enumerate(mapping.items())})]
+    return (stat.Panel().title(title).description(description).datasource(DS).span(width).height(5)
+            .with_target(_query(expr, legend)).mappings(mappings)
+            .thresholds(_thresholds((None, "text")))
+            .color_mode(common.BigValueColorMode.BACKGROUND).graph_mode(common.BigValueGraphMode.NONE)
+            .text_mode(common.BigValueTextMode.VALUE_AND_NAME)
+            .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False)))
+
+
+def _datasource() -> db.DatasourceVariable:
+    return db.DatasourceVariable("datasource").label("Data source").type("prometheus")
+
+
+def _label_variable(name: str, label: str, query: str, multi: bool = True) -> db.QueryVariable:
+    variable = (db.QueryVariable(name).label(label).datasource(DS).query(query)
+                .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED).sort(dm.VariableSort.ALPHABETICAL_ASC))
+    return variable.multi(True).include_all(True).all_value(".*") if multi else variable.multi(False)
+
+
+def _dashboard(uid: str, title: str, refresh: str, since: str, description: str) -> db.Dashboard:
+    return (db.Dashboard(title).uid(uid).description(description).tags(["splitwatch"]).refresh(refresh)
+            .time(since, "now").timezone("utc").tooltip(dm.DashboardCursorSync.CROSSHAIR)
+            .with_variable(_datasource()))
+
+
+def proxy_dashboard() -> db.Dashboard:
+    """Return the proxy's dashboard: traffic, errors, latency, tokens and event delivery per arm."""
+    requests = f"sum by (arm) (rate(splitwatch_requests_total{{{EXP}}}{RATE}))"
+    errors = f'sum by (arm) (rate(splitwatch_requests_total{{{EXP},status=~"5..|499"}}{RATE}))'
+    d = _dashboard("splitwatch-proxy", "splitwatch proxy", "30s", "now-6h",
+                   "Requests, errors, latency and tokens per arm; the proxy's overhead and its event delivery.")
+    d = d.with_variable(_label_variable("experiment", "Experiment", "label_values(splitwatch_requests_total, "
+                                                                    "experiment)"))
+    panels = [
+        graph("Requests per second by arm", "reqps", [(requests, "{{arm}}")]),
+        # an arm without errors shows 0, not "No data": errors or 0 x the arm's requests, per arm
+        graph("Error rate by arm (5xx and client disconnects)", "percentunit",
+              [(f"({errors} or 0 * {requests}) / {requests}", "{{arm}}")],
+              "Share of requests answered 5xx or left by the client (499), per arm; 0 on healthy traffic."),
+        graph("Upstream latency p50 by arm", "s", [(
+            f"histogram_quantile(0.5, sum by (arm, le) (rate(splitwatch_request_duration_seconds_bucket{{{EXP}}}"
+            f"{RATE})))", "{{arm}}")]),
+        graph("Upstream latency p95 by arm", "s", [(
+            f"histogram_quantile(0.95, sum by (arm, le) (rate(splitwatch_request_duration_seconds_bucket{{{EXP}}}"
+            f"{RATE})))", "{{arm}}")]),
+        graph("Time to first token p95 by arm (streams)", "s", [(
+            f"histogram_quantile(0.95, sum by (arm, le) (rate(splitwatch_time_to_first_token_seconds_bucket"
+            f"{{{EXP}}}{RATE})))", "{{arm}}")]),
+        graph("Completion tokens per request by arm", "short", [(
+            f'sum by (arm) (rate(splitwatch_tokens_total{{{EXP},kind="completion"}}{RATE})) / '
+            f'sum by (arm) (rate(splitwatch_requests_total{{{EXP},status="200"}}{RATE}))', "{{arm}}")]),
+        graph("Upstream errors by arm and reason", "reqps", [(
+            f"sum by (arm, reason) (rate(splitwatch_upstream_errors_total{{{EXP}}}{RATE})) or vector(0)",
+            "{{arm}} {{reason}}")]),
+        graph("Requests outside the experiment by reason", "reqps", [(
+            f"sum by (reason) (rate(splitwatch_unassigned_requests_total{{{EXP}}}{RATE})) or vector(0)",
+            "{{reason}}")]),
+        graph("Outcomes per second by metric", "reqps", [(
+            f"sum by (metric) (rate(splitwatch_outcomes_total{{{EXP}}}{RATE}))", "{{metric}}")]),
+        graph("Proxy overhead p99", "s", [(
+            f"histogram_quantile(0.99, sum by (le) (rate(splitwatch_proxy_overhead_seconds_bucket{RATE})))",
+            "p99")]),
+        graph("Kafka reachable (lowest across workers)", "short", [("min(splitwatch_kafka_connected)", "events"),
+                                                                  ("min(splitwatch_control_connected)", "control")]),
+        graph("Events in memory and on disk", "short", [
+            ("sum(splitwatch_events_queued) + sum(splitwatch_events_spooled)", "waiting")]),
+        graph("Events sent to Kafka per second", "short", [
+            (f"sum(rate(splitwatch_events_sent_total{RATE}))", "sent")]),
+        graph("Events dropped per second (must stay 0)", "short", [(
+            f"sum by (reason) (rate(splitwatch_events_dropped_total{RATE})) or vector(0)", "{{reason}}")]),
+    ]
+    for p in panels:
+        d = d.with_panel(p)
+    return d
+
+
+def kpi_dashboard() -> db.Dashboard:
+    """Return the experiments' dashboard: verdict, SRM, guardrails, KPIs and effects with intervals, rollout."""
+    metric = 'metric=~"$metric"'
+    d = _dashboard("splitwatch-kpis", "splitwatch experiment KPIs", "1m", "now-7d",
+                   "The live analysis: the verdict, sample ratio, guardrails, KPI values, effects with their "
+                   "intervals, p-values, and the rollout.")
+    d = (d.with_variable(_label_variable("experiment", "Experiment", "label_values(splitwatch_units, experiment)"))
+         .with_variable(_label_variable("metric", "Metric", 'label_values(splitwatch_metric_mean{experiment=~'
+                                                             '"$experiment"}, metric)'))
+         .with_variable(_label_variable("arm", "Treatment arm", 'label_values(splitwatch_effect_relative'
+                                                                '{experiment=~"$experiment"}, arm)', multi=False)))
+    panels = [
+        status("Verdict", f"splitwatch_verdict{{{EXP}}}", "{{experiment}}",
+               {2: ("ship", "green"), 1: ("keep running", "orange"), 0: ("roll back", "red"),
+                -1: ("invalid", "purple")},
+               "The live analysis' verdict from the metrics' roles (docs/analyzer.md); the weekly report says why."),
+        status("Sample ratio", f"min by (experiment) (splitwatch_srm_p_value{{{EXP}}}) < bool 0.001",
+               "{{experiment}}", {0: ("split as configured", "green"), 1: ("MISMATCH", "red")},
+               "Sequential sample ratio test (p < 0.001 is a mismatch): assignment or logging is broken."),
+        status("Guardrails", f"max by (metric) (splitwatch_guardrail_breached{{{EXP}}}) or vector(0)",
+               "{{metric}}", {0: ("holding", "green"), 1: ("BREACHED", "red")},
+               "A guardrail is breached when its harm's lower bound is above its margin."),
+        graph("Units per arm", "short", [(f"sum by (arm) (splitwatch_units{{{EXP}}})", "{{arm}}")]),
+        graph("KPI value per arm", "short", [(f"splitwatch_metric_mean{{{EXP},{metric}}}", "{{arm}} {{metric}}")]),
+        band("Relative effect of $arm on $metric, with its interval",
+             f'splitwatch_effect_relative{{{EXP},{metric},arm="$arm"}}',
+             f'splitwatch_effect_relative_lower{{{EXP},{metric},arm="$arm"}}',
+             f'splitwatch_effect_relative_upper{{{EXP},{metric},arm="$arm"}}',
+             "The relative effect against the control with the test's own interval (always valid when "
+             "sequential): the band excludes 0 exactly when the effect is significant."),
+        graph("p-value (adjusted, always valid)", "short", [(
+            f"min by (arm, metric) (splitwatch_p_value{{{EXP},{metric}}})", "{{arm}} {{metric}}")]),
+        graph("Sample ratio mismatch p-value (alert below 0.001)", "short", [(
+            f"splitwatch_srm_p_value{{{EXP}}}", "{{experiment}}")]),
+        graph("Events ingested into the lake per second", "short", [(
+            f"sum(rate(splitwatch_analyzer_events_ingested_total{RATE}))", "ingested")]),
+        graph("Invalid messages per second (must stay 0)", "short", [(
+            f"sum(rate(splitwatch_analyzer_invalid_events_total{RATE})) or vector(0)", "invalid")]),
+        graph("Seconds since the last analysis", "s", [(
+            f"time() - max by (experiment) (splitwatch_last_analysis_timestamp_seconds{{{EXP}}})", "{{experiment}}")]),
+        graph("Rollout: coverage in force (proxies: highest of their workers; analyzer: the control topic)",
+              "percentunit", [(f"splitwatch_experiment_coverage{{{EXP}}}", "{{experiment}} ({{job}})")],
+              "The share of units admitted to the experiment. The guard raises it step by step (rollout.steps); "
+              "proxies and the analyzer's view should agree within seconds."),
+        graph("Rollout: paused (1) or running (0)", "short", [(
+            f"splitwatch_experiment_paused{{{EXP}}}", "{{experiment}} ({{job}})")],
+            "Proxies report 1 only when every live worker applies the pause. A paused experiment serves everyone "
+            "the control arm until a person resumes it."),
+        graph("Rollout: state changes and rollbacks in the last hour", "short", [
+            (f"sum by (experiment, action, actor) (increase(splitwatch_control_changes_total{{{EXP}}}[1h]))",
+             "{{experiment}} {{action}} by {{actor}}"),
+            (f"sum by (experiment, reason) (increase(splitwatch_rollbacks_total{{{EXP}}}[1h]))",
+             "{{experiment}} rollback: {{reason}}")],
+            "Ramp steps, pauses and resumes read from the control topic, and the guard's automatic rollbacks by "
+            "reason (guardrail, srm, failures). The report's rollout timeline says who and why."),
+    ]
+    for p in panels:
+        d = d.with_panel(p)
+    return d
+
+
+def drift_dashboard() -> db.Dashboard:
+    """Return the drift detector's dashboard: verdicts, p-values and effect sizes per feature."""
+    d = _dashboard("splitwatch-drift", "splitwatch prompt drift", "1m", "now-7d",
+                   "Prompt-feature drift against the reference, per arm and feature (docs/drift.md).")
+    d = d.with_variable(_label_variable("experiment", "Experiment", "label_values(splitwatch_drift_reference_size, "
+                                                                    "experiment)"))
+    panels = [
+        graph("Drift detected (1) per arm and detector", "short", [(
+            f"max by (arm, detector) (splitwatch_drift_detected{{{EXP}}})", "{{arm}} {{detector}}")]),
+        graph("Adjusted p-value per feature (all arms)", "short", [(
+            f'min by (feature) (splitwatch_drift_p_value{{{EXP},arm="all"}})', "{{feature}}")]),
+        graph("Effect per feature (PSI; language: total variation)", "short", [(
+            f'max by (feature) (splitwatch_drift_score{{{EXP},arm="all"}})', "{{feature}}")]),
+        graph("Window size per arm", "short", [(
+            f"max by (arm) (splitwatch_drift_window_size{{{EXP}}})", "{{arm}}")]),
+        graph("Reference size", "short", [(
+            f"max by (experiment) (splitwatch_drift_reference_size{{{EXP}}})", "{{experiment}}")]),
+        graph("Exposures watched per second", "short", [(
+            f"sum by (experiment) (rate(splitwatch_drift_exposures_total{{{EXP}}}{RATE}))", "{{experiment}}")]),
+    ]
+    for p in panels:
+        d = d.with_panel(p)
+    return d
+
+
+DASHBOARDS = {"splitwatch-proxy.json": proxy_dashboard, "splitwatch-kpis.json": kpi_dashboard,
+              "splitwatch-drift.json": drift_dashboard}
+
+
+def render(build: db.Dashboard) -> str:
+    """Return a dashboard as the JSON Grafana imports (stable key order, trailing newline)."""
+    return json.dumps(json.loads(json.dumps(build.build(), cls=JSONEncoder)), indent=2, sort_keys=True) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write (or, with --check, compare) every dashboard; return the exit code."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="compare with the committed JSON instead of writing it")
+    args = ap.parse_args(argv)
+    stale = []
+    for name, make in DASHBOARDS.items():
+        text, path = render(make()), HERE / name
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(name)
+        else:
+            path.write_text(text)
+    if stale:
+        print(f"dashboards out of date: {', '.join(stale)}; run: python dashboards/build.py", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
