@@ -34,7 +34,7 @@ def _config(tmp_path: Path) -> Path:
     return path
 
 
-def _write_lake(tmp_path: Path, day: date, units: int = 60, days: int = 1) -> None:
+def _write_lake(tmp_path: Path, day: date, units: int = 60, days: int = 1, skew: bool = False) -> None:
     lake = Lake(tmp_path / "lake", writer=True)
     lake.recover()
     records, offset = [], 0
@@ -42,7 +42,7 @@ def _write_lake(tmp_path: Path, day: date, units: int = 60, days: int = 1) -> No
     rng = random.Random(3)
     for i in range(units):
         unit = f"u-{i}"
-        arm = "base" if bucket_of("support-ft", unit) < 5000 else "finetuned"
+        arm = "base" if bucket_of("support-ft", unit) < 5000 or (skew and i % 3 == 0) else "finetuned"
         ft = arm == "finetuned"
         ts = start + timedelta(days=i * days // units, seconds=i)
         common = {"experiment": "support-ft", "phase": 1, "arm": arm, "unit_id": unit, "request_id": f"r-{i}",
@@ -55,6 +55,10 @@ def _write_lake(tmp_path: Path, day: date, units: int = 60, days: int = 1) -> No
                    OutcomeEvent(**later, metric="escalated", value=float(rng.random() < 0.1))):
             records.append(Record(0, offset, ev.to_json()))
             offset += 1
+    if skew:  # and an outcome of a unit never exposed
+        orphan = OutcomeEvent(experiment="support-ft", phase=1, arm=None, unit_id="nobody", metric="resolved",
+                              value=1.0, ts=start)
+        records.append(Record(0, offset, orphan.to_json()))
     lake.write_batch(0, records)
     lake.close()
 
@@ -105,3 +109,18 @@ def test_from_alone_runs_to_today_and_the_format_follows_the_extension(tmp_path:
     unknown = subprocess.run(splitwatch_command("report", "--config", str(config), "--experiment", "nope"),
                              capture_output=True, text=True)
     assert unknown.returncode == 2 and "--experiment: no experiment 'nope'" in unknown.stderr
+
+
+def test_a_mismatch_and_data_quality_issues_are_banners_in_every_format(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    today = datetime.now(UTC).date()
+    _write_lake(tmp_path, today, units=600, skew=True)
+    args = ("--from", str(today))
+    md = _report(config, *args).stdout
+    assert "> **Error:** Sample ratio mismatch" in md and "> **Warning:** Data quality: 1 outcomes of units never " \
+        "exposed" in md
+    html = _report(config, *args, "--format", "html").stdout
+    assert '<div class="banner error">Sample ratio mismatch' in html and 'data-decision="invalid"' in html
+    report = json.loads(_report(config, *args, "--format", "json").stdout)
+    assert [b["level"] for b in report["banners"]] == ["error", "warning"]
+    assert report["verdict"]["decision"] == "invalid"

@@ -223,6 +223,7 @@ def to_dict(rep: Report) -> dict[str, Any]:
             "late_outcomes": d.late_outcomes, "forced_requests": d.forced_requests},
         "skipped_metrics": {**d.skipped, **(res.skipped if res is not None else {})},
         "verdict": rep.verdict.as_dict() if rep.verdict else None, "srm": _srm_dict(res),
+        "banners": [{"level": level, "text": text} for level, text in banners(rep)],
         "metrics": metric_vocabulary(rep), "drift": rep.drift, "timeline": rep.timeline, "results": []}
     for r in res.results if res else []:
         g = r.guardrail
