@@ -109,11 +109,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .analyzer.report import RENDERERS, build_report, exposure_days
 
     cfg = load_config(args.config)
+    start, end, default = _report_period(args)  # a bad date is named first
     if cfg.experiment(args.experiment) is None:
         raise ConfigError(f"--experiment: no experiment {args.experiment!r} in {args.config}; experiments: "
                           f"{[e.key for e in cfg.experiments]}")
     fmt = args.format or FORMAT_OF_SUFFIX.get(Path(args.output).suffix.lower() if args.output else "", "md")
-    start, end, default = _report_period(args)
     if end < start:
         raise ConfigError(f"--to {end} is before --from {start}")
     days = exposure_days(cfg, args.experiment)
