@@ -113,7 +113,7 @@ ALLOWED_STAGES = {
     "control": {"delivery"},
     "analyzer": {"delivery", "control"},
     "drift": {"delivery"},
-    "local": {"proxy", "delivery", "analyzer", "control"},
+    "local": {"proxy", "delivery", "analyzer", "control", "drift"},  # the demo runs the drift detector too
 }
 # The CLI starts every process and the package re-exports its public names: they may import any stage.
 # Every other shared module is a contract and imports no stage.
