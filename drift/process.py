@@ -18,8 +18,7 @@ from splitwatch.service.delivery.kafka_client import (
     ensure_topic,
     kafka_security_settings,
 )
-from splitwatch.service.delivery.shipper import KafkaSink
-from splitwatch.service.events import DriftEvent
+from splitwatch.service.delivery.shipper import EventOutbox, KafkaSink
 from splitwatch.service.status_server import Supervisor, start_status_server
 
 from .monitor import ExperimentMonitor
@@ -34,9 +33,9 @@ class DriftService:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.sink = KafkaSink(cfg.kafka)
-        self._outbox: list[DriftEvent] = []
+        self.outbox = EventOutbox(self.sink, "drift events")
         self._seen: OrderedDict[str, None] = OrderedDict()
-        self.monitors = {e.key: ExperimentMonitor(e.key, e.phase, cfg.drift, self._outbox.append)
+        self.monitors = {e.key: ExperimentMonitor(e.key, e.phase, cfg.drift, self.outbox.append)
                          for e in cfg.experiments}
         self.phases = {e.key: e.phase for e in cfg.experiments}
 
@@ -59,16 +58,6 @@ class DriftService:
             self._seen.popitem(last=False)
         monitor.add(ev.get("arm"), ev.get("features") or {})
 
-    def flush_events(self) -> None:
-        """Send pending drift events to Kafka; keep them for the next try if Kafka fails."""
-        if not self._outbox:
-            return
-        try:
-            self.sink.send([(e.key(), e.to_json()) for e in self._outbox])
-            self._outbox.clear()
-        except Exception as exc:  # the events wait for the next flush
-            log.warning("could not publish %d drift events (%s); retrying", len(self._outbox), exc)
-
     def _connect(self) -> Any:
         from kafka import KafkaConsumer
 
@@ -90,12 +79,12 @@ class DriftService:
                 for records in consumer.poll(timeout_ms=500).values():
                     for r in records:
                         self.handle(r.value)
-                self.flush_events()
+                self.outbox.flush()
                 if supervisor is not None:
                     supervisor.polled(lambda: consumer_connected(consumer))
         finally:
             consumer.close()
-            self.flush_events()
+            self.outbox.flush()
             self.sink.close()
 
 

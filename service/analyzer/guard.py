@@ -22,8 +22,7 @@ from .. import metrics
 from ..config import Config, ExperimentConfig
 from ..control.channel import Control, ControlUnavailable
 from ..control.state import ExperimentState
-from ..delivery.shipper import KafkaSink
-from ..events import ControlEvent
+from ..delivery.shipper import EventOutbox, KafkaSink
 from .analysis import analyze_data
 from .fast_path import FailureMonitor, decode
 from .guard_policy import Evidence, GuardAction, GuardMemory, decide, evidence_from_result, step_index
@@ -38,11 +37,10 @@ class RolloutGuard:
     def __init__(self, cfg: Config, control: Control, sink: KafkaSink | None) -> None:
         self.cfg = cfg
         self.control = control
-        self.sink = sink
+        self.outbox = None if sink is None else EventOutbox(sink, "control events")
         self.lock = threading.RLock()
         self.memory: dict[str, GuardMemory] = {}
         self.monitors: dict[str, FailureMonitor] = {}
-        self._outbox: list[ControlEvent] = []
         for exp in cfg.experiments:  # counters start at 0, so that the first rollback is an increase
             for reason in ("guardrail", "srm", "failures"):
                 metrics.ROLLBACKS.labels(exp.key, reason)
@@ -170,17 +168,7 @@ class RolloutGuard:
         else:
             log.warning("guard: %s phase %d coverage %.4g -> %.4g: %s", exp.key, exp.phase, st.coverage,
                         new.coverage, action.reason)
-        self._outbox.append(new.to_event())
-        self.flush_events()
+        if self.outbox is not None:
+            self.outbox.append(new.to_event())
+            self.outbox.flush()
         return True
-
-    def flush_events(self) -> None:
-        """Send pending control events to the events topic; keep them for the next try if Kafka fails."""
-        if not self._outbox or self.sink is None:
-            return
-        try:
-            self.sink.send([(e.key(), e.to_json()) for e in self._outbox])
-            self._outbox.clear()
-        except Exception as exc:
-            log.warning("guard: could not publish %d control events (%s); retrying", len(self._outbox), exc)
-

@@ -24,11 +24,13 @@ from pydantic import ValidationError
 
 from ..config import KafkaConfig
 from ..delivery.kafka_client import consumer_connected, ensure_topic, kafka_security_settings
+from ..delivery.shipper import KafkaSink
 from .state import ExperimentState, StateTable, parse_state
 
 log = logging.getLogger(__name__)
 CACHE_FILE = "control-state.json"
 POLL_MS = 200
+TOPIC_CONFIGS = {"cleanup.policy": "compact"}
 RECONNECT_AFTER_S = 10.0  # a consumer cut off this long is rebuilt (a restarted broker may have lost the topic)
 
 
@@ -158,8 +160,9 @@ class KafkaControl(_Base):
         self.connected = False
         self.caught_up = threading.Event()
         self.last_error: str | None = None
-        self._producer: Any = None
-        self._producer_lock = threading.Lock()
+        # one partition (a total order of changes), compacted (the newest state per experiment stays)
+        self._sink = KafkaSink(kafka, kafka.control_topic, partitions=1, topic_configs=TOPIC_CONFIGS)
+        self._sink_lock = threading.Lock()  # admin calls of one worker may publish concurrently
         self._thread = threading.Thread(target=self._run, name=f"splitwatch-control-{name}", daemon=True)
 
     def start(self) -> KafkaControl:
@@ -187,16 +190,12 @@ class KafkaControl(_Base):
         if self.on_connected is not None:
             self.on_connected(value)
 
-    def _ensure_topic(self) -> None:
-        k = self.kafka
-        ensure_topic(k, timeout_ms=min(k.request_timeout_ms, 5000), topic=k.control_topic, partitions=1,
-                     topic_configs={"cleanup.policy": "compact"})
-
     def _connect(self) -> Any:
         from kafka import KafkaConsumer, TopicPartition
 
         k = self.kafka
-        self._ensure_topic()
+        ensure_topic(k, timeout_ms=min(k.request_timeout_ms, 5000), topic=k.control_topic, partitions=1,
+                     topic_configs=TOPIC_CONFIGS)
         consumer = KafkaConsumer(
             bootstrap_servers=k.bootstrap_servers, client_id=f"{k.client_id}-control-{self.name}", group_id=None,
             enable_auto_commit=False, auto_offset_reset="earliest", request_timeout_ms=max(k.request_timeout_ms, 1000),
@@ -283,38 +282,19 @@ class KafkaControl(_Base):
         """Write a change to the control topic and wait for Kafka's acknowledgement.
 
         Raises :class:`ControlUnavailable` when Kafka does not acknowledge it: the change may then
-        not have been made (or, if only the acknowledgement was lost, it will apply).
+        not have been made (or, if only the acknowledgement was lost, it will apply). A duplicate
+        (a retry whose first try did land) is harmless: it carries the same revision.
         """
-        from kafka import KafkaProducer
-
-        k = self.kafka
-        with self._producer_lock:
+        with self._sink_lock:
             try:
-                if self._producer is None:
-                    self._ensure_topic()
-                    # no idempotence: a restarted broker loses producer ids (design notes); the
-                    # revision makes a duplicate harmless anyway
-                    self._producer = KafkaProducer(
-                        bootstrap_servers=k.bootstrap_servers, client_id=f"{k.client_id}-control-{self.name}",
-                        acks="all", enable_idempotence=False, retries=0,
-                        request_timeout_ms=k.request_timeout_ms, max_block_ms=k.request_timeout_ms,
-                        **kafka_security_settings(k))
-                self._producer.send(k.control_topic, key=state.experiment.encode(), value=state.to_json()) \
-                    .get(timeout=k.request_timeout_ms / 1000)
-            except Exception as exc:
-                if self._producer is not None:
-                    with contextlib.suppress(Exception):
-                        self._producer.close(timeout=0)
-                    self._producer = None
-                raise ControlUnavailable(f"control topic {k.control_topic} unreachable: "
+                self._sink.send([(state.experiment.encode(), state.to_json())])
+            except Exception as exc:  # the sink closed its producer; the next publish builds a new one
+                raise ControlUnavailable(f"control topic {self.kafka.control_topic} unreachable: "
                                          f"{type(exc).__name__}: {exc}") from exc
 
     def stop(self) -> None:
         """Stop reading and close the producer."""
         super().stop()
-        with self._producer_lock:
-            if self._producer is not None:
-                with contextlib.suppress(Exception):
-                    self._producer.close(timeout=1)
-                self._producer = None
+        with self._sink_lock:
+            self._sink.close()
         self._thread.join(2)

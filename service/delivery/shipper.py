@@ -122,10 +122,18 @@ class SinkUnavailable(Exception):
 
 
 class KafkaSink:
-    """Sends batches of records to the topic with a kafka-python producer, rebuilt after any failure."""
+    """Sends batches of records to a topic with a kafka-python producer, rebuilt after any failure.
 
-    def __init__(self, cfg: KafkaConfig) -> None:
+    The events topic by default; ``topic`` (created with ``partitions`` and ``topic_configs`` if
+    missing) for another one, such as the control topic.
+    """
+
+    def __init__(self, cfg: KafkaConfig, topic: str | None = None, partitions: int | None = None,
+                 topic_configs: dict[str, str] | None = None) -> None:
         self.cfg = cfg
+        self.topic = topic or cfg.topic
+        self._partitions = partitions
+        self._topic_configs = topic_configs
         self._producer: Any = None
 
     def _connect(self) -> Any:
@@ -133,7 +141,8 @@ class KafkaSink:
 
         # A restarted broker may have lost the topic; auto-creation under concurrent produce was seen
         # to lose acknowledged writes, so the topic is created explicitly before producing.
-        ensure_topic(self.cfg, timeout_ms=min(self.cfg.request_timeout_ms, 5000))
+        ensure_topic(self.cfg, timeout_ms=min(self.cfg.request_timeout_ms, 5000), topic=self.topic,
+                     partitions=self._partitions, topic_configs=self._topic_configs)
         # Idempotence is off: a broker restart loses the producer id and an idempotent producer then
         # fails every send until rebuilt. Ordering comes from sending one batch at a time; duplicates
         # from resending a failed batch are removed by event_id downstream.
@@ -159,7 +168,7 @@ class KafkaSink:
             except Exception as exc:
                 raise SinkUnavailable(exc) from exc
         try:
-            futures = [self._producer.send(self.cfg.topic, key=k, value=v) for k, v in records]
+            futures = [self._producer.send(self.topic, key=k, value=v) for k, v in records]
             self._producer.flush(timeout=self.cfg.request_timeout_ms / 1000)
             for f in futures:
                 f.get(timeout=0)  # raises the send's error, or KafkaTimeoutError if not acknowledged
@@ -173,6 +182,33 @@ class KafkaSink:
             with contextlib.suppress(Exception):
                 self._producer.close(timeout=0)
             self._producer = None
+
+
+class EventOutbox:
+    """Events a background process publishes (drift verdicts, rollout changes), kept until Kafka takes them.
+
+    Not the proxy's spool: these are few, and a process that cannot reach Kafka keeps them in memory
+    and tries again at its next :meth:`flush`.
+    """
+
+    def __init__(self, sink: KafkaSink, what: str) -> None:
+        self.sink = sink
+        self.what = what  # "drift events", "control events": for the log line
+        self.pending: list[Any] = []
+
+    def append(self, event: Any) -> None:
+        """Keep an event (anything with ``key()`` and ``to_json()``) for the next flush."""
+        self.pending.append(event)
+
+    def flush(self) -> None:
+        """Send the pending events; keep them for the next try if Kafka fails."""
+        if not self.pending:
+            return
+        try:
+            self.sink.send([(e.key(), e.to_json()) for e in self.pending])
+            self.pending.clear()
+        except Exception as exc:  # the events wait for the next flush
+            log.warning("could not publish %d %s (%s); retrying", len(self.pending), self.what, exc)
 
 
 class Shipper:
