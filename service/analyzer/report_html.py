@@ -141,21 +141,22 @@ def _section(rep: Report, role: str, rows: list[MetricResult], vocab: dict[str, 
                 *(["p adjusted", "chance to win"] if role in ("primary", "secondary") else []), "decision"]
     body = []
     for r in rows:
-        cells = [_metric_cell(r, vocab), esc(r.arm), fmt_num(r.control.estimate), fmt_num(r.treatment.estimate)]
+        # every cell is HTML: text is escaped here (a p-value "<0.001" included), markup is not
+        cells = [_metric_cell(r, vocab), esc(r.arm), esc(fmt_num(r.control.estimate)),
+                 esc(fmt_num(r.treatment.estimate))]
         if guardrails and r.guardrail is not None:
             g = r.guardrail
             margin = f"{g.margin * 100:.3g}%" if g.relative else fmt_num(g.margin)
-            cells += [fmt_interval(g.harm, g.lower, g.upper, percent=g.relative) + f" vs {margin}",
+            cells += [esc(fmt_interval(g.harm, g.lower, g.upper, percent=g.relative) + f" vs {margin}"),
                       interval_svg(r, axis), _badge(g.status.replace("_", " "), g.status)]
         else:
-            cells += [fmt_interval(r.effect.relative, *(r.effect.relative_ci or (None, None)), percent=True),
-                      interval_svg(r, axis), fmt_p(r.p_value)]
+            cells += [esc(fmt_interval(r.effect.relative, *(r.effect.relative_ci or (None, None)), percent=True)),
+                      interval_svg(r, axis), esc(fmt_p(r.p_value))]
             if role in ("primary", "secondary"):
-                cells += [fmt_p(r.p_value_adjusted), f"{r.bayesian.chance_to_win:.0%}"]
+                cells += [esc(fmt_p(r.p_value_adjusted)), f"{r.bayesian.chance_to_win:.0%}"]
             cells.append(_badge(r.decision, r.decision))
-        body.append("<tr>" + "".join(
-            f'<td class="{"num" if i in (2, 3, 4) else ""}">{c if i in (0, 5) or c.startswith("<") else esc(c)}</td>'
-            for i, c in enumerate(cells)) + "</tr>")
+        body.append("<tr>" + "".join(f'<td class="{"num" if i in (2, 3, 4) else ""}">{c}</td>'
+                                     for i, c in enumerate(cells)) + "</tr>")
     header = "".join(f"<th>{esc(h)}</th>" if h != "interval" else f"<th>{_axis_labels(axis, guardrails)}</th>"
                      for h in head)
     return (f'<h2 id="{role}">{esc(TITLES[role])}</h2><table class="results" data-role="{role}"><tr>{header}</tr>'
