@@ -74,7 +74,7 @@ def _katz_log_ratio(control: SampleStats, treatment: SampleStats) -> tuple[float
     return math.log(x1 / n1) - math.log(x0 / n0), max(0.0, 1 / x1 - 1 / n1 + 1 / x0 - 1 / n0)
 
 
-def _agresti_caffo(x0: float, n0: float, x1: float, n1: float) -> tuple[float, float]:
+def agresti_caffo(x0: float, n0: float, x1: float, n1: float) -> tuple[float, float]:
     """Return the difference of proportions with one success and one failure added to each arm, and its variance."""
     p0, p1 = (x0 + 1) / (n0 + 2), (x1 + 1) / (n1 + 2)
     return p1 - p0, p0 * (1 - p0) / (n0 + 2) + p1 * (1 - p1) / (n1 + 2)
@@ -95,7 +95,7 @@ def _binary_bounds(control: SampleStats, treatment: SampleStats, spec: Guardrail
             method = "katz_log_ratio_adjusted"
         return math.exp(log_rr - h) - 1, math.exp(log_rr + h) - 1, method
     if spec.sequential:
-        d, v = _agresti_caffo(control.sum, control.n, treatment.sum, treatment.n)
+        d, v = agresti_caffo(control.sum, control.n, treatment.sum, treatment.n)
         h = one_sided_halfwidth(v, n, spec.alpha, spec.n_star)
         return d - h, d + h, "agresti_caffo_msprt_one_sided"
     lo, hi = newcombe_interval(control, treatment, 2 * spec.alpha)
@@ -169,5 +169,5 @@ def rate_excess_lower_bound(control_events: int, control_n: int, treatment_event
     """
     if min(control_n, treatment_n) < 1:
         raise InvalidStatistics("an arm has no requests")
-    d, v = _agresti_caffo(control_events, control_n, treatment_events, treatment_n)
+    d, v = agresti_caffo(control_events, control_n, treatment_events, treatment_n)
     return d - one_sided_halfwidth(v, control_n + treatment_n, alpha, n_star)

@@ -21,7 +21,7 @@ import numpy as np
 
 from splitwatch.stats import AnalysisOptions, MetricDefinition, SampleStats, analyze
 from splitwatch.stats._dist import norm_ppf
-from splitwatch.stats.guardrails import rate_excess_lower_bound
+from splitwatch.stats.guardrails import agresti_caffo, rate_excess_lower_bound
 from splitwatch.stats.srm import DEFAULT_SRM_ALPHA, srm_arm_counts, srm_sequential
 
 from ..analyzer.guard_policy import Evidence, GuardMemory, decide, evidence_from_result
@@ -71,9 +71,8 @@ def _fast_evidence(sc: Scenario, n0: int, x0: int, n1: int, x1: int) -> Evidence
     if min(n0, n1) >= 2:
         # Pre-filter: a confidence sequence is never narrower than the fixed-n one-sided bound (checked
         # in the tests), so a difference within z * sd of the margin cannot be a breach.
-        p0, p1 = (x0 + 1) / (n0 + 2), (x1 + 1) / (n1 + 2)
-        sd = math.sqrt(p0 * (1 - p0) / (n0 + 2) + p1 * (1 - p1) / (n1 + 2))
-        if p1 - p0 - sc.margin > norm_ppf(1 - sc.alpha) * sd:
+        difference, variance = agresti_caffo(x0, n0, x1, n1)
+        if difference - sc.margin > norm_ppf(1 - sc.alpha) * math.sqrt(variance):
             lower = rate_excess_lower_bound(x0, n0, x1, n1, sc.alpha, sc.n_star)
             if lower > sc.margin:
                 breaches.append({"test": "guardrail", "metric": "escalated", "arm": "finetuned",

@@ -50,7 +50,7 @@ class Runtime:
 
     def _applied(self, state: ExperimentState) -> None:
         """A change reached this worker: log it and update the state gauges of the current phase."""
-        exp = self.snapshot.config.experiment(state.experiment) if hasattr(self, "snapshot") else None
+        exp = self.snapshot.config.experiment(state.experiment)
         current = exp is not None and exp.phase == state.phase
         log.info("control: %s phase %d %s (coverage %.4g, %s) by %s%s: %s [revision %d]%s", state.experiment,
                  state.phase, state.status, state.coverage, state.action, state.actor,
