@@ -48,6 +48,20 @@ def categorical(reference: np.ndarray, window: np.ndarray, n_categories: int, p_
     return float(np.asarray(out["p_val"]).ravel()[0])
 
 
+def categorical_many(reference: np.ndarray, window: np.ndarray, categories: list[int],
+                     p_val: float = 0.05) -> np.ndarray:
+    """Return the chi-square p-value of each column of categorical codes (column j coded 0..categories[j]-1).
+
+    One detector for all columns: alibi's per-detector overhead is paid once. Every category of a
+    column must occur in the reference or the window (remap codes to the categories seen first).
+    """
+    from alibi_detect.cd import ChiSquareDrift
+
+    detector = ChiSquareDrift(reference, p_val=p_val, categories_per_feature=dict(enumerate(categories)))
+    out = detector.predict(window, drift_type="feature", return_p_val=True)["data"]
+    return np.asarray(out["p_val"], dtype=float).ravel()
+
+
 def classifier(reference: np.ndarray, window: np.ndarray, p_val: float = 0.05, seed: int = 0) -> tuple[float, float]:
     """Return (p-value, distance) of a domain classifier telling reference rows from window rows.
 

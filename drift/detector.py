@@ -1,10 +1,12 @@
-"""Tests one window of exposures against the reference: per-feature univariate tests, a chi-square
-test of the language mix, effect sizes, and optionally a domain classifier as a second opinion.
+"""Tests one window of exposures against the reference: every prompt feature by the test of its
+kind (drift/columns.py), the language mix, the topic mix (drift/topics.py), and optionally a
+domain classifier as a second opinion.
 
-Multiple testing: the raw p-values of all univariate tests (each numeric feature and the
-language mix) are adjusted together, Benjamini-Hochberg by default (``correction``). A feature
-drifts when its adjusted p-value is below ``p_val`` *and* its effect is at least the configured
-minimum (PSI for numeric features, total variation distance for the language mix): with
+Multiple testing: the raw p-values of all columns are adjusted together, Benjamini-Hochberg by
+default (``correction``). A column drifts when its adjusted p-value is below ``p_val`` *and* its
+effect reaches the minimum of its kind (PSI ``min_psi`` for continuous features, total variation
+``min_tvd`` for binary features and counts, ``min_language_tvd`` for the language mix,
+``min_topic_excess`` for the topic: word weight moved beyond chance, drift/topics.py): with
 thousands of prompts per window every tiny difference is significant, and an alarm must mean
 something.
 """
@@ -17,12 +19,22 @@ from typing import Literal
 
 import numpy as np
 
-from splitwatch.service.features import NUMERIC_FEATURES
-from splitwatch.stats.multiple_testing import adjust_p_values
+from splitwatch.service.features import PROMPT_FEATURES, FeatureSpec
 
 from . import alibi_adapter
-from .effect import psi, total_variation
+from .columns import (
+    Column,
+    ColumnReport,
+    ExternalTest,
+    describe_categories,
+    describe_mean,
+    describe_mean_share,
+    describe_median,
+    describe_nonzero,
+    test_columns,
+)
 from .reference import Reference
+from .topics import reference_mass, topic_test, word_mass
 
 OTHER = "other"
 MIN_LANGUAGE_SHARE = 0.01
@@ -36,36 +48,38 @@ class DriftSettings:
     p_val: float = 0.05
     correction: Literal["bh", "holm", "bonferroni"] = "bh"
     min_psi: float = 0.1
+    min_tvd: float = 0.1
     min_language_tvd: float = 0.1
+    min_topic_excess: float = 0.04
     classifier: bool = False
 
 
-@dataclass(frozen=True)
-class FeatureDrift:
-    """One feature's test in one window."""
-
-    feature: str
-    p_value: float
-    p_adjusted: float
-    statistic: float  # KS distance (or Cramér-von Mises statistic)
-    effect: float  # PSI for numeric features, total variation distance for the language mix
-    drifted: bool
-
-
 @dataclass
-class DriftReport:
-    """The verdict on one window."""
+class DriftReport(ColumnReport):
+    """The verdict on one window of prompts."""
 
-    window_size: int
-    features: list[FeatureDrift]
-    detected: bool
     classifier_p: float | None = None
     classifier_distance: float | None = None
-    language_shares: dict[str, float] = field(default_factory=dict)
+    language_shares: dict[str, float] = field(default_factory=dict)  # every language seen, unpooled
 
-    def feature(self, name: str) -> FeatureDrift:
-        """Return the test of one feature (``language`` for the language mix)."""
-        return next(f for f in self.features if f.feature == name)
+
+def _describer(spec: FeatureSpec):  # type: ignore[no-untyped-def]
+    if spec.kind == "binary" or (spec.kind == "count" and spec.label.startswith("prompts with")):
+        return describe_nonzero(spec.label, spec.unit if spec.kind == "binary" else "of prompts")
+    if spec.kind == "count":
+        return describe_mean(spec.label, spec.unit)
+    if spec.unit.startswith("of "):
+        return describe_mean_share(spec.label, spec.unit)
+    return describe_median(spec.label, spec.unit)
+
+
+def _column_values(spec: FeatureSpec, values: np.ndarray) -> np.ndarray:
+    """Return a feature's column: values (continuous), 0/1 codes (binary), counts capped (count)."""
+    if spec.kind == "binary":
+        return (values > 0).astype(np.int64)
+    if spec.kind == "count":
+        return np.clip(values, 0, spec.cap).astype(np.int64)
+    return values
 
 
 class DriftDetector:
@@ -75,44 +89,62 @@ class DriftDetector:
         if reference.size < 50:
             raise ValueError(f"a reference needs at least 50 rows, got {reference.size}")
         self.reference = reference
-        self.settings = settings or DriftSettings()
-        # Languages with at least 1% of the reference are categories; rarer ones (and the identifier's
-        # guesses on very short prompts) are pooled as "other", so the chi-square test has counts.
+        s = self.settings = settings or DriftSettings()
+        # Languages with at least 1% of the reference are the test's categories; rarer ones (and the
+        # identifier's guesses on very short prompts) are pooled as "other" so that the chi-square has
+        # counts. The description and the shares use every language, unpooled.
         shares = {lang: reference.languages.count(lang) / reference.size for lang in set(reference.languages)}
         self.categories = [*sorted(lang for lang, share in shares.items() if share >= MIN_LANGUAGE_SHARE), OTHER]
         self._codes = {c: i for i, c in enumerate(self.categories)}
-        self._ref_codes = self._encode(reference.languages)
+        self._topic_reference = reference_mass(reference.topics)
+        self.columns: list[Column] = []
+        for spec in PROMPT_FEATURES:
+            if spec.kind == "continuous":
+                self.columns.append(Column(spec.name, "continuous", spec.group, s.min_psi, _describer(spec)))
+            else:
+                self.columns.append(Column(spec.name, "categorical", spec.group, s.min_tvd, _describer(spec),
+                                           2 if spec.kind == "binary" else spec.cap + 1))
+        self._language_column = Column("language", "categorical", "language", s.min_language_tvd,
+                                       self._describe_language, len(self.categories))
+        self.columns.append(self._language_column)
+        self.columns.append(Column("topic", "external", "topic", s.min_topic_excess, lambda r, w: ""))
+        self._reference_columns = self._columns(reference.numeric, reference.languages)
+        self._window_languages: list[str] = []
 
     def _encode(self, languages: Sequence[str]) -> np.ndarray:
         other = self._codes[OTHER]
         return np.asarray([self._codes.get(lang, other) for lang in languages], dtype=np.int64)
 
-    def test(self, numeric: np.ndarray, languages: Sequence[str]) -> DriftReport:
-        """Return the drift verdict of a window of feature rows and their languages."""
+    def _columns(self, numeric: np.ndarray, languages: Sequence[str]) -> dict[str, np.ndarray]:
+        cols = {spec.name: _column_values(spec, numeric[:, i]) for i, spec in enumerate(PROMPT_FEATURES)}
+        cols["language"] = self._encode(languages)
+        return cols
+
+    def _describe_language(self, _ref: np.ndarray, _win: np.ndarray) -> str:
+        # unpooled: a language under 1% of the reference (pooled as "other" for the test) is named
+        ref, win = self.reference.languages, self._window_languages
+        names = sorted(set(ref) | set(win))
+        index = {n: i for i, n in enumerate(names)}
+        return describe_categories("language", names, "of prompts")(np.asarray([index[x] for x in ref]),
+                                                                   np.asarray([index[x] for x in win]))
+
+    def test(self, numeric: np.ndarray, languages: Sequence[str], topics: np.ndarray | None = None) -> DriftReport:
+        """Return the drift verdict of a window: feature rows, their languages and topic sketches."""
         s = self.settings
-        if numeric.shape[0] < 2 or numeric.shape[1] != len(NUMERIC_FEATURES):
-            raise ValueError(f"a window needs >= 2 rows of {len(NUMERIC_FEATURES)} features")
-        uni = alibi_adapter.univariate(self.reference.numeric, numeric, s.test, s.p_val, "bonferroni")
-        codes = self._encode(languages)
-        # only the categories seen in either sample: an empty column makes the chi-square undefined
-        present = np.unique(np.concatenate([self._ref_codes, codes]))
-        remap = np.full(len(self.categories), -1, dtype=np.int64)
-        remap[present] = np.arange(present.size)
-        lang_p = (alibi_adapter.categorical(remap[self._ref_codes], remap[codes], int(present.size), s.p_val)
-                  if present.size > 1 else 1.0)
-        raw = [*uni.p_values.tolist(), lang_p]
-        adjusted = adjust_p_values(raw, s.correction)
-        features = []
-        for i, name in enumerate(NUMERIC_FEATURES):
-            effect = psi(self.reference.numeric[:, i], numeric[:, i])
-            features.append(FeatureDrift(name, raw[i], adjusted[i], float(uni.distances[i]), effect,
-                                         adjusted[i] < s.p_val and effect >= s.min_psi))
-        tvd = total_variation(self._ref_codes, codes, len(self.categories))
-        features.append(FeatureDrift("language", lang_p, adjusted[-1], tvd, tvd,
-                                     adjusted[-1] < s.p_val and tvd >= s.min_language_tvd))
-        report = DriftReport(int(numeric.shape[0]), features, any(f.drifted for f in features))
-        counts = np.bincount(codes, minlength=len(self.categories)) / len(codes)
-        report.language_shares = {c: float(v) for c, v in zip(self.categories, counts, strict=True) if v > 0}
+        if numeric.ndim != 2 or numeric.shape[0] < 2 or numeric.shape[1] != len(PROMPT_FEATURES):
+            raise ValueError(f"a window needs >= 2 rows of {len(PROMPT_FEATURES)} features")
+        self._window_languages = list(languages)
+        window = self._columns(numeric, languages)
+        external = {}
+        topic = topic_test(self._topic_reference, word_mass(topics)) if topics is not None else None
+        if topic is not None:
+            external["topic"] = ExternalTest("permutation", topic.p_value, topic.tvd, topic.excess, topic.describe())
+        base = test_columns(self.columns, self._reference_columns, window, s.test, s.p_val, s.correction, external)
+        report = DriftReport(base.window_size, base.features, base.groups)
+        counts: dict[str, int] = {}
+        for lang in languages:
+            counts[lang] = counts.get(lang, 0) + 1
+        report.language_shares = {k: v / len(languages) for k, v in sorted(counts.items())}
         if s.classifier:
             report.classifier_p, report.classifier_distance = alibi_adapter.classifier(self.reference.numeric,
                                                                                        numeric, s.p_val)

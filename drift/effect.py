@@ -11,18 +11,24 @@ import numpy as np
 def psi(reference: np.ndarray, window: np.ndarray, bins: int = 10) -> float:
     """Return the population stability index of a window against the reference (quantile bins).
 
-    Rule of thumb: < 0.1 stable, 0.1-0.25 moderate shift, > 0.25 large shift.
+    The bins are cut at the reference's interior deciles, each bin closed on the right: a value that
+    many reference rows share (0 digits, a constant column) is one bin's edge and so has that bin to
+    itself instead of merging with everything else. Values below the reference's minimum and above
+    its maximum get a bin each, so a window that leaves the reference's range (answers of 2 tokens
+    against a reference of 8) always counts. Rule of thumb: < 0.1 stable, 0.1-0.25 moderate shift,
+    > 0.25 large shift.
     """
-    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)))
-    if edges.size < 2:  # a constant reference: one bin for its value, one for the rest
-        ref_share = np.array([1.0, 0.0])
-        win_share = np.array([np.mean(window == reference[0]), np.mean(window != reference[0])])
-    else:
-        edges[0], edges[-1] = -np.inf, np.inf
-        ref_share = np.histogram(reference, edges)[0] / reference.size
-        win_share = np.histogram(window, edges)[0] / window.size
+    interior = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
+    lo, hi = float(np.min(reference)), float(np.max(reference))
+    k = interior.size + 3  # the interior bins, then "below the minimum", then "above the maximum"
+
+    def shares(x: np.ndarray) -> np.ndarray:
+        idx = np.searchsorted(interior, x, side="left")
+        idx[x < lo], idx[x > hi] = k - 2, k - 1
+        return np.bincount(idx, minlength=k) / x.size
+
     eps = 1e-4
-    ref_share, win_share = np.clip(ref_share, eps, None), np.clip(win_share, eps, None)
+    ref_share, win_share = np.clip(shares(reference), eps, None), np.clip(shares(window), eps, None)
     return float(np.sum((win_share - ref_share) * np.log(win_share / ref_share)))
 
 

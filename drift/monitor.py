@@ -1,5 +1,6 @@
-"""One experiment's drift watch: its reference, a window per arm and one over all arms, and what
-each test of a window exports (gauges) and publishes (a drift event when the verdict changes)."""
+"""One experiment's drift watch: its prompts' reference and windows (per arm and over all arms),
+each arm's answers against that arm's own reference, and what each test exports (gauges) and
+publishes (a drift event when a verdict changes)."""
 
 from __future__ import annotations
 
@@ -9,22 +10,28 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from splitwatch.service import metrics
 from splitwatch.service.config import DriftConfig
 from splitwatch.service.events import DriftEvent
 from splitwatch.service.features import LANGUAGES
 
-from .detector import DriftDetector, DriftReport, DriftSettings
-from .reference import Reference, feature_row
+from .columns import ColumnReport
+from .detector import OTHER, DriftDetector, DriftReport, DriftSettings
+from .output import FINISH_REASONS, OUTPUT_FEATURES, OutputDetector, OutputReference, as_columns, output_row
+from .reference import Reference, ReferenceMismatch, feature_row
 from .windows import SlidingWindow
 
 log = logging.getLogger(__name__)
 ALL_ARMS = "all"
+STAGE_COLLECTING, STAGE_FILLING, STAGE_JUDGING = 0, 1, 2
 
 
 def settings_of(cfg: DriftConfig) -> DriftSettings:
     """Return the detector settings of the config."""
-    return DriftSettings(cfg.test, cfg.p_val, cfg.correction, cfg.min_psi, cfg.min_language_tvd, cfg.classifier)
+    return DriftSettings(cfg.test, cfg.p_val, cfg.correction, cfg.min_psi, cfg.min_tvd, cfg.min_language_tvd,
+                         cfg.min_topic_excess, cfg.classifier)
 
 
 def reference_from_file(path: str | Path, languages: tuple[str, ...] = LANGUAGES) -> Reference:
@@ -42,8 +49,12 @@ def reference_from_file(path: str | Path, languages: tuple[str, ...] = LANGUAGES
     return Reference.from_texts(lines, f"file {p}", languages)
 
 
+PromptRow = tuple[list[float], str, list[float]]
+OutputRow = tuple[float, int, int, int, int]
+
+
 class ExperimentMonitor:
-    """Collects or loads the reference, then tests sliding windows against it."""
+    """Collects or loads the references, then tests sliding windows against them."""
 
     def __init__(self, experiment: str, phase: int, cfg: DriftConfig,
                  publish: Callable[[DriftEvent], None]) -> None:
@@ -52,24 +63,44 @@ class ExperimentMonitor:
         self.state = Path(cfg.state_dir) / experiment
         self.detector: DriftDetector | None = None
         self._collecting: list[dict[str, Any]] = []
-        self.windows: dict[str, SlidingWindow] = {}
+        self.windows: dict[str, SlidingWindow[PromptRow]] = {}
         self.verdicts: dict[tuple[str, str], bool] = {}
         self.reports: dict[str, DriftReport] = {}
-        reference = Reference.load(self.state)
-        if reference is not None:
-            log.info("drift %s: loaded the persisted reference (%d rows, %s)", experiment, reference.size,
-                     reference.source)
-        elif cfg.reference_file:
+        self.outputs: dict[str, OutputDetector] = {}
+        self._output_collecting: dict[str, list[OutputRow]] = {}
+        self.output_windows: dict[str, SlidingWindow[OutputRow]] = {}
+        self.output_reports: dict[str, ColumnReport] = {}
+        self.languages = [*(cfg.languages or []), OTHER]
+        metrics.DRIFT_STAGE.labels(experiment).set(STAGE_COLLECTING)
+        reference = self._load_reference()
+        if reference is None and cfg.reference_file:
             reference = reference_from_file(cfg.reference_file, tuple(cfg.languages))
             reference.save(self.state)
             log.info("drift %s: reference of %d rows from %s", experiment, reference.size, cfg.reference_file)
         if reference is not None:
             self._use(reference)
 
+    def _load_reference(self) -> Reference | None:
+        try:
+            reference = Reference.load(self.state)
+        except ReferenceMismatch as exc:
+            moved = Reference.retire(self.state)
+            log.warning("drift %s: %s; moved it to %s and building a new one", self.experiment, exc, moved)
+            return None
+        if reference is not None:
+            log.info("drift %s: loaded the persisted reference (%d rows, %s)", self.experiment, reference.size,
+                     reference.source)
+        return reference
+
     def _use(self, reference: Reference) -> None:
         self.detector = DriftDetector(reference, settings_of(self.cfg))
         metrics.DRIFT_REFERENCE_SIZE.labels(self.experiment).set(reference.size)
+        metrics.DRIFT_STAGE.labels(self.experiment).set(STAGE_FILLING)
+        metrics.DRIFT_P_VALUE_THRESHOLD.labels(self.experiment).set(self.cfg.p_val)
+        for column in self.detector.columns:
+            metrics.DRIFT_EFFECT_THRESHOLD.labels(self.experiment, column.name).set(column.min_effect)
 
+    # -- prompts --------------------------------------------------------------------------------------
     def add(self, arm: str | None, features: Mapping[str, Any]) -> None:
         """Take one exposure's features: into the reference while it is being collected, else the windows."""
         metrics.DRIFT_EXPOSURES.labels(self.experiment).inc()
@@ -82,39 +113,147 @@ class ExperimentMonitor:
                 self._use(ref)
                 log.info("drift %s: reference learned from the first %d exposures", self.experiment, ref.size)
             return
-        row, language = feature_row(features)
-        for key in (ALL_ARMS, arm or ALL_ARMS) if arm else (ALL_ARMS,):
+        row = feature_row(features)
+        for key in (ALL_ARMS, arm) if arm else (ALL_ARMS,):
             window = self.windows.get(key)
             if window is None:
                 window = self.windows[key] = SlidingWindow(self.cfg.window_size, self.cfg.window_step)
-            if window.add(row, language):
+            if window.add(row):
                 self._test(key, window)
 
-    def _test(self, arm: str, window: SlidingWindow) -> None:
+    def status(self) -> dict[str, Any]:
+        """Return where the watch stands, for /readyz: its stage and what it waits for."""
+        if self.detector is None:
+            return {"stage": "collecting_reference", "reference_rows": len(self._collecting),
+                    "reference_size": self.cfg.reference_size}
+        all_arms = self.windows.get(ALL_ARMS)
+        waiting = all_arms.rows_until_first_test() if all_arms else self.cfg.window_size
+        out: dict[str, Any] = {"stage": "judging" if waiting == 0 else "filling_first_window",
+                               "reference_rows": self.detector.reference.size,
+                               "exposures_until_first_verdict": waiting,
+                               "windows_tested": {k: w.tests for k, w in self.windows.items()}}
+        out["output"] = {arm: {"reference_rows": len(d.reference.rows), "windows_tested": (
+            self.output_windows[arm].tests if arm in self.output_windows else 0)} for arm, d in self.outputs.items()}
+        out["output"].update({arm: {"collecting_reference": len(rows)} for arm, rows in self._output_collecting.items()
+                              if arm not in self.outputs})
+        return out
+
+    def _test(self, arm: str, window: SlidingWindow[PromptRow]) -> None:
         assert self.detector is not None
-        numeric, languages = window.contents()
-        report = self.detector.test(numeric, languages)
+        rows = window.contents()
+        numeric = np.asarray([r[0] for r in rows], dtype=float)
+        topics = np.asarray([r[2] for r in rows], dtype=np.float32)
+        report = self.detector.test(numeric, [r[1] for r in rows], topics)
         self.reports[arm] = report
-        univariate = self.cfg.test
+        e = self.experiment
+        metrics.DRIFT_WINDOWS.labels(e, arm).inc()
+        if arm == ALL_ARMS:
+            metrics.DRIFT_STAGE.labels(e).set(STAGE_JUDGING)
         for f in report.features:
-            detector = "chi2" if f.feature == "language" else univariate
-            metrics.DRIFT_P_VALUE.labels(self.experiment, arm, f.feature, detector).set(f.p_adjusted)
-            metrics.DRIFT_SCORE.labels(self.experiment, arm, f.feature, detector).set(f.effect)
-        metrics.DRIFT_WINDOW_SIZE.labels(self.experiment, arm).set(report.window_size)
+            metrics.DRIFT_P_VALUE.labels(e, arm, f.feature, f.detector).set(f.p_adjusted)
+            metrics.DRIFT_SCORE.labels(e, arm, f.feature, f.detector).set(f.effect)
+            metrics.DRIFT_FEATURE_DRIFTED.labels(e, arm, f.feature).set(1 if f.drifted else 0)
+        shares = {lang: 0.0 for lang in self.languages}
+        for lang, share in report.language_shares.items():
+            key = lang if lang in shares else OTHER
+            shares[key] += share
+        for lang, share in shares.items():
+            metrics.DRIFT_LANGUAGE_SHARE.labels(e, arm, lang).set(share)
+        metrics.DRIFT_WINDOW_SIZE.labels(e, arm).set(report.window_size)
         verdicts = {"univariate": report.detected}
         if report.classifier_p is not None:
-            metrics.DRIFT_P_VALUE.labels(self.experiment, arm, "all", "classifier").set(report.classifier_p)
-            metrics.DRIFT_SCORE.labels(self.experiment, arm, "all", "classifier").set(report.classifier_distance or 0)
+            metrics.DRIFT_P_VALUE.labels(e, arm, "all", "classifier").set(report.classifier_p)
+            metrics.DRIFT_SCORE.labels(e, arm, "all", "classifier").set(report.classifier_distance or 0)
             verdicts["classifier"] = report.classifier_p < self.cfg.p_val
         for detector, detected in verdicts.items():
-            metrics.DRIFT_DETECTED.labels(self.experiment, arm, detector).set(1 if detected else 0)
-            if self.verdicts.get((arm, detector), False) != detected:
-                self.verdicts[(arm, detector)] = detected
-                drifted = [f.feature for f in report.features if f.drifted] if detector == "univariate" else ["all"]
-                log.warning("drift %s (%s, %s): %s %s", self.experiment, arm, detector,
-                            "DETECTED in" if detected else "cleared for", drifted or "no feature")
-                self.publish(DriftEvent(experiment=self.experiment, phase=self.phase,
-                                        arm=None if arm == ALL_ARMS else arm, unit_id=None, detector=detector,
-                                        detected=detected, drifted_features=drifted,
-                                        window_size=report.window_size))
+            metrics.DRIFT_DETECTED.labels(e, arm, detector).set(1 if detected else 0)
+            if detector == "univariate":
+                self._verdict(arm, detector, detected, report)
+            else:
+                self._verdict(arm, detector, detected, None)
 
+    def _verdict(self, arm: str, detector: str, detected: bool, report: ColumnReport | None) -> None:
+        """Publish a drift event when the verdict of (arm, detector) changed."""
+        if self.verdicts.get((arm, detector), False) == detected:
+            return
+        self.verdicts[(arm, detector)] = detected
+        drifted = [f.feature for f in report.features if f.drifted] if report is not None else ["all"]
+        changes = report.changes() if report is not None else []
+        what = "prompts" if detector != "output" else "answers"
+        if detected:
+            log.warning("drift %s (%s, %s): %s DETECTED: %s", self.experiment, arm, detector, what,
+                        "; ".join(changes) or ", ".join(drifted))
+        else:
+            log.warning("drift %s (%s, %s): %s drift cleared", self.experiment, arm, detector, what)
+        self.publish(DriftEvent(experiment=self.experiment, phase=self.phase, arm=None if arm == ALL_ARMS else arm,
+                                unit_id=None, detector=detector, detected=detected, drifted_features=drifted,
+                                changes=changes, window_size=report.window_size if report else 0))
+
+    # -- answers --------------------------------------------------------------------------------------
+    def _output_reference_path(self, arm: str) -> Path:
+        return self.state / f"output-{arm}.json"
+
+    def _output_detector(self, reference: OutputReference) -> OutputDetector:
+        c = self.cfg
+        detector = OutputDetector(reference, c.min_psi, c.min_tvd, c.test, c.p_val, c.correction)
+        metrics.DRIFT_P_VALUE_THRESHOLD.labels(self.experiment).set(c.p_val)
+        for column in detector.columns:
+            metrics.DRIFT_EFFECT_THRESHOLD.labels(self.experiment, column.name).set(column.min_effect)
+        return detector
+
+    def add_response(self, arm: str, event: Mapping[str, Any]) -> None:
+        """Take one response event of an arm: into its output reference while collected, else its window."""
+        row = output_row(event)
+        if row is None:
+            return
+        e = self.experiment
+        metrics.OUTPUT_RESPONSES.labels(e, arm).inc()
+        detector = self.outputs.get(arm)
+        if detector is None:
+            rows = self._output_collecting.get(arm)
+            if rows is None:
+                loaded = OutputReference.load(self._output_reference_path(arm))
+                if loaded is not None:
+                    log.info("drift %s: loaded arm %s's output reference (%d answers)", e, arm, len(loaded.rows))
+                    detector = self.outputs[arm] = self._output_detector(loaded)
+                    metrics.OUTPUT_REFERENCE_SIZE.labels(e, arm).set(len(loaded.rows))
+                else:
+                    rows = self._output_collecting[arm] = []
+            if detector is None:
+                assert rows is not None
+                rows.append(row)
+                if len(rows) >= self.cfg.output_reference_size:
+                    ref = OutputReference.of(rows, f"first {len(rows)} answers of arm {arm}")
+                    ref.save(self._output_reference_path(arm))
+                    del self._output_collecting[arm]
+                    self.outputs[arm] = self._output_detector(ref)
+                    metrics.OUTPUT_REFERENCE_SIZE.labels(e, arm).set(len(rows))
+                    log.info("drift %s: arm %s's output reference learned from its first %d answers", e, arm,
+                             len(rows))
+                return
+        window = self.output_windows.get(arm)
+        if window is None:
+            window = self.output_windows[arm] = SlidingWindow(self.cfg.output_window_size,
+                                                              self.cfg.output_window_step)
+        if window.add(row):
+            self._test_output(arm, window)
+
+    def _test_output(self, arm: str, window: SlidingWindow[OutputRow]) -> None:
+        rows = window.contents()
+        report = self.outputs[arm].test(rows)
+        self.output_reports[arm] = report
+        e = self.experiment
+        for f in report.features:
+            metrics.OUTPUT_DRIFT_P_VALUE.labels(e, arm, f.feature).set(f.p_adjusted)
+            metrics.OUTPUT_DRIFT_SCORE.labels(e, arm, f.feature).set(f.effect)
+            metrics.OUTPUT_DRIFT_FEATURE_DRIFTED.labels(e, arm, f.feature).set(1 if f.drifted else 0)
+        cols = as_columns(rows)
+        for kind in ("refusal", "empty", "truncated"):
+            metrics.OUTPUT_SHARE.labels(e, arm, kind).set(float(np.mean(cols[kind])))
+        counts = np.bincount(cols["finish_reason"], minlength=len(FINISH_REASONS))
+        for reason, n in zip(FINISH_REASONS, counts, strict=True):
+            metrics.OUTPUT_FINISH_REASON_SHARE.labels(e, arm, reason).set(n / len(rows))
+        metrics.OUTPUT_TOKENS_MEDIAN.labels(e, arm).set(float(np.median(cols[OUTPUT_FEATURES[0]])))
+        metrics.OUTPUT_WINDOW_SIZE.labels(e, arm).set(len(rows))
+        metrics.OUTPUT_DRIFT_DETECTED.labels(e, arm).set(1 if report.detected else 0)
+        self._verdict(arm, "output", report.detected, report)

@@ -318,8 +318,14 @@ class DriftConfig(_Strict):
     p_val: float = Field(0.05, gt=0, lt=1)
     correction: Literal["bh", "holm", "bonferroni"] = "bh"
     min_psi: float = Field(0.1, ge=0)
+    min_tvd: float = Field(0.1, ge=0, le=1)  # binary features and counts, output features
     min_language_tvd: float = Field(0.1, ge=0, le=1)
+    min_topic_excess: float = Field(0.04, ge=0, le=1)  # word weight moved beyond chance (docs/drift.md)
     classifier: bool = False
+    # output drift per arm (docs/drift.md): each arm's first answers are its reference
+    output_reference_size: int = Field(500, ge=50)
+    output_window_size: int = Field(500, ge=50)
+    output_window_step: int = Field(100, ge=1)
     # the languages the identifier chooses among (ISO 639-1): the proxy's event shipper and references
     # built from text both use it; [] = all 97 py3langid knows (4x slower per prompt)
     languages: list[str] = Field(default_factory=lambda: list(LANGUAGES))

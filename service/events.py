@@ -48,6 +48,10 @@ class _Event(BaseModel):
         return (self.unit_id or self.request_id or self.event_id).encode()
 
 
+TEXT_KIND_PROMPT, TEXT_KIND_ANSWER, TEXT_KIND_STREAM = b"P", b"A", b"S"
+"""The first byte of a text sample handed to the event shipper: what the rest of it is."""
+
+
 class ExposureEvent(_Event):
     type: Literal["exposure"] = "exposure"
     requested_model: str
@@ -55,9 +59,9 @@ class ExposureEvent(_Event):
     forced: bool = False
     features: dict[str, float | str] = Field(default_factory=dict)
     text: str | None = None
-    # The start of the last user message, for the language feature: kept in memory only, handed to
-    # the event shipper (which adds features.language), never serialised.
-    _language_sample: str = PrivateAttr(default="")
+    # The start of the last user message (TEXT_KIND_PROMPT + UTF-8): kept in memory only, handed to
+    # the event shipper (which adds the shipper's features: language, topic, code...), never serialised.
+    _text_sample: bytes = PrivateAttr(default=b"")
 
 
 class ResponseEvent(_Event):
@@ -71,6 +75,12 @@ class ResponseEvent(_Event):
     stream: bool = False
     forced: bool = False
     text: str | None = None
+    finish_reason: str | None = None  # of the first choice, as the upstream said it
+    # added by the event shipper from the answer's start (docs/features.md): refusal, empty, truncated, chars
+    answer: dict[str, float] | None = None
+    # The start of the answer (TEXT_KIND_ANSWER + text, or TEXT_KIND_STREAM + SSE bytes): in memory
+    # only, handed to the event shipper, never serialised.
+    _text_sample: bytes = PrivateAttr(default=b"")
 
 
 class OutcomeEvent(_Event):
@@ -85,12 +95,18 @@ class OutcomeEvent(_Event):
 
 
 class DriftEvent(_Event):
-    """The drift detector's verdict changed for an experiment (arm None: all arms together)."""
+    """The drift detector's verdict changed for an experiment (arm None: all arms together).
+
+    ``detector``: ``univariate`` (the prompts' features), ``classifier`` (its second opinion) or
+    ``output`` (the arm's answers against its own reference). ``changes``: one sentence per group of
+    features that moved, for a person ("questions: 27% → 96% of prompts").
+    """
 
     type: Literal["drift"] = "drift"
     detector: str
     detected: bool
     drifted_features: list[str] = Field(default_factory=list)
+    changes: list[str] = Field(default_factory=list)
     window_size: int
 
 

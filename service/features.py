@@ -1,24 +1,59 @@
 """Cheap numeric features of a prompt, carried on exposure events instead of its text.
 
-Each feature is documented in docs/features.md. They are computed on the request
-path, so everything here is a single pass over strings with no model or I/O.
+Each feature is documented in docs/features.md. :func:`prompt_features` runs on the request path,
+so it is a single pass of C-speed string operations with no model or I/O; the rest
+(:func:`shipper_features`: language, topic, code, questions, patterns) runs in the worker's event
+shipper process from the last user message, which stays in memory there.
 """
 
 from __future__ import annotations
 
-import re
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
-_CODE_RE = re.compile(r"```|^\s*(def|class|import|function|public|#include|SELECT)\b|[{};]\s*$", re.M)
-# Substrings without which _CODE_RE cannot match: plain `in` tests (C, memchr-fast) spare most prose
-# the regex scan.
-_CODE_HINTS = ("```", "{", "}", ";", "def", "class", "import", "function", "public", "#include", "SELECT")
 _DIGITS = "0123456789"
 
-NUMERIC_FEATURES = ("chars", "words", "messages", "user_turns", "est_tokens", "non_ascii_share", "digit_share",
-                    "is_question", "has_code", "last_user_chars")
-"""The numeric features of :func:`prompt_features`, in a fixed order (the drift detector's columns)."""
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """How the drift detector tests and describes one prompt feature (docs/drift.md)."""
+
+    name: str
+    kind: Literal["continuous", "binary", "count"]
+    group: str  # features that move together are reported once, under their group
+    label: str  # words for a person: "questions", "length"
+    unit: str  # "characters", "of characters", "of prompts"
+    cap: int = 0  # count: values >= cap are one category ("3 or more")
+
+
+PROMPT_FEATURES: tuple[FeatureSpec, ...] = (
+    FeatureSpec("chars", "continuous", "length", "length", "characters"),
+    FeatureSpec("words", "continuous", "length", "length in words", "words"),
+    FeatureSpec("est_tokens", "continuous", "length", "length in tokens", "tokens"),
+    FeatureSpec("last_user_chars", "continuous", "length", "last message length", "characters"),
+    FeatureSpec("messages", "count", "conversation", "messages per request", "messages", cap=6),
+    FeatureSpec("user_turns", "count", "conversation", "user turns per request", "turns", cap=4),
+    FeatureSpec("non_ascii_share", "continuous", "script", "non-ASCII characters", "of characters"),
+    FeatureSpec("digit_share", "continuous", "numbers", "digits", "of characters"),
+    FeatureSpec("number_count", "count", "numbers", "prompts with numbers", "numbers", cap=4),
+    FeatureSpec("is_question", "binary", "questions", "questions", "of prompts"),
+    FeatureSpec("question_share", "continuous", "questions", "question sentences", "of sentences"),
+    FeatureSpec("imperative_share", "continuous", "instructions", "instructions", "of sentences"),
+    FeatureSpec("has_stack_trace", "binary", "code", "stack traces", "of prompts"),
+    FeatureSpec("has_code", "binary", "code", "code", "of prompts"),
+    FeatureSpec("url_count", "count", "links", "prompts with links", "links", cap=3),
+    FeatureSpec("pii_count", "count", "personal data", "prompts with personal-data patterns", "matches", cap=3),
+)
+"""The numeric prompt features the drift detector tests, their kinds and groups (docs/features.md)."""
+
+NUMERIC_FEATURES = tuple(f.name for f in PROMPT_FEATURES)
+"""The numeric features of an exposure, in a fixed order (the drift detector's columns)."""
+
+REQUEST_PATH_FEATURES = ("chars", "words", "messages", "user_turns", "est_tokens", "non_ascii_share",
+                         "digit_share", "is_question", "last_user_chars")
+"""Computed by the worker on the request path (:func:`prompt_features`); the others, and ``language``
+and ``topic``, by the event shipper from the last user message (:mod:`.text_features`)."""
 
 
 def _message_text(content: Any) -> str:
@@ -54,13 +89,8 @@ def prompt_text(body: dict[str, Any]) -> tuple[str, str, int, int]:
     return text, text, 1, 1
 
 
-def _has_code(text: str) -> bool:
-    """Return True when the text looks like it contains source code."""
-    return any(h in text for h in _CODE_HINTS) and _CODE_RE.search(text) is not None
-
-
 def prompt_features(body: dict[str, Any]) -> dict[str, float | str]:
-    """Return the numeric features of the prompt in a request body (see docs/features.md)."""
+    """Return the request-path features of the prompt in a request body (see docs/features.md)."""
     return features_of_prompt(*prompt_text(body))
 
 
@@ -80,7 +110,6 @@ def features_of_prompt(text: str, last_user: str, n_messages: int, turns: int) -
         "non_ascii_share": non_ascii / n if n else 0.0,
         "digit_share": digits / n if n else 0.0,
         "is_question": 1.0 if last_user.rstrip().endswith("?") else 0.0,
-        "has_code": 1.0 if _has_code(text) else 0.0,
         "last_user_chars": float(len(last_user)),
     }
 
@@ -128,3 +157,16 @@ def detect_language(text: str, languages: tuple[str, ...] = LANGUAGES) -> str:
 def language_sample(last_user: str) -> str:
     """Return the text the language is detected from: the start of the last user message."""
     return last_user.strip()[:LANGUAGE_SAMPLE_CHARS]
+
+
+def shipper_features(last_user: str, languages: tuple[str, ...] = LANGUAGES) -> dict[str, Any]:
+    """Return the features the event shipper adds from the last user message: ``language``, ``topic``
+    (:mod:`.topic_sketch`) and those of :func:`.text_features.text_features`."""
+    from .text_features import TEXT_SAMPLE_CHARS, text_features
+    from .topic_sketch import topic_sketch
+
+    sample = last_user[:TEXT_SAMPLE_CHARS]
+    out: dict[str, Any] = dict(text_features(sample))
+    out["language"] = detect_language(sample, languages)
+    out["topic"] = topic_sketch(sample)
+    return out

@@ -181,6 +181,51 @@ DRIFT_REFERENCE_SIZE = Gauge("splitwatch_drift_reference_size", "Rows of the exp
                              ["experiment"], registry=DRIFT_REGISTRY)
 DRIFT_EXPOSURES = Counter("splitwatch_drift_exposures", "Exposure events the drift detector consumed.",
                           ["experiment"], registry=DRIFT_REGISTRY)
+DRIFT_FEATURE_DRIFTED = Gauge(
+    "splitwatch_drift_feature_drifted", "1 when the feature drifted in the last window (adjusted p-value below "
+    "the threshold and effect at least the feature's minimum).", ["experiment", "arm", "feature"],
+    registry=DRIFT_REGISTRY)
+DRIFT_P_VALUE_THRESHOLD = Gauge(
+    "splitwatch_drift_p_value_threshold", "The adjusted p-value below which a feature can drift (drift.p_val).",
+    ["experiment"], registry=DRIFT_REGISTRY)
+DRIFT_EFFECT_THRESHOLD = Gauge(
+    "splitwatch_drift_effect_threshold", "The minimum effect (splitwatch_drift_score) for a feature to drift.",
+    ["experiment", "feature"], registry=DRIFT_REGISTRY)
+DRIFT_LANGUAGE_SHARE = Gauge(
+    "splitwatch_drift_language_share", "Share of the last window's prompts in each language (drift.languages, "
+    "then 'other').", ["experiment", "arm", "language"], registry=DRIFT_REGISTRY)
+DRIFT_STAGE = Gauge(
+    "splitwatch_drift_stage", "0 while the reference is collected, 1 until the first window is full, "
+    "2 once windows are judged.", ["experiment"], registry=DRIFT_REGISTRY)
+DRIFT_WINDOWS = Counter("splitwatch_drift_windows_tested", "Windows of prompts tested.", ["experiment", "arm"],
+                        registry=DRIFT_REGISTRY)
+OUTPUT_DRIFT_P_VALUE = Gauge(
+    "splitwatch_output_drift_p_value", "Adjusted p-value of the last window of an arm's answers against its "
+    "own reference, per output feature.", ["experiment", "arm", "feature"], registry=DRIFT_REGISTRY)
+OUTPUT_DRIFT_SCORE = Gauge(
+    "splitwatch_output_drift_score", "Effect of the last window of an arm's answers: PSI (answer_tokens), "
+    "total variation (the others).", ["experiment", "arm", "feature"], registry=DRIFT_REGISTRY)
+OUTPUT_DRIFT_FEATURE_DRIFTED = Gauge(
+    "splitwatch_output_drift_feature_drifted", "1 when the output feature drifted in the arm's last window.",
+    ["experiment", "arm", "feature"], registry=DRIFT_REGISTRY)
+OUTPUT_DRIFT_DETECTED = Gauge(
+    "splitwatch_output_drift_detected", "1 when any output feature of the arm drifted in its last window.",
+    ["experiment", "arm"], registry=DRIFT_REGISTRY)
+OUTPUT_SHARE = Gauge(
+    "splitwatch_output_share", "Share of the arm's last window of answers that are refusals, empty or "
+    "truncated (kind).", ["experiment", "arm", "kind"], registry=DRIFT_REGISTRY)
+OUTPUT_FINISH_REASON_SHARE = Gauge(
+    "splitwatch_output_finish_reason_share", "Share of each finish reason in the arm's last window of answers.",
+    ["experiment", "arm", "reason"], registry=DRIFT_REGISTRY)
+OUTPUT_TOKENS_MEDIAN = Gauge(
+    "splitwatch_output_completion_tokens_median", "Median completion tokens of the arm's last window of answers.",
+    ["experiment", "arm"], registry=DRIFT_REGISTRY)
+OUTPUT_WINDOW_SIZE = Gauge("splitwatch_output_window_size", "Answers in the arm's last tested window.",
+                           ["experiment", "arm"], registry=DRIFT_REGISTRY)
+OUTPUT_REFERENCE_SIZE = Gauge("splitwatch_output_reference_size", "Answers in the arm's output reference.",
+                              ["experiment", "arm"], registry=DRIFT_REGISTRY)
+OUTPUT_RESPONSES = Counter("splitwatch_output_responses", "Successful answers the drift detector consumed.",
+                           ["experiment", "arm"], registry=DRIFT_REGISTRY)
 
 
 def forget_this_process() -> None:

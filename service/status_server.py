@@ -120,9 +120,10 @@ def _json(start_response: Callable[..., Any], ok: bool, body: dict[str, Any]) ->
     return [orjson.dumps(body)]
 
 
-def start_status_server(host: str, port: int, registry: CollectorRegistry,
-                        supervisors: list[Supervisor]) -> WSGIServer:
-    """Serve /metrics (``registry``), /healthz and /readyz (``supervisors``) in a thread; return the server."""
+def start_status_server(host: str, port: int, registry: CollectorRegistry, supervisors: list[Supervisor],
+                        details: Callable[[], dict[str, Any]] | None = None) -> WSGIServer:
+    """Serve /metrics (``registry``), /healthz and /readyz (``supervisors``; ``details`` adds to /readyz's
+    body) in a thread; return the server."""
     metrics_app = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -131,7 +132,13 @@ def start_status_server(host: str, port: int, registry: CollectorRegistry,
         if path == "/healthz":
             return _json(start_response, all(s.healthy for s in supervisors), {"loops": states})
         if path == "/readyz":
-            return _json(start_response, all(s.healthy and s.connected for s in supervisors), {"loops": states})
+            body: dict[str, Any] = {"loops": states}
+            if details is not None:
+                try:
+                    body.update(details())
+                except Exception as exc:  # a detail must never take readiness down
+                    body["details_error"] = f"{type(exc).__name__}: {exc}"
+            return _json(start_response, all(s.healthy and s.connected for s in supervisors), body)
         return metrics_app(environ, start_response)
 
     server = make_server(host, port, app, _ThreadingWSGIServer, handler_class=_QuietHandler)

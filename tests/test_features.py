@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
 from splitwatch.service.features import prompt_features
+from splitwatch.service.text_features import text_features
 
 
 def test_chat_features() -> None:
@@ -26,7 +28,7 @@ def test_chat_features() -> None:
     assert f["non_ascii_share"] == pytest.approx(1 / n)  # the ù
     assert f["digit_share"] == pytest.approx(2 / n)
     assert f["is_question"] == 1.0  # the last user message ends with '?'
-    assert f["has_code"] == 0.0
+    assert "has_code" not in f  # the event shipper's, from the last user message
     assert f["last_user_chars"] == len("Où est mon colis?")
 
 
@@ -39,7 +41,7 @@ def test_chat_features() -> None:
     ("Please define the function of a router", 0.0),
 ])
 def test_has_code(text: str, has_code: float) -> None:
-    assert prompt_features({"prompt": text})["has_code"] == has_code
+    assert text_features(text)["has_code"] == has_code
 
 
 def test_empty_and_odd_bodies() -> None:
@@ -80,3 +82,138 @@ def test_languages_outside_the_default_list_can_be_configured() -> None:
         with pytest.raises(ConfigError, match=re.escape(message)) as info:
             parse_config({"drift": {"languages": bad}}, environ={})
         assert "drift.languages" in str(info.value)
+
+
+# -- the event shipper's features (service/text_features.py, topic_sketch.py, answer_features.py) ------
+def _real_tracebacks() -> list[str]:
+    """Return tracebacks raised for real by the standard library, each as a user would paste it."""
+    import importlib
+    import json
+    import traceback
+
+    failures = [lambda: json.loads("{"), lambda: int("x"), lambda: {}["key"], lambda: 1 / 0,
+                lambda: Path("/nonexistent/file.txt").read_text(), lambda: importlib.import_module("no_such_module_x"),
+                lambda: [].pop(), lambda: "a" + 1, lambda: None.attr, lambda: float("nan!"),
+                lambda: bytes([300]), lambda: "é".encode("ascii"), lambda: iter(5), lambda: max([]),
+                lambda: divmod(1, 0), lambda: __import__("os").listdir("/nonexistent"),
+                lambda: __import__("datetime").date(2024, 13, 1), lambda: __import__("re").compile("(")]
+    intros = ["why does this fail?", "I get this error when I run my script:", "help", "",
+              "after upgrading I see", "what does this mean"]
+    out = []
+    for i, fail in enumerate(failures):
+        try:
+            fail()
+        except Exception:
+            out.append(f"{intros[i % len(intros)]}\n{traceback.format_exc()}".strip())
+    return out
+
+
+def test_pasted_tracebacks_are_code_without_a_fence() -> None:
+    traces = _real_tracebacks()
+    assert len(traces) == 18 and not any("```" in t for t in traces)
+    # every one: the report that motivated this found 1 of 18 with the old fence-and-keyword rule
+    assert all(text_features(t)["has_stack_trace"] == 1.0 and text_features(t)["has_code"] == 1.0 for t in traces)
+
+
+def test_no_stack_trace_in_chat_and_code_only_where_there_is_code() -> None:
+    from tests.test_drift import corpus
+
+    english = corpus("english")
+    assert not any(text_features(t)["has_stack_trace"] for t in english)
+    coded = [t for t in english if text_features(t)["has_code"]]
+    # measured: 98 of 1,901, each with a fenced snippet (the corpus's coding answers)
+    assert all("```" in t for t in coded) and 50 <= len(coded) <= 120
+
+
+@pytest.mark.parametrize(("text", "questions", "instructions"), [
+    ("Where is my parcel? It was due Monday.", 0.5, 0.0),
+    ("Please summarize this article. Then translate it to French.", 0.0, 1.0),
+    ("Do you know basketball", 0.0, 0.0),  # a question without its mark, not an instruction
+    ("Don't reply in English. What is 3.5 times 2?", 0.5, 0.5),  # "3.5" does not end a sentence
+    ("", 0.0, 0.0),
+])
+def test_question_and_instruction_shares(text: str, questions: float, instructions: float) -> None:
+    f = text_features(text)
+    assert (f["question_share"], f["imperative_share"]) == (questions, instructions)
+
+
+def test_links_numbers_and_personal_data_are_counted_not_kept() -> None:
+    text = ("Order 12345 for jane.doe@example.com, call +44 20 7946 0958 or see https://shop.example.com/o/12345 "
+            "and www.example.org/help; card 4111 1111 1111 1111.")
+    f = text_features(text)
+    assert f["url_count"] == 2
+    assert f["pii_count"] == 3  # the email, the phone number, the card number
+    assert f["number_count"] >= 4  # 12345, 44, 20, 7946... (numbers inside links are not counted)
+    assert all(isinstance(v, float) for v in f.values())
+
+
+def test_topic_sketch_keeps_subject_not_words() -> None:
+    import numpy as np
+
+    from splitwatch.service.topic_sketch import SKETCH_DIMS, decode_sketch, sketch_vector, topic_sketch
+
+    a = "My invoice shows a double charge for the premium subscription this month"
+    b = "The premium subscription invoice has a double charge, please refund it"
+    c = "Which football team won the league championship final last season"
+    va, vb, vc = (np.asarray(decode_sketch(topic_sketch(t))) for t in (a, b, c))
+    assert len(topic_sketch(a)) == 172 and va.shape == (SKETCH_DIMS,)  # 128 signed bytes, base64
+    assert float(va @ vb) > 0.3 > abs(float(va @ vc))  # same subject close, other subject near orthogonal
+    assert np.allclose(va, sketch_vector(a), atol=1 / 127)  # quantisation error only
+    assert topic_sketch(a) == topic_sketch(a.upper())  # stable across calls and processes (crc32, lower case)
+    assert not any(np.asarray(sketch_vector("is it? no, and you?")))  # no content words: all zeros
+    assert decode_sketch("not base64!") is None and decode_sketch("AAAA") is None
+
+
+@pytest.mark.parametrize(("answer", "refusal"), [
+    ("I'm sorry, but I can't help with that request.", True),
+    ("I\u2019m sorry \u2014 I cannot assist with creating malware.", True),  # typographic apostrophe
+    ("Sorry, but I won't be able to share personal data.", True),
+    ("I can't help with that.", True),
+    ("As an AI language model, I cannot give medical advice.", True),
+    ("I must decline to answer.", True),
+    ("I'm sorry to hear your parcel is late. Here is how to track it.", False),
+    ("Sure! Here is a summary of the article.", False),
+    ("You can't return opened items after 30 days, but I can help you with an exchange.", False),
+])
+def test_refusal_detector(answer: str, refusal: bool) -> None:
+    from splitwatch.service.answer_features import is_refusal
+
+    assert is_refusal(answer) is refusal
+
+
+def test_answer_features_of_json_and_streamed_answers() -> None:
+    from splitwatch.service.answer_features import answer_features, stream_content
+
+    ok = {"status_code": 200, "stream": False, "finish_reason": "stop"}
+    assert answer_features(ok, "I can't help with that.") == {"refusal": 1.0, "empty": 0.0, "truncated": 0.0,
+                                                             "chars": 23.0}
+    assert answer_features({**ok, "finish_reason": "length"}, "A long answer cut")["truncated"] == 1.0
+    assert answer_features(ok, "   ")["empty"] == 1.0
+    assert answer_features({**ok, "finish_reason": "tool_calls"}, "")["empty"] == 0.0  # a tool call is an answer
+    assert answer_features({"status_code": 503, "stream": False}, "") is None
+    sse = (b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":"I\'m sorry,"}}]}\n\n'
+           b'data: {"choices":[{"index":0,"delta":{"content":" but I can\'t do that."},"finish_reason":null}]}\n\n'
+           b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
+    assert stream_content(sse) == ("I'm sorry, but I can't do that.", False, True)
+    streamed = answer_features({"status_code": 200, "stream": True, "finish_reason": "stop"}, sse)
+    assert streamed == {"refusal": 1.0, "empty": 0.0, "truncated": 0.0, "chars": 31.0}
+    cut = answer_features({"status_code": 200, "stream": True}, sse[:60])  # the head of a long stream
+    assert cut is not None and "chars" not in cut
+
+
+def test_the_shipper_adds_features_and_drops_the_text() -> None:
+    import orjson
+
+    from splitwatch.service.delivery.shipper import with_text_features
+    from splitwatch.service.events import TEXT_KIND_ANSWER, TEXT_KIND_PROMPT
+
+    secret = "Traceback (most recent call last):\n  File \"app.py\", line 3, in <module>\nKeyError: 'token-XYZ'"
+    exposure = orjson.dumps({"type": "exposure", "features": {"chars": 10.0}})
+    out = with_text_features(exposure, TEXT_KIND_PROMPT + secret.encode())
+    f = orjson.loads(out)["features"]
+    assert f["chars"] == 10.0 and f["has_stack_trace"] == 1.0 and f["language"] and len(f["topic"]) == 172
+    assert b"token-XYZ" not in out and b"app.py" not in out
+    response = orjson.dumps({"type": "response", "status_code": 200, "stream": False, "finish_reason": "stop"})
+    out = with_text_features(response, TEXT_KIND_ANSWER + b"I cannot help with that, token-XYZ")
+    assert orjson.loads(out)["answer"]["refusal"] == 1.0 and b"token-XYZ" not in out
+    assert with_text_features(response, b"") == response and with_text_features(response, b"Zjunk") == response

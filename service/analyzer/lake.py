@@ -49,6 +49,7 @@ SCHEMA = pa.schema([
     ("action", pa.string()), ("status", pa.string()), ("coverage", pa.float64()), ("actor", pa.string()),
     ("changed_by", pa.string()), ("reason", pa.string()), ("revision", pa.int64()), ("evidence", pa.string()),
     ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64()),
+    ("finish_reason", pa.string()), ("answer", pa.string()), ("changes", pa.string()),
 ])
 _FIELDS = [f.name for f in SCHEMA]
 
@@ -75,7 +76,7 @@ def _row(rec: Record) -> dict[str, Any] | None:
     d = ev.model_dump()
     row = {k: d.get(k) for k in _FIELDS}
     row["ts"] = ev.ts.astimezone(UTC)
-    for col in ("features", "drifted_features", "evidence"):
+    for col in ("features", "drifted_features", "evidence", "answer", "changes"):
         if row.get(col) is not None:
             row[col] = orjson.dumps(row[col]).decode()
     row["kafka_partition"], row["kafka_offset"] = rec.partition, rec.offset

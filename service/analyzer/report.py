@@ -70,6 +70,8 @@ class Report:
     verdict: Verdict | None = None
     analyzer: AnalyzerConfig = field(default_factory=AnalyzerConfig)
     drift: list[dict[str, Any]] = field(default_factory=list)  # drift events of the period, in time order
+    # each arm's answers per day (output drift): responses, median tokens, refusal/empty/truncated shares
+    answers: list[dict[str, Any]] = field(default_factory=list)
     # the phase's state changes (ramp steps, pauses, resumes) up to the period's end, in order
     timeline: list[dict[str, Any]] = field(default_factory=list)
 
@@ -96,6 +98,7 @@ def build_report(cfg: Config, key: str, start: date, end: date, sequential: bool
         data = result = None
         prepare_events(con, lake.glob(key), exp.phase, lake.glob("*") if cfg.analyzer.cuped.enabled else None, key)
         drift = _drift_events(con, start, end)
+        answers = _answers(con, start, end)
         timeline = _timeline(con, end)
         for i, day in enumerate(days, 1):
             data = load_experiment(con, None, exp, cfg.analyzer, _day_start(start),
@@ -110,7 +113,7 @@ def build_report(cfg: Config, key: str, start: date, end: date, sequential: bool
         con.close()
     assert data is not None and result is not None
     rep = Report(exp, start, end, data, result, sequential, series, drift=drift, analyzer=cfg.analyzer,
-                 timeline=timeline)
+                 timeline=timeline, answers=answers)
     rep.verdict = verdict(rep)
     return rep
 
@@ -125,11 +128,47 @@ def _drift_events(con: duckdb.DuckDBPyConnection, start: date, end: date) -> lis
     """Return the drift detector's verdict changes in the period (from the ``ev`` table)."""
     if not _has_column(con, "detector"):
         return []
+    changes = "changes" if _has_column(con, "changes") else "NULL"
     rows = con.execute(
-        "SELECT ts, coalesce(arm, 'all'), detector, detected, drifted_features FROM ev WHERE type = 'drift' "
-        "AND ts >= ? AND ts < ? ORDER BY ts", [_day_start(start), _day_start(end + timedelta(days=1))]).fetchall()
+        f"SELECT ts, coalesce(arm, 'all'), detector, detected, drifted_features, {changes} FROM ev "
+        "WHERE type = 'drift' AND ts >= ? AND ts < ? ORDER BY ts",
+        [_day_start(start), _day_start(end + timedelta(days=1))]).fetchall()
     return [{"ts": ts.isoformat(), "arm": arm, "detector": det, "detected": bool(hit),
-             "features": json.loads(feats) if feats else []} for ts, arm, det, hit, feats in rows]
+             "features": json.loads(feats) if feats else [], "changes": json.loads(ch) if ch else []}
+            for ts, arm, det, hit, feats, ch in rows]
+
+
+def _answers(con: duckdb.DuckDBPyConnection, start: date, end: date) -> list[dict[str, Any]]:
+    """Return each arm's successful answers per day: count, median completion tokens, and the shares of
+    refusals, empty and truncated answers (the shipper's ``answer`` features; docs/drift.md)."""
+    if not _has_column(con, "answer") or not _has_column(con, "status_code"):
+        return []
+    rows = con.execute(
+        "SELECT arm, CAST(ts AS DATE) AS day, count(*), median(completion_tokens), "
+        "avg(CAST(json_extract(answer, '$.refusal') AS DOUBLE)), avg(CAST(json_extract(answer, '$.empty') AS DOUBLE)), "
+        "avg(CASE WHEN finish_reason = 'length' THEN 1.0 ELSE 0.0 END) "
+        "FROM ev WHERE type = 'response' AND status_code < 400 AND error IS NULL AND NOT coalesce(forced, false) "
+        "AND ts >= ? AND ts < ? GROUP BY ALL ORDER BY arm, day",
+        [_day_start(start), _day_start(end + timedelta(days=1))]).fetchall()
+    return [{"arm": arm, "day": day.isoformat(), "answers": int(n), "median_tokens": tokens, "refusal_share": refusal,
+             "empty_share": empty, "truncated_share": truncated}
+            for arm, day, n, tokens, refusal, empty, truncated in rows]
+
+
+def answer_rows(rep: Report) -> list[list[str]]:
+    """Return the answers table's rows: each arm's answers per day."""
+    def share(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    return [[a["arm"], a["day"], fmt_count(a["answers"]),
+             "-" if a["median_tokens"] is None else f"{a['median_tokens']:g}", share(a["refusal_share"]),
+             share(a["empty_share"]), share(a["truncated_share"])] for a in rep.answers]
+
+
+ANSWERS_HEADER = ["arm", "day", "answers", "median tokens", "refusals", "empty", "cut at the token limit"]
+ANSWERS_NOTE = ("Successful answers of each arm. Refusals and empty answers are judged by the proxy's event "
+                "shipper on the answer's start (English phrasings; the text is not kept). The drift detector "
+                "tests each arm against its own first answers (`detector` = output in the drift timeline).")
 
 
 def _timeline(con: duckdb.DuckDBPyConnection, end: date) -> list[dict[str, Any]]:
@@ -154,9 +193,10 @@ DRIFT_HEADER = ["time (UTC)", "arms", "detector", "verdict", "features that move
 
 
 def drift_rows(rep: Report) -> list[list[str]]:
-    """Return the drift timeline's rows: when the detector's verdict changed, and on which features."""
+    """Return the drift timeline's rows: when the detector's verdict changed, and what moved (in words)."""
     return [[e["ts"][:19].replace("T", " "), e["arm"], e["detector"],
-             "drift detected" if e["detected"] else "drift cleared", ", ".join(e["features"]) or "-"]
+             "drift detected" if e["detected"] else "drift cleared",
+             "; ".join(e.get("changes") or []) or ", ".join(e["features"]) or "-"]
             for e in rep.drift]
 
 
@@ -224,7 +264,8 @@ def to_dict(rep: Report) -> dict[str, Any]:
         "skipped_metrics": {**d.skipped, **(res.skipped if res is not None else {})},
         "verdict": rep.verdict.as_dict() if rep.verdict else None, "srm": _srm_dict(res),
         "banners": [{"level": level, "text": text} for level, text in banners(rep)],
-        "metrics": metric_vocabulary(rep), "drift": rep.drift, "timeline": rep.timeline, "results": []}
+        "metrics": metric_vocabulary(rep), "drift": rep.drift, "answers": rep.answers,
+        "timeline": rep.timeline, "results": []}
     for r in res.results if res else []:
         g = r.guardrail
         out["results"].append({
@@ -412,6 +453,10 @@ def to_markdown(rep: Report) -> str:
     if rep.drift:
         out += ["", "## Drift timeline", "", "| " + " | ".join(DRIFT_HEADER) + " |", "|" + "---|" * len(DRIFT_HEADER)]
         out += ["| " + " | ".join(row) + " |" for row in drift_rows(rep)]
+    if rep.answers:
+        out += ["", "## Answers per arm", "", "| " + " | ".join(ANSWERS_HEADER) + " |",
+                "|" + "---|" * len(ANSWERS_HEADER)]
+        out += ["| " + " | ".join(row) + " |" for row in answer_rows(rep)] + ["", ANSWERS_NOTE]
     if rep.timeline:
         out += ["", "## Rollout timeline", "", "| " + " | ".join(TIMELINE_HEADER) + " |",
                 "|" + "---|" * len(TIMELINE_HEADER)]

@@ -17,11 +17,14 @@ from collections.abc import Iterable
 from splitwatch.stats import ROLES, MetricResult
 
 from .report import (
+    ANSWERS_HEADER,
+    ANSWERS_NOTE,
     DRIFT_HEADER,
     TIMELINE_HEADER,
     TITLES,
     Report,
     SeriesPoint,
+    answer_rows,
     banners,
     drift_rows,
     metric_vocabulary,
@@ -220,6 +223,9 @@ def render_html(rep: Report, summary_lines: list[str], notes: dict[str, str], vo
         f'src="data:image/png;base64,{_plot(pts, f"{m}: {a} vs control (cumulative)")}"></figure>'
         for (m, a), pts in rep.series.items() if any(p.relative is not None for p in pts))
     drift = f"<h2>Drift timeline</h2>{_table(DRIFT_HEADER, drift_rows(rep))}" if rep.drift else ""
+    if rep.answers:
+        drift += (f"<h2>Answers per arm</h2>{_table(ANSWERS_HEADER, answer_rows(rep))}"
+                  f'<p class="note">{esc(ANSWERS_NOTE)}</p>')
     rollout = f"<h2>Rollout timeline</h2>{_table(TIMELINE_HEADER, timeline_rows(rep))}" if rep.timeline else ""
     tests = "always-valid sequential tests" if rep.sequential else "fixed-horizon tests"
     return f"""<!doctype html>

@@ -36,6 +36,7 @@ from .dead_letters import DeadLetters, dead_letters_for
 from .shipper import (
     CONNECTED,
     ERROR_BYTES,
+    MAX_SAMPLE_BYTES,
     PENDING_EVENTS,
     SENT,
     SPOOL_DROPPED,
@@ -218,7 +219,7 @@ class EventPublisher:
         key, value = b"", b""
         try:
             key, value = ev.key(), ev.to_json()  # type: ignore[attr-defined]
-            sample = getattr(ev, "_language_sample", "").encode("utf-8", "replace")
+            sample = getattr(ev, "_text_sample", b"")
         except Exception as exc:  # e.g. a string orjson refuses (lone surrogates)
             value = value or repr(ev).encode("utf-8", "replace")
             self.dead_letters.add("unserialisable", key, value, f"{type(exc).__name__}: {exc}")
@@ -231,7 +232,7 @@ class EventPublisher:
         if problem:
             self.dead_letters.add("unserialisable", key, value, problem)
             return None
-        return key, value, sample[:4096]
+        return key, value, sample[:MAX_SAMPLE_BYTES]
 
     def _hand_over(self) -> None:
         """Serialise the queue and send it to the shipper; keep it (and restart the shipper) on failure."""

@@ -35,8 +35,10 @@ from typing import Any
 import orjson
 
 from .. import metrics
+from ..answer_features import answer_features
 from ..config import KafkaConfig
-from ..features import LANGUAGES, detect_language
+from ..events import TEXT_KIND_ANSWER, TEXT_KIND_PROMPT, TEXT_KIND_STREAM
+from ..features import LANGUAGES, shipper_features
 from .dead_letters import DeadLetterReason, DeadLetters, dead_letters_for
 from .kafka_client import ensure_topic, kafka_security_settings
 from .spool import Record, Spool, SpoolLockedError
@@ -55,7 +57,10 @@ MAX_VALUE_BYTES = 0xFFFFFFFF
 SHIPPER_CPUS_ENV = "SPLITWATCH_SHIPPER_CPUS"
 
 PipeRecord = tuple[bytes, bytes, bytes]
-"""(key, event JSON, language sample) as the worker hands it over; the sample is b"" for most events."""
+"""(key, event JSON, text sample) as the worker hands it over: the sample (a kind byte, then the
+start of the prompt or the answer) is b"" for events without text."""
+MAX_SAMPLE_BYTES = 1 + 16384
+"""A text sample's cap on the pipe: 4,000 characters of UTF-8, or the first 16 KB of an SSE answer."""
 
 
 def frame_error(key: bytes, value: bytes) -> str | None:
@@ -106,10 +111,20 @@ def decode_batch(blob: bytes) -> list[PipeRecord]:
     return out
 
 
-def with_language(value: bytes, sample: bytes, languages: tuple[str, ...] = LANGUAGES) -> bytes:
-    """Return the event JSON with features.language detected from ``sample`` (the sample is dropped)."""
+def with_text_features(value: bytes, sample: bytes, languages: tuple[str, ...] = LANGUAGES) -> bytes:
+    """Return the event JSON with the features of its text sample added; the sample itself is dropped.
+
+    A prompt sample adds the shipper's prompt features to ``features`` (language, topic, code, ...);
+    an answer sample sets ``answer`` (refusal, empty, truncated, chars).
+    """
+    kind, body = sample[:1], sample[1:]
     event = orjson.loads(value)
-    event.setdefault("features", {})["language"] = detect_language(sample.decode(errors="replace"), languages)
+    if kind == TEXT_KIND_PROMPT:
+        event.setdefault("features", {}).update(shipper_features(body.decode(errors="replace"), languages))
+    elif kind in (TEXT_KIND_ANSWER, TEXT_KIND_STREAM):
+        event["answer"] = answer_features(event, body if kind == TEXT_KIND_STREAM else body.decode(errors="replace"))
+    else:
+        return value
     return orjson.dumps(event)
 
 
@@ -267,13 +282,13 @@ class Shipper:
             self._wake.set()
 
     def _enrich(self, value: bytes, sample: bytes) -> bytes:
-        """Return the event with its prompt's language, or unchanged when it has no sample (or is not JSON)."""
+        """Return the event with the features of its text, or unchanged when it has no sample (or is not JSON)."""
         if not sample:
             return value
         try:
-            return with_language(value, sample, self.languages)
-        except Exception as exc:  # sent without a language rather than not at all
-            log.warning("could not add the language to an event (%s: %s)", type(exc).__name__, exc)
+            return with_text_features(value, sample, self.languages)
+        except Exception as exc:  # sent without those features rather than not at all
+            log.warning("could not add text features to an event (%s: %s)", type(exc).__name__, exc)
             return value
 
     # -- shipping ---------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ which the proxy passes through untouched::
                   "stub_error_body": "plain"}}
 
 ``GET /stats`` reports how many requests it served, how many streams the client
-cut short, and the model names it was asked for. It is a raw ASGI app (no
+cut short, and the model names it was asked for. ``POST /settings`` with a JSON object of
+:class:`StubSettings` fields changes its behaviour from then on (tests and the demo make an arm's
+answers shorter or make it refuse: ``{"completion_tokens": 2, "refusal_rate": 0.5}``). It is a raw ASGI app (no
 framework) so that it costs little next to the proxy in benchmarks.
 """
 
@@ -38,6 +40,12 @@ class StubSettings:
     completion_tokens: int = 8
     status: int = 200
     fail_rate: float = 0.0
+    refusal_rate: float = 0.0  # share of answers that decline ("I'm sorry, but I can't help with that.")
+
+
+REFUSAL = "I'm sorry, but I can't help with that."
+_SETTABLE = {"latency_ms": float, "token_delay_ms": float, "completion_tokens": int, "status": int,
+             "fail_rate": float, "refusal_rate": float}
 
 
 @dataclass
@@ -82,6 +90,24 @@ class StubModelApp:
                 "name": self.settings.name, "requests": s.requests, "streams_started": s.streams_started,
                 "streams_completed": s.streams_completed, "streams_cancelled": s.streams_cancelled,
                 "requests_cancelled": s.requests_cancelled, "models": dict(s.models), "users": dict(s.users)})
+            return
+        if method == "POST" and path == "/settings":
+            raw = b""
+            while True:
+                msg = await receive()
+                raw += msg.get("body", b"")
+                if not msg.get("more_body"):
+                    break
+            try:
+                changes = {k: _SETTABLE[k](v) for k, v in orjson.loads(raw).items()}
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+                message = f"bad settings ({exc}); settable: {sorted(_SETTABLE)}"
+                await self._json(send, 400, {"error": {"message": message, "type": "invalid_request_error",
+                                                       "param": None, "code": None}})
+                return
+            for k, v in changes.items():
+                setattr(self.settings, k, v)
+            await self._json(send, 200, {k: getattr(self.settings, k) for k in _SETTABLE})
             return
         if method == "GET" and path == "/v1/models":
             await self._json(send, 200, {"object": "list", "data": [{"id": self.settings.name, "object": "model"}]})
@@ -146,6 +172,8 @@ class StubModelApp:
         created = int(time.time())
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{s.name}-{self._counter}"
         words = [f"{s.name}-w{i}" for i in range(tokens)]
+        if s.refusal_rate and random.random() < s.refusal_rate:
+            words = REFUSAL.split()
         usage = {"prompt_tokens": _prompt_words(body), "completion_tokens": tokens,
                  "total_tokens": _prompt_words(body) + tokens}
         model = body.get("model")
@@ -222,10 +250,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--completion-tokens", type=int, default=8)
     p.add_argument("--status", type=int, default=200)
     p.add_argument("--fail-rate", type=float, default=0.0)
+    p.add_argument("--refusal-rate", type=float, default=0.0, help="share of answers that decline")
     p.add_argument("--keep-alive-s", type=int, default=5, help="idle keep-alive timeout (uvicorn's default: 5)")
     a = p.parse_args(argv)
     app = StubModelApp(StubSettings(a.name, a.latency_ms, a.token_delay_ms, a.completion_tokens, a.status,
-                                    a.fail_rate))
+                                    a.fail_rate, a.refusal_rate))
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning", access_log=False, lifespan="on",
                 timeout_keep_alive=a.keep_alive_s)
 

@@ -178,16 +178,26 @@ def is_openai_error(body: bytes) -> bool:
     return isinstance(obj, dict) and isinstance(obj.get("error"), dict)
 
 
+_FINISH_REASON = re.compile(rb'"finish_reason"\s*:\s*"([A-Za-z_]{1,40})"')
+
+
 class SSEUsageScanner:
     """Finds the ``usage`` object in an SSE stream of chat/completion chunks, chunk by chunk."""
 
     def __init__(self) -> None:
         self._tail = b""
+        self._last = b""
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
 
+    def finish_reason(self) -> str | None:
+        """Return the last non-null ``finish_reason`` in the stream's last 2 KB (where the final chunk is)."""
+        found = _FINISH_REASON.findall(self._last)
+        return found[-1].decode() if found else None
+
     def feed(self, chunk: bytes) -> None:
         """Scan one raw chunk; cheap when it carries no usage."""
+        self._last = (self._last + chunk)[-2048:]
         data = self._tail + chunk
         if b"\n" not in data:
             self._tail = data

@@ -20,9 +20,11 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from ... import metrics
+from ...answer_features import ANSWER_SAMPLE_CHARS, STREAM_SAMPLE_BYTES, completion_content, finish_reason_of
 from ...config import UNASSIGNED_ARM, ArmConfig, Config, UpstreamConfig
-from ...events import ExposureEvent, ResponseEvent
-from ...features import features_of_prompt, language_sample, prompt_text
+from ...events import TEXT_KIND_ANSWER, TEXT_KIND_PROMPT, TEXT_KIND_STREAM, ExposureEvent, ResponseEvent
+from ...features import features_of_prompt, prompt_text
+from ...text_features import TEXT_SAMPLE_CHARS
 from ..assignment import Assignment
 from ..errors import InvalidRequest, ModelNotFound, UpstreamError, error_body
 from ..openapi import CHAT_REQUEST, COMPLETION_REQUEST
@@ -105,7 +107,8 @@ class _Call:
 
     def finish(self, status: int, upstream_s: float, *, ttft_s: float | None = None,
                prompt_tokens: int | None = None, completion_tokens: int | None = None,
-               error: str | None = None, text: str | None = None) -> None:
+               error: str | None = None, text: str | None = None, finish_reason: str | None = None,
+               answer_sample: bytes = b"") -> None:
         """Release the upstream client, record metrics and publish the response event of this request."""
         if self.release is not None:
             self.release()
@@ -121,12 +124,14 @@ class _Call:
         if error:
             metrics.UPSTREAM_ERRORS.labels(a.experiment, self.arm_label, error).inc()
         if a.logged and self.runtime.publisher is not None:
-            self.runtime.publisher.publish(ResponseEvent(
+            event = ResponseEvent(
                 experiment=a.experiment, phase=a.phase, arm=a.arm, unit_id=self.unit_id,
                 request_id=self.request_id, status_code=status, latency_ms=round(upstream_s * 1000, 3),
                 ttft_ms=None if ttft_s is None else round(ttft_s * 1000, 3), prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens, error=error, stream=self.stream, forced=a.forced,
-                text=text if self.log_text else None))
+                text=text if self.log_text else None, finish_reason=finish_reason)
+            event._text_sample = answer_sample
+            self.runtime.publisher.publish(event)
 
 
 def _headers(a: Assignment, request_id: str) -> dict[str, str]:
@@ -196,7 +201,7 @@ def _publish_exposure(runtime: Runtime, config: Config, a: Assignment, arm: ArmC
         experiment=a.experiment, phase=a.phase, arm=a.arm, unit_id=unit_id, request_id=request_id,
         requested_model=model, upstream_model=arm.upstream.model, forced=a.forced,
         features=features_of_prompt(*parts), text=parts[0] if config.proxy.log_text else None)
-    event._language_sample = language_sample(parts[1])
+    event._text_sample = TEXT_KIND_PROMPT + parts[1][:TEXT_SAMPLE_CHARS].encode("utf-8", "replace")
     runtime.publisher.publish(event)
 
 
@@ -292,30 +297,22 @@ async def _forward(request: Request, call: _Call, arm: ArmConfig, path: str, pay
     content = resp.content
     status = resp.status_code
     ptok = ctok = None
-    text = None
+    text = finish = None
+    sample = b""
     if status < 400:
         try:
             parsed = orjson.loads(content)
         except orjson.JSONDecodeError:
             parsed = None
         ptok, ctok = usage_of(parsed)
-        if call.log_text and isinstance(parsed, dict):
-            text = _completion_text(parsed)
+        text = completion_content(parsed)[0]
+        finish = finish_reason_of(parsed)
+        if call.assignment.logged:
+            sample = TEXT_KIND_ANSWER + (text or "")[:ANSWER_SAMPLE_CHARS].encode("utf-8", "replace")
     call.finish(status, upstream_s, prompt_tokens=ptok, completion_tokens=ctok, error=_error_kind(status),
-                text=text)
+                text=text, finish_reason=finish, answer_sample=sample)
     metrics.PROXY_OVERHEAD.observe(time.perf_counter() - call.started - upstream_s)
     return _passed_through(resp, content, headers)
-
-
-def _completion_text(obj: dict[str, Any]) -> str | None:
-    choices = obj.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return None
-    c = choices[0]
-    if isinstance(c.get("message"), dict):
-        content = c["message"].get("content")
-        return content if isinstance(content, str) else None
-    return c.get("text") if isinstance(c.get("text"), str) else None
 
 
 def _request_stream_usage(body: dict[str, Any], up: UpstreamConfig) -> bool:
@@ -361,11 +358,15 @@ async def _relay(call: _Call, resp: httpx.Response, strip_usage: bool = False) -
     ttft: float | None = None
     status = resp.status_code
     error: str | None = None
+    # the answer's first bytes, for the shipper's answer features (never kept beyond the event's hand-over)
+    head = bytearray(TEXT_KIND_STREAM) if call.assignment.logged else None
     try:
         async for chunk in resp.aiter_raw():
             if ttft is None:
                 ttft = time.perf_counter() - call.sent_at
             scanner.feed(chunk)
+            if head is not None and len(head) <= STREAM_SAMPLE_BYTES:
+                head += chunk[:STREAM_SAMPLE_BYTES + 1 - len(head)]
             if usage_filter is not None:
                 chunk = usage_filter.feed(chunk)
                 if not chunk:
@@ -386,7 +387,7 @@ async def _relay(call: _Call, resp: httpx.Response, strip_usage: bool = False) -
             await resp.aclose()
         call.finish(status, time.perf_counter() - call.sent_at, ttft_s=ttft,
                     prompt_tokens=scanner.prompt_tokens, completion_tokens=scanner.completion_tokens,
-                    error=error)
+                    error=error, finish_reason=scanner.finish_reason(), answer_sample=bytes(head or b""))
 
 
 async def _passthrough(request: Request, up: UpstreamConfig, path: str, raw: bytes) -> Response:

@@ -1,0 +1,80 @@
+"""Features of a prompt's text computed in the event shipper (off the request path), never the text.
+
+The worker hands the shipper the start of the last user message (:data:`TEXT_SAMPLE_CHARS`) in
+memory; the shipper adds these features to the exposure event and drops the text: it is never
+spooled, sent or logged. Definitions: docs/features.md.
+"""
+
+from __future__ import annotations
+
+import re
+
+TEXT_SAMPLE_CHARS = 4000
+"""The shipper reads at most this much of the last user message: a pasted traceback or a long
+question fits; a pasted document is judged by its start."""
+
+# Code without a fence: lines that only code has. Each alternative is anchored at a line start or
+# needs punctuation prose does not use, so a sentence that mentions "import" or "class" is not code.
+_CODE_LINE = re.compile(
+    r"```"
+    r"|^[ \t]*(?:def|class|import|from [\w.]+ import|function|public|private|return|const|let|var|#include"
+    r"|SELECT|INSERT|UPDATE [\w.]+ SET|CREATE TABLE)\b[^\n]*[(:{;=,*]"
+    r"|^[ \t]*[\w.\[\]]+ ?(?:=|\+=|==|=>|->) ?[^\n]*[(\[{\"'0-9][^\n]*$"
+    r"|[{};][ \t]*$"
+    r"|^[ \t]*(?://|#!|/\*)"
+    r"|\b\w+\([^()\n]*\)[ \t]*[;{:]?[ \t]*$",
+    re.M)
+# Stack traces of the common runtimes: Python, Java/JVM, JavaScript/Node, .NET, Go, Rust.
+_TRACE = re.compile(
+    r"Traceback \(most recent call last\)"
+    r"|^[ \t]*File \"[^\"\n]+\", line \d+"
+    r"|^[ \t]+at [\w$.<>]+\([\w$.]*(?:\.java|\.kt|\.scala)?:?\d*\)"
+    r"|^[ \t]+at (?:async )?[\w$.<>]+ \(?[^\s()]+:\d+:\d+\)?"
+    r"|^[ \t]+at [\w.`<>]+\(.*\) in .+:line \d+"
+    r"|^goroutine \d+ \[\w+"
+    r"|^thread '[^']*' panicked at"
+    r"|^(?:[\w.]+(?:Error|Exception)|panic): .+$",
+    re.M)
+_SENTENCE = re.compile(r"(?:[^.!?\n]|[.!?](?=[^\s.!?]))+[.!?]*")  # "x.py", "3.5" do not end a sentence
+# An instruction: the sentence starts with a verb in the imperative (English; a few frequent verbs,
+# optionally after "please", "then"...). Other languages count as statements.
+_IMPERATIVE = re.compile(
+    r"^(?:(?:please|then|now|also|and|so|first|next|finally|just|kindly)[ ,]+)*"
+    r"(?:write|explain|give|tell|list|make|create|show|help|fix|summari[sz]e|translate|generate"
+    r"|describe|find|check|compare|rewrite|draft|convert|calculate|suggest|send|add|remove|update|cancel"
+    r"|change|book|let me|do(?:n'?t| not)?(?! (?:you|i|we|they|he|she|it)\b)|stop|provide|build|implement"
+    r"|debug|review|improve|correct|classify)\b",
+    re.I)
+_URL = re.compile(r"\bhttps?://\S+|\bwww\.\S+\.\S+", re.I)
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*")
+# Patterns that look like personal data; counted, never kept. Emails; phone numbers (8+ digits with
+# separators, optionally international); card-like numbers (13-19 digits in groups); IBAN-like.
+_PII = re.compile(
+    r"[\w.+-]+@[\w-]+\.[\w.-]+"
+    r"|(?<![\w+])\+?\d{1,3}[ .-]?\(?\d{2,4}\)?[ .-]?\d{3,4}[ .-]?\d{3,4}(?!\w)"
+    r"|\b(?:\d{4}[ -]?){3}\d{1,7}\b"
+    r"|\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){3,7}\b")
+
+
+def sentences(text: str) -> list[str]:
+    """Return the text's sentences (split at . ! ? and newlines), stripped, without empty ones."""
+    return [s for s in (m.group().strip() for m in _SENTENCE.finditer(text)) if any(c.isalnum() for c in s)]
+
+
+def text_features(text: str) -> dict[str, float]:
+    """Return the shipper's features of a prompt's last user message (docs/features.md)."""
+    text = text[:TEXT_SAMPLE_CHARS]
+    parts = sentences(text)
+    n = len(parts)
+    questions = sum(1 for s in parts if s.endswith("?"))
+    imperatives = sum(1 for s in parts if not s.endswith("?") and _IMPERATIVE.match(s))
+    trace = _TRACE.search(text) is not None
+    return {
+        "has_code": 1.0 if trace or _CODE_LINE.search(text) else 0.0,
+        "has_stack_trace": 1.0 if trace else 0.0,
+        "question_share": questions / n if n else 0.0,
+        "imperative_share": imperatives / n if n else 0.0,
+        "url_count": float(len(_URL.findall(text))),
+        "number_count": float(len(_NUMBER.findall(_URL.sub(" ", text)))),
+        "pii_count": float(len(_PII.findall(text))),
+    }
