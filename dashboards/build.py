@@ -212,8 +212,9 @@ def kpi_dashboard() -> db.Dashboard:
 
 def drift_dashboard() -> db.Dashboard:
     """Return the drift detector's dashboard: verdicts, p-values and effect sizes per feature."""
-    d = _dashboard("splitwatch-drift", "splitwatch prompt drift", "1m", "now-7d",
-                   "Prompt-feature drift against the reference, per arm and feature (docs/drift.md).")
+    d = _dashboard("splitwatch-drift", "splitwatch prompt and answer drift", "1m", "now-7d",
+                   "Prompt-feature drift against the reference, per arm and feature, and each arm's answers "
+                   "against its own first answers (docs/drift.md).")
     d = d.with_variable(_label_variable("experiment", "Experiment", "label_values(splitwatch_drift_reference_size, "
                                                                     "experiment)"))
     panels = [
@@ -223,6 +224,25 @@ def drift_dashboard() -> db.Dashboard:
             f'min by (feature) (splitwatch_drift_p_value{{{EXP},arm="all"}})', "{{feature}}")]),
         graph("Effect per feature (PSI; language: total variation)", "short", [(
             f'max by (feature) (splitwatch_drift_score{{{EXP},arm="all"}})', "{{feature}}")]),
+        graph("Features that drifted (1), all arms", "short", [(
+            f'max by (feature) (splitwatch_drift_feature_drifted{{{EXP},arm="all"}})', "{{feature}}")],
+            "1 when the feature's adjusted p-value is below splitwatch_drift_p_value_threshold and its effect "
+            "reaches splitwatch_drift_effect_threshold."),
+        graph("Effect over its threshold (1 = large enough), all arms", "short", [(
+            f'max by (experiment, feature) (splitwatch_drift_score{{{EXP},arm="all"}}) / on (experiment, feature) '
+            f"max by (experiment, feature) (splitwatch_drift_effect_threshold{{{EXP}}})", "{{feature}}")]),
+        graph("Language shares, all arms", "percentunit", [(
+            f'max by (language) (splitwatch_drift_language_share{{{EXP},arm="all"}}) > 0', "{{language}}")]),
+        graph("Detector stage (0 reference, 1 first window, 2 judging)", "short", [(
+            f"max by (experiment) (splitwatch_drift_stage{{{EXP}}})", "{{experiment}}")]),
+        graph("Answers: output drift detected (1) per arm", "short", [(
+            f"max by (arm) (splitwatch_output_drift_detected{{{EXP}}})", "{{arm}}")]),
+        graph("Answers: refusals, empty and truncated per arm", "percentunit", [(
+            f"max by (arm, kind) (splitwatch_output_share{{{EXP}}})", "{{arm}} {{kind}}")]),
+        graph("Answers: median completion tokens per arm", "short", [(
+            f"max by (arm) (splitwatch_output_completion_tokens_median{{{EXP}}})", "{{arm}}")]),
+        graph("Answers: finish reasons per arm", "percentunit", [(
+            f"max by (arm, reason) (splitwatch_output_finish_reason_share{{{EXP}}}) > 0", "{{arm}} {{reason}}")]),
         graph("Window size per arm", "short", [(
             f"max by (arm) (splitwatch_drift_window_size{{{EXP}}})", "{{arm}}")]),
         graph("Reference size", "short", [(

@@ -181,8 +181,8 @@ def test_drift_dashboard_queries_return_data_from_a_live_drift_detector(start_pr
     port = free_port()
     cfg = proxy.config
     cfg["drift"] = {"state_dir": str(tmp_path / "drift"), "reference_size": 50, "window_size": 50,
-                    "window_step": 25, "max_poll_interval_ms": 3000, "port": port,
-                    "group_id": f"splitwatch-drift-{tmp_path.name}"}  # no group state shared across tests
+                    "window_step": 25, "output_reference_size": 50, "output_window_size": 50,
+                    "output_window_step": 25, "port": port}
     proxy.write_config(cfg)
     detector = ManagedProcess(splitwatch_command("drift", "--config", str(proxy.config_path)),
                               tmp_path / "drift.log")

@@ -268,7 +268,7 @@ def _drift_phase(cfg: Config, exposures: list[dict[str, Any]], shift_at: str | N
     first = detections[0] if detections else None
     return {"exposures": len(ordered), "reference": cfg.drift.reference_size, "shift_index": shift_index,
             "detected_index": first[0] if first else None,
-            "features": first[1].drifted_features if first else [],
+            "features": (first[1].changes or first[1].drifted_features) if first else [],
             "false_alarms": sum(1 for i, _ in detections if i < shift_index), "events": [ev for _, ev in found]}
 
 
@@ -404,7 +404,7 @@ def _print_tour(console: Console, out: Path, units: int, events: list[dict[str, 
     else:
         print(f"Drift: the prompt mix shifted at exposure {fmt_count(drift['shift_index'])} of "
               f"{fmt_count(drift['exposures'])}; the detector (reference: the first {fmt_count(drift['reference'])}) "
-              f"noticed at exposure {fmt_count(drift['detected_index'])}, on {', '.join(drift['features'])}; "
+              f"noticed at exposure {fmt_count(drift['detected_index'])}: {'; '.join(drift['features'])}; "
               f"{drift['false_alarms']} alarms before the shift")
     if rollback["rolled_back"]:
         print(f"Rollback: {ROLLBACK_KEY}'s candidate failed {rollback['failures']} requests; the guard paused the "
