@@ -214,8 +214,14 @@ def describe_categories(label: str, names: Sequence[str], unit: str = "", top: i
         k = len(names)
         rs = np.bincount(r.astype(np.int64), minlength=k)[:k] / max(len(r), 1)
         ws = np.bincount(w.astype(np.int64), minlength=k)[:k] / max(len(w), 1)
-        moved = [i for i in np.argsort(-np.abs(ws - rs), kind="stable")[:top] if ws[i] != rs[i]]
-        parts = [f"{names[i]} {_pct(float(rs[i]))} → {_pct(float(ws[i]))}" for i in moved]
-        return f"{label}: " + (", ".join(parts) if parts else "unchanged") + (f" {unit}" if unit and parts else "")
+        return describe_shares(label, names, rs, ws, unit, top)
 
     return describe
+
+
+def describe_shares(label: str, names: Sequence[str], before: np.ndarray, after: np.ndarray, unit: str = "",
+                    top: int = 2) -> str:
+    """Return the categories whose shares moved most: "language: en 97% → 66%, pt 0.6% → 25% of prompts"."""
+    moved = [i for i in np.argsort(-np.abs(after - before), kind="stable")[:top] if after[i] != before[i]]
+    parts = [f"{names[i]} {_pct(float(before[i]))} → {_pct(float(after[i]))}" for i in moved]
+    return f"{label}: " + (", ".join(parts) if parts else "unchanged") + (f" {unit}" if unit and parts else "")

@@ -26,11 +26,11 @@ from .columns import (
     Column,
     ColumnReport,
     ExternalTest,
-    describe_categories,
     describe_mean,
     describe_mean_share,
     describe_median,
     describe_nonzero,
+    describe_shares,
     test_columns,
 )
 from .reference import Reference
@@ -94,6 +94,7 @@ class DriftDetector:
         # identifier's guesses on very short prompts) are pooled as "other" so that the chi-square has
         # counts. The description and the shares use every language, unpooled.
         shares = {lang: reference.languages.count(lang) / reference.size for lang in set(reference.languages)}
+        self._reference_language_shares = shares
         self.categories = [*sorted(lang for lang, share in shares.items() if share >= MIN_LANGUAGE_SHARE), OTHER]
         self._codes = {c: i for i, c in enumerate(self.categories)}
         self._topic_reference = reference_mass(reference.topics)
@@ -122,11 +123,14 @@ class DriftDetector:
 
     def _describe_language(self, _ref: np.ndarray, _win: np.ndarray) -> str:
         # unpooled: a language under 1% of the reference (pooled as "other" for the test) is named
-        ref, win = self.reference.languages, self._window_languages
-        names = sorted(set(ref) | set(win))
-        index = {n: i for i, n in enumerate(names)}
-        return describe_categories("language", names, "of prompts")(np.asarray([index[x] for x in ref]),
-                                                                   np.asarray([index[x] for x in win]))
+        win = self._window_languages
+        names = sorted(set(self._reference_language_shares) | set(win))
+        ref_share = np.asarray([self._reference_language_shares.get(n, 0.0) for n in names])
+        counts: dict[str, int] = {}
+        for lang in win:
+            counts[lang] = counts.get(lang, 0) + 1
+        win_share = np.asarray([counts.get(n, 0) / len(win) for n in names])
+        return describe_shares("language", names, ref_share, win_share, "of prompts")
 
     def test(self, numeric: np.ndarray, languages: Sequence[str], topics: np.ndarray | None = None) -> DriftReport:
         """Return the drift verdict of a window: feature rows, their languages and topic sketches."""

@@ -167,18 +167,17 @@ class ExperimentMonitor:
             verdicts["classifier"] = report.classifier_p < self.cfg.p_val
         for detector, detected in verdicts.items():
             metrics.DRIFT_DETECTED.labels(e, arm, detector).set(1 if detected else 0)
-            if detector == "univariate":
-                self._verdict(arm, detector, detected, report)
-            else:
-                self._verdict(arm, detector, detected, None)
+            self._verdict(arm, detector, detected, report, per_feature=detector == "univariate")
 
-    def _verdict(self, arm: str, detector: str, detected: bool, report: ColumnReport | None) -> None:
-        """Publish a drift event when the verdict of (arm, detector) changed."""
+    def _verdict(self, arm: str, detector: str, detected: bool, report: ColumnReport,
+                 per_feature: bool = True) -> None:
+        """Publish a drift event when the verdict of (arm, detector) changed (``per_feature``: the
+        report's features and sentences say what moved; else the detector judged all features at once)."""
         if self.verdicts.get((arm, detector), False) == detected:
             return
         self.verdicts[(arm, detector)] = detected
-        drifted = [f.feature for f in report.features if f.drifted] if report is not None else ["all"]
-        changes = report.changes() if report is not None else []
+        drifted = [f.feature for f in report.features if f.drifted] if per_feature else ["all"]
+        changes = report.changes() if per_feature else []
         what = "prompts" if detector != "output" else "answers"
         if detected:
             log.warning("drift %s (%s, %s): %s DETECTED: %s", self.experiment, arm, detector, what,
@@ -187,7 +186,7 @@ class ExperimentMonitor:
             log.warning("drift %s (%s, %s): %s drift cleared", self.experiment, arm, detector, what)
         self.publish(DriftEvent(experiment=self.experiment, phase=self.phase, arm=None if arm == ALL_ARMS else arm,
                                 unit_id=None, detector=detector, detected=detected, drifted_features=drifted,
-                                changes=changes, window_size=report.window_size if report else 0))
+                                changes=changes, window_size=report.window_size))
 
     # -- answers --------------------------------------------------------------------------------------
     def _output_reference_path(self, arm: str) -> Path:

@@ -10,7 +10,7 @@ profile and the reference's: the share of word weight that moved to other bucket
 Its null distribution comes from permutations: under no drift, reference and window prompts are
 exchangeable, so reassigning them at random gives the statistic's distribution, whatever the
 dependence between a prompt's words (no independence of words is assumed, which a chi-square over
-word counts would need). Permutations run in batches and stop early once the statistic is clearly
+word counts would need). Permutations run in batches of 50 and stop early once the statistic is clearly
 ordinary (Besag and Clifford's sequential p-value: stop at ``h`` exceedances), so a quiet window
 costs one batch; a drifting one up to ``max_permutations``. The effect is the statistic minus its
 mean under permutation (``excess``): total variation between samples is positive even without
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MAX_REFERENCE_ROWS = 2000  # a larger reference is subsampled (seeded): the cost is per row
+MAX_REFERENCE_ROWS = 1000  # a larger reference is subsampled (seeded): the cost is per row
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def reference_mass(sketches: np.ndarray, seed: int = 0) -> np.ndarray:
     return m
 
 
-def topic_test(reference: np.ndarray, window: np.ndarray, max_permutations: int = 499, batch: int = 100,
+def topic_test(reference: np.ndarray, window: np.ndarray, max_permutations: int = 499, batch: int = 50,
                stop_after: int = 10, seed: int = 0) -> TopicTest | None:
     """Return the permutation test of two samples of word masses (None when either has < 10 prompts with words).
 

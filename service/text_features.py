@@ -22,7 +22,7 @@ _CODE_LINE = re.compile(
     r"|^[ \t]*[\w.\[\]]+ ?(?:=|\+=|==|=>|->) ?[^\n]*[(\[{\"'0-9][^\n]*$"
     r"|[{};][ \t]*$"
     r"|^[ \t]*(?://|#!|/\*)"
-    r"|\b\w+\([^()\n]*\)[ \t]*[;{:]?[ \t]*$",
+    r"|\w\([^()\n]*\)[ \t]*[;{:]?[ \t]*$",
     re.M)
 # Stack traces of the common runtimes: Python, Java/JVM, JavaScript/Node, .NET, Go, Rust.
 _TRACE = re.compile(
@@ -35,7 +35,7 @@ _TRACE = re.compile(
     r"|^thread '[^']*' panicked at"
     r"|^(?:[\w.]+(?:Error|Exception)|panic): .+$",
     re.M)
-_SENTENCE = re.compile(r"(?:[^.!?\n]|[.!?](?=[^\s.!?]))+[.!?]*")  # "x.py", "3.5" do not end a sentence
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n")  # "x.py", "3.5" do not end a sentence: no space follows
 # An instruction: the sentence starts with a verb in the imperative (English; a few frequent verbs,
 # optionally after "please", "then"...). Other languages count as statements.
 _IMPERATIVE = re.compile(
@@ -49,16 +49,23 @@ _URL = re.compile(r"\bhttps?://\S+|\bwww\.\S+\.\S+", re.I)
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*")
 # Patterns that look like personal data; counted, never kept. Emails; phone numbers (8+ digits with
 # separators, optionally international); card-like numbers (13-19 digits in groups); IBAN-like.
-_PII = re.compile(
-    r"[\w.+-]+@[\w-]+\.[\w.-]+"
-    r"|(?<![\w+])\+?\d{1,3}[ .-]?\(?\d{2,4}\)?[ .-]?\d{3,4}[ .-]?\d{3,4}(?!\w)"
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
+_PII_NUMBER = re.compile(
+    r"(?<![\w+])\+?\d{1,3}[ .-]?\(?\d{2,4}\)?[ .-]?\d{3,4}[ .-]?\d{3,4}(?!\w)"
     r"|\b(?:\d{4}[ -]?){3}\d{1,7}\b"
     r"|\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){3,7}\b")
+# Cheap substring tests (C speed) before each regex: most prompts have no trace, link or digit, and
+# the regex scan is what costs (docs/benchmarks.md).
+_TRACE_HINTS = ("Traceback", 'File "', "  at ", "\tat ", "goroutine ", "panicked at", "Error: ", "Exception: ",
+                "panic: ")
+_DIGITS = "0123456789"
 
 
 def sentences(text: str) -> list[str]:
-    """Return the text's sentences (split at . ! ? and newlines), stripped, without empty ones."""
-    return [s for s in (m.group().strip() for m in _SENTENCE.finditer(text)) if any(c.isalnum() for c in s)]
+    """Return the text's sentences (split after . ! ? followed by a space, and at newlines), stripped,
+    without those that have no letter or digit."""
+    return [s for s in (p.strip() for p in _SENTENCE_END.split(text)) if s and not s.isspace()
+            and (s.isalnum() or any(c.isalnum() for c in s))]
 
 
 def text_features(text: str) -> dict[str, float]:
@@ -68,13 +75,18 @@ def text_features(text: str) -> dict[str, float]:
     n = len(parts)
     questions = sum(1 for s in parts if s.endswith("?"))
     imperatives = sum(1 for s in parts if not s.endswith("?") and _IMPERATIVE.match(s))
-    trace = _TRACE.search(text) is not None
+    trace = any(h in text for h in _TRACE_HINTS) and _TRACE.search(text) is not None
+    links = _URL.findall(text) if "http" in text or "www." in text else []
+    digits = any(d in text for d in _DIGITS)
+    pii = len(_EMAIL.findall(text)) if "@" in text else 0
+    if digits:
+        pii += len(_PII_NUMBER.findall(text))
     return {
         "has_code": 1.0 if trace or _CODE_LINE.search(text) else 0.0,
         "has_stack_trace": 1.0 if trace else 0.0,
         "question_share": questions / n if n else 0.0,
         "imperative_share": imperatives / n if n else 0.0,
-        "url_count": float(len(_URL.findall(text))),
-        "number_count": float(len(_NUMBER.findall(_URL.sub(" ", text)))),
-        "pii_count": float(len(_PII.findall(text))),
+        "url_count": float(len(links)),
+        "number_count": float(len(_NUMBER.findall(_URL.sub(" ", text) if links else text))) if digits else 0.0,
+        "pii_count": float(pii),
     }

@@ -40,17 +40,25 @@ things
 def sketch_vector(text: str, dims: int = SKETCH_DIMS) -> list[float]:
     """Return the L2-normalised hashed vector of the text's words and word pairs (all 0 for no words)."""
     words = [w for w in _WORD.findall(text.lower()) if w not in STOP_WORDS]
-    vec = [0.0] * dims
+    buckets: dict[int, float] = {}  # sparse: a prompt fills few of the buckets
     for gram in (*words, *(f"{a} {b}" for a, b in pairwise(words))):
         h = zlib.crc32(gram.encode())
-        vec[h % dims] += 1.0 if h & 0x80000000 else -1.0
-    norm = math.sqrt(sum(v * v for v in vec))
-    return [v / norm for v in vec] if norm else vec
+        buckets[h % dims] = buckets.get(h % dims, 0.0) + (1.0 if h & 0x80000000 else -1.0)
+    vec = [0.0] * dims
+    norm = math.sqrt(sum(v * v for v in buckets.values()))
+    if norm:
+        for i, v in buckets.items():
+            vec[i] = v / norm
+    return vec
 
 
 def encode_sketch(vec: list[float]) -> str:
     """Return the vector quantised to signed bytes (x127), base64: what the event carries."""
-    return base64.b64encode(bytes(max(-127, min(127, round(v * 127))) & 0xFF for v in vec)).decode()
+    raw = bytearray(len(vec))
+    for i, v in enumerate(vec):
+        if v:
+            raw[i] = max(-127, min(127, round(v * 127))) & 0xFF
+    return base64.b64encode(raw).decode()
 
 
 def decode_sketch(encoded: str, dims: int = SKETCH_DIMS) -> list[float] | None:
