@@ -92,12 +92,7 @@ class StubModelApp:
                 "requests_cancelled": s.requests_cancelled, "models": dict(s.models), "users": dict(s.users)})
             return
         if method == "POST" and path == "/settings":
-            raw = b""
-            while True:
-                msg = await receive()
-                raw += msg.get("body", b"")
-                if not msg.get("more_body"):
-                    break
+            raw = await self._read_body(receive)
             try:
                 changes = {k: _SETTABLE[k](v) for k, v in orjson.loads(raw).items()}
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -116,14 +111,18 @@ class StubModelApp:
             await self._json(send, 404, {"error": {"message": f"no route {method} {path}", "type": "not_found",
                                                    "param": None, "code": None}})
             return
+        body = orjson.loads(await self._read_body(receive))
+        await self._complete(scope, receive, send, body, chat=path.endswith("chat/completions"))
+
+    @staticmethod
+    async def _read_body(receive: Any) -> bytes:
+        """Return the request's whole body."""
         raw = b""
         while True:
             msg = await receive()
             raw += msg.get("body", b"")
             if not msg.get("more_body"):
-                break
-        body = orjson.loads(raw)
-        await self._complete(scope, receive, send, body, chat=path.endswith("chat/completions"))
+                return raw
 
     @staticmethod
     async def _client_left_within(receive: Any, seconds: float) -> bool:
