@@ -61,6 +61,12 @@ EVENTS_DEAD_LETTERED = Counter(
 DELIVERY_RESTARTS = Counter(
     "splitwatch_delivery_restarts",
     "Restarts of a worker's event delivery: the writer thread or the shipper process died.", ["component"])
+OPEN_STREAMS = Gauge(
+    "splitwatch_open_streams", "Streams (SSE) the proxy is relaying now, summed over workers.",
+    multiprocess_mode="livesum")
+STREAMS_REFUSED = Counter(
+    "splitwatch_streams_refused", "Streams refused with a 503 because the worker carried "
+    "proxy.max_concurrent_streams already.")
 CLIENT_DISCONNECTS = Counter(
     "splitwatch_client_disconnects", "Clients that left before the proxy answered, by stage.", ["stage"])
 HTTP_REJECTED = Counter(

@@ -110,6 +110,14 @@ class ServiceUnavailable(ProxyError):
     error_type = "service_unavailable"
 
 
+class Overloaded(ProxyError):
+    """This worker carries as many streams as it may (503, with Retry-After): try again or elsewhere."""
+
+    status_code = 503
+    error_type = "server_overloaded"
+    code = "too_many_streams"
+
+
 class UpstreamError(ProxyError):
     """The upstream model endpoint failed: timeout (504), unreachable or bad answer (502)."""
 

@@ -38,6 +38,7 @@ class Runtime:
         self.control: Control = self._open_control(config)
         self.publisher = publisher
         self.clients = UpstreamClients()
+        self.open_streams = 0  # streams this worker relays now (read and written on its event loop only)
 
     def _open_control(self, config: Config) -> Control:
         """Return the (not yet started) control channel: the control topic, or the state file without Kafka."""

@@ -26,7 +26,7 @@ from ...events import TEXT_KIND_ANSWER, TEXT_KIND_PROMPT, TEXT_KIND_STREAM, Expo
 from ...features import features_of_prompt, prompt_text
 from ...text_features import TEXT_SAMPLE_CHARS
 from ..assignment import Assignment
-from ..errors import InvalidRequest, ModelNotFound, UpstreamError, error_body
+from ..errors import InvalidRequest, ModelNotFound, Overloaded, UpstreamError, error_body
 from ..openapi import CHAT_REQUEST, COMPLETION_REQUEST
 from ..request_body import check_identifier, parse_json_object, read_limited_body
 from ..runtime import Runtime
@@ -104,6 +104,14 @@ class _Call:
     unit_id: str | None = None
     sent_at: float = 0.0
     release: Callable[[], None] | None = None  # gives the leased upstream client back
+    holds_stream_slot: bool = False  # counted in runtime.open_streams until the call finishes
+
+    def release_stream_slot(self) -> None:
+        """Give back this call's place among the worker's open streams (once; later calls do nothing)."""
+        if self.holds_stream_slot:
+            self.holds_stream_slot = False
+            self.runtime.open_streams -= 1
+            metrics.OPEN_STREAMS.dec()
 
     def finish(self, status: int, upstream_s: float, *, ttft_s: float | None = None,
                prompt_tokens: int | None = None, completion_tokens: int | None = None,
@@ -112,6 +120,7 @@ class _Call:
         """Release the upstream client, record metrics and publish the response event of this request."""
         if self.release is not None:
             self.release()
+        self.release_stream_slot()
         a = self.assignment
         metrics.REQUESTS.labels(a.experiment, self.arm_label, str(status)).inc()
         metrics.REQUEST_DURATION.labels(a.experiment, self.arm_label).observe(upstream_s)
@@ -174,22 +183,37 @@ async def _proxy(request: Request, kind: Kind) -> Response:
     if unit_id is None and forced is None and config.proxy.require_unit:
         raise InvalidRequest("an experiment unit is required: set 'user' in the body or the "
                              "X-Splitwatch-Unit header", param="user", code="missing_unit")
+    stream = body.get("stream") is True
+    limit = limits.max_concurrent_streams
+    if stream and limit and runtime.open_streams >= limit:
+        # Refused before anything is logged: this request was not served, its retry will be.
+        metrics.STREAMS_REFUSED.inc()
+        raise Overloaded(f"this proxy worker is relaying {limit} streams already (proxy.max_concurrent_streams); "
+                         "retry in a moment", headers={"retry-after": "1"})
     a = runtime.assign(exp, unit_id, forced)
     arm = exp.config.arm(a.arm)
     assert arm is not None
     request_id = str(uuid.uuid4())
     call = _Call(runtime, a, request_id, a.arm if a.in_experiment else UNASSIGNED_ARM,
-                 body.get("stream") is True, started, config.proxy.log_text, unit_id=unit_id)
-    if a.logged:
-        _publish_exposure(runtime, config, a, arm, body, model, unit_id, request_id)
-    elif a.excluded_reason:
-        metrics.UNASSIGNED_REQUESTS.labels(a.experiment, a.excluded_reason).inc()
-    body["model"] = arm.upstream.model
-    if call.stream:
-        strip_usage = _request_stream_usage(body, arm.upstream)
-        return await _forward_stream(request, call, arm, path, orjson.dumps(body), strip_usage)
-    payload = orjson.dumps(body)
-    return await _forward(request, call, arm, path, payload)
+                 stream, started, config.proxy.log_text, unit_id=unit_id)
+    if stream:
+        call.holds_stream_slot = True
+        runtime.open_streams += 1
+        metrics.OPEN_STREAMS.inc()
+    try:
+        if a.logged:
+            _publish_exposure(runtime, config, a, arm, body, model, unit_id, request_id)
+        elif a.excluded_reason:
+            metrics.UNASSIGNED_REQUESTS.labels(a.experiment, a.excluded_reason).inc()
+        body["model"] = arm.upstream.model
+        if call.stream:
+            strip_usage = _request_stream_usage(body, arm.upstream)
+            return await _forward_stream(request, call, arm, path, orjson.dumps(body), strip_usage)
+        payload = orjson.dumps(body)
+        return await _forward(request, call, arm, path, payload)
+    except BaseException:
+        call.release_stream_slot()  # the stream never started; finish() gives it back otherwise
+        raise
 
 
 def _publish_exposure(runtime: Runtime, config: Config, a: Assignment, arm: ArmConfig, body: dict[str, Any],
