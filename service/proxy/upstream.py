@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -181,29 +182,46 @@ def is_openai_error(body: bytes) -> bool:
 _FINISH_REASON = re.compile(rb'"finish_reason"\s*:\s*"([A-Za-z_]{1,40})"')
 
 
+def has_usage_object(data: bytes) -> bool:
+    """Return True when ``data`` may hold a ``usage`` object (not the ``"usage": null`` of every chunk
+    that some servers send): a substring test, C speed, before any JSON is parsed."""
+    return b'"usage":{' in data or b'"usage": {' in data
+
+
 class SSEUsageScanner:
-    """Finds the ``usage`` object in an SSE stream of chat/completion chunks, chunk by chunk."""
+    """Finds the ``usage`` object in an SSE stream of chat/completion chunks, chunk by chunk.
+
+    Per chunk it costs a few substring tests and no copy when the chunk ends a line and holds no
+    usage object, which is every chunk but the last (docs/benchmarks.md, streams).
+    """
 
     def __init__(self) -> None:
         self._tail = b""
-        self._last = b""
+        self._recent: deque[bytes] = deque()  # the stream's last chunks, about 2 KB: the final chunk's there
+        self._recent_bytes = 0
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
 
     def finish_reason(self) -> str | None:
         """Return the last non-null ``finish_reason`` in the stream's last 2 KB (where the final chunk is)."""
-        found = _FINISH_REASON.findall(self._last)
+        found = _FINISH_REASON.findall(b"".join(self._recent))
         return found[-1].decode() if found else None
 
     def feed(self, chunk: bytes) -> None:
         """Scan one raw chunk; cheap when it carries no usage."""
-        self._last = (self._last + chunk)[-2048:]
+        recent = self._recent
+        recent.append(chunk)
+        self._recent_bytes += len(chunk)
+        while self._recent_bytes - len(recent[0]) >= 2048:
+            self._recent_bytes -= len(recent.popleft())
+        if not self._tail and chunk.endswith(b"\n") and not has_usage_object(chunk):
+            return  # the usual chunk: whole lines, no usage
         data = self._tail + chunk
         if b"\n" not in data:
             self._tail = data
             return
         head, _, self._tail = data.rpartition(b"\n")
-        if b'"usage"' not in head:
+        if not has_usage_object(head):
             return
         for line in head.split(b"\n"):
             if line.startswith(b"data:") and b'"usage"' in line:
@@ -232,13 +250,16 @@ class UsageChunkFilter:
 
     def feed(self, chunk: bytes) -> bytes:
         """Return the complete events of ``chunk`` (after what was pending), minus the usage-only one."""
+        if not self._pending and (chunk.endswith(b"\n\n") or chunk.endswith(b"\r\n\r\n")) \
+                and not has_usage_object(chunk):
+            return chunk  # the usual chunk: whole events, none of them usage: passed as is, no copy
         data = self._pending + chunk
         out: list[bytes] = []
         pos = 0
         for m in _EVENT_END.finditer(data):
             event = data[pos:m.end()]
             pos = m.end()
-            if b'"usage"' not in event or not _is_usage_only(event):
+            if not has_usage_object(event) or not _is_usage_only(event):
                 out.append(event)
         self._pending = data[pos:]
         return b"".join(out)
