@@ -178,3 +178,26 @@ def test_each_workload_runs_the_image_that_can_run_it(values: dict[str, Any]) ->
         seen.add(container["args"][0])
     assert seen == set(WORKLOAD_TARGET)
     assert images["proxy"]["repository"] != images["full"]["repository"]
+
+
+def test_the_proxy_can_scale_on_open_streams() -> None:
+    from splitwatch.service.config import ProxyConfig
+
+    docs = _render({"proxy": {"autoscaling": {"enabled": True, "maxReplicas": 6}}})
+    (hpa,) = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
+    (sts,) = [d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "sw-splitwatch-proxy"]
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet",
+                                             "name": sts["metadata"]["name"]}
+    assert "replicas" not in sts["spec"]  # the autoscaler owns it
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
+    streams, cpu = hpa["spec"]["metrics"]
+    assert streams["pods"]["metric"]["name"] == "splitwatch_open_streams"  # the metric the proxy exports
+    target = float(streams["pods"]["target"]["averageValue"])
+    workers = int(sts["spec"]["template"]["spec"]["containers"][0]["args"][-1])
+    # it scales out before a pod's workers refuse streams
+    assert 0 < target < workers * ProxyConfig().max_concurrent_streams
+    assert cpu["resource"]["target"]["averageUtilization"] == 70
+    off = _render({})
+    assert not [d for d in off if d["kind"] == "HorizontalPodAutoscaler"]
+    assert next(d for d in off if d["kind"] == "StatefulSet"
+                and d["metadata"]["name"] == "sw-splitwatch-proxy")["spec"]["replicas"] == 2
