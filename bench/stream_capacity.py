@@ -160,10 +160,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="measured window per level")
     ap.add_argument("--limit", type=int, default=0, help="proxy.max_concurrent_streams (0: no limit)")
     ap.add_argument("--unpaced", type=int, default=50, help="streams of the unpaced level (0: skip it)")
+    ap.add_argument("--no-logging", action="store_true", help="the proxy without Kafka (kafka.enabled: false)")
+    ap.add_argument("--shipper-cpu", default="0", help="with --pin: the CPU of the event shipper (default 0, "
+                    "with the worker)")
     args = ap.parse_args()
     if args.pin:
         os.sched_setaffinity(0, {1})
-        os.environ["SPLITWATCH_SHIPPER_CPUS"] = "0"
+        os.environ["SPLITWATCH_SHIPPER_CPUS"] = args.shipper_cpu
     work = Path(tempfile.mkdtemp(prefix="splitwatch-streams-"))
     broker = Broker(work)
     paced = StubModel(work, "paced", "--token-delay-ms", str(DELAY_MS), "--completion-tokens", str(TOKENS))
@@ -174,6 +177,7 @@ def main() -> None:
         cfg = base_config(broker.bootstrap, topic, work / name, [experiment_config(stub, stub)],
                           max_concurrent_streams=args.limit, max_concurrency=4096)
         cfg["kafka"]["linger_ms"] = 20
+        cfg["kafka"]["enabled"] = not args.no_logging
         proxies[name] = Proxy(work / name, cfg)
         if args.pin:
             proxies[name].args = ["taskset", "-c", "0", *proxies[name].args]
