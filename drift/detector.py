@@ -13,6 +13,7 @@ something.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -93,7 +94,7 @@ class DriftDetector:
         # Languages with at least 1% of the reference are the test's categories; rarer ones (and the
         # identifier's guesses on very short prompts) are pooled as "other" so that the chi-square has
         # counts. The description and the shares use every language, unpooled.
-        shares = {lang: reference.languages.count(lang) / reference.size for lang in set(reference.languages)}
+        shares = {lang: n / reference.size for lang, n in Counter(reference.languages).items()}
         self._reference_language_shares = shares
         self.categories = [*sorted(lang for lang, share in shares.items() if share >= MIN_LANGUAGE_SHARE), OTHER]
         self._codes = {c: i for i, c in enumerate(self.categories)}
@@ -105,12 +106,11 @@ class DriftDetector:
             else:
                 self.columns.append(Column(spec.name, "categorical", spec.group, s.min_tvd, _describer(spec),
                                            2 if spec.kind == "binary" else spec.cap + 1))
-        self._language_column = Column("language", "categorical", "language", s.min_language_tvd,
-                                       self._describe_language, len(self.categories))
-        self.columns.append(self._language_column)
+        self.columns.append(Column("language", "categorical", "language", s.min_language_tvd,
+                                   self._describe_language, len(self.categories)))
         self.columns.append(Column("topic", "external", "topic", s.min_topic_excess, lambda r, w: ""))
         self._reference_columns = self._columns(reference.numeric, reference.languages)
-        self._window_languages: list[str] = []
+        self._window_language_shares: dict[str, float] = {}  # of the window being tested (unpooled)
 
     def _encode(self, languages: Sequence[str]) -> np.ndarray:
         other = self._codes[OTHER]
@@ -123,32 +123,25 @@ class DriftDetector:
 
     def _describe_language(self, _ref: np.ndarray, _win: np.ndarray) -> str:
         # unpooled: a language under 1% of the reference (pooled as "other" for the test) is named
-        win = self._window_languages
-        names = sorted(set(self._reference_language_shares) | set(win))
-        ref_share = np.asarray([self._reference_language_shares.get(n, 0.0) for n in names])
-        counts: dict[str, int] = {}
-        for lang in win:
-            counts[lang] = counts.get(lang, 0) + 1
-        win_share = np.asarray([counts.get(n, 0) / len(win) for n in names])
-        return describe_shares("language", names, ref_share, win_share, "of prompts")
+        ref, win = self._reference_language_shares, self._window_language_shares
+        names = sorted(set(ref) | set(win))
+        return describe_shares("language", names, np.asarray([ref.get(n, 0.0) for n in names]),
+                               np.asarray([win.get(n, 0.0) for n in names]), "of prompts")
 
     def test(self, numeric: np.ndarray, languages: Sequence[str], topics: np.ndarray | None = None) -> DriftReport:
         """Return the drift verdict of a window: feature rows, their languages and topic sketches."""
         s = self.settings
         if numeric.ndim != 2 or numeric.shape[0] < 2 or numeric.shape[1] != len(PROMPT_FEATURES):
             raise ValueError(f"a window needs >= 2 rows of {len(PROMPT_FEATURES)} features")
-        self._window_languages = list(languages)
+        self._window_language_shares = {lang: n / len(languages) for lang, n in sorted(Counter(languages).items())}
         window = self._columns(numeric, languages)
         external = {}
         topic = topic_test(self._topic_reference, word_mass(topics)) if topics is not None else None
         if topic is not None:
             external["topic"] = ExternalTest("permutation", topic.p_value, topic.tvd, topic.excess, topic.describe())
         base = test_columns(self.columns, self._reference_columns, window, s.test, s.p_val, s.correction, external)
-        report = DriftReport(base.window_size, base.features, base.groups)
-        counts: dict[str, int] = {}
-        for lang in languages:
-            counts[lang] = counts.get(lang, 0) + 1
-        report.language_shares = {k: v / len(languages) for k, v in sorted(counts.items())}
+        report = DriftReport(base.window_size, base.features, base.groups,
+                             language_shares=self._window_language_shares)
         if s.classifier:
             report.classifier_p, report.classifier_distance = alibi_adapter.classifier(self.reference.numeric,
                                                                                        numeric, s.p_val)
