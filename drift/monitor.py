@@ -17,7 +17,7 @@ from splitwatch.service.config import DriftConfig
 from splitwatch.service.events import DriftEvent
 from splitwatch.service.features import LANGUAGES
 
-from .columns import ColumnReport
+from .columns import Column, ColumnReport
 from .detector import OTHER, DriftDetector, DriftReport, DriftSettings
 from .output import FINISH_REASONS, OUTPUT_FEATURES, OutputDetector, OutputReference, as_columns, output_row
 from .reference import Reference, ReferenceMismatch, feature_row
@@ -96,8 +96,12 @@ class ExperimentMonitor:
         self.detector = DriftDetector(reference, settings_of(self.cfg))
         metrics.DRIFT_REFERENCE_SIZE.labels(self.experiment).set(reference.size)
         metrics.DRIFT_STAGE.labels(self.experiment).set(STAGE_FILLING)
+        self._export_thresholds(self.detector.columns)
+
+    def _export_thresholds(self, columns: list[Column]) -> None:
+        """Export the decision rule in force: the p-value threshold and each column's minimum effect."""
         metrics.DRIFT_P_VALUE_THRESHOLD.labels(self.experiment).set(self.cfg.p_val)
-        for column in self.detector.columns:
+        for column in columns:
             metrics.DRIFT_EFFECT_THRESHOLD.labels(self.experiment, column.name).set(column.min_effect)
 
     # -- prompts --------------------------------------------------------------------------------------
@@ -192,44 +196,42 @@ class ExperimentMonitor:
     def _output_reference_path(self, arm: str) -> Path:
         return self.state / f"output-{arm}.json"
 
-    def _output_detector(self, reference: OutputReference) -> OutputDetector:
+    def _use_output(self, arm: str, reference: OutputReference) -> None:
         c = self.cfg
-        detector = OutputDetector(reference, c.min_psi, c.min_tvd, c.test, c.p_val, c.correction)
-        metrics.DRIFT_P_VALUE_THRESHOLD.labels(self.experiment).set(c.p_val)
-        for column in detector.columns:
-            metrics.DRIFT_EFFECT_THRESHOLD.labels(self.experiment, column.name).set(column.min_effect)
-        return detector
+        detector = self.outputs[arm] = OutputDetector(reference, c.min_psi, c.min_tvd, c.test, c.p_val, c.correction)
+        metrics.OUTPUT_REFERENCE_SIZE.labels(self.experiment, arm).set(len(reference.rows))
+        self._export_thresholds(detector.columns)
+
+    def _output_reference_pending(self, arm: str) -> list[OutputRow] | None:
+        """Return the rows of the arm's output reference while it is collected, None once it has a detector
+        (loaded from its persisted reference the first time the arm is seen, if there is one)."""
+        if arm not in self.outputs and arm not in self._output_collecting:
+            loaded = OutputReference.load(self._output_reference_path(arm))
+            if loaded is None:
+                self._output_collecting[arm] = []
+            else:
+                log.info("drift %s: loaded arm %s's output reference (%d answers)", self.experiment, arm,
+                         len(loaded.rows))
+                self._use_output(arm, loaded)
+        return self._output_collecting.get(arm)
 
     def add_response(self, arm: str, event: Mapping[str, Any]) -> None:
         """Take one response event of an arm: into its output reference while collected, else its window."""
         row = output_row(event)
         if row is None:
             return
-        e = self.experiment
-        metrics.OUTPUT_RESPONSES.labels(e, arm).inc()
-        detector = self.outputs.get(arm)
-        if detector is None:
-            rows = self._output_collecting.get(arm)
-            if rows is None:
-                loaded = OutputReference.load(self._output_reference_path(arm))
-                if loaded is not None:
-                    log.info("drift %s: loaded arm %s's output reference (%d answers)", e, arm, len(loaded.rows))
-                    detector = self.outputs[arm] = self._output_detector(loaded)
-                    metrics.OUTPUT_REFERENCE_SIZE.labels(e, arm).set(len(loaded.rows))
-                else:
-                    rows = self._output_collecting[arm] = []
-            if detector is None:
-                assert rows is not None
-                rows.append(row)
-                if len(rows) >= self.cfg.output_reference_size:
-                    ref = OutputReference.of(rows, f"first {len(rows)} answers of arm {arm}")
-                    ref.save(self._output_reference_path(arm))
-                    del self._output_collecting[arm]
-                    self.outputs[arm] = self._output_detector(ref)
-                    metrics.OUTPUT_REFERENCE_SIZE.labels(e, arm).set(len(rows))
-                    log.info("drift %s: arm %s's output reference learned from its first %d answers", e, arm,
-                             len(rows))
-                return
+        metrics.OUTPUT_RESPONSES.labels(self.experiment, arm).inc()
+        rows = self._output_reference_pending(arm)
+        if rows is not None:
+            rows.append(row)
+            if len(rows) >= self.cfg.output_reference_size:
+                ref = OutputReference.of(rows, f"first {len(rows)} answers of arm {arm}")
+                ref.save(self._output_reference_path(arm))
+                del self._output_collecting[arm]
+                self._use_output(arm, ref)
+                log.info("drift %s: arm %s's output reference learned from its first %d answers", self.experiment,
+                         arm, len(rows))
+            return
         window = self.output_windows.get(arm)
         if window is None:
             window = self.output_windows[arm] = SlidingWindow(self.cfg.output_window_size,
@@ -239,14 +241,14 @@ class ExperimentMonitor:
 
     def _test_output(self, arm: str, window: SlidingWindow[OutputRow]) -> None:
         rows = window.contents()
-        report = self.outputs[arm].test(rows)
+        cols = as_columns(rows)
+        report = self.outputs[arm].test(cols)
         self.output_reports[arm] = report
         e = self.experiment
         for f in report.features:
             metrics.OUTPUT_DRIFT_P_VALUE.labels(e, arm, f.feature).set(f.p_adjusted)
             metrics.OUTPUT_DRIFT_SCORE.labels(e, arm, f.feature).set(f.effect)
             metrics.OUTPUT_DRIFT_FEATURE_DRIFTED.labels(e, arm, f.feature).set(1 if f.drifted else 0)
-        cols = as_columns(rows)
         for kind in ("refusal", "empty", "truncated"):
             metrics.OUTPUT_SHARE.labels(e, arm, kind).set(float(np.mean(cols[kind])))
         counts = np.bincount(cols["finish_reason"], minlength=len(FINISH_REASONS))

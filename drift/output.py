@@ -111,7 +111,7 @@ class OutputDetector:
         self._reference = as_columns(reference.rows)
         self.test_name, self.p_val, self.correction = test, p_val, correction
 
-    def test(self, rows: Sequence[tuple[float, int, int, int, int]]) -> ColumnReport:
-        """Return the verdict on a window of output rows."""
-        return test_columns(self.columns, self._reference, as_columns(rows), self.test_name,  # type: ignore[arg-type]
+    def test(self, window: Mapping[str, np.ndarray]) -> ColumnReport:
+        """Return the verdict on a window of output rows, given as columns (:func:`as_columns`)."""
+        return test_columns(self.columns, self._reference, window, self.test_name,  # type: ignore[arg-type]
                             self.p_val, self.correction)
