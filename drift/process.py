@@ -28,6 +28,7 @@ from splitwatch.service.delivery.kafka_client import (
     consumer_connected,
     ensure_topic,
     kafka_security_settings,
+    wait_for_partitions,
 )
 from splitwatch.service.delivery.shipper import EventOutbox, KafkaSink
 from splitwatch.service.status_server import Supervisor, start_status_server
@@ -112,12 +113,7 @@ class DriftService:
                                  group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
                                  **kafka_security_settings(k))
         try:
-            partitions = None
-            deadline = time.monotonic() + 30
-            while not partitions and time.monotonic() < deadline:
-                partitions = consumer.partitions_for_topic(k.topic)
-                if not partitions:
-                    time.sleep(0.5)
+            partitions = wait_for_partitions(consumer, k.topic, 30, poll_s=0.5)
             if not partitions:
                 raise RuntimeError(f"no partitions of topic {k.topic} in the broker's metadata")
             tps = [TopicPartition(k.topic, p) for p in sorted(partitions)]

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -48,6 +49,21 @@ def ensure_topic(cfg: KafkaConfig, timeout_ms: int = 5000, *, topic: str | None 
                                           replication_factor=1, topic_configs=topic_configs or {})])
     finally:
         admin.close()
+
+
+def wait_for_partitions(consumer: Any, topic: str, timeout_s: float, poll_s: float = 0.2) -> set[int]:
+    """Return the partitions of ``topic`` once the consumer's metadata knows them (empty at the timeout).
+
+    Right after a topic is created the metadata may have no entry for it (None) or no partitions
+    yet (an empty set): ask again, refreshing the metadata, until ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        parts = consumer.partitions_for_topic(topic)
+        if parts or time.monotonic() >= deadline:
+            return set(parts or ())
+        time.sleep(poll_s)
+        consumer.topics()  # refreshes the cluster metadata
 
 
 def consumer_connected(consumer: Any) -> bool:

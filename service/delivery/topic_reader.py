@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from ..events import parse_event
+from .kafka_client import wait_for_partitions
 
 
 def read_events(bootstrap: str, topic: str, expect: int | None = None, timeout: float = 20.0,
@@ -21,13 +22,7 @@ def read_events(bootstrap: str, topic: str, expect: int | None = None, timeout: 
                              consumer_timeout_ms=int(idle * 1000))
     try:
         deadline = time.monotonic() + timeout
-        parts = None
-        while not parts and time.monotonic() < deadline:
-            # None: no metadata yet; an empty set: the topic is being created (partitions not yet known)
-            parts = consumer.partitions_for_topic(topic)
-            if not parts:
-                time.sleep(0.2)
-                consumer.topics()
+        parts = wait_for_partitions(consumer, topic, timeout)
         if not parts:
             return []
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
