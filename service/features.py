@@ -148,7 +148,7 @@ def detect_language(text: str, languages: tuple[str, ...] = LANGUAGES) -> str:
     The identifier chooses among ``languages`` (empty: all it knows). 12-30 us per prompt: the
     proxy runs it in its event-shipper process, off the request path.
     """
-    sample = text.strip()[:LANGUAGE_SAMPLE_CHARS]
+    sample = language_sample(text)
     if not sample:
         return "und"
     return str(_language_identifier(tuple(languages)).classify(sample)[0])

@@ -64,8 +64,7 @@ _DIGITS = "0123456789"
 def sentences(text: str) -> list[str]:
     """Return the text's sentences (split after . ! ? followed by a space, and at newlines), stripped,
     without those that have no letter or digit."""
-    return [s for s in (p.strip() for p in _SENTENCE_END.split(text)) if s and not s.isspace()
-            and (s.isalnum() or any(c.isalnum() for c in s))]
+    return [s for s in (p.strip() for p in _SENTENCE_END.split(text)) if any(c.isalnum() for c in s)]
 
 
 def text_features(text: str) -> dict[str, float]:
