@@ -19,7 +19,15 @@ from splitwatch.service.features import LANGUAGES
 
 from .columns import Column, ColumnReport
 from .detector import OTHER, DriftDetector, DriftReport, DriftSettings
-from .output import FINISH_REASONS, OUTPUT_FEATURES, OutputDetector, OutputReference, as_columns, output_row
+from .output import (
+    FINISH_REASONS,
+    OUTPUT_FEATURES,
+    OutputDetector,
+    OutputReference,
+    OutputRow,
+    as_columns,
+    output_row,
+)
 from .reference import Reference, ReferenceMismatch, feature_row
 from .windows import SlidingWindow
 
@@ -50,7 +58,6 @@ def reference_from_file(path: str | Path, languages: tuple[str, ...] = LANGUAGES
 
 
 PromptRow = tuple[list[float], str, list[float]]
-OutputRow = tuple[float, int, int, int, int]
 
 
 class ExperimentMonitor:

@@ -28,9 +28,11 @@ FINISH_REASONS = ("stop", "length", "content_filter", "tool_calls", "other")
 OUTPUT_FEATURES = ("answer_tokens", "finish_reason", "truncated", "refusal", "empty")
 """The output columns, in the order of a row."""
 _FINISH_CODE = {r: i for i, r in enumerate(FINISH_REASONS)}
+OutputRow = tuple[float, int, int, int, int]
+"""One answer: tokens, finish-reason code, truncated, refusal, empty (OUTPUT_FEATURES order)."""
 
 
-def output_row(event: Mapping[str, Any]) -> tuple[float, int, int, int, int] | None:
+def output_row(event: Mapping[str, Any]) -> OutputRow | None:
     """Return the output row of a response event, or None when it is not a successful answer.
 
     ``answer_tokens`` is ``completion_tokens``, else the answer's characters / 4 when the shipper saw
@@ -63,7 +65,7 @@ def output_columns(min_psi: float, min_tvd: float) -> list[Column]:
     ]
 
 
-def as_columns(rows: Sequence[tuple[float, int, int, int, int]]) -> dict[str, np.ndarray]:
+def as_columns(rows: Sequence[OutputRow]) -> dict[str, np.ndarray]:
     """Return output rows as named columns."""
     arr = np.asarray(rows, dtype=float).reshape(-1, len(OUTPUT_FEATURES))
     return {name: arr[:, i] if i == 0 else arr[:, i].astype(np.int64) for i, name in enumerate(OUTPUT_FEATURES)}
@@ -73,7 +75,7 @@ def as_columns(rows: Sequence[tuple[float, int, int, int, int]]) -> dict[str, np
 class OutputReference:
     """An arm's first answers: the rows its later answers are compared with."""
 
-    rows: list[tuple[float, int, int, int, int]]
+    rows: list[OutputRow]
     source: str
     created_at: str
 
@@ -96,7 +98,7 @@ class OutputReference:
         return cls([tuple(r) for r in data["rows"]], data["source"], data["created_at"])  # type: ignore[misc]
 
     @classmethod
-    def of(cls, rows: list[tuple[float, int, int, int, int]], source: str) -> OutputReference:
+    def of(cls, rows: list[OutputRow], source: str) -> OutputReference:
         """Return a new reference of these rows."""
         return cls(rows, source, datetime.now(UTC).isoformat())
 
