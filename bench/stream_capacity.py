@@ -3,11 +3,14 @@
 LLM traffic is mostly streams that stay open for seconds, so this, not requests per second, sizes a
 deployment. On loopback:
 
-- a paced stub model: 200 tokens per stream at 50 tokens/s (``--token-delay-ms 20``), one SSE
-  chunk per token; and an unpaced one for the last level;
+- a paced SSE server (``bench/paced_sse_server.py``): 200 tokens per stream at 50 tokens/s, one SSE
+  chunk per token, each written by a timer callback straight to the socket, so that it carries several
+  times what one proxy worker can (``--stub model`` uses the project's stub model instead, as the first
+  runs did: it saturates near 10,000 chunks/s on the second core, the proxy's own limit after the lean
+  stream path); and an unpaced one for the last level;
 - one proxy worker with Kafka logging on, it and its event shipper on CPU 0 (``--pin``); the stub,
   the broker and the load generator on CPU 1;
-- a light load generator (raw asyncio sockets, no HTTP library) that keeps N streams open: each
+- a light load generator (raw asyncio sockets on uvloop, no HTTP library) that keeps N streams open: each
   stream that ends is replaced at once. The first 4 s (one stream's length) warm up, unmeasured;
   then ``--seconds`` are measured.
 
@@ -16,7 +19,7 @@ p50/p99 (request sent to first chunk), the inter-chunk gap p50/p99/p99.9 (agains
 pacing of 20 ms), coalesced chunks (several in one read), streams still without a first chunk at
 the window's end, refused streams (503), and the proxy's CPU (worker and shipper, from /proc).
 
-Usage: python bench/stream_capacity.py [--pin] [--levels 50,200,500] [--seconds 10] [--limit N]
+Usage: python bench/stream_capacity.py [--pin] [--levels 50,200,500] [--seconds 10] [--limit N] [--stub light|model]
 """
 
 from __future__ import annotations
@@ -33,12 +36,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from splitwatch.service.local.processes import LOOPBACK, ManagedProcess, free_port, wait_for_port
 from tests.harness import Broker, Proxy, StubModel, base_config, experiment_config, new_topic
 
 TOKENS = 200
 DELAY_MS = 20.0
+
+
+class PacedServer(ManagedProcess):
+    """``bench/paced_sse_server.py`` on a free port (the light paced upstream)."""
+
+    def __init__(self, workdir: Path, name: str, delay_ms: float) -> None:
+        self.port = free_port()
+        script = Path(__file__).with_name("paced_sse_server.py")
+        super().__init__([sys.executable, str(script), "--port", str(self.port), "--tokens", str(TOKENS),
+                          "--token-delay-ms", str(delay_ms)], workdir / f"paced-{name}-{self.port}.log")
+
+    @property
+    def base_url(self) -> str:
+        """Return the OpenAI base URL of this server."""
+        return f"http://{LOOPBACK}:{self.port}/v1"
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        super().start()
+        wait_for_port(self.port, proc=self.proc)
 
 
 @dataclass
@@ -163,14 +188,19 @@ def main() -> None:
     ap.add_argument("--no-logging", action="store_true", help="the proxy without Kafka (kafka.enabled: false)")
     ap.add_argument("--shipper-cpu", default="0", help="with --pin: the CPU of the event shipper (default 0, "
                     "with the worker)")
+    ap.add_argument("--stub", choices=["light", "model"], default="light",
+                    help="the upstream: the light paced server (default) or the project's stub model")
     args = ap.parse_args()
     if args.pin:
         os.sched_setaffinity(0, {1})
         os.environ["SPLITWATCH_SHIPPER_CPUS"] = args.shipper_cpu
     work = Path(tempfile.mkdtemp(prefix="splitwatch-streams-"))
     broker = Broker(work)
-    paced = StubModel(work, "paced", "--token-delay-ms", str(DELAY_MS), "--completion-tokens", str(TOKENS))
-    unpaced = StubModel(work, "unpaced", "--completion-tokens", str(TOKENS))
+    if args.stub == "model":
+        paced = StubModel(work, "paced", "--token-delay-ms", str(DELAY_MS), "--completion-tokens", str(TOKENS))
+        unpaced = StubModel(work, "unpaced", "--completion-tokens", str(TOKENS))
+    else:
+        paced, unpaced = PacedServer(work, "paced", DELAY_MS), PacedServer(work, "unpaced", 0)
     topic = new_topic()
     proxies = {}
     for name, stub in (("paced", paced), ("unpaced", unpaced)):
@@ -193,11 +223,11 @@ def main() -> None:
             stub = paced if is_paced else unpaced
             proxy = proxies["paced" if is_paced else "unpaced"]
             warmup = TOKENS * DELAY_MS / 1000 if is_paced else 1.0  # one stream's length
-            direct = asyncio.run(_level("127.0.0.1", stub.port, "/v1/chat/completions", streams, args.seconds,
+            direct = uvloop.run(_level("127.0.0.1", stub.port, "/v1/chat/completions", streams, args.seconds,
                                         warmup))
             cpu0 = _cpu_seconds(proxy.proc.pid)
             t0 = time.perf_counter()
-            via = asyncio.run(_level("127.0.0.1", proxy.port, "/v1/chat/completions", streams, args.seconds,
+            via = uvloop.run(_level("127.0.0.1", proxy.port, "/v1/chat/completions", streams, args.seconds,
                                      warmup))
             cpu = (_cpu_seconds(proxy.proc.pid) - cpu0) / (time.perf_counter() - t0)  # over warm-up and window
             rows.append((streams, is_paced, direct, via, cpu))
@@ -208,7 +238,8 @@ def main() -> None:
     s = args.seconds
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
           + (", pinned: proxy worker and shipper on CPU 0, stub, broker and load generator on CPU 1"
-             if args.pin else ", not pinned") + f"; {TOKENS} tokens per stream, {s:g} s per level\n")
+             if args.pin else ", not pinned") + f"; {TOKENS} tokens per stream, {s:g} s per level, "
+          f"upstream: {args.stub}\n")
     print("| streams | path | chunks/s | ratio | TTFT p50 / p99 (ms) | gap p50 / p99 / p99.9 (ms) | coalesced "
           "| no first chunk | refused | proxy CPU |")
     print("|---|---|---|---|---|---|---|---|---|---|")
