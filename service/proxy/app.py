@@ -9,6 +9,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,6 +21,7 @@ from ..delivery.publisher import EventPublisher, open_publisher
 from .errors import ProxyError, error_response
 from .routes import admin, assignments, completions, health, outcomes
 from .runtime import Runtime
+from .stream_relay import RAW_SEND
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,15 @@ WORKER_INDEX_ENV = "SPLITWATCH_WORKER_INDEX"
 WORKERS_ENV = "SPLITWATCH_WORKERS"
 CONFIG_PATH_ENV = "SPLITWATCH_CONFIG"
 STALE_CONNECTIONS_S = 1.0
+
+
+class ProxyApp(FastAPI):
+    """The proxy's FastAPI app; its outermost layer keeps the server's ``send`` in the scope
+    (:data:`~.stream_relay.RAW_SEND`), for the stream relay to write below the per-message wrappers."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        scope[RAW_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 def create_app(config: Config, config_path: str | Path | None = None, *,
@@ -58,7 +69,7 @@ def create_app(config: Config, config_path: str | Path | None = None, *,
             if runtime.publisher is not None:
                 await asyncio.to_thread(runtime.publisher.close)
 
-    app = FastAPI(title="splitwatch proxy", version="0.1.0", lifespan=lifespan,
+    app = ProxyApp(title="splitwatch proxy", version="0.1.0", lifespan=lifespan,
                   docs_url=None, redoc_url=None)
     app.state.runtime = runtime
     for module in (completions, outcomes, assignments, admin, health):

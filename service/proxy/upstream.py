@@ -14,6 +14,7 @@ import orjson
 from starlette.requests import Request
 
 from ..config import UpstreamConfig
+from .upstream_stream import StreamPool
 
 T = TypeVar("T")
 
@@ -83,10 +84,20 @@ class ShardedClient:
 
 
 class UpstreamClients:
-    """One :class:`ShardedClient` per distinct upstream base URL and connection limit."""
+    """Per distinct upstream base URL and connection limits: a :class:`ShardedClient` (httpx) for
+    whole answers and a :class:`~.upstream_stream.StreamPool` for streams."""
 
     def __init__(self) -> None:
         self._clients: dict[tuple[str, int, float], ShardedClient] = {}
+        self._streams: dict[tuple[str, int, float, float], StreamPool] = {}
+
+    def stream_pool(self, up: UpstreamConfig) -> StreamPool:
+        """Return the stream connection pool of this upstream (made on first use, in the running loop)."""
+        key = (up.base_url, up.max_connections, up.keepalive_expiry_s, up.connect_timeout_s)
+        pool = self._streams.get(key)
+        if pool is None:
+            pool = self._streams[key] = StreamPool(up)
+        return pool
 
     def lease(self, up: UpstreamConfig) -> tuple[httpx.AsyncHTTPTransport, Callable[[], None]]:
         """Return a pooled transport for this upstream and its release function."""
@@ -98,13 +109,17 @@ class UpstreamClients:
 
     async def close_stale(self) -> int:
         """Close stale idle connections of every upstream (see :meth:`ShardedClient.close_stale`); return how many."""
-        return sum([await c.close_stale() for c in list(self._clients.values())])
+        return (sum([await c.close_stale() for c in list(self._clients.values())])
+                + sum(p.close_stale() for p in list(self._streams.values())))
 
     async def aclose(self) -> None:
-        """Close every pooled transport."""
+        """Close every pooled transport and stream connection."""
         for c in self._clients.values():
             await c.aclose()
         self._clients.clear()
+        for p in self._streams.values():
+            p.close()
+        self._streams.clear()
 
 
 def build_request(up: UpstreamConfig, path: str, payload: bytes, request_id: str) -> httpx.Request:

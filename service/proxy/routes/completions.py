@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import anyio
 import httpx
@@ -20,9 +20,9 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from ... import metrics
-from ...answer_features import ANSWER_SAMPLE_CHARS, STREAM_SAMPLE_BYTES, completion_content, finish_reason_of
+from ...answer_features import ANSWER_SAMPLE_CHARS, completion_content, finish_reason_of
 from ...config import UNASSIGNED_ARM, ArmConfig, Config, UpstreamConfig
-from ...events import TEXT_KIND_ANSWER, TEXT_KIND_PROMPT, TEXT_KIND_STREAM, ExposureEvent, ResponseEvent
+from ...events import TEXT_KIND_ANSWER, TEXT_KIND_PROMPT, ExposureEvent, ResponseEvent
 from ...features import features_of_prompt, prompt_text
 from ...text_features import TEXT_SAMPLE_CHARS
 from ..assignment import Assignment
@@ -30,21 +30,23 @@ from ..errors import InvalidRequest, ModelNotFound, Overloaded, UpstreamError, e
 from ..openapi import CHAT_REQUEST, COMPLETION_REQUEST
 from ..request_body import check_identifier, parse_json_object, read_limited_body
 from ..runtime import Runtime
+from ..stream_relay import StreamEnd, StreamRelay
 from ..upstream import (
     ClientDisconnected,
-    SSEUsageScanner,
-    UsageChunkFilter,
     build_request,
     call_until_disconnect,
     is_openai_error,
+    upstream_headers,
     usage_of,
 )
+from ..upstream_stream import UpstreamResponse
 
 router = APIRouter()
 
 UNIT_HEADER = "x-splitwatch-unit"
 FORCE_HEADER = "x-splitwatch-force-arm"
 Kind = Literal["chat", "completions"]
+R = TypeVar("R", httpx.Response, UpstreamResponse)
 
 
 @router.post("/v1/chat/completions", openapi_extra=CHAT_REQUEST)
@@ -237,7 +239,7 @@ def _error_kind(status: int) -> str | None:
     return None
 
 
-def _passed_through(resp: httpx.Response, content: bytes, headers: dict[str, str]) -> Response:
+def _passed_through(resp: httpx.Response | UpstreamResponse, content: bytes, headers: dict[str, str]) -> Response:
     """Return the upstream's answer unchanged, except a 5xx whose body is not an OpenAI error:
     that one is replaced by an OpenAI body (same status) so that clients can parse it."""
     status = resp.status_code
@@ -257,8 +259,8 @@ class _BodyInterrupted(Exception):
         self.cause = cause
 
 
-async def _open_upstream(request: Request, call: _Call, up: UpstreamConfig, send: Awaitable[httpx.Response],
-                         headers: dict[str, str]) -> httpx.Response | None:
+async def _open_upstream(request: Request, call: _Call, up: UpstreamConfig, send: Awaitable[R],
+                         headers: dict[str, str]) -> R | None:
     """Return the upstream's response (headers at least), or None when the client left first.
 
     Raises UpstreamError: 504 on a timeout; 502 when the upstream cannot be reached
@@ -351,10 +353,10 @@ def _request_stream_usage(body: dict[str, Any], up: UpstreamConfig) -> bool:
 async def _forward_stream(request: Request, call: _Call, arm: ArmConfig, path: str,
                           payload: bytes, strip_usage: bool = False) -> Response:
     up = arm.upstream
-    transport, call.release = call.runtime.clients.lease(up)
+    pool = call.runtime.clients.stream_pool(up)
     headers = _headers(call.assignment, call.request_id)
-    resp = await _open_upstream(request, call, up, transport.handle_async_request(
-        build_request(up, path, payload, call.request_id)), headers)
+    resp = await _open_upstream(request, call, up, pool.open(
+        path, payload, upstream_headers(up, call.request_id), up.timeout_s), headers)
     if resp is None:
         return Response(status_code=499)
     if resp.status_code >= 400:
@@ -370,48 +372,14 @@ async def _forward_stream(request: Request, call: _Call, arm: ArmConfig, path: s
         call.finish(status, upstream_s, error=_error_kind(status))
         return _passed_through(resp, content, headers)
     metrics.PROXY_OVERHEAD.observe(call.sent_at - call.started)
-    return StreamingResponse(_relay(call, resp, strip_usage), status_code=resp.status_code, headers=headers,
-                             media_type=resp.headers.get("content-type", "text/event-stream"))
 
+    def on_end(end: StreamEnd) -> None:
+        call.finish(end.status, time.perf_counter() - call.sent_at, ttft_s=end.ttft_s,
+                    prompt_tokens=end.prompt_tokens, completion_tokens=end.completion_tokens, error=end.error,
+                    finish_reason=end.finish_reason, answer_sample=end.answer_sample)
 
-async def _relay(call: _Call, resp: httpx.Response, strip_usage: bool = False) -> AsyncIterator[bytes]:
-    """Yield the upstream's stream (minus the usage chunk the proxy asked for, with ``strip_usage``);
-    log TTFT, usage and how the stream ended."""
-    scanner = SSEUsageScanner()
-    usage_filter = UsageChunkFilter() if strip_usage else None
-    ttft: float | None = None
-    status = resp.status_code
-    error: str | None = None
-    # the answer's first bytes, for the shipper's answer features (never kept beyond the event's hand-over)
-    head = bytearray(TEXT_KIND_STREAM) if call.assignment.logged else None
-    try:
-        async for chunk in resp.aiter_raw():
-            if ttft is None:
-                ttft = time.perf_counter() - call.sent_at
-            scanner.feed(chunk)
-            if head is not None and len(head) <= STREAM_SAMPLE_BYTES:
-                head += chunk[:STREAM_SAMPLE_BYTES + 1 - len(head)]
-            if usage_filter is not None:
-                chunk = usage_filter.feed(chunk)
-                if not chunk:
-                    continue
-            yield chunk
-        if usage_filter is not None and (rest := usage_filter.flush()):
-            yield rest
-    except httpx.TimeoutException:
-        error = "timeout"
-    except httpx.HTTPError:
-        error = "stream_interrupted"
-    except BaseException:
-        # Cancelled: the client disconnected (Starlette cancels the response task).
-        status, error = 499, "client_disconnected"
-        raise
-    finally:
-        with anyio.CancelScope(shield=True):
-            await resp.aclose()
-        call.finish(status, time.perf_counter() - call.sent_at, ttft_s=ttft,
-                    prompt_tokens=scanner.prompt_tokens, completion_tokens=scanner.completion_tokens,
-                    error=error, finish_reason=scanner.finish_reason(), answer_sample=bytes(head or b""))
+    return StreamRelay(resp, headers, sent_at=call.sent_at, strip_usage=strip_usage,
+                       sample=call.assignment.logged, on_end=on_end)
 
 
 async def _passthrough(request: Request, up: UpstreamConfig, path: str, raw: bytes) -> Response:
