@@ -188,6 +188,9 @@ def main() -> None:
     ap.add_argument("--no-logging", action="store_true", help="the proxy without Kafka (kafka.enabled: false)")
     ap.add_argument("--shipper-cpu", default="0", help="with --pin: the CPU of the event shipper (default 0, "
                     "with the worker)")
+    ap.add_argument("--max-connections", type=int, default=4000,
+                    help="the arms' upstream.max_connections (the default 200 would cap a level at 200 streams: "
+                         "both arms share one upstream)")
     ap.add_argument("--stub", choices=["light", "model"], default="light",
                     help="the upstream: the light paced server (default) or the project's stub model")
     args = ap.parse_args()
@@ -204,7 +207,10 @@ def main() -> None:
     topic = new_topic()
     proxies = {}
     for name, stub in (("paced", paced), ("unpaced", unpaced)):
-        cfg = base_config(broker.bootstrap, topic, work / name, [experiment_config(stub, stub)],
+        exp = experiment_config(stub, stub)
+        for arm in exp["arms"]:
+            arm["upstream"]["max_connections"] = args.max_connections
+        cfg = base_config(broker.bootstrap, topic, work / name, [exp],
                           max_concurrent_streams=args.limit, max_concurrency=4096)
         cfg["kafka"]["linger_ms"] = 20
         cfg["kafka"]["enabled"] = not args.no_logging

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config
 from .logs import configure_logging
 
 
@@ -40,7 +40,27 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
                       f"coverage {e.coverage:g} is not used")
             if r.auto_rollback and not by_role["guardrail"]:
                 print(f"    warning: {e.key} has no guardrail: the guard rolls back only on SRM and failing requests")
+    for line in _stream_pool_warnings(cfg):
+        print(line)
     return 0
+
+
+def _stream_pool_warnings(cfg: Config) -> list[str]:
+    """Return a warning for each upstream whose connection pool is smaller than a worker's stream limit.
+
+    Arms with the same upstream share one pool per worker, so a worker can open up to
+    ``proxy.max_concurrent_streams`` streams to it; past ``max_connections`` they wait for a
+    connection instead of being refused at once with 503.
+    """
+    limit = cfg.proxy.max_concurrent_streams
+    pools: dict[tuple[str, int], list[str]] = {}
+    for e in cfg.experiments:
+        for a in e.arms:
+            pools.setdefault((a.upstream.base_url, a.upstream.max_connections), []).append(f"{e.key}/{a.name}")
+    return [f"  warning: upstream {url} ({', '.join(arms)}): max_connections {conns} is below "
+            f"proxy.max_concurrent_streams {limit}: a worker's streams past {conns} wait for a connection "
+            f"instead of getting 503 at once"
+            for (url, conns), arms in pools.items() if limit and conns < limit]
 
 
 def _cmd_proxy(args: argparse.Namespace) -> int:

@@ -264,10 +264,12 @@ class ProxyConfig(_Strict):
     body_timeout_s: float = Field(60.0, gt=0)
     max_concurrency: int = Field(2048, ge=1)
     # Open streams one worker carries; a new stream beyond it is refused at once (503 with Retry-After)
-    # instead of waiting seconds for its first token on a saturated worker. 150: below where one worker
-    # saturated at 50 tokens/s in bench/stream_capacity.py on the machines measured (docs/benchmarks.md,
-    # streams); measure yours. 0: no limit.
-    max_concurrent_streams: int = Field(150, ge=0)
+    # instead of waiting seconds for its first token on a saturated worker. 200: the most streams at
+    # 50 tokens/s that one worker relayed in bench/stream_capacity.py with chunk gaps and first tokens
+    # still on time (it saturates near 500; docs/benchmarks.md, streams), and the default
+    # upstream.max_connections, so a worker never queues a stream for an upstream connection below its
+    # limit. Measure yours. 0: no limit.
+    max_concurrent_streams: int = Field(200, ge=0)
     keep_alive_s: int = Field(5, ge=1)
     # at start, how long a worker reads the control topic before it serves with its cached state
     control_startup_timeout_s: float = Field(5.0, ge=0)

@@ -102,6 +102,13 @@ def test_cli_config_check(tmp_path: Path) -> None:
     assert "support-ft" in ok.stdout
     assert "metrics: primary -; secondary resolved; guardrail -" in ok.stdout
     assert "has no metric with role: primary, so its verdict can never be ship" in ok.stdout
+    assert "max_connections" not in ok.stdout  # the defaults fit: 200 connections for 200 streams
+    small = tmp_path / "small_pool.yaml"
+    small.write_text(yaml.safe_dump(_with("experiments.0.arms.1.upstream.max_connections", 50)))
+    out = subprocess.run(splitwatch_command("config", "check", str(small)), capture_output=True, text=True).stdout
+    assert ("upstream http://b/v1 (support-ft/finetuned): max_connections 50 is below "
+            "proxy.max_concurrent_streams 200") in out
+    assert "http://a/v1" not in out
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(_with("experiments.0.coverage", 2)))
     res = subprocess.run(splitwatch_command("config", "check", str(bad)),

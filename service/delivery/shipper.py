@@ -55,6 +55,12 @@ _FRAME = struct.Struct(">HIH")
 MAX_KEY_BYTES = 0xFFFF  # the pipe's and the spool's frames give a key two bytes of length
 MAX_VALUE_BYTES = 0xFFFFFFFF
 SHIPPER_CPUS_ENV = "SPLITWATCH_SHIPPER_CPUS"
+SHIPPER_NICE_ENV = "SPLITWATCH_SHIPPER_NICE"
+SHIPPER_NICE = 10
+"""The shipper's CPU priority below its worker's (``os.nice``). Its work is batched and waits well;
+the worker's relays do not: on a shared core, a shipper at the worker's priority preempted it for
+up to 140 ms at a time, and streams' chunks and first tokens waited that long (docs/benchmarks.md,
+streams). 0 keeps the worker's priority."""
 
 PipeRecord = tuple[bytes, bytes, bytes]
 """(key, event JSON, text sample) as the worker hands it over: the sample (a kind byte, then the
@@ -452,6 +458,9 @@ def shipper_main(cfg_json: str, spool_dir: str, conn: Connection, status: Any, e
     cpus = os.environ.get(SHIPPER_CPUS_ENV)
     if cpus:  # keep the shipper off the workers' cores (e.g. "3" or "2,3")
         os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+    nice = int(os.environ.get(SHIPPER_NICE_ENV, SHIPPER_NICE))
+    if nice > 0:
+        os.nice(nice)
     configure_logging()
     cfg = KafkaConfig.model_validate_json(cfg_json)
     try:
