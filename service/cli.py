@@ -161,6 +161,54 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_params(items: list[str]) -> dict[str, object]:
+    """Return ``--param KEY=VALUE`` pairs as a dict, the value read as YAML (``0``, ``0.2``, ``[a]``, text)."""
+    import yaml
+
+    params: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--param {item!r}: expected KEY=VALUE, e.g. --param temperature=0")
+        if key.strip() in ("model", "messages", "prompt", "stream"):
+            raise ConfigError(f"--param {key.strip()}: set by the eval itself (the arm's model, the case's text)")
+        try:
+            params[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            params[key.strip()] = value
+    return params
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation.dataset import DatasetError, load_dataset
+    from .evaluation.run import EvalOptions, run_eval
+    from .evaluation.store import RunMismatch
+
+    cfg = load_config(args.config)
+    exp = cfg.experiment(args.experiment)
+    if exp is None:
+        raise ConfigError(f"--experiment: no experiment {args.experiment!r} in {args.config}; experiments: "
+                          f"{[e.key for e in cfg.experiments]}")
+    for name, value, low in (("--repeats", args.repeats, 1), ("--concurrency", args.concurrency, 1),
+                             ("--bootstrap", args.bootstrap, 100)):
+        if value < low:
+            raise ConfigError(f"{name} must be at least {low}, got {value}")
+    if not 0 < args.alpha < 1:
+        raise ConfigError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    try:
+        dataset = load_dataset(args.dataset, args.task)
+    except DatasetError as exc:
+        raise ConfigError(f"--dataset: {exc}") from None
+    output = Path(args.output or f"splitwatch-eval/{exp.key}")
+    opts = EvalOptions(output, args.repeats, args.concurrency, _parse_params(args.param), args.retry_failed,
+                       args.alpha, args.bootstrap)
+    try:
+        code, _ = run_eval(exp, dataset, opts)
+    except RunMismatch as exc:
+        raise ConfigError(f"--output: {exc}") from None
+    return code
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .local.demo import run_demo
 
@@ -225,6 +273,26 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--fixed-horizon", action="store_true",
                     help="fixed-horizon tests (only once the planned sample size is reached); default: always-valid")
     rp.set_defaults(func=_cmd_report)
+
+    ev = sub.add_parser("eval", help="offline evaluation: every arm on a fixed test set, with paired significance")
+    ev.add_argument("--config", required=True, help=CONFIG_HELP)
+    ev.add_argument("--experiment", required=True, help="the experiment whose arms are compared (its first arm "
+                    "is the control)")
+    ev.add_argument("--dataset", required=True, help="JSONL test set: {\"id\"?, \"messages\": [...]} or "
+                    "{\"prompt\": ...}, optional \"reference\" or \"label\" (docs/eval.md)")
+    ev.add_argument("--repeats", type=int, default=1, help="calls per case and arm; 2 or more measures output "
+                    "stability (default 1)")
+    ev.add_argument("--output", default=None, help="directory for results and reports; an interrupted run "
+                    "continues there (default: ./splitwatch-eval/<experiment>)")
+    ev.add_argument("--task", choices=["classification", "generation", "open"], default=None,
+                    help="default: inferred (label on every line: classification; reference: generation)")
+    ev.add_argument("--concurrency", type=int, default=8, help="calls in flight at once (default 8)")
+    ev.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="a request parameter for every call, e.g. --param temperature=0 (repeatable)")
+    ev.add_argument("--retry-failed", action="store_true", help="on a resumed run, send failed calls again")
+    ev.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    ev.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples (default 1000)")
+    ev.set_defaults(func=_cmd_eval)
 
     demo = sub.add_parser("demo", help="run the whole loop locally on embedded defaults")
     demo.add_argument("--units", type=int, default=2000, help="simulated users (default 2000)")

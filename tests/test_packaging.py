@@ -113,7 +113,8 @@ ALLOWED_STAGES = {
     "control": {"delivery"},
     "analyzer": {"delivery", "control"},
     "drift": {"delivery"},
-    "local": {"proxy", "delivery", "analyzer", "control", "drift"},  # the demo runs the drift detector too
+    "evaluation": {"proxy", "analyzer"},  # the proxy's upstream clients, the report's number formats
+    "local": {"proxy", "delivery", "analyzer", "control", "drift", "evaluation"},  # the demo runs them all
 }
 # The CLI starts every process and the package re-exports its public names: they may import any stage.
 # Every other shared module is a contract and imports no stage.

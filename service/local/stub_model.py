@@ -41,11 +41,60 @@ class StubSettings:
     status: int = 200
     fail_rate: float = 0.0
     refusal_rate: float = 0.0  # share of answers that decline ("I'm sorry, but I can't help with that.")
+    # An eval test set (JSONL, docs/eval.md) whose cases it recognises by their last user message or
+    # prompt: it answers a known case with its label or reference on a share ``accuracy`` of cases,
+    # and otherwise with another label or a damaged reference. Deterministic per case (the same
+    # prompt, the same answer) unless ``sampling``, which draws every answer afresh (from ``seed``).
+    answer_key: str = ""
+    accuracy: float = 1.0
+    sampling: bool = False
+    seed: int | None = None
 
 
 REFUSAL = "I'm sorry, but I can't help with that."
 _SETTABLE = {"latency_ms": float, "token_delay_ms": float, "completion_tokens": int, "status": int,
-             "fail_rate": float, "refusal_rate": float}
+             "fail_rate": float, "refusal_rate": float, "accuracy": float, "sampling": bool}
+
+
+@dataclass(frozen=True)
+class KeyedCase:
+    """What the stub knows of a test case: the expected label or reference text."""
+
+    label: str | None
+    reference: str | None
+
+
+def load_answer_key(path: str) -> tuple[dict[str, KeyedCase], list[str]]:
+    """Return the test set's cases by their last user message (or prompt), and its labels."""
+    from ..evaluation.dataset import load_dataset
+
+    ds = load_dataset(path, "open")
+    key = {case_text(c.request_body()): KeyedCase(c.label, c.reference) for c in ds.cases}
+    return key, sorted({c.label for c in ds.cases if c.label is not None})
+
+
+def case_text(body: dict[str, Any]) -> str:
+    """Return the text a request is recognised by: its last user message, or its prompt."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        return str(users[-1].get("content", "")) if users else ""
+    return str(body.get("prompt", ""))
+
+
+def keyed_answer(case: KeyedCase, labels: list[str], accuracy: float, rng: random.Random) -> str:
+    """Return the stub's answer to a known case: right with probability ``accuracy``, else wrong
+    (another label, or the reference with about half of its words dropped and the rest shuffled)."""
+    right = rng.random() < accuracy
+    if case.label is not None:
+        others = [label for label in labels if label != case.label]
+        return case.label if right or not others else rng.choice(others)
+    words = (case.reference or "").split()
+    if right or len(words) < 2:
+        return " ".join(words)
+    kept = [w for w in words if rng.random() < 0.5] or words[:1]
+    rng.shuffle(kept)
+    return " ".join(kept)
 
 
 @dataclass
@@ -73,6 +122,17 @@ class StubModelApp:
         self.settings = settings
         self.stats = StubStats()
         self._counter = 0
+        self._key, self._labels = load_answer_key(settings.answer_key) if settings.answer_key else ({}, [])
+        self._rng = random.Random(settings.seed)
+
+    def _keyed_words(self, body: dict[str, Any]) -> list[str] | None:
+        """Return the answer's words when the request is a case of the answer key, else None."""
+        case = self._key.get(case_text(body)) if self._key else None
+        if case is None:
+            return None
+        s = self.settings
+        rng = self._rng if s.sampling else random.Random(f"{s.name}:{s.seed}:{case_text(body)}")
+        return keyed_answer(case, self._labels, s.accuracy, rng).split()
 
     async def __call__(self, scope: ASGIScope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -171,6 +231,10 @@ class StubModelApp:
         created = int(time.time())
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{s.name}-{self._counter}"
         words = [f"{s.name}-w{i}" for i in range(tokens)]
+        keyed = self._keyed_words(body)
+        if keyed is not None:
+            words = keyed
+            tokens = len(words)
         if s.refusal_rate and random.random() < s.refusal_rate:
             words = REFUSAL.split()
         usage = {"prompt_tokens": _prompt_words(body), "completion_tokens": tokens,
@@ -251,9 +315,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fail-rate", type=float, default=0.0)
     p.add_argument("--refusal-rate", type=float, default=0.0, help="share of answers that decline")
     p.add_argument("--keep-alive-s", type=int, default=5, help="idle keep-alive timeout (uvicorn's default: 5)")
+    p.add_argument("--answer-key", default="", help="an eval test set (JSONL) whose cases it answers")
+    p.add_argument("--accuracy", type=float, default=1.0, help="with --answer-key: share of cases answered right")
+    p.add_argument("--sampling", action="store_true", help="with --answer-key: draw every answer afresh")
+    p.add_argument("--seed", type=int, default=None, help="with --answer-key: the random seed")
     a = p.parse_args(argv)
     app = StubModelApp(StubSettings(a.name, a.latency_ms, a.token_delay_ms, a.completion_tokens, a.status,
-                                    a.fail_rate, a.refusal_rate))
+                                    a.fail_rate, a.refusal_rate, a.answer_key, a.accuracy, a.sampling, a.seed))
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning", access_log=False, lifespan="on",
                 timeout_keep_alive=a.keep_alive_s)
 

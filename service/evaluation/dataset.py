@@ -1,0 +1,196 @@
+"""An offline test set: JSONL lines ``{"id"?, "messages": [...]}`` or ``{"id"?, "prompt": "..."}``,
+each with an optional ``"reference"`` (the expected text) or ``"label"`` (the expected class).
+
+A bad line is reported by its line number and field and left out of the run, never silently: the
+run's report lists every one. The task is what the lines carry: ``classification`` (every line has a
+label), ``generation`` (every line has a reference) or ``open`` (neither: latency, tokens and
+stability only). ``--task`` sets it; then a line without the field the task needs is a bad line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+TASKS = ("classification", "generation", "open")
+MAX_ID_CHARS = 200
+ROLES = ("system", "user", "assistant", "developer", "tool")
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be used at all (unreadable, empty, or no valid line)."""
+
+
+@dataclass(frozen=True)
+class EvalCase:
+    """One test case: its id, the request's ``messages`` (chat) or ``prompt`` (completion), and the
+    expected ``reference`` text or ``label``."""
+
+    id: str
+    line: int
+    messages: tuple[dict[str, Any], ...] | None
+    prompt: str | None
+    reference: str | None
+    label: str | None
+
+    def request_body(self) -> dict[str, Any]:
+        """Return the request's content fields: ``{"messages": [...]}`` or ``{"prompt": "..."}``."""
+        return {"messages": list(self.messages)} if self.messages is not None else {"prompt": self.prompt}
+
+    @property
+    def path(self) -> str:
+        """Return the OpenAI path this case is sent to."""
+        return "/chat/completions" if self.messages is not None else "/completions"
+
+
+@dataclass(frozen=True)
+class BadLine:
+    """A line left out of the run: its number, the field at fault and why."""
+
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.field}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The valid cases, the bad lines, the task, and the file's SHA-256 (a resumed run must match it)."""
+
+    path: Path
+    cases: list[EvalCase]
+    bad_lines: list[BadLine]
+    task: str
+    task_inferred: bool
+    sha256: str
+
+    def describe(self) -> str:
+        """Return one sentence saying what the dataset holds and which task it was taken for."""
+        how = "inferred from the lines" if self.task_inferred else "set by --task"
+        bad = f", {len(self.bad_lines)} bad lines left out" if self.bad_lines else ""
+        labels = sorted({c.label for c in self.cases if c.label is not None})
+        extra = f" ({len(labels)} labels)" if self.task == "classification" else ""
+        return f"{self.path.name}: {len(self.cases)} cases{bad}; task {self.task}{extra}, {how}"
+
+    def labels(self) -> list[str]:
+        """Return the dataset's labels, sorted."""
+        return sorted({c.label for c in self.cases if c.label is not None})
+
+
+def _text_field(obj: dict[str, Any], name: str, line: int) -> tuple[str | None, BadLine | None]:
+    value = obj.get(name)
+    if value is None:
+        return None, None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and name == "label":
+        value = str(value)  # numeric class labels are common (0/1)
+    if not isinstance(value, str) or not value.strip():
+        return None, BadLine(line, name, f"must be a non-empty string, got {type(value).__name__}")
+    return value, None
+
+
+def _messages(value: Any, line: int) -> tuple[tuple[dict[str, Any], ...] | None, BadLine | None]:
+    if not isinstance(value, list) or not value:
+        return None, BadLine(line, "messages", "must be a non-empty list of {role, content} objects")
+    for i, m in enumerate(value):
+        if not isinstance(m, dict):
+            return None, BadLine(line, f"messages[{i}]", "must be an object with role and content")
+        if m.get("role") not in ROLES:
+            return None, BadLine(line, f"messages[{i}].role", f"must be one of {list(ROLES)}, got {m.get('role')!r}")
+        if not isinstance(m.get("content"), (str, list)):
+            return None, BadLine(line, f"messages[{i}].content", "must be a string or a list of content parts")
+    return tuple(value), None
+
+
+def _parse_line(raw: bytes, line: int) -> EvalCase | BadLine:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return BadLine(line, "(line)", f"not JSON ({exc})")
+    if not isinstance(obj, dict):
+        return BadLine(line, "(line)", f"must be a JSON object, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - {"id", "messages", "prompt", "reference", "label", "metadata"})
+    if unknown:
+        return BadLine(line, unknown[0], "unknown field; expected id, messages or prompt, reference, label, metadata")
+    case_id = obj.get("id", f"line-{line}")
+    if isinstance(case_id, int) and not isinstance(case_id, bool):
+        case_id = str(case_id)
+    if not isinstance(case_id, str) or not case_id or len(case_id) > MAX_ID_CHARS:
+        return BadLine(line, "id", f"must be a string of 1 to {MAX_ID_CHARS} characters")
+    has_messages, has_prompt = "messages" in obj, "prompt" in obj
+    if has_messages == has_prompt:
+        return BadLine(line, "messages", "a line needs exactly one of messages or prompt")
+    messages = prompt = None
+    if has_messages:
+        messages, bad = _messages(obj["messages"], line)
+        if bad:
+            return bad
+    else:
+        prompt, bad = _text_field(obj, "prompt", line)
+        if bad or prompt is None:
+            return bad or BadLine(line, "prompt", "must be a non-empty string")
+    reference, bad = _text_field(obj, "reference", line)
+    if bad:
+        return bad
+    label, bad = _text_field(obj, "label", line)
+    if bad:
+        return bad
+    return EvalCase(case_id, line, messages, prompt, reference, label)
+
+
+def _infer_task(cases: list[EvalCase]) -> str:
+    if cases and all(c.label is not None for c in cases):
+        return "classification"
+    if cases and all(c.reference is not None for c in cases):
+        return "generation"
+    return "open"
+
+
+def load_dataset(path: str | Path, task: str | None = None) -> Dataset:
+    """Return the :class:`Dataset` read from the JSONL file at ``path``.
+
+    Raises :class:`DatasetError` when the file cannot be read or holds no valid case; bad lines are
+    returned in ``bad_lines``, not raised.
+    """
+    if task is not None and task not in TASKS:
+        raise DatasetError(f"--task must be one of {list(TASKS)}, got {task!r}")
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"cannot read the dataset {p}: {exc.strerror or exc}") from None
+    cases: list[EvalCase] = []
+    bad: list[BadLine] = []
+    seen: dict[str, int] = {}
+    for number, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        parsed = _parse_line(line, number)
+        if isinstance(parsed, BadLine):
+            bad.append(parsed)
+        elif parsed.id in seen:
+            bad.append(BadLine(number, "id", f"{parsed.id!r} is already the id of line {seen[parsed.id]}"))
+        else:
+            seen[parsed.id] = number
+            cases.append(parsed)
+    inferred = task is None
+    chosen = task or _infer_task(cases)
+    needed = {"classification": "label", "generation": "reference"}.get(chosen)
+    if needed:
+        kept = []
+        for c in cases:
+            if getattr(c, needed) is None:
+                bad.append(BadLine(c.line, needed, f"missing; the task is {chosen}"))
+            else:
+                kept.append(c)
+        cases = kept
+    if not cases:
+        detail = f"; first problem: {bad[0]}" if bad else ""
+        raise DatasetError(f"{p}: no valid test case{detail}")
+    bad.sort(key=lambda b: b.line)
+    return Dataset(p, cases, bad, chosen, inferred, hashlib.sha256(raw).hexdigest())

@@ -1,0 +1,160 @@
+"""The eval's report, in the weekly report's style: ``report.md``, ``report.html`` and ``report.json``.
+
+Verdict lines first (per candidate arm: better, worse, not distinguishable, per metric), then the
+paired comparisons (difference B - A with its interval, the test, the raw and corrected p-values),
+the per-arm figures, the confusion matrices for labels, and the bad lines of the dataset.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..analyzer.report_format import fmt_count, fmt_interval, fmt_num, fmt_p
+from ..analyzer.report_html import CSS
+from .compare import METRICS, EvalResult
+from .dataset import Dataset
+
+ARM_COLUMNS = [
+    ("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("exact_match", "exact match"),
+    ("normalised_exact_match", "norm. exact match"), ("bleu", "BLEU"), ("chrf", "chrF"), ("rouge_l", "ROUGE-L"),
+    ("agreement", "agreement"), ("similarity", "similarity"), ("error_rate", "errors"),
+    ("latency_p50_s", "latency p50 (s)"), ("latency_p95_s", "latency p95 (s)"),
+    ("completion_tokens_mean", "completion tokens"),
+]
+VERDICT_COLOURS = {"better": "#1e8e3e", "worse": "#d93025", "not distinguishable": "#5f6368",
+                   "higher": "#5f6368", "lower": "#5f6368"}
+
+
+def _percent(metric: str) -> bool:
+    spec = METRICS.get(metric)
+    return spec is not None and spec.unit == "share"
+
+
+def comparison_rows(res: EvalResult) -> list[list[str]]:
+    """Return the comparison table's rows (the columns of :data:`COMPARISON_HEADER`)."""
+    rows = []
+    for c in res.comparisons:
+        r, pct = c.result, _percent(c.metric)
+        scale = 100.0 if pct else 1.0
+        unit = "%" if pct else ""
+        rows.append([c.arm, c.metric, fmt_num(r.estimate_a * scale) + unit, fmt_num(r.estimate_b * scale) + unit,
+                     fmt_interval(r.difference, r.low, r.high, percent=pct), r.method, fmt_p(r.p_value),
+                     fmt_p(c.p_adjusted), c.verdict])
+    return rows
+
+
+COMPARISON_HEADER = ["arm", "metric", "control", "arm's", "difference [95% interval]", "test", "p", "p (Holm)",
+                     "verdict"]
+
+
+def arm_rows(res: EvalResult) -> tuple[list[str], list[list[str]]]:
+    """Return the per-arm table: a header and one row per arm, only the columns some arm has."""
+    cols = [(k, t) for k, t in ARM_COLUMNS if any(k in res.per_arm[a] for a in res.per_arm)]
+    rows = []
+    for a in res.arms:
+        s = res.per_arm.get(a, {})
+        cells = [a, fmt_count(s.get("calls"))]
+        for k, _ in cols:
+            v = s.get(k)
+            cells.append(f"{fmt_num(v * 100)}%" if v is not None and _percent(k) else fmt_num(v))
+        rows.append(cells)
+    return ["arm", "calls", *[t for _, t in cols]], rows
+
+
+def _confusion_rows(labels: list[str], matrix: list[list[int]]) -> list[list[str]]:
+    return [[label, *[str(v) for v in row]] for label, row in zip(labels, matrix, strict=True)]
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(cell.replace("|", "\\|") for cell in r) + " |" for r in rows]
+    return out
+
+
+def _intro(res: EvalResult, dataset: Dataset) -> list[str]:
+    return [f"{dataset.describe()}.",
+            f"{res.cases} complete cases" + (f" ({res.incomplete_cases} not yet answered by every arm, left out)"
+                                              if res.incomplete_cases else "")
+            + f", {res.repeats} repeat{'s' if res.repeats > 1 else ''} per case and arm; control: {res.control}; "
+            f"alpha {res.alpha:g}, p-values corrected together ({res.correction}).",
+            "Quality and the paired tests use each case's first repeat; a failed call scores as an empty answer."]
+
+
+def render_markdown(res: EvalResult, dataset: Dataset) -> str:
+    """Return the report as Markdown."""
+    lines = [f"# Offline evaluation: {res.experiment}", "", *_intro(res, dataset), "", "## Verdict", ""]
+    lines += [f"- {v}" for v in res.verdict_lines()]
+    lines += ["", "## Paired comparisons against the control", ""]
+    lines += _md_table(COMPARISON_HEADER, comparison_rows(res))
+    header, rows = arm_rows(res)
+    lines += ["", "## Per arm", "", *_md_table(header, rows)]
+    for a in res.arms:
+        matrix = res.per_arm.get(a, {}).get("confusion")
+        if matrix:
+            lines += ["", f"### Confusion matrix: {a} (rows: expected; columns: answered)", ""]
+            lines += _md_table(["expected", *res.labels, "(other)"], _confusion_rows(res.labels, matrix))
+    if dataset.bad_lines:
+        lines += ["", f"## Bad lines left out ({len(dataset.bad_lines)})", ""]
+        lines += [f"- {b}" for b in dataset.bad_lines]
+    return "\n".join(lines) + "\n"
+
+
+def _html_table(header: list[str], rows: list[list[str]], verdict_col: int | None = None) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = []
+    for r in rows:
+        cells = []
+        for i, cell in enumerate(r):
+            if i == verdict_col:
+                colour = VERDICT_COLOURS.get(cell, "#5f6368")
+                cells.append(f'<td><span class="badge" style="background:{colour}">{html.escape(cell)}</span></td>')
+            else:
+                cells.append(f'<td class="num">{html.escape(cell)}</td>' if i >= 2 else f"<td>{html.escape(cell)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def render_html(res: EvalResult, dataset: Dataset) -> str:
+    """Return the report as one self-contained HTML page."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Offline evaluation: "
+             f"{html.escape(res.experiment)}</title><style>{CSS}</style></head><body>",
+             f"<h1>Offline evaluation: {html.escape(res.experiment)}</h1>",
+             "".join(f'<p class="sub">{html.escape(s)}</p>' for s in _intro(res, dataset)),
+             "<h2>Verdict</h2><ul class='summary'>"
+             + "".join(f"<li>{html.escape(v)}</li>" for v in res.verdict_lines()) + "</ul>",
+             "<h2>Paired comparisons against the control</h2>",
+             _html_table(COMPARISON_HEADER, comparison_rows(res), verdict_col=len(COMPARISON_HEADER) - 1)]
+    header, rows = arm_rows(res)
+    parts += ["<h2>Per arm</h2>", _html_table(header, rows)]
+    for a in res.arms:
+        matrix = res.per_arm.get(a, {}).get("confusion")
+        if matrix:
+            parts += [f"<h2>Confusion matrix: {html.escape(a)}</h2>",
+                      "<p class='note'>rows: expected; columns: answered</p>",
+                      _html_table(["expected", *res.labels, "(other)"], _confusion_rows(res.labels, matrix))]
+    if dataset.bad_lines:
+        parts.append(f"<h2>Bad lines left out ({len(dataset.bad_lines)})</h2><ul>"
+                     + "".join(f"<li>{html.escape(str(b))}</li>" for b in dataset.bad_lines) + "</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def report_json(res: EvalResult, dataset: Dataset) -> dict[str, Any]:
+    """Return the report as JSON-able values (full precision)."""
+    return {**res.as_dict(), "dataset": {"path": str(dataset.path), "sha256": dataset.sha256,
+                                         "cases": len(dataset.cases), "task_inferred": dataset.task_inferred,
+                                         "bad_lines": [vars(b) for b in dataset.bad_lines]},
+            "verdict": res.verdict_lines()}
+
+
+def write_reports(res: EvalResult, dataset: Dataset, directory: Path) -> list[Path]:
+    """Write report.md, report.html and report.json into ``directory``; return their paths."""
+    out = [directory / "report.md", directory / "report.html", directory / "report.json"]
+    out[0].write_text(render_markdown(res, dataset), encoding="utf-8")
+    out[1].write_text(render_html(res, dataset), encoding="utf-8")
+    out[2].write_bytes(orjson.dumps(report_json(res, dataset), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    return out

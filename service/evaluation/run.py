@@ -1,0 +1,110 @@
+"""``splitwatch eval``: the run from the command line to the report (resumable, interruptible)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..config import ExperimentConfig
+from .compare import EvalResult, evaluate
+from .dataset import Dataset
+from .report import write_reports
+from .runner import plan_jobs, run_jobs
+from .store import CallResult, ResultStore
+
+log = logging.getLogger("splitwatch.eval")
+INTERRUPTED = 130
+
+
+@dataclass
+class EvalOptions:
+    """What ``splitwatch eval`` was asked: repeats, concurrency, request parameters, where to write."""
+
+    output: Path
+    repeats: int = 1
+    concurrency: int = 8
+    params: dict[str, Any] = field(default_factory=dict)
+    retry_failed: bool = False
+    alpha: float = 0.05
+    n_bootstrap: int = 1000
+    seed: int = 12345
+
+
+def run_description(exp: ExperimentConfig, dataset: Dataset, opts: EvalOptions) -> dict[str, Any]:
+    """Return what identifies a run: a resumed run must match it exactly."""
+    return {"experiment": exp.key, "dataset_sha256": dataset.sha256, "task": dataset.task,
+            "repeats": opts.repeats, "params": opts.params,
+            "arms": [{"name": a.name, "base_url": a.upstream.base_url, "model": a.upstream.model}
+                     for a in exp.arms]}
+
+
+async def _run_calls(exp: ExperimentConfig, dataset: Dataset, store: ResultStore, opts: EvalOptions,
+                     console: Console) -> bool:
+    """Make the missing calls with a progress bar; return False when interrupted (SIGINT/SIGTERM)."""
+    jobs = plan_jobs(exp, dataset.cases, opts.repeats)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    errors = sum(r.error is not None for r in store.results.values())
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[errors]} errors"), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
+        done = sum(store.done(j.key) for j in jobs)
+        task = progress.add_task(f"eval {exp.key}", total=len(jobs), completed=done, errors=errors)
+
+        def advance(r: CallResult) -> None:
+            nonlocal errors
+            errors += r.error is not None
+            progress.update(task, advance=1, errors=errors)
+
+        try:
+            made = await run_jobs(exp, jobs, store, opts.params, opts.concurrency, advance, stop)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+    log.info("eval %s: %d calls made now, %d of %d done, %d failed", exp.key, made,
+             sum(store.done(j.key) for j in jobs), len(jobs), errors)
+    return not stop.is_set()
+
+
+def run_eval(exp: ExperimentConfig, dataset: Dataset, opts: EvalOptions,
+             console: Console | None = None) -> tuple[int, EvalResult | None]:
+    """Run (or resume) the eval and write its reports; return (exit code, result).
+
+    The exit code is 0 when every call was made, 130 when the run was interrupted (the calls made
+    so far are kept; the same command continues).
+    """
+    console = console or Console(stderr=True)
+    console.print(dataset.describe())
+    for bad in dataset.bad_lines[:20]:
+        console.print(f"  bad line left out: {bad}", markup=False)
+    if len(dataset.bad_lines) > 20:
+        console.print(f"  ... and {len(dataset.bad_lines) - 20} more (all in the report)")
+    store = ResultStore(opts.output, run_description(exp, dataset, opts))
+    resumed = store.open(retry_failed=opts.retry_failed)
+    if resumed:
+        console.print(f"resuming {opts.output}: {resumed} calls already made")
+    try:
+        finished = asyncio.run(_run_calls(exp, dataset, store, opts, console))
+    finally:
+        store.close()
+    if not finished:
+        console.print(f"interrupted: the calls made are kept in {opts.output}; the same command continues")
+        return INTERRUPTED, None
+    result = evaluate(exp, dataset, store.results, opts.repeats, alpha=opts.alpha, n_bootstrap=opts.n_bootstrap,
+                      seed=opts.seed)
+    paths = write_reports(result, dataset, opts.output)
+    for line in result.verdict_lines():
+        console.print(line, markup=False)
+    console.print("reports: " + ", ".join(str(p) for p in paths), markup=False)
+    sys.stdout.flush()
+    return 0, result

@@ -1,0 +1,128 @@
+"""Send every test case to every arm (and each repeat), through the proxy's own upstream clients.
+
+The calls go case by case (every arm and repeat of a case before the next case), so an interrupted
+run still holds complete pairs. At most ``concurrency`` calls are in flight; each is bounded by its
+arm's ``upstream.timeout_s`` as a whole (the proxy's rule for a whole answer) and by its connect
+timeout. A failure (timeout, refused connection, an HTTP error status) is recorded for that call
+and the run goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+
+from ..answer_features import completion_content, finish_reason_of
+from ..config import ArmConfig, ExperimentConfig
+from ..proxy.upstream import UpstreamClients, build_request, usage_of
+from .dataset import EvalCase
+from .store import CallResult, ResultStore
+
+
+@dataclass(frozen=True)
+class Job:
+    """One call to make: a case, an arm, a repeat."""
+
+    case: EvalCase
+    arm: ArmConfig
+    repeat: int
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """Return (case id, arm name, repeat)."""
+        return self.case.id, self.arm.name, self.repeat
+
+
+def plan_jobs(exp: ExperimentConfig, cases: list[EvalCase], repeats: int) -> list[Job]:
+    """Return every call of the run, case by case."""
+    return [Job(c, arm, r) for c in cases for arm in exp.arms for r in range(repeats)]
+
+
+def request_payload(exp: ExperimentConfig, job: Job, params: dict[str, Any]) -> bytes:
+    """Return the JSON body sent upstream: the case's messages or prompt, the arm's model, ``params``."""
+    body: dict[str, Any] = {**params, **job.case.request_body(), "stream": False}
+    body["model"] = job.arm.upstream.model
+    return orjson.dumps(body)
+
+
+def _error_kind(exc: httpx.HTTPError) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(exc, httpx.ConnectError):
+        return "connect_error"
+    return "upstream_error"
+
+
+async def call_arm(clients: UpstreamClients, exp: ExperimentConfig, job: Job, params: dict[str, Any]) -> CallResult:
+    """Return the result of one call; failures are results too (``error`` says which kind)."""
+    up = job.arm.upstream
+    request_id = f"eval-{exp.key}-{job.case.id}-{job.arm.name}-{job.repeat}"
+    req = build_request(up, job.case.path, request_payload(exp, job, params), request_id)
+    transport, release = clients.lease(up)
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(up.timeout_s):
+            resp = await transport.handle_async_request(req)
+            try:
+                await resp.aread()
+            finally:
+                await resp.aclose()
+    except TimeoutError:
+        return CallResult(*job.key, None, "timeout", time.perf_counter() - started, None, None, None, None)
+    except httpx.HTTPError as exc:
+        return CallResult(*job.key, None, _error_kind(exc), time.perf_counter() - started, None, None, None, None)
+    finally:
+        release()
+    latency = time.perf_counter() - started
+    if resp.status_code >= 400:
+        return CallResult(*job.key, resp.status_code, f"http_{resp.status_code}", latency, None, None, None, None)
+    try:
+        parsed = orjson.loads(resp.content)
+    except orjson.JSONDecodeError:
+        return CallResult(*job.key, resp.status_code, "invalid_json", latency, None, None, None, None)
+    text = completion_content(parsed)[0]
+    ptok, ctok = usage_of(parsed)
+    if text is None:
+        return CallResult(*job.key, resp.status_code, "no_content", latency, ptok, ctok, finish_reason_of(parsed), None)
+    return CallResult(*job.key, resp.status_code, None, latency, ptok, ctok, finish_reason_of(parsed), text)
+
+
+async def run_jobs(exp: ExperimentConfig, jobs: list[Job], store: ResultStore, params: dict[str, Any],
+                   concurrency: int, on_result: Callable[[CallResult], None] | None = None,
+                   stop: asyncio.Event | None = None) -> int:
+    """Make every call of ``jobs`` not already in ``store``; return how many were made.
+
+    ``on_result`` is called after each result is stored (the progress bar). Setting ``stop`` lets
+    the calls in flight finish and starts no new one.
+    """
+    pending = [j for j in jobs if not store.done(j.key)]
+    queue: asyncio.Queue[Job] = asyncio.Queue()
+    for j in pending:
+        queue.put_nowait(j)
+    clients = UpstreamClients()
+    made = 0
+
+    async def worker() -> None:
+        nonlocal made
+        while not (stop is not None and stop.is_set()):
+            try:
+                job = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            result = await call_arm(clients, exp, job, params)
+            store.add(result)
+            made += 1
+            if on_result is not None:
+                on_result(result)
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(pending))))))
+    finally:
+        await clients.aclose()
+    return made
