@@ -48,6 +48,13 @@ def test_the_demo_tours_the_product_and_leaves_nothing_running(tmp_path: Path) -
     print(f"\ndrift noticed {int(noticed) - int(shift)} exposures after the shift; rollback after {r.group(1)} "
           f"requests, {r.group(2)} s")
 
+    # the offline eval before users: the fine-tuned stub (88% right) found better than the base (72%)
+    ev = json.loads((out / "eval" / "report.json").read_text())
+    verdicts = {c["metric"]: c["verdict"] for c in ev["comparisons"]}
+    assert ev["cases"] == 220 and verdicts["accuracy"] == "better", verdicts
+    assert re.search(r"Offline eval before users \(220 support messages.*base accuracy \d", text), text
+    assert "finetuned against base: better on" in text
+
     # the kept output directory: the reports, the config, the lake, the logs
     report = json.loads((out / "report.json").read_text())
     assert report["experiment"] == "support-ft" and report["drift"] and report["verdict"]["decision"]

@@ -15,13 +15,13 @@ from scipy import stats as sps
 from splitwatch.service.config import ExperimentConfig
 from splitwatch.service.evaluation import scoring
 from splitwatch.service.evaluation.compare import batch_macro_f1, evaluate
-from splitwatch.service.evaluation.dataset import load_dataset
+from splitwatch.service.evaluation.dataset import SUPPORT_INTENTS, load_dataset
 from splitwatch.service.evaluation.store import CallResult
 from splitwatch.service.local.stub_model import KeyedCase, keyed_answer
 from splitwatch.stats.errors import InvalidStatistics
 from splitwatch.stats.paired import mcnemar_exact, paired_bootstrap, paired_t, wilcoxon_signed_rank
 
-SUPPORT = Path(__file__).parents[1] / "service" / "evaluation" / "datasets" / "support_intents.jsonl"
+SUPPORT = SUPPORT_INTENTS
 
 
 def test_mcnemar_matches_statsmodels_and_the_binomial_closed_form() -> None:

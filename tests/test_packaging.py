@@ -52,6 +52,7 @@ def test_the_wheel_installs_one_top_level_name_and_every_module(wheel: Path) -> 
     # no module of the tree is left out (a new subpackage must be listed in pyproject.toml)
     expected = {f"{PACKAGE_DIRS[p.parts[0]]}/{'/'.join(p.parts[1:])}" for p in _sources()}
     assert expected <= set(names), sorted(expected - set(names))
+    assert "splitwatch/service/evaluation/datasets/support_intents.jsonl" in names  # the shipped eval test set
     assert "splitwatch/__init__.py" not in names  # a namespace package: nothing else claims the name
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "License-Expression: Apache-2.0" in metadata

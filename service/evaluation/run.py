@@ -83,7 +83,7 @@ def run_eval(exp: ExperimentConfig, dataset: Dataset, opts: EvalOptions,
     The exit code is 0 when every call was made, 130 when the run was interrupted (the calls made
     so far are kept; the same command continues).
     """
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)  # no hard wraps in logs and pipes
     console.print(dataset.describe())
     for bad in dataset.bad_lines[:20]:
         console.print(f"  bad line left out: {bad}", markup=False)

@@ -106,6 +106,8 @@ async def run_jobs(exp: ExperimentConfig, jobs: list[Job], store: ResultStore, p
     for j in pending:
         queue.put_nowait(j)
     clients = UpstreamClients()
+    for arm in exp.arms:  # build each upstream's pools now: that blocks the loop (TLS contexts), which
+        clients.lease(arm.upstream)[1]()  # would eat into the first calls' timeouts
     made = 0
 
     async def worker() -> None:

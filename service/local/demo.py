@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -39,6 +40,12 @@ from ..analyzer.report_format import fmt_count, fmt_num
 from ..config import Config, parse_config
 from ..delivery.shipper import KafkaSink
 from ..delivery.topic_reader import read_events, unique_by_event_id
+from ..evaluation.compare import EvalResult, evaluate
+from ..evaluation.dataset import SUPPORT_INTENTS, load_dataset
+from ..evaluation.report import write_reports
+from ..evaluation.run import EvalOptions, run_description
+from ..evaluation.runner import plan_jobs, run_jobs
+from ..evaluation.store import ResultStore
 from .processes import Broker, ManagedProcess, Proxy, StubModel, free_port, splitwatch_command, wait_delivered
 
 TOPIC = "splitwatch.events"
@@ -296,8 +303,10 @@ def run_demo(units: int = 2000, seed: int = 7, workdir: str | None = None) -> in
         logging.getLogger(name).setLevel(logging.ERROR)
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     broker = Broker(logs)
-    base = StubModel(logs, "base", "--latency-ms", "40", "--completion-tokens", "60")
-    ft = StubModel(logs, "finetuned", "--latency-ms", "44", "--completion-tokens", "45")
+    # the stubs also know the shipped eval test set, and answer it right 72% and 88% of the time
+    key = ("--answer-key", str(SUPPORT_INTENTS))
+    base = StubModel(logs, "base", "--latency-ms", "40", "--completion-tokens", "60", *key, "--accuracy", "0.72")
+    ft = StubModel(logs, "finetuned", "--latency-ms", "44", "--completion-tokens", "45", *key, "--accuracy", "0.88")
     failing = StubModel(logs, "failing", "--latency-ms", "40", "--fail-rate", "0.3")
     procs: list[Any] = [broker, base, ft, failing]
     t0 = time.monotonic()
@@ -322,6 +331,8 @@ def run_demo(units: int = 2000, seed: int = 7, workdir: str | None = None) -> in
             (logs / "processes.json").write_text(json.dumps(
                 {name: p.proc.pid for name, p in zip(("broker", "base", "finetuned", "failing", "proxy", "analyzer"),
                                                      procs, strict=True) if p.proc is not None}))
+
+            offline = _offline_eval_phase(parse_config(config, environ={}), out / "eval", progress)
 
             unit_ids = [f"user-{i:05d}" for i in range(units)]
             shift_at = unit_ids[units // 2] if units >= 2 else None
@@ -370,14 +381,40 @@ def run_demo(units: int = 2000, seed: int = 7, workdir: str | None = None) -> in
         for p in reversed(procs):
             p.stop()
     _print_tour(console, out, units, events, main, outcomes, summary, ingested.events, drift, rollback, rep,
-                time.monotonic() - t0)
+                offline, time.monotonic() - t0)
     return 0
+
+
+def _offline_eval_phase(cfg: Config, out: Path, progress: Progress) -> EvalResult:
+    """Run ``splitwatch eval`` on the shipped test set before any user (as a team would); return its result."""
+    exp = cfg.experiment("support-ft")
+    assert exp is not None
+    dataset = load_dataset(SUPPORT_INTENTS)
+    opts = EvalOptions(out, concurrency=16)
+    store = ResultStore(out, run_description(exp, dataset, opts))
+    store.open()
+    jobs = plan_jobs(exp, dataset.cases, opts.repeats)
+    task = progress.add_task(f"offline eval before users: {len(dataset.cases)} test cases to both arms",
+                             total=len(jobs))
+    try:
+        asyncio.run(run_jobs(exp, jobs, store, opts.params, opts.concurrency, lambda _: progress.advance(task)))
+    finally:
+        store.close()
+    result = evaluate(exp, dataset, store.results, opts.repeats)
+    write_reports(result, dataset, out)
+    return result
 
 
 def _print_tour(console: Console, out: Path, units: int, events: list[dict[str, Any]], main: list[dict[str, Any]],
                 outcomes: list[dict[str, Any]], summary: dict[str, dict[str, float]], ingested: int,
-                drift: dict[str, Any], rollback: dict[str, Any], rep: Any, seconds: float) -> None:
+                drift: dict[str, Any], rollback: dict[str, Any], rep: Any, offline: EvalResult,
+                seconds: float) -> None:
     """Print what the tour measured, the report, where everything is and what to run next."""
+    acc = {a: offline.per_arm[a].get("accuracy") for a in offline.arms}
+    print(f"\nOffline eval before users ({offline.cases} support messages, intent labels; eval/report.html): "
+          + ", ".join(f"{a} accuracy {fmt_num(100 * v)}%" for a, v in acc.items() if v is not None))
+    for line in offline.verdict_lines():
+        print(f"  {line}")
     n_req = sum(1 for e in main if e["type"] == "exposure")
     n_out = sum(1 for e in main if e["type"] == "outcome")
     print(f"\n{len(main)} events of support-ft read back from Kafka ({n_req} requests, {n_out} outcomes; "
@@ -422,6 +459,7 @@ def _print_tour(console: Console, out: Path, units: int, events: list[dict[str, 
                   f"Everything is in {out}:")
     for name, what in (("report.html", "the results page: open it in a browser"),
                        ("report.md, report.json", "the same report as Markdown and JSON"),
+                       ("eval/", "the offline eval before users: report.html, report.md, report.json"),
                        ("splitwatch.yaml", f"the config: support-ft, and {ROLLBACK_KEY} that the guard rolled back"),
                        ("lake/", "the Parquet lake of every event (query it with DuckDB)"),
                        ("logs/", "the logs of the broker, the stubs, the proxy and the analyzer")):

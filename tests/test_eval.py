@@ -1,0 +1,179 @@
+"""`splitwatch eval` end to end: real stub model servers on real ports, the real command line."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from splitwatch.service.evaluation.dataset import SUPPORT_INTENTS
+from splitwatch.service.local.processes import ManagedProcess, StubModel, splitwatch_command
+
+SUPPORT = SUPPORT_INTENTS
+
+
+def _config(tmp_path: Path, base: StubModel, ft: StubModel, **upstream: Any) -> Path:
+    cfg = {"kafka": {"enabled": False}, "experiments": [{
+        "key": "support-ft", "model": "support-bot",
+        "arms": [{"name": "base", "weight": 50, "upstream": {"base_url": base.base_url, "model": "m-base", **upstream}},
+                 {"name": "finetuned", "weight": 50, "upstream": {"base_url": ft.base_url, "model": "m-ft",
+                                                                   **upstream}}]}]}
+    path = tmp_path / "eval.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _eval(cfg: Path, out: Path, *extra: str, dataset: Path = SUPPORT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(splitwatch_command("eval", "--config", str(cfg), "--experiment", "support-ft", "--dataset",
+                                             str(dataset), "--output", str(out), *extra),
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def stubs(tmp_path: Path):
+    started: list[StubModel] = []
+
+    def start(name: str, *extra: str) -> StubModel:
+        stub = StubModel(tmp_path, name, "--answer-key", str(SUPPORT), *extra)
+        stub.start()
+        started.append(stub)
+        return stub
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+def test_a_better_finetuned_model_is_found_better(tmp_path: Path, stubs) -> None:
+    base, ft = stubs("base", "--accuracy", "0.7"), stubs("ft", "--accuracy", "0.9", "--fail-rate", "0.1")
+    res = _eval(_config(tmp_path, base, ft), tmp_path / "out", "--concurrency", "16")
+    assert res.returncode == 0, res.stderr
+    assert "220 cases; task classification (10 labels), inferred from the lines" in res.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    verdicts = {c["metric"]: c for c in report["comparisons"]}
+    assert verdicts["accuracy"]["verdict"] == "better" and verdicts["accuracy"]["difference"] > 0.05
+    assert verdicts["exact_match"]["verdict"] == "better" and verdicts["macro_f1"]["verdict"] == "better"
+    assert verdicts["accuracy"]["method"] == "mcnemar_exact" and verdicts["accuracy"]["p_adjusted"] < 0.05
+    # the failing arm: its errors are recorded per call, counted, and the run went on
+    assert report["per_arm"]["finetuned"]["errors"] > 5 and report["per_arm"]["base"]["errors"] == 0
+    assert report["per_arm"]["finetuned"]["error_kinds"] == {"http_500": report["per_arm"]["finetuned"]["errors"]}
+    assert verdicts["error_rate"]["verdict"] == "worse"
+    assert base.stats()["requests"] == ft.stats()["requests"] == 220
+    assert set(base.stats()["models"]) == {"m-base"}  # each arm's own upstream model name
+    assert "better on" in (tmp_path / "out" / "report.md").read_text()
+    assert "<h1>Offline evaluation: support-ft</h1>" in (tmp_path / "out" / "report.html").read_text()
+    assert (tmp_path / "out" / "results.jsonl").stat().st_mode & 0o077 == 0  # answers: owner only
+
+
+def test_killed_run_resumes_without_repeating_finished_calls(tmp_path: Path, stubs) -> None:
+    base, ft = stubs("base", "--latency-ms", "40"), stubs("ft", "--latency-ms", "40", "--accuracy", "0.8")
+    cfg, out = _config(tmp_path, base, ft), tmp_path / "out"
+    proc = ManagedProcess(splitwatch_command("eval", "--config", str(cfg), "--experiment", "support-ft", "--dataset",
+                                             str(SUPPORT), "--output", str(out), "--concurrency", "4"),
+                          tmp_path / "eval.log")
+    proc.start()
+    results = out / "results.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not results.exists() or results.read_bytes().count(b"\n") < 100):
+        time.sleep(0.02)
+    assert proc.stop(signal.SIGKILL) == -signal.SIGKILL
+    before = results.read_bytes().count(b"\n")
+    assert 100 <= before < 440
+    with results.open("ab") as f:  # a line cut short, as a kill in the middle of a write leaves it
+        f.write(b'{"case": "billing-01", "arm": "ba')
+    served_before = base.stats()["requests"] + ft.stats()["requests"]
+    res = _eval(cfg, out)
+    assert res.returncode == 0, res.stderr
+    assert f"resuming {out}: {before} calls already made" in res.stderr.replace("\n", " ")
+    lines = [orjson.loads(x) for x in results.read_bytes().splitlines()]
+    keys = [(x["case"], x["arm"], x["repeat"]) for x in lines]
+    assert len(keys) == len(set(keys)) == 440  # every call once; the cut line was dropped
+    served = base.stats()["requests"] + ft.stats()["requests"]
+    assert served - served_before == 440 - before  # nothing finished was sent again
+    assert served_before - before <= 4  # at most the calls in flight at the kill were lost
+    # another dataset on the same output is refused, naming what differs
+    other = tmp_path / "other.jsonl"
+    other.write_text(SUPPORT.read_text().split("\n", 1)[1])
+    bad = _eval(cfg, out, dataset=other)
+    assert bad.returncode == 2 and "--output" in bad.stderr and "dataset_sha256" in bad.stderr
+
+
+def test_interrupted_run_exits_130_and_the_same_command_continues(tmp_path: Path, stubs) -> None:
+    base, ft = stubs("base", "--latency-ms", "30"), stubs("ft", "--latency-ms", "30")
+    cfg, out = _config(tmp_path, base, ft), tmp_path / "out"
+    proc = ManagedProcess(splitwatch_command("eval", "--config", str(cfg), "--experiment", "support-ft", "--dataset",
+                                             str(SUPPORT), "--output", str(out), "--concurrency", "2"),
+                          tmp_path / "eval.log")
+    proc.start()
+    results = out / "results.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not results.exists() or results.read_bytes().count(b"\n") < 20):
+        time.sleep(0.02)
+    assert proc.stop(signal.SIGINT) == 130
+    assert "the same command continues" in proc.log_path.read_text()
+    assert not (out / "report.json").exists()
+    res = _eval(cfg, out)
+    assert res.returncode == 0, res.stderr
+    assert base.stats()["requests"] == ft.stats()["requests"] == 220  # in-flight calls finished before exit
+
+
+def test_stability_repeats_and_bad_lines(tmp_path: Path, stubs) -> None:
+    base = stubs("base", "--accuracy", "0.8")
+    ft = stubs("ft", "--accuracy", "0.8", "--sampling", "--seed", "3")
+    data = tmp_path / "small.jsonl"
+    lines = SUPPORT.read_text().splitlines()[:40:2]
+    lines.insert(3, '{"messages": "hello", "label": "billing"}')
+    lines.insert(7, "{not json")
+    data.write_text("\n".join(lines) + "\n")
+    res = _eval(_config(tmp_path, base, ft), tmp_path / "out", "--repeats", "4", "--param", "temperature=0.7",
+                dataset=data)
+    assert res.returncode == 0, res.stderr
+    assert "bad line left out: line 4: messages: must be a non-empty list" in res.stderr
+    assert "bad line left out: line 8: (line): not JSON" in res.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [b["line"] for b in report["dataset"]["bad_lines"]] == [4, 8]
+    assert report["cases"] == 20 and base.stats()["requests"] == 80
+    arms = report["per_arm"]
+    assert arms["base"]["agreement"] == 1.0 and arms["finetuned"]["agreement"] < 0.9
+    assert arms["base"]["similarity"] == 100.0 > arms["finetuned"]["similarity"]
+    verdicts = {c["metric"]: c for c in report["comparisons"]}
+    assert verdicts["agreement"]["verdict"] == "worse" and verdicts["agreement"]["difference"] < 0
+
+
+def test_eval_arguments_are_checked(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"experiments": [{"key": "x", "model": "m", "arms": [
+        {"name": a, "weight": 1, "upstream": {"base_url": "http://127.0.0.1:9/v1", "model": "m"}} for a in "ab"]}]}))
+    missing = subprocess.run(splitwatch_command("eval", "--config", str(cfg), "--experiment", "nope", "--dataset",
+                                                str(SUPPORT)), capture_output=True, text=True)
+    assert missing.returncode == 2 and "no experiment 'nope'" in missing.stderr
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"prompt": ""}\n')
+    res = subprocess.run(splitwatch_command("eval", "--config", str(cfg), "--experiment", "x", "--dataset", str(empty)),
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "--dataset" in res.stderr and "line 1: prompt" in res.stderr
+    assert "Traceback" not in res.stderr
+    bad_param = subprocess.run(splitwatch_command("eval", "--config", str(cfg), "--experiment", "x", "--dataset",
+                                                  str(SUPPORT), "--param", "model=gpt"), capture_output=True, text=True)
+    assert bad_param.returncode == 2 and "--param model" in bad_param.stderr
+
+
+def test_upstream_timeouts_are_honoured_and_recorded(tmp_path: Path, stubs) -> None:
+    base, ft = stubs("base"), stubs("ft", "--latency-ms", "3000")
+    data = tmp_path / "five.jsonl"
+    data.write_text("\n".join(SUPPORT.read_text().splitlines()[:5]) + "\n")
+    res = _eval(_config(tmp_path, base, ft, timeout_s=0.3), tmp_path / "out", dataset=data)
+    assert res.returncode == 0, res.stderr
+    calls = [orjson.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_bytes().splitlines()]
+    cut = [c["latency_s"] for c in calls if c["arm"] == "finetuned"]
+    assert len(cut) == 5 and all(0.3 <= s < 1.5 for s in cut), cut  # the 3 s answers cut at 0.3 s
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["per_arm"]["finetuned"]["error_kinds"] == {"timeout": 5}
+    assert report["per_arm"]["finetuned"]["error_rate"] == 1.0 and report["per_arm"]["base"]["errors"] == 0
