@@ -199,9 +199,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         dataset = load_dataset(args.dataset, args.task)
     except DatasetError as exc:
         raise ConfigError(f"--dataset: {exc}") from None
+    judge = None
+    if args.judge is not None:
+        if args.judge not in cfg.eval.judges:
+            raise ConfigError(f"--judge: no judge {args.judge!r} under eval.judges in {args.config}; judges: "
+                              f"{sorted(cfg.eval.judges)}")
+        judge = (args.judge, cfg.eval.judges[args.judge])
     output = Path(args.output or f"splitwatch-eval/{exp.key}")
     opts = EvalOptions(output, args.repeats, args.concurrency, _parse_params(args.param), args.retry_failed,
-                       args.alpha, args.bootstrap)
+                       judge, args.alpha, args.bootstrap)
     try:
         code, _ = run_eval(exp, dataset, opts)
     except RunMismatch as exc:
@@ -290,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="a request parameter for every call, e.g. --param temperature=0 (repeatable)")
     ev.add_argument("--retry-failed", action="store_true", help="on a resumed run, send failed calls again")
+    ev.add_argument("--judge", default=None, metavar="NAME", help="an LLM judge from the config's eval.judges: "
+                    "compares each arm's answer with the control's, both orders")
     ev.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     ev.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples (default 1000)")
     ev.set_defaults(func=_cmd_eval)

@@ -353,11 +353,18 @@ class DriftConfig(_Strict):
         return v
 
 
+class EvalConfig(_Strict):
+    """``splitwatch eval``'s settings: the LLM judges ``--judge NAME`` can use (docs/eval.md)."""
+
+    judges: dict[Name, ArmUpstreamConfig] = Field(default_factory=dict)
+
+
 class Config(_Strict):
     kafka: KafkaConfig = KafkaConfig()
     proxy: ProxyConfig = ProxyConfig()
     analyzer: AnalyzerConfig = AnalyzerConfig()
     drift: DriftConfig = DriftConfig()
+    eval: EvalConfig = EvalConfig()
     experiments: list[ExperimentConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

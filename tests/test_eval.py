@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -177,3 +180,60 @@ def test_upstream_timeouts_are_honoured_and_recorded(tmp_path: Path, stubs) -> N
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["per_arm"]["finetuned"]["error_kinds"] == {"timeout": 5}
     assert report["per_arm"]["finetuned"]["error_rate"] == 1.0 and report["per_arm"]["base"]["errors"] == 0
+
+
+class _JudgeHandler(BaseHTTPRequestHandler):
+    """A judge: prefers the answer equal to the expected one; ``biased`` always says 1 (position bias)."""
+
+    biased = False
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        prompt = body["messages"][-1]["content"]
+        expected = re.search(r"\[Expected answer\]\n(.*?)\n\n", prompt, re.S).group(1)
+        one = re.search(r"\[Answer 1\]\n(.*?)\n\n\[Answer 2\]", prompt, re.S).group(1)
+        two = re.search(r"\[Answer 2\]\n(.*?)\n\nWhich answer", prompt, re.S).group(1)
+        if self.biased:
+            reply = "1"
+        else:
+            reply = "tie" if (one == expected) == (two == expected) else ("1" if one == expected else "2")
+        out = json.dumps({"id": "j", "object": "chat.completion", "model": body["model"], "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}]}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("biased", [False, True])
+def test_llm_judge_pairwise_and_order_swapped(tmp_path: Path, stubs, biased: bool) -> None:
+    handler = type("Judge", (_JudgeHandler,), {"biased": biased})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base, ft = stubs("base", "--accuracy", "0.6"), stubs("ft", "--accuracy", "0.9")
+        cfg = _config(tmp_path, base, ft)
+        data = yaml.safe_load(cfg.read_text())
+        data["eval"] = {"judges": {"referee": {"base_url": f"http://127.0.0.1:{server.server_port}/v1",
+                                               "model": "judge-1"}}}
+        cfg.write_text(yaml.safe_dump(data))
+        res = _eval(cfg, tmp_path / "out", "--judge", "referee")
+        assert res.returncode == 0, res.stderr
+        report = json.loads((tmp_path / "out" / "report.json").read_text())
+        ft_arm = report["per_arm"]["finetuned"]
+        judged = {c["metric"]: c for c in report["comparisons"]}["judge_win_rate"]
+        assert ft_arm["judge_cases"] == 220 and ft_arm["judge_invalid"] == 0
+        if biased:  # "1" whatever the order: every case inconsistent, the win rate exactly even
+            assert ft_arm["judge_order_inconsistent"] == 1.0 and ft_arm["judge_win_rate"] == 0.5
+            assert judged["verdict"] == "not distinguishable"
+        else:
+            assert ft_arm["judge_order_inconsistent"] == 0.0
+            assert ft_arm["judge_win_rate"] > 0.6 and judged["verdict"] == "better" and judged["low"] > 0
+        unknown = _eval(cfg, tmp_path / "out2", "--judge", "nobody")
+        assert unknown.returncode == 2 and "no judge 'nobody'" in unknown.stderr
+    finally:
+        server.shutdown()

@@ -26,6 +26,7 @@ from ...stats.paired import PairedResult, mcnemar_exact, paired_bootstrap, wilco
 from ..config import ExperimentConfig
 from . import scoring
 from .dataset import Dataset
+from .judge import judge_key, judge_scores
 from .store import CallResult
 
 HIGHER, LOWER, NEUTRAL = "higher", "lower", "neutral"
@@ -55,6 +56,8 @@ METRICS = {m.name: m for m in (
     MetricSpec("error_rate", LOWER, "share", "calls that failed (timeout, refused, HTTP error)"),
     MetricSpec("latency_s", LOWER, "seconds", "seconds per call, mean over a case's repeats"),
     MetricSpec("completion_tokens", NEUTRAL, "tokens", "completion tokens per answer"),
+    MetricSpec("judge_win_rate", HIGHER, "share",
+               "the judge's preference for the arm over the control, both orders (50%: even)"),
 )}
 
 
@@ -187,7 +190,7 @@ def evaluate(exp: ExperimentConfig, dataset: Dataset, results: dict[tuple[str, s
     complete_set = set(complete)
     for a in arms:
         ac = cases[a]
-        calls = [r for (cid, arm, _), r in results.items() if arm == a and cid in complete_set]
+        calls = [r for (cid, arm, _), r in results.items() if arm == a and cid in complete_set]  # not the judge's
         ok_lat = np.array([r.latency_s for r in calls if r.error is None])
         summary: dict[str, Any] = {
             "calls": len(calls), "errors": sum(r.error is not None for r in calls),
@@ -236,6 +239,14 @@ def evaluate(exp: ExperimentConfig, dataset: Dataset, results: dict[tuple[str, s
         tok_a, tok_b = _both_finite(cases[control].tokens, cases[arm].tokens)
         if tok_a.size >= 2:
             pairs.append(("completion_tokens", lambda a=tok_a, b=tok_b: paired_bootstrap(a, b, **boot)))
+        if any(key[1] == judge_key(arm) for key in results):
+            judged = judge_scores(results, complete, arm)
+            res.per_arm[arm].update({"judge_win_rate": float(judged.scores.mean()) if judged.judged_cases else None,
+                                     "judge_cases": judged.judged_cases, "judge_invalid": judged.invalid,
+                                     "judge_order_inconsistent": judged.inconsistent_share})
+            if judged.judged_cases >= 2:
+                pairs.append(("judge_win_rate", lambda s=judged.scores: paired_bootstrap(
+                    np.full(s.size, 0.5), s, method="bootstrap_against_even", **boot)))
         for name, run in pairs:
             res.comparisons.append(Comparison(arm, name, METRICS[name].direction, run()))
     adjusted = adjust_p_values([c.result.p_value for c in res.comparisons], correction)

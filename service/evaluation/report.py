@@ -23,7 +23,8 @@ ARM_COLUMNS = [
     ("normalised_exact_match", "norm. exact match"), ("bleu", "BLEU"), ("chrf", "chrF"), ("rouge_l", "ROUGE-L"),
     ("agreement", "agreement"), ("similarity", "similarity"), ("error_rate", "errors"),
     ("latency_p50_s", "latency p50 (s)"), ("latency_p95_s", "latency p95 (s)"),
-    ("completion_tokens_mean", "completion tokens"),
+    ("completion_tokens_mean", "completion tokens"), ("judge_win_rate", "judge win rate"),
+    ("judge_order_inconsistent", "judge order-inconsistent"), ("judge_invalid", "judge replies invalid"),
 ]
 VERDICT_COLOURS = {"better": "#1e8e3e", "worse": "#d93025", "not distinguishable": "#5f6368",
                    "higher": "#5f6368", "lower": "#5f6368"}
@@ -31,7 +32,7 @@ VERDICT_COLOURS = {"better": "#1e8e3e", "worse": "#d93025", "not distinguishable
 
 def _percent(metric: str) -> bool:
     spec = METRICS.get(metric)
-    return spec is not None and spec.unit == "share"
+    return metric == "judge_order_inconsistent" or (spec is not None and spec.unit == "share")
 
 
 def comparison_rows(res: EvalResult) -> list[list[str]]:

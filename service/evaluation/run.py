@@ -13,11 +13,12 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..config import ExperimentConfig
+from ..config import ArmUpstreamConfig, ExperimentConfig
 from .compare import EvalResult, evaluate
 from .dataset import Dataset
+from .judge import plan_judge_jobs
 from .report import write_reports
-from .runner import plan_jobs, run_jobs
+from .runner import Job, plan_jobs, run_jobs
 from .store import CallResult, ResultStore
 
 log = logging.getLogger("splitwatch.eval")
@@ -33,6 +34,7 @@ class EvalOptions:
     concurrency: int = 8
     params: dict[str, Any] = field(default_factory=dict)
     retry_failed: bool = False
+    judge: tuple[str, ArmUpstreamConfig] | None = None  # --judge: its name in the config, its endpoint
     alpha: float = 0.05
     n_bootstrap: int = 1000
     seed: int = 12345
@@ -40,40 +42,52 @@ class EvalOptions:
 
 def run_description(exp: ExperimentConfig, dataset: Dataset, opts: EvalOptions) -> dict[str, Any]:
     """Return what identifies a run: a resumed run must match it exactly."""
+    judge = None if opts.judge is None else {"name": opts.judge[0], "base_url": opts.judge[1].base_url,
+                                              "model": opts.judge[1].model}
     return {"experiment": exp.key, "dataset_sha256": dataset.sha256, "task": dataset.task,
-            "repeats": opts.repeats, "params": opts.params,
+            "repeats": opts.repeats, "params": opts.params, "judge": judge,
             "arms": [{"name": a.name, "base_url": a.upstream.base_url, "model": a.upstream.model}
                      for a in exp.arms]}
 
 
 async def _run_calls(exp: ExperimentConfig, dataset: Dataset, store: ResultStore, opts: EvalOptions,
                      console: Console) -> bool:
-    """Make the missing calls with a progress bar; return False when interrupted (SIGINT/SIGTERM)."""
-    jobs = plan_jobs(exp, dataset.cases, opts.repeats)
+    """Make the missing calls (the arms', then the judge's) with a progress bar; return False when
+    interrupted (SIGINT/SIGTERM)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    errors = sum(r.error is not None for r in store.results.values())
+    try:
+        jobs = plan_jobs(exp, dataset.cases, opts.repeats, opts.params)
+        await _phase(f"eval {exp.key}", jobs, store, opts, console, stop)
+        if opts.judge is not None and not stop.is_set():
+            judge_jobs = plan_judge_jobs(exp, dataset.cases, store.results, opts.judge[1])
+            await _phase(f"judge {opts.judge[0]}", judge_jobs, store, opts, console, stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return not stop.is_set()
+
+
+async def _phase(title: str, jobs: list[Job], store: ResultStore, opts: EvalOptions, console: Console,
+                 stop: asyncio.Event) -> None:
+    keys = {j.key for j in jobs}
+    errors = sum(r.error is not None for k, r in store.results.items() if k in keys)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[errors]} errors"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
-        done = sum(store.done(j.key) for j in jobs)
-        task = progress.add_task(f"eval {exp.key}", total=len(jobs), completed=done, errors=errors)
+        done = sum(store.done(k) for k in keys)
+        task = progress.add_task(title, total=len(jobs), completed=done, errors=errors)
 
         def advance(r: CallResult) -> None:
             nonlocal errors
             errors += r.error is not None
             progress.update(task, advance=1, errors=errors)
 
-        try:
-            made = await run_jobs(exp, jobs, store, opts.params, opts.concurrency, advance, stop)
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-    log.info("eval %s: %d calls made now, %d of %d done, %d failed", exp.key, made,
-             sum(store.done(j.key) for j in jobs), len(jobs), errors)
-    return not stop.is_set()
+        made = await run_jobs(jobs, store, opts.concurrency, advance, stop)
+    log.info("%s: %d calls made now, %d of %d done, %d failed", title, made, sum(store.done(k) for k in keys),
+             len(jobs), errors)
 
 
 def run_eval(exp: ExperimentConfig, dataset: Dataset, opts: EvalOptions,

@@ -19,7 +19,7 @@ import httpx
 import orjson
 
 from ..answer_features import completion_content, finish_reason_of
-from ..config import ArmConfig, ExperimentConfig
+from ..config import ArmConfig, ExperimentConfig, UpstreamConfig
 from ..proxy.upstream import UpstreamClients, build_request, usage_of
 from .dataset import EvalCase
 from .store import CallResult, ResultStore
@@ -27,27 +27,23 @@ from .store import CallResult, ResultStore
 
 @dataclass(frozen=True)
 class Job:
-    """One call to make: a case, an arm, a repeat."""
+    """One call to make: its key in the store (case, arm, repeat), the endpoint, the path and the body."""
 
-    case: EvalCase
-    arm: ArmConfig
-    repeat: int
-
-    @property
-    def key(self) -> tuple[str, str, int]:
-        """Return (case id, arm name, repeat)."""
-        return self.case.id, self.arm.name, self.repeat
+    key: tuple[str, str, int]
+    upstream: UpstreamConfig
+    path: str
+    payload: bytes
 
 
-def plan_jobs(exp: ExperimentConfig, cases: list[EvalCase], repeats: int) -> list[Job]:
-    """Return every call of the run, case by case."""
-    return [Job(c, arm, r) for c in cases for arm in exp.arms for r in range(repeats)]
+def plan_jobs(exp: ExperimentConfig, cases: list[EvalCase], repeats: int, params: dict[str, Any]) -> list[Job]:
+    """Return every call of the run, case by case (every arm and repeat of a case before the next)."""
+    return [Job((c.id, arm.name, r), arm.upstream, c.path, request_payload(c, arm, params))
+            for c in cases for arm in exp.arms for r in range(repeats)]
 
 
-def request_payload(exp: ExperimentConfig, job: Job, params: dict[str, Any]) -> bytes:
+def request_payload(case: EvalCase, arm: ArmConfig, params: dict[str, Any]) -> bytes:
     """Return the JSON body sent upstream: the case's messages or prompt, the arm's model, ``params``."""
-    body: dict[str, Any] = {**params, **job.case.request_body(), "stream": False}
-    body["model"] = job.arm.upstream.model
+    body: dict[str, Any] = {**params, **case.request_body(), "stream": False, "model": arm.upstream.model}
     return orjson.dumps(body)
 
 
@@ -59,11 +55,10 @@ def _error_kind(exc: httpx.HTTPError) -> str:
     return "upstream_error"
 
 
-async def call_arm(clients: UpstreamClients, exp: ExperimentConfig, job: Job, params: dict[str, Any]) -> CallResult:
+async def call_upstream(clients: UpstreamClients, job: Job) -> CallResult:
     """Return the result of one call; failures are results too (``error`` says which kind)."""
-    up = job.arm.upstream
-    request_id = f"eval-{exp.key}-{job.case.id}-{job.arm.name}-{job.repeat}"
-    req = build_request(up, job.case.path, request_payload(exp, job, params), request_id)
+    up = job.upstream
+    req = build_request(up, job.path, job.payload, "eval-" + "-".join(map(str, job.key)))
     transport, release = clients.lease(up)
     started = time.perf_counter()
     try:
@@ -93,9 +88,8 @@ async def call_arm(clients: UpstreamClients, exp: ExperimentConfig, job: Job, pa
     return CallResult(*job.key, resp.status_code, None, latency, ptok, ctok, finish_reason_of(parsed), text)
 
 
-async def run_jobs(exp: ExperimentConfig, jobs: list[Job], store: ResultStore, params: dict[str, Any],
-                   concurrency: int, on_result: Callable[[CallResult], None] | None = None,
-                   stop: asyncio.Event | None = None) -> int:
+async def run_jobs(jobs: list[Job], store: ResultStore, concurrency: int,
+                   on_result: Callable[[CallResult], None] | None = None, stop: asyncio.Event | None = None) -> int:
     """Make every call of ``jobs`` not already in ``store``; return how many were made.
 
     ``on_result`` is called after each result is stored (the progress bar). Setting ``stop`` lets
@@ -106,8 +100,10 @@ async def run_jobs(exp: ExperimentConfig, jobs: list[Job], store: ResultStore, p
     for j in pending:
         queue.put_nowait(j)
     clients = UpstreamClients()
-    for arm in exp.arms:  # build each upstream's pools now: that blocks the loop (TLS contexts), which
-        clients.lease(arm.upstream)[1]()  # would eat into the first calls' timeouts
+    for up in {j.upstream.base_url: j.upstream for j in pending}.values():
+        # build each upstream's pools now: that blocks the loop (TLS contexts), which would eat into
+        # the first calls' timeouts
+        clients.lease(up)[1]()
     made = 0
 
     async def worker() -> None:
@@ -117,7 +113,7 @@ async def run_jobs(exp: ExperimentConfig, jobs: list[Job], store: ResultStore, p
                 job = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            result = await call_arm(clients, exp, job, params)
+            result = await call_upstream(clients, job)
             store.add(result)
             made += 1
             if on_result is not None:

@@ -393,11 +393,11 @@ def _offline_eval_phase(cfg: Config, out: Path, progress: Progress) -> EvalResul
     opts = EvalOptions(out, concurrency=16)
     store = ResultStore(out, run_description(exp, dataset, opts))
     store.open()
-    jobs = plan_jobs(exp, dataset.cases, opts.repeats)
+    jobs = plan_jobs(exp, dataset.cases, opts.repeats, opts.params)
     task = progress.add_task(f"offline eval before users: {len(dataset.cases)} test cases to both arms",
                              total=len(jobs))
     try:
-        asyncio.run(run_jobs(exp, jobs, store, opts.params, opts.concurrency, lambda _: progress.advance(task)))
+        asyncio.run(run_jobs(jobs, store, opts.concurrency, lambda _: progress.advance(task)))
     finally:
         store.close()
     result = evaluate(exp, dataset, store.results, opts.repeats)
