@@ -39,6 +39,20 @@ def _eval(cfg: Path, out: Path, *extra: str, dataset: Path = SUPPORT) -> subproc
                           capture_output=True, text=True, timeout=300)
 
 
+def _eval_in_background(tmp_path: Path, cfg: Path, out: Path, concurrency: int, until_calls: int
+                        ) -> tuple[ManagedProcess, Path]:
+    """Start an eval of the support set and return it (and its results file) once ``until_calls`` calls are in."""
+    proc = ManagedProcess(splitwatch_command("eval", "--config", str(cfg), "--experiment", "support-ft", "--dataset",
+                                             str(SUPPORT), "--output", str(out), "--concurrency", str(concurrency)),
+                          tmp_path / "eval.log")
+    proc.start()
+    results = out / "results.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not results.exists() or results.read_bytes().count(b"\n") < until_calls):
+        time.sleep(0.02)
+    return proc, results
+
+
 @pytest.fixture
 def stubs(tmp_path: Path):
     started: list[StubModel] = []
@@ -78,14 +92,7 @@ def test_a_better_finetuned_model_is_found_better(tmp_path: Path, stubs) -> None
 def test_killed_run_resumes_without_repeating_finished_calls(tmp_path: Path, stubs) -> None:
     base, ft = stubs("base", "--latency-ms", "40"), stubs("ft", "--latency-ms", "40", "--accuracy", "0.8")
     cfg, out = _config(tmp_path, base, ft), tmp_path / "out"
-    proc = ManagedProcess(splitwatch_command("eval", "--config", str(cfg), "--experiment", "support-ft", "--dataset",
-                                             str(SUPPORT), "--output", str(out), "--concurrency", "4"),
-                          tmp_path / "eval.log")
-    proc.start()
-    results = out / "results.jsonl"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not results.exists() or results.read_bytes().count(b"\n") < 100):
-        time.sleep(0.02)
+    proc, results = _eval_in_background(tmp_path, cfg, out, concurrency=4, until_calls=100)
     assert proc.stop(signal.SIGKILL) == -signal.SIGKILL
     before = results.read_bytes().count(b"\n")
     assert 100 <= before < 440
@@ -111,14 +118,7 @@ def test_killed_run_resumes_without_repeating_finished_calls(tmp_path: Path, stu
 def test_interrupted_run_exits_130_and_the_same_command_continues(tmp_path: Path, stubs) -> None:
     base, ft = stubs("base", "--latency-ms", "30"), stubs("ft", "--latency-ms", "30")
     cfg, out = _config(tmp_path, base, ft), tmp_path / "out"
-    proc = ManagedProcess(splitwatch_command("eval", "--config", str(cfg), "--experiment", "support-ft", "--dataset",
-                                             str(SUPPORT), "--output", str(out), "--concurrency", "2"),
-                          tmp_path / "eval.log")
-    proc.start()
-    results = out / "results.jsonl"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not results.exists() or results.read_bytes().count(b"\n") < 20):
-        time.sleep(0.02)
+    proc, _ = _eval_in_background(tmp_path, cfg, out, concurrency=2, until_calls=20)
     assert proc.stop(signal.SIGINT) == 130
     assert "the same command continues" in proc.log_path.read_text()
     assert not (out / "report.json").exists()
