@@ -143,6 +143,21 @@ class RolloutConfig(_Strict):
         return v
 
 
+class ShadowConfig(_Strict):
+    """Mirror a share of the control arm's requests to a candidate arm in the background (docs/shadow.md).
+
+    The client gets the control's answer only, unchanged and undelayed; the pair (both calls' latency,
+    tokens, status, and scores comparing the two answers) becomes a ``shadow`` event.
+    """
+
+    arm: Name
+    share: float = Field(0.1, gt=0, le=1)
+    # shadow calls in flight at once per proxy worker; a request beyond it is not mirrored (counted)
+    max_concurrency: int = Field(16, ge=1)
+    # shadow calls started per second per proxy worker at most (a token bucket); None: no rate limit
+    max_per_second: float | None = Field(None, gt=0)
+
+
 class ExperimentConfig(_Strict):
     key: Name
     model: str = Field(min_length=1)
@@ -153,6 +168,7 @@ class ExperimentConfig(_Strict):
     arms: list[ArmConfig] = Field(min_length=2)
     metrics: list[MetricConfig] = Field(default_factory=list)
     rollout: RolloutConfig | None = None
+    shadow: ShadowConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -166,6 +182,11 @@ class ExperimentConfig(_Strict):
     def _check(self) -> ExperimentConfig:
         _require_unique([a.name for a in self.arms], "arm names must be unique")
         _require_unique([m.name for m in self.metrics], "metric names must be unique")
+        if self.shadow is not None:
+            names = [a.name for a in self.arms]
+            if self.shadow.arm not in names[1:]:
+                raise ValueError(f"shadow.arm {self.shadow.arm!r} must be one of the candidate arms {names[1:]} "
+                                 f"(the control, {names[0]}, is the one mirrored)")
         return self
 
     @property

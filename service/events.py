@@ -40,7 +40,7 @@ class _Event(BaseModel):
 
     def to_json(self) -> bytes:
         """Return the event as compact JSON bytes (``ts`` in RFC 3339 UTC, ``text`` only when logged)."""
-        exclude = {"text"} if getattr(self, "text", "") is None else None
+        exclude = {k for k in ("text", "shadow_text") if getattr(self, k, "") is None} or None
         return self.model_dump_json(by_alias=True, exclude=exclude).encode()
 
     def key(self) -> bytes:
@@ -48,8 +48,21 @@ class _Event(BaseModel):
         return (self.unit_id or self.request_id or self.event_id).encode()
 
 
-TEXT_KIND_PROMPT, TEXT_KIND_ANSWER, TEXT_KIND_STREAM = b"P", b"A", b"S"
-"""The first byte of a text sample handed to the event shipper: what the rest of it is."""
+TEXT_KIND_PROMPT, TEXT_KIND_ANSWER, TEXT_KIND_STREAM, TEXT_KIND_PAIR = b"P", b"A", b"S", b"D"
+"""The first byte of a text sample handed to the event shipper: what the rest of it is (a pair: the
+control's answer sample and the shadow candidate's, each with its own kind byte, see
+:func:`pair_sample`)."""
+
+
+def pair_sample(control: bytes, candidate: bytes) -> bytes:
+    """Return the text sample of a shadow pair: the two answer samples, the first's length in 4 bytes."""
+    return TEXT_KIND_PAIR + len(control).to_bytes(4, "big") + control + candidate
+
+
+def split_pair_sample(body: bytes) -> tuple[bytes, bytes]:
+    """Return (control sample, candidate sample) from a pair sample's body (after its kind byte)."""
+    n = int.from_bytes(body[:4], "big")
+    return body[4:4 + n], body[4 + n:]
 
 
 class ExposureEvent(_Event):
@@ -80,6 +93,42 @@ class ResponseEvent(_Event):
     answer: dict[str, float] | None = None
     # The start of the answer (TEXT_KIND_ANSWER + text, or TEXT_KIND_STREAM + SSE bytes): in memory
     # only, handed to the event shipper, never serialised.
+    _text_sample: bytes = PrivateAttr(default=b"")
+
+
+class ShadowSide(BaseModel):
+    """One call of a shadow pair: what the response event of a served request would say."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status_code: int | None  # None: no answer (timeout, unreachable)
+    latency_ms: float
+    ttft_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    error: str | None = None
+    finish_reason: str | None = None
+
+
+class ShadowEvent(_Event):
+    """A control request mirrored to a candidate: both calls, and the shipper's comparison of their answers.
+
+    ``arm`` is the control (whose answer the client got), ``candidate`` the shadow arm. ``scores``
+    (added by the event shipper from the two answers, in memory): ``similarity`` (chrF, 0-100),
+    ``length_ratio`` (candidate characters / control characters), ``refusal_control``,
+    ``refusal_candidate``, ``json_control``, ``json_candidate`` (1.0 when the answer parses as JSON;
+    only when the request asked for JSON), ``same_finish`` (1.0 when both finish reasons agree).
+    """
+
+    type: Literal["shadow"] = "shadow"
+    candidate: str
+    stream: bool = False
+    json_requested: bool = False
+    control: ShadowSide
+    shadow: ShadowSide
+    scores: dict[str, float] | None = None
+    text: str | None = None  # the control's answer, only with proxy.log_text
+    shadow_text: str | None = None  # the candidate's answer, only with proxy.log_text
     _text_sample: bytes = PrivateAttr(default=b"")
 
 
@@ -129,7 +178,7 @@ class ControlEvent(_Event):
     evidence: dict[str, Any] | None = None  # the guard's: metric, estimate, interval, units, test
 
 
-AnyEvent = ExposureEvent | ResponseEvent | OutcomeEvent | DriftEvent | ControlEvent
+AnyEvent = ExposureEvent | ResponseEvent | OutcomeEvent | DriftEvent | ControlEvent | ShadowEvent
 Event = Annotated[AnyEvent, Field(discriminator="type")]
 _EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(Event)
 

@@ -67,6 +67,15 @@ OPEN_STREAMS = Gauge(
 STREAMS_REFUSED = Counter(
     "splitwatch_streams_refused", "Streams refused with a 503 because the worker carried "
     "proxy.max_concurrent_streams already.")
+SHADOW_CALLS = Counter(
+    "splitwatch_shadow_calls", "Shadow calls to an experiment's candidate, by how they ended "
+    "(ok, error: a timeout, an unreachable candidate, an HTTP error status).", ["experiment", "candidate", "result"])
+SHADOW_SKIPPED = Counter(
+    "splitwatch_shadow_skipped", "Control requests drawn for shadowing but not mirrored, by reason "
+    "(concurrency: shadow.max_concurrency calls in flight; rate: over shadow.max_per_second).",
+    ["experiment", "reason"])
+SHADOW_IN_FLIGHT = Gauge(
+    "splitwatch_shadow_in_flight", "Shadow calls in flight now, summed over workers.", multiprocess_mode="livesum")
 CLIENT_DISCONNECTS = Counter(
     "splitwatch_client_disconnects", "Clients that left before the proxy answered, by stage.", ["stage"])
 HTTP_REJECTED = Counter(

@@ -50,7 +50,14 @@ SCHEMA = pa.schema([
     ("changed_by", pa.string()), ("reason", pa.string()), ("revision", pa.int64()), ("evidence", pa.string()),
     ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64()),
     ("finish_reason", pa.string()), ("answer", pa.string()), ("changes", pa.string()),
+    # shadow events: the control's call in the response columns above, the candidate's here
+    ("candidate", pa.string()), ("scores", pa.string()), ("json_requested", pa.bool_()),
+    ("shadow_status_code", pa.int32()), ("shadow_latency_ms", pa.float64()), ("shadow_ttft_ms", pa.float64()),
+    ("shadow_prompt_tokens", pa.int64()), ("shadow_completion_tokens", pa.int64()), ("shadow_error", pa.string()),
+    ("shadow_finish_reason", pa.string()),
 ])
+SHADOW_SIDE_FIELDS = ("status_code", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens", "error",
+                      "finish_reason")
 _FIELDS = [f.name for f in SCHEMA]
 
 
@@ -74,9 +81,12 @@ def _row(rec: Record) -> dict[str, Any] | None:
     except (ValidationError, ValueError):
         return None
     d = ev.model_dump()
+    if d["type"] == "shadow":
+        for k in SHADOW_SIDE_FIELDS:
+            d[k], d[f"shadow_{k}"] = d["control"][k], d["shadow"][k]
     row = {k: d.get(k) for k in _FIELDS}
     row["ts"] = ev.ts.astimezone(UTC)
-    for col in ("features", "drifted_features", "evidence", "answer", "changes"):
+    for col in ("features", "drifted_features", "evidence", "answer", "changes", "scores"):
         if row.get(col) is not None:
             row[col] = orjson.dumps(row[col]).decode()
     row["kafka_partition"], row["kafka_offset"] = rec.partition, rec.offset

@@ -17,6 +17,7 @@ from .analysis import analyze_data
 from .kpi_queries import ExperimentData, load_experiment, prepare_events, unit_definition
 from .lake import Lake
 from .report_format import fmt_count, fmt_interval, fmt_num, fmt_p
+from .shadow_stats import shadow_summaries
 
 
 def last_full_iso_week(today: date | None = None) -> tuple[date, date]:
@@ -74,6 +75,8 @@ class Report:
     answers: list[dict[str, Any]] = field(default_factory=list)
     # the phase's state changes (ramp steps, pauses, resumes) up to the period's end, in order
     timeline: list[dict[str, Any]] = field(default_factory=list)
+    # shadow traffic: each candidate's paired figures against the control (shadow_stats)
+    shadow: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _progress(i: int, total: int, label: str) -> None:
@@ -100,6 +103,7 @@ def build_report(cfg: Config, key: str, start: date, end: date, sequential: bool
         drift = _drift_events(con, start, end)
         answers = _answers(con, start, end)
         timeline = _timeline(con, end)
+        shadow = shadow_summaries(con, _day_start(start), _day_start(end + timedelta(days=1)), cfg.analyzer.alpha)
         for i, day in enumerate(days, 1):
             data = load_experiment(con, None, exp, cfg.analyzer, _day_start(start),
                                    _day_start(day + timedelta(days=1)))
@@ -113,7 +117,7 @@ def build_report(cfg: Config, key: str, start: date, end: date, sequential: bool
         con.close()
     assert data is not None and result is not None
     rep = Report(exp, start, end, data, result, sequential, series, drift=drift, analyzer=cfg.analyzer,
-                 timeline=timeline, answers=answers)
+                 timeline=timeline, answers=answers, shadow=shadow)
     rep.verdict = verdict(rep)
     return rep
 
@@ -163,6 +167,38 @@ def answer_rows(rep: Report) -> list[list[str]]:
     return [[a["arm"], a["day"], fmt_count(a["answers"]),
              "-" if a["median_tokens"] is None else f"{a['median_tokens']:g}", share(a["refusal_share"]),
              share(a["empty_share"]), share(a["truncated_share"])] for a in rep.answers]
+
+
+SHADOW_HEADER = ["candidate", "pairs", "latency p50 control / candidate (ms)", "latency difference (ms)", "p",
+                 "completion tokens difference", "errors control / candidate", "p", "similarity p50 [p10, p90]",
+                 "length ratio p50", "refused (candidate only)", "broke JSON"]
+SHADOW_NOTE = ("Shadow traffic: the control's requests mirrored to the candidate, compared pair by pair (candidate "
+               "minus control; latency: Wilcoxon signed-rank, interval of the mean difference by bootstrap; tokens: "
+               "paired bootstrap; errors: exact McNemar). Similarity: chrF of the candidate's answer against the "
+               "control's (0-100). Users saw only the control's answers.")
+
+
+def shadow_rows(rep: Report) -> list[list[str]]:
+    """Return the shadow table's rows: one per candidate."""
+    rows = []
+    for s in rep.shadow:
+        lat, tok, err, sim = s["latency_ms"], s["completion_tokens"], s["error_rate"], s["similarity"]
+
+        def diff(r: dict[str, Any]) -> str:
+            return "n/a" if "difference" not in r else fmt_interval(r["difference"], r["low"], r["high"])
+
+        def pct(x: float | None) -> str:
+            return "n/a" if x is None else f"{100 * x:.1f}%"
+
+        rows.append([
+            s["candidate"], fmt_count(s["pairs"]),
+            f"{fmt_num(lat.get('control_median'))} / {fmt_num(lat.get('shadow_median'))}", diff(lat),
+            fmt_p(lat.get("p_value")), diff(tok),
+            f"{pct(err.get('estimate_a'))} / {pct(err.get('estimate_b'))}", fmt_p(err.get("p_value")),
+            "n/a" if sim is None else f"{fmt_num(sim['p50'])} [{fmt_num(sim['p10'])}, {fmt_num(sim['p90'])}]",
+            fmt_num(s["length_ratio_median"]), pct(s["refused_only_candidate"]),
+            "n/a" if not s["json_pairs"] else pct(s["broke_json"])])
+    return rows
 
 
 ANSWERS_HEADER = ["arm", "day", "answers", "median tokens", "refusals", "empty", "cut at the token limit"]
@@ -264,7 +300,7 @@ def to_dict(rep: Report) -> dict[str, Any]:
         "skipped_metrics": {**d.skipped, **(res.skipped if res is not None else {})},
         "verdict": rep.verdict.as_dict() if rep.verdict else None, "srm": _srm_dict(res),
         "banners": [{"level": level, "text": text} for level, text in banners(rep)],
-        "metrics": metric_vocabulary(rep), "drift": rep.drift, "answers": rep.answers,
+        "metrics": metric_vocabulary(rep), "drift": rep.drift, "answers": rep.answers, "shadow": rep.shadow,
         "timeline": rep.timeline, "results": []}
     for r in res.results if res else []:
         g = r.guardrail
@@ -457,6 +493,9 @@ def to_markdown(rep: Report) -> str:
         out += ["", "## Answers per arm", "", "| " + " | ".join(ANSWERS_HEADER) + " |",
                 "|" + "---|" * len(ANSWERS_HEADER)]
         out += ["| " + " | ".join(row) + " |" for row in answer_rows(rep)] + ["", ANSWERS_NOTE]
+    if rep.shadow:
+        out += ["", "## Shadow traffic", "", "| " + " | ".join(SHADOW_HEADER) + " |", "|" + "---|" * len(SHADOW_HEADER)]
+        out += ["| " + " | ".join(row) + " |" for row in shadow_rows(rep)] + ["", SHADOW_NOTE]
     if rep.timeline:
         out += ["", "## Rollout timeline", "", "| " + " | ".join(TIMELINE_HEADER) + " |",
                 "|" + "---|" * len(TIMELINE_HEADER)]

@@ -20,6 +20,8 @@ from .report import (
     ANSWERS_HEADER,
     ANSWERS_NOTE,
     DRIFT_HEADER,
+    SHADOW_HEADER,
+    SHADOW_NOTE,
     TIMELINE_HEADER,
     TITLES,
     Report,
@@ -28,6 +30,7 @@ from .report import (
     banners,
     drift_rows,
     metric_vocabulary,
+    shadow_rows,
     timeline_rows,
 )
 from .report_format import fmt_count, fmt_interval, fmt_num, fmt_p
@@ -226,6 +229,9 @@ def render_html(rep: Report, summary_lines: list[str], notes: dict[str, str], vo
     if rep.answers:
         drift += (f"<h2>Answers per arm</h2>{_table(ANSWERS_HEADER, answer_rows(rep))}"
                   f'<p class="note">{esc(ANSWERS_NOTE)}</p>')
+    if rep.shadow:
+        drift += (f"<h2>Shadow traffic</h2>{_table(SHADOW_HEADER, shadow_rows(rep))}"
+                  f'<p class="note">{esc(SHADOW_NOTE)}</p>')
     rollout = f"<h2>Rollout timeline</h2>{_table(TIMELINE_HEADER, timeline_rows(rep))}" if rep.timeline else ""
     tests = "always-valid sequential tests" if rep.sequential else "fixed-horizon tests"
     return f"""<!doctype html>

@@ -35,9 +35,10 @@ from typing import Any
 import orjson
 
 from .. import metrics
-from ..answer_features import answer_features
+from ..answer_comparison import compare_answers
+from ..answer_features import answer_features, stream_content
 from ..config import KafkaConfig
-from ..events import TEXT_KIND_ANSWER, TEXT_KIND_PROMPT, TEXT_KIND_STREAM
+from ..events import TEXT_KIND_ANSWER, TEXT_KIND_PAIR, TEXT_KIND_PROMPT, TEXT_KIND_STREAM, split_pair_sample
 from ..features import LANGUAGES, shipper_features
 from .dead_letters import DeadLetterReason, DeadLetters, dead_letters_for
 from .kafka_client import ensure_topic, kafka_security_settings
@@ -65,7 +66,7 @@ streams). 0 keeps the worker's priority."""
 PipeRecord = tuple[bytes, bytes, bytes]
 """(key, event JSON, text sample) as the worker hands it over: the sample (a kind byte, then the
 start of the prompt or the answer) is b"" for events without text."""
-MAX_SAMPLE_BYTES = 1 + 16384
+MAX_SAMPLE_BYTES = 1 + 4 + 2 * (1 + 16384)  # a shadow pair: two stream samples
 """A text sample's cap on the pipe: 4,000 characters of UTF-8, or the first 16 KB of an SSE answer."""
 
 
@@ -121,7 +122,8 @@ def with_text_features(value: bytes, sample: bytes, languages: tuple[str, ...] =
     """Return the event JSON with the features of its text sample added; the sample itself is dropped.
 
     A prompt sample adds the shipper's prompt features to ``features`` (language, topic, code, ...);
-    an answer sample sets ``answer`` (refusal, empty, truncated, chars).
+    an answer sample sets ``answer`` (refusal, empty, truncated, chars); a shadow pair's sample sets
+    ``scores`` (:func:`pair_scores`).
     """
     kind, body = sample[:1], sample[1:]
     event = orjson.loads(value)
@@ -129,9 +131,26 @@ def with_text_features(value: bytes, sample: bytes, languages: tuple[str, ...] =
         event.setdefault("features", {}).update(shipper_features(body.decode(errors="replace"), languages))
     elif kind in (TEXT_KIND_ANSWER, TEXT_KIND_STREAM):
         event["answer"] = answer_features(event, body if kind == TEXT_KIND_STREAM else body.decode(errors="replace"))
+    elif kind == TEXT_KIND_PAIR:
+        event["scores"] = pair_scores(event, *split_pair_sample(body))
     else:
         return value
     return orjson.dumps(event)
+
+
+def _sample_text(sample: bytes) -> str:
+    kind, body = sample[:1], sample[1:]
+    return stream_content(body)[0] if kind == TEXT_KIND_STREAM else body.decode("utf-8", "replace")
+
+
+def pair_scores(event: dict[str, Any], control: bytes, candidate: bytes) -> dict[str, float] | None:
+    """Return a shadow pair's comparison scores (:func:`..answer_comparison.compare_answers`), or None
+    when either call failed (there is no pair of answers to compare)."""
+    c, s = event["control"], event["shadow"]
+    if c.get("error") or s.get("error") or not control or not candidate:
+        return None
+    return compare_answers(_sample_text(control), _sample_text(candidate), bool(event.get("json_requested")),
+                           c.get("finish_reason"), s.get("finish_reason"))
 
 
 class SinkUnavailable(Exception):

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ..answer_comparison import chrf, chrf_metric
+
 OTHER_LABEL = "(other)"
 """The predicted class of an answer that is none of the dataset's labels."""
 
@@ -50,13 +52,6 @@ def _label_index(labels: tuple[str, ...]) -> dict[str, str]:
 
 
 @cache
-def _chrf() -> Any:
-    from sacrebleu.metrics import CHRF
-
-    return CHRF()
-
-
-@cache
 def _bleu() -> Any:
     from sacrebleu.metrics import BLEU
 
@@ -68,11 +63,6 @@ def _rouge() -> Any:
     from rouge_score import rouge_scorer
 
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-
-
-def chrf(answer: str, reference: str) -> float:
-    """Return sacrebleu's sentence chrF (0-100) of the answer against one reference."""
-    return float(_chrf().sentence_score(answer, [reference]).score)
 
 
 def rouge_l(answer: str, reference: str) -> float:
@@ -101,7 +91,7 @@ def corpus_bleu(answers: Sequence[str], references: Sequence[str]) -> float:
 
 def corpus_chrf(answers: Sequence[str], references: Sequence[str]) -> float:
     """Return sacrebleu's corpus chrF (0-100)."""
-    return float(_chrf().corpus_score(list(answers), [list(references)]).score)
+    return float(chrf_metric().corpus_score(list(answers), [list(references)]).score)
 
 
 def macro_f1(expected: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> float:

@@ -14,6 +14,7 @@ from ..control.channel import Control, FileControl, KafkaControl
 from ..control.state import ExperimentState, StateTable
 from ..delivery.publisher import EventPublisher
 from .assignment import Assignment, CompiledExperiment, ExperimentTable
+from .shadow import ShadowGate
 from .upstream import UpstreamClients
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class Runtime:
         self.publisher = publisher
         self.clients = UpstreamClients()
         self.open_streams = 0  # streams this worker relays now (read and written on its event loop only)
+        self.shadow_gate = ShadowGate()  # shadow calls in flight and their rate budget (docs/shadow.md)
 
     def _open_control(self, config: Config) -> Control:
         """Return the (not yet started) control channel: the control topic, or the state file without Kafka."""

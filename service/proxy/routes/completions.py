@@ -22,7 +22,7 @@ from starlette.responses import Response, StreamingResponse
 from ... import metrics
 from ...answer_features import ANSWER_SAMPLE_CHARS, completion_content, finish_reason_of
 from ...config import UNASSIGNED_ARM, ArmConfig, Config, UpstreamConfig
-from ...events import TEXT_KIND_ANSWER, TEXT_KIND_PROMPT, ExposureEvent, ResponseEvent
+from ...events import TEXT_KIND_ANSWER, TEXT_KIND_PROMPT, ExposureEvent, ResponseEvent, ShadowSide
 from ...features import features_of_prompt, prompt_text
 from ...text_features import TEXT_SAMPLE_CHARS
 from ..assignment import Assignment
@@ -30,6 +30,7 @@ from ..errors import InvalidRequest, ModelNotFound, Overloaded, UpstreamError, e
 from ..openapi import CHAT_REQUEST, COMPLETION_REQUEST
 from ..request_body import check_identifier, parse_json_object, read_limited_body
 from ..runtime import Runtime
+from ..shadow import ShadowPair, SideResult, maybe_mirror
 from ..stream_relay import StreamEnd, StreamRelay
 from ..upstream import (
     ClientDisconnected,
@@ -107,6 +108,7 @@ class _Call:
     sent_at: float = 0.0
     release: Callable[[], None] | None = None  # gives the leased upstream client back
     holds_stream_slot: bool = False  # counted in runtime.open_streams until the call finishes
+    shadow_pair: ShadowPair | None = None  # set when this control request is mirrored to a candidate
 
     def release_stream_slot(self) -> None:
         """Give back this call's place among the worker's open streams (once; later calls do nothing)."""
@@ -143,6 +145,12 @@ class _Call:
                 text=text if self.log_text else None, finish_reason=finish_reason)
             event._text_sample = answer_sample
             self.runtime.publisher.publish(event)
+        if self.shadow_pair is not None:
+            pair, self.shadow_pair = self.shadow_pair, None
+            pair.control_done(SideResult(ShadowSide(
+                status_code=status, latency_ms=round(upstream_s * 1000, 3),
+                ttft_ms=None if ttft_s is None else round(ttft_s * 1000, 3), prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens, error=error, finish_reason=finish_reason), answer_sample, text))
 
 
 def _headers(a: Assignment, request_id: str) -> dict[str, str]:
@@ -208,8 +216,14 @@ async def _proxy(request: Request, kind: Kind) -> Response:
         elif a.excluded_reason:
             metrics.UNASSIGNED_REQUESTS.labels(a.experiment, a.excluded_reason).inc()
         body["model"] = arm.upstream.model
+        strip_usage = call.stream and _request_stream_usage(body, arm.upstream)
+        shadow = exp.config.shadow
+        if shadow is not None and a.logged and not a.forced and a.arm == exp.config.control.name:
+            candidate = exp.config.arm(shadow.arm)
+            assert candidate is not None  # the config checks it
+            call.shadow_pair = maybe_mirror(runtime, shadow, candidate, a, body, path, unit_id, request_id,
+                                            call.stream, config.proxy.log_text)
         if call.stream:
-            strip_usage = _request_stream_usage(body, arm.upstream)
             return await _forward_stream(request, call, arm, path, orjson.dumps(body), strip_usage)
         payload = orjson.dumps(body)
         return await _forward(request, call, arm, path, payload)
