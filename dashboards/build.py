@@ -98,6 +98,14 @@ def _dashboard(uid: str, title: str, refresh: str, since: str, description: str)
             .with_variable(_datasource()))
 
 
+def _shadow_pairs() -> str:
+    return f"sum by (candidate) (rate(splitwatch_shadow_pairs_total{{{EXP}}}{RATE}))"
+
+
+def _shadow_errors(side: str) -> str:
+    return f'sum by (candidate) (rate(splitwatch_shadow_pairs_total{{{EXP},{side}="error"}}{RATE}))'
+
+
 def proxy_dashboard() -> db.Dashboard:
     """Return the proxy's dashboard: traffic, errors, latency, tokens and event delivery per arm."""
     requests = f"sum by (arm) (rate(splitwatch_requests_total{{{EXP}}}{RATE}))"
@@ -143,6 +151,17 @@ def proxy_dashboard() -> db.Dashboard:
             (f"sum(rate(splitwatch_events_sent_total{RATE}))", "sent")]),
         graph("Events dropped per second (must stay 0)", "short", [(
             f"sum by (reason) (rate(splitwatch_events_dropped_total{RATE})) or vector(0)", "{{reason}}")]),
+        # shadow traffic (docs/shadow.md): the same requests answered by the control and by the candidate
+        graph("Shadow pairs: error rate, control and candidate on the same requests", "percentunit", [
+            (f"({_shadow_errors('control')} or 0 * {_shadow_pairs()}) / {_shadow_pairs()}",
+             "control (vs {{candidate}})"),
+            (f"({_shadow_errors('shadow')} or 0 * {_shadow_pairs()}) / {_shadow_pairs()}", "{{candidate}} (shadow)")],
+              "Of the requests mirrored to the shadow candidate, the share each side failed (the client saw only the "
+              "control's answer). Alert: SplitwatchShadowCandidateErrorsHigh."),
+        graph("Shadow calls per second, and those skipped by the budget", "reqps", [
+            (f"sum by (candidate) (rate(splitwatch_shadow_calls_total{{{EXP}}}{RATE}))", "{{candidate}}"),
+            (f"sum by (reason) (rate(splitwatch_shadow_skipped_total{{{EXP}}}{RATE})) or vector(0)",
+             "skipped: {{reason}}")]),
     ]
     for p in panels:
         d = d.with_panel(p)

@@ -168,7 +168,7 @@ class ControlEvent(_Event):
     """
 
     type: Literal["control"] = "control"
-    action: Literal["pause", "resume", "coverage"]
+    action: Literal["pause", "resume", "coverage", "shadow"]
     status: Literal["running", "paused"]
     coverage: float
     actor: Literal["guard", "admin"]

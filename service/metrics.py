@@ -70,6 +70,10 @@ STREAMS_REFUSED = Counter(
 SHADOW_CALLS = Counter(
     "splitwatch_shadow_calls", "Shadow calls to an experiment's candidate, by how they ended "
     "(ok, error: a timeout, an unreachable candidate, an HTTP error status).", ["experiment", "candidate", "result"])
+SHADOW_PAIRS = Counter(
+    "splitwatch_shadow_pairs", "Mirrored requests whose two calls have ended, by how each ended (ok or error): "
+    "the control's and the shadow candidate's error rates on the same requests.",
+    ["experiment", "candidate", "control", "shadow"])
 SHADOW_SKIPPED = Counter(
     "splitwatch_shadow_skipped", "Control requests drawn for shadowing but not mirrored, by reason "
     "(concurrency: shadow.max_concurrency calls in flight; rate: over shadow.max_per_second).",
@@ -151,6 +155,20 @@ VERDICT = Gauge(
     ["experiment"], registry=ANALYZER_REGISTRY)
 SRM_P_VALUE = Gauge("splitwatch_srm_p_value", "p-value of the sample ratio mismatch test.", ["experiment"],
                     registry=ANALYZER_REGISTRY)
+SHADOW_PAIRS_ANALYZED = Gauge(
+    "splitwatch_shadow_pairs_analyzed", "Shadow pairs of the current phase in the lake (docs/shadow.md).",
+    ["experiment", "candidate"], registry=ANALYZER_REGISTRY)
+SHADOW_DIFFERENCE = Gauge(
+    "splitwatch_shadow_difference", "Paired difference, shadow candidate minus control, on the same requests: "
+    "latency_ms (mean), completion_tokens (mean), error_rate; bound estimate, lower or upper (95%).",
+    ["experiment", "candidate", "metric", "bound"], registry=ANALYZER_REGISTRY)
+SHADOW_SIMILARITY = Gauge(
+    "splitwatch_shadow_similarity", "Quantiles of the chrF similarity (0-100) of the candidate's answers to the "
+    "control's.", ["experiment", "candidate", "quantile"], registry=ANALYZER_REGISTRY)
+SHADOW_SHARE = Gauge(
+    "splitwatch_shadow_share", "Shares of the shadow pairs: refused_only_candidate (the candidate refused, the "
+    "control did not), broke_json (JSON asked for: the control's parsed, the candidate's did not).",
+    ["experiment", "candidate", "what"], registry=ANALYZER_REGISTRY)
 GUARDRAIL_BREACHED = Gauge("splitwatch_guardrail_breached", "1 when a guardrail metric is breached.",
                            ["experiment", "metric"], registry=ANALYZER_REGISTRY)
 GUARD_COVERAGE = Gauge(

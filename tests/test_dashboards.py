@@ -13,6 +13,7 @@ import httpx
 import yaml
 
 from splitwatch.service.local.processes import ManagedProcess, free_port, splitwatch_command, wait_for_port
+from tests.harness import experiment_config
 
 DASHBOARDS = Path(__file__).resolve().parents[1] / "dashboards"
 
@@ -84,8 +85,9 @@ def _query(prom_url: str, expr: str) -> list[dict]:
     return r["data"]["result"]
 
 
-def test_dashboard_queries_return_data_from_a_real_scrape(start_proxy, tmp_path: Path) -> None:
-    proxy = start_proxy()
+def test_dashboard_queries_return_data_from_a_real_scrape(start_proxy, stubs, tmp_path: Path) -> None:
+    # shadowing on, so that the shadow panels have data too
+    proxy = start_proxy(experiment_config(*stubs, shadow={"arm": "finetuned", "share": 1.0}))
     prom, prom_url = _start_prometheus(tmp_path, proxy.url.removeprefix("http://"))
     try:
         chat = proxy.url + "/v1/chat/completions"

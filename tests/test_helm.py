@@ -148,7 +148,8 @@ def test_dockerfile_has_a_slim_proxy_target_and_a_full_target() -> None:
     for target, wants_drift in (("proxy", False), ("full", True)):
         chain = _stage_chain(stages, target)
         runs = " ".join(rest for instruction, rest in chain if instruction == "RUN")
-        assert ("[drift]" in runs) is wants_drift, target
+        extras = {e for group in re.findall(r'"\.\[([a-z,]+)\]"', runs) for e in group.split(",")}
+        assert extras == ({"drift", "eval"} if wants_drift else set()), target  # full: drift and eval
         assert "pip install" in runs and "--no-index" in runs  # only the wheels built in the image
         users = [rest for instruction, rest in chain if instruction == "USER"]
         assert users and users[-1] not in ("root", "0"), target  # runs unprivileged

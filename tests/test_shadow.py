@@ -4,15 +4,19 @@ time, whatever the candidate does; the pairs reach Kafka as `shadow` events with
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import re
+import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from splitwatch.service.local.processes import splitwatch_command
 from tests.harness import (
     Broker,
     Proxy,
@@ -39,7 +43,7 @@ def make(broker: Broker, tmp_path: Path) -> Iterator[Any]:
         return s
 
     def proxy(control: StubModel, candidate_url: str, shadow: dict[str, Any] | None, topic: str,
-              timeout_s: float = 5) -> Proxy:
+              timeout_s: float = 5, env: dict[str, str] | None = None) -> Proxy:
         exp = experiment_config(control, control)
         exp["arms"][0]["weight"] = 1_000_000  # every unit to the control, whose requests are mirrored
         exp["arms"][1]["weight"] = 1
@@ -47,7 +51,7 @@ def make(broker: Broker, tmp_path: Path) -> Iterator[Any]:
         if shadow is not None:
             exp["shadow"] = shadow
         wd = tmp_path / f"proxy-{len(started)}"
-        p = Proxy(wd, base_config(broker.bootstrap, topic, wd, [exp]))
+        p = Proxy(wd, base_config(broker.bootstrap, topic, wd, [exp]), env=env)
         p.start()
         started.append(p)
         return p
@@ -156,3 +160,77 @@ def test_the_budget_caps_shadow_calls_and_counts_what_it_skips(make: Any) -> Non
     assert skipped and int(skipped.group(1)) >= 8, metrics
     time.sleep(1.0)
     assert candidate.stats()["requests"] == 16 - int(skipped.group(1))
+
+
+def test_a_candidate_that_answers_one_kind_of_prompt_differently_is_found(make: Any) -> None:
+    stub, proxy = make
+    # both answer every prompt with the same words, but the candidate answers Spanish orders with 4 others
+    control = stub("base", "--words", "same")
+    candidate = stub("cand", "--words", "same", "--diverge-on", "pedido")
+    topic = new_topic()
+    p = proxy(control, candidate.base_url, {"arm": "finetuned", "share": 1.0}, topic)
+    english = ["Where is my order? It has been a week since I paid for it.",
+               "I was charged twice this month, can you refund one of the payments?",
+               "How do I reset my password? The reset email never arrives."]
+    spanish = ["¿Dónde está mi pedido? Lo pagué hace una semana y todavía no llega.",
+               "Quiero cancelar mi pedido antes de que lo envíen, por favor."]
+    with httpx.Client(timeout=30) as c:
+        for i in range(60):
+            text = (spanish[i % 2] if i % 3 == 0 else english[i % 3]) + f" ({i})"
+            body = {"model": "support-bot", "user": f"u{i}", "stream": i % 4 == 0,
+                    "messages": [{"role": "user", "content": text}]}
+            assert c.post(p.url + "/v1/chat/completions", json=body).status_code == 200
+    time.sleep(0.5)
+    wait_delivered(p.url)
+    cfg = str(p.config_path)
+    ingest = subprocess.run(splitwatch_command("analyzer", "--config", cfg, "--once"), capture_output=True,
+                            text=True, timeout=120)
+    assert ingest.returncode == 0, ingest.stderr
+    assert "shadow statistics" not in ingest.stderr  # the analysis' shadow gauges ran without failing
+    today = datetime.now(UTC).date().isoformat()
+    rep = subprocess.run(splitwatch_command("report", "--config", cfg, "--experiment", "support-ft", "--from",
+                                            today, "--to", today, "--format", "json"),
+                         capture_output=True, text=True, timeout=120)
+    assert rep.returncode == 0, rep.stderr
+    (shadow,) = json.loads(rep.stdout)["shadow"]
+    assert shadow["pairs"] == 60 and shadow["similarity"]["p90"] == 100.0
+    by_language = {c["category"]: c for c in shadow["categories"]}
+    assert by_language["es"]["differs"] is True and by_language["en"]["differs"] is False
+    assert by_language["es"]["similarity_median"] < 30 and by_language["en"]["similarity_median"] == 100.0
+    assert by_language["es"]["length_ratio_median"] < 0.8 and by_language["en"]["length_ratio_median"] == 1.0
+    md = subprocess.run(splitwatch_command("report", "--config", cfg, "--experiment", "support-ft", "--from",
+                                           today, "--to", today), capture_output=True, text=True, timeout=120)
+    assert "## Shadow traffic" in md.stdout and "| finetuned | es | 20 |" in md.stdout
+
+
+def test_the_admin_api_switches_shadow_traffic_off_and_on(make: Any) -> None:
+    stub, proxy = make
+    control, candidate = stub("base"), stub("cand")
+    topic = new_topic()
+    env = {"SPLITWATCH_ADMIN_TOKEN": "s3cret"}
+    p = proxy(control, candidate.base_url, {"arm": "finetuned", "share": 1.0}, topic, env=env)
+    plain = proxy(control, candidate.base_url, None, new_topic(), env=env)
+    auth = {"authorization": "Bearer s3cret"}
+
+    def served_by_candidate(n: int, start: int) -> int:
+        before = candidate.stats()["requests"]
+        for i in range(start, start + n):
+            assert _ask(p, f"u{i}", False)[0] == 200
+        time.sleep(0.3)
+        return candidate.stats()["requests"] - before
+
+    assert served_by_candidate(5, 0) == 5
+    off = httpx.put(p.url + "/admin/experiments/support-ft", headers=auth,
+                    json={"shadow": False, "reason": "candidate endpoint under maintenance", "by": "oncall"})
+    assert off.status_code == 200, off.text
+    assert off.json()["shadow"]["enabled"] is False and off.json()["status"] == "running"
+    assert served_by_candidate(5, 5) == 0
+    on = httpx.put(p.url + "/admin/experiments/support-ft", headers=auth, json={"shadow": True})
+    assert on.status_code == 200 and on.json()["shadow"]["enabled"] is True
+    assert served_by_candidate(5, 10) == 5
+    refused = httpx.put(plain.url + "/admin/experiments/support-ft", headers=auth, json={"shadow": True})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "shadow"
+    wait_delivered(p.url)
+    actions = [e["action"] for e in read_events(p.config["kafka"]["bootstrap_servers"], topic, idle=1.0)
+               if e["type"] == "control"]
+    assert actions == ["shadow", "shadow"]  # each switch recorded, with who and why, for the report's timeline

@@ -86,3 +86,19 @@ def test_shadow_pairs_from_the_lake_match_references_on_the_raw_pairs(tmp_path: 
     (row,) = shadow_rows(SimpleNamespace(shadow=[s]))
     assert len(row) == len(SHADOW_HEADER) and row[0] == "finetuned" and row[1] == "300"
     assert row[3].startswith("+") and "%" in row[6]
+
+    # the live analyzer's gauges of it
+    from splitwatch.service import metrics
+    from splitwatch.service.analyzer.shadow_stats import export_shadow_gauges
+
+    export_shadow_gauges("support-ft", [s])
+    reg = metrics.ANALYZER_REGISTRY
+    labels = {"experiment": "support-ft", "candidate": "finetuned"}
+    assert reg.get_sample_value("splitwatch_shadow_pairs_analyzed", labels) == 300
+    assert reg.get_sample_value("splitwatch_shadow_difference", {**labels, "metric": "latency_ms",
+                                                                  "bound": "estimate"}) == lat["difference"]
+    assert reg.get_sample_value("splitwatch_shadow_difference", {**labels, "metric": "error_rate",
+                                                                  "bound": "lower"}) == err["low"]
+    assert reg.get_sample_value("splitwatch_shadow_similarity", {**labels, "quantile": "p50"}) == \
+        s["similarity"]["p50"]
+    assert reg.get_sample_value("splitwatch_shadow_share", {**labels, "what": "broke_json"}) == s["broke_json"]

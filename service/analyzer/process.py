@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 import duckdb
 
@@ -19,8 +20,10 @@ from .analysis import analyze_data, export_gauges, live_verdict
 from .guard import RolloutGuard
 from .ingest import Ingestor
 from .kpi_queries import load_experiment
+from .shadow_stats import export_shadow_gauges, shadow_summaries
 
 log = logging.getLogger(__name__)
+SHADOW_SINCE = datetime(2000, 1, 1, tzinfo=UTC)  # the live shadow gauges cover the whole current phase
 
 
 def analyze_all(cfg: Config, sequential: bool = True, guard: RolloutGuard | None = None) -> dict[str, object]:
@@ -47,6 +50,12 @@ def analyze_all(cfg: Config, sequential: bool = True, guard: RolloutGuard | None
             data = load_experiment(con, lake.glob(exp.key), exp, cfg.analyzer,
                                    history_glob=lake.glob("*") if cfg.analyzer.cuped.enabled else None)
             result = analyze_data(data, exp, cfg.analyzer, sequential)
+            if exp.shadow is not None:
+                try:  # the phase's shadow pairs, all of them (they are in the ev table load_experiment made)
+                    export_shadow_gauges(exp.key, shadow_summaries(con, SHADOW_SINCE, datetime.now(UTC) + timedelta(1),
+                                                                   cfg.analyzer.alpha))
+                except Exception:
+                    log.exception("the shadow statistics of %s failed", exp.key)
             if guard is not None and guarded:
                 try:
                     evidence = guard.evidence(con, exp, data, result)

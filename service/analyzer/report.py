@@ -103,7 +103,8 @@ def build_report(cfg: Config, key: str, start: date, end: date, sequential: bool
         drift = _drift_events(con, start, end)
         answers = _answers(con, start, end)
         timeline = _timeline(con, end)
-        shadow = shadow_summaries(con, _day_start(start), _day_start(end + timedelta(days=1)), cfg.analyzer.alpha)
+        shadow = shadow_summaries(con, _day_start(start), _day_start(end + timedelta(days=1)), cfg.analyzer.alpha,
+                                  lake.glob(key))
         for i, day in enumerate(days, 1):
             data = load_experiment(con, None, exp, cfg.analyzer, _day_start(start),
                                    _day_start(day + timedelta(days=1)))
@@ -176,6 +177,18 @@ SHADOW_NOTE = ("Shadow traffic: the control's requests mirrored to the candidate
                "minus control; latency: Wilcoxon signed-rank, interval of the mean difference by bootstrap; tokens: "
                "paired bootstrap; errors: exact McNemar). Similarity: chrF of the candidate's answer against the "
                "control's (0-100). Users saw only the control's answers.")
+
+
+SHADOW_CATEGORY_HEADER = ["candidate", "prompt language", "pairs", "similarity p50", "length ratio p50",
+                          "p (lower than the other languages)", "differs"]
+
+
+def shadow_category_rows(rep: Report) -> list[list[str]]:
+    """Return the shadow breakdown's rows: per candidate and prompt language."""
+    return [[s["candidate"], c["category"], fmt_count(c["pairs"]), fmt_num(c["similarity_median"]),
+             fmt_num(c["length_ratio_median"]), fmt_p(c.get("p_adjusted")),
+             "yes" if c.get("differs") else ("no" if "differs" in c else "too few pairs")]
+            for s in rep.shadow for c in s.get("categories", [])]
 
 
 def shadow_rows(rep: Report) -> list[list[str]]:
@@ -496,6 +509,9 @@ def to_markdown(rep: Report) -> str:
     if rep.shadow:
         out += ["", "## Shadow traffic", "", "| " + " | ".join(SHADOW_HEADER) + " |", "|" + "---|" * len(SHADOW_HEADER)]
         out += ["| " + " | ".join(row) + " |" for row in shadow_rows(rep)] + ["", SHADOW_NOTE]
+        if any(s.get("categories") for s in rep.shadow):
+            out += ["", "| " + " | ".join(SHADOW_CATEGORY_HEADER) + " |", "|" + "---|" * len(SHADOW_CATEGORY_HEADER)]
+            out += ["| " + " | ".join(row) + " |" for row in shadow_category_rows(rep)]
     if rep.timeline:
         out += ["", "## Rollout timeline", "", "| " + " | ".join(TIMELINE_HEADER) + " |",
                 "|" + "---|" * len(TIMELINE_HEADER)]

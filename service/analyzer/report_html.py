@@ -20,6 +20,7 @@ from .report import (
     ANSWERS_HEADER,
     ANSWERS_NOTE,
     DRIFT_HEADER,
+    SHADOW_CATEGORY_HEADER,
     SHADOW_HEADER,
     SHADOW_NOTE,
     TIMELINE_HEADER,
@@ -30,6 +31,7 @@ from .report import (
     banners,
     drift_rows,
     metric_vocabulary,
+    shadow_category_rows,
     shadow_rows,
     timeline_rows,
 )
@@ -231,7 +233,8 @@ def render_html(rep: Report, summary_lines: list[str], notes: dict[str, str], vo
                   f'<p class="note">{esc(ANSWERS_NOTE)}</p>')
     if rep.shadow:
         drift += (f"<h2>Shadow traffic</h2>{_table(SHADOW_HEADER, shadow_rows(rep))}"
-                  f'<p class="note">{esc(SHADOW_NOTE)}</p>')
+                  f'<p class="note">{esc(SHADOW_NOTE)}</p>'
+                  f"{_table(SHADOW_CATEGORY_HEADER, shadow_category_rows(rep))}")
     rollout = f"<h2>Rollout timeline</h2>{_table(TIMELINE_HEADER, timeline_rows(rep))}" if rep.timeline else ""
     tests = "always-valid sequential tests" if rep.sequential else "fixed-horizon tests"
     return f"""<!doctype html>

@@ -6,7 +6,11 @@ interval of the mean difference), in completion tokens (paired bootstrap) and in
 McNemar), from ``splitwatch.stats.paired``; the distribution of the answers' similarity (chrF,
 quantiles); the median length ratio; and the shares of pairs where the candidate refused and the
 control did not, and where JSON was asked for, the control's answer parsed and the candidate's did
-not.
+not. With the lake's files, the same per prompt language (the exposure's ``language`` feature):
+the pairs, the median similarity and length ratio, and whether the category's similarity differs
+is lower than the other categories' (one-sided Mann-Whitney U, Benjamini-Hochberg over the
+categories), which finds
+the kind of prompt the candidate answers differently.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from typing import Any
 
 import duckdb
 import numpy as np
+from scipy import stats as sps
 
 from ...stats.errors import StatsError
+from ...stats.multiple_testing import adjust_p_values
 from ...stats.paired import mcnemar_exact, paired_bootstrap, wilcoxon_signed_rank
 
 SIMILARITY_QUANTILES = (10, 25, 50, 75, 90)
@@ -37,18 +43,30 @@ class ShadowPairs:
     control_failed: np.ndarray
     shadow_failed: np.ndarray
     scores: list[dict[str, float]]  # of the pairs where both calls answered
+    score_categories: list[str | None]  # the prompt language of each pair in ``scores``
 
 
-def load_shadow_pairs(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime) -> list[ShadowPairs]:
-    """Return each candidate's shadow pairs in [start, end) from the ``ev`` table (none before any shadow event)."""
+def load_shadow_pairs(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime, glob: str | None = None
+                      ) -> list[ShadowPairs]:
+    """Return each candidate's shadow pairs in [start, end) from the ``ev`` table (none before any shadow
+    event); with ``glob`` (the experiment's lake files), each pair's prompt language from its exposure."""
     has = con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'ev' "
                       "AND column_name = 'candidate'").fetchone()
     if not has or not has[0]:
         return []
+    category = "NULL"
+    if glob is not None:  # ev leaves the features out: read them for the shadowed requests only
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE shadow_category AS
+            SELECT request_id, any_value(json_extract_string(features, '$.language')) AS category
+            FROM read_parquet('{glob}', union_by_name = true)
+            WHERE type = 'exposure' AND request_id IN (SELECT request_id FROM ev WHERE type = 'shadow')
+            GROUP BY request_id""")
+        category = "(SELECT category FROM shadow_category c WHERE c.request_id = ev.request_id)"
     rows = con.execute(
         "SELECT candidate, latency_ms, shadow_latency_ms, completion_tokens, shadow_completion_tokens, "
         "error IS NOT NULL OR coalesce(status_code, 0) >= 400, "
-        "shadow_error IS NOT NULL OR coalesce(shadow_status_code, 0) >= 400, scores "
+        f"shadow_error IS NOT NULL OR coalesce(shadow_status_code, 0) >= 400, scores, {category} "
         "FROM ev WHERE type = 'shadow' AND ts >= ? AND ts < ? ORDER BY candidate, ts", [start, end]).fetchall()
     out: dict[str, list[tuple[Any, ...]]] = {}
     for r in rows:
@@ -60,9 +78,38 @@ def load_shadow_pairs(con: duckdb.DuckDBPyConnection, start: datetime, end: date
         def arr(i: int, cols: list[tuple[Any, ...]] = cols) -> np.ndarray:
             return np.array([np.nan if v is None else float(v) for v in cols[i]])
 
+        scored = [(json.loads(s), c) for s, c in zip(cols[7], cols[8], strict=True) if s]
         pairs.append(ShadowPairs(candidate, arr(1), arr(2), arr(3), arr(4), np.array(cols[5], dtype=float),
-                                 np.array(cols[6], dtype=float), [json.loads(s) for s in cols[7] if s]))
+                                 np.array(cols[6], dtype=float), [s for s, _ in scored], [c for _, c in scored]))
     return pairs
+
+
+def category_breakdown(p: ShadowPairs, alpha: float = 0.05, min_pairs: int = 10) -> list[dict[str, Any]]:
+    """Return per prompt language: pairs, median similarity and length ratio, and the one-sided Mann-Whitney
+    U test of its similarity being lower than the other languages' (BH-adjusted; categories under
+    ``min_pairs`` untested)."""
+    sims: dict[str, list[float]] = {}
+    ratios: dict[str, list[float]] = {}
+    for s, c in zip(p.scores, p.score_categories, strict=True):
+        if c is None or "similarity" not in s:
+            continue
+        sims.setdefault(c, []).append(s["similarity"])
+        if "length_ratio" in s:
+            ratios.setdefault(c, []).append(s["length_ratio"])
+    rows: list[dict[str, Any]] = []
+    for c in sorted(sims, key=lambda k: -len(sims[k])):
+        rest = [v for k, vs in sims.items() if k != c for v in vs]
+        test = len(sims[c]) >= min_pairs and len(rest) >= min_pairs
+        # one-sided: a category where the candidate agrees *less* with the control than elsewhere
+        p_value = float(sps.mannwhitneyu(sims[c], rest, alternative="less").pvalue) if test else None
+        rows.append({"category": c, "pairs": len(sims[c]), "similarity_median": float(np.median(sims[c])),
+                     "length_ratio_median": float(np.median(ratios[c])) if ratios.get(c) else None,
+                     "p_value": p_value})
+    tested = [r for r in rows if r["p_value"] is not None]
+    for r, adj in zip(tested, adjust_p_values([r["p_value"] for r in tested], "bh"), strict=True):
+        r["p_adjusted"] = adj
+        r["differs"] = adj < alpha
+    return rows
 
 
 def _both(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -109,10 +156,32 @@ def summarise_shadow(p: ShadowPairs, alpha: float = 0.05, n_bootstrap: int = 100
     json_ok = [s for s in p.scores if s.get("json_control") == 1]
     out["json_pairs"] = len(json_ok)
     out["broke_json"] = _share(sum(s.get("json_candidate") == 0 for s in json_ok), len(json_ok))
+    out["categories"] = category_breakdown(p, alpha)
     return out
 
 
-def shadow_summaries(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime,
-                     alpha: float = 0.05) -> list[dict[str, Any]]:
-    """Return :func:`summarise_shadow` of every candidate with shadow pairs in [start, end)."""
-    return [summarise_shadow(p, alpha) for p in load_shadow_pairs(con, start, end)]
+def shadow_summaries(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime, alpha: float = 0.05,
+                     glob: str | None = None) -> list[dict[str, Any]]:
+    """Return :func:`summarise_shadow` of every candidate with shadow pairs in [start, end) (with ``glob``,
+    the experiment's lake files, broken down by prompt language)."""
+    return [summarise_shadow(p, alpha) for p in load_shadow_pairs(con, start, end, glob)]
+
+
+def export_shadow_gauges(experiment: str, summaries: list[dict[str, Any]]) -> None:
+    """Set the analyzer's shadow gauges (``splitwatch_shadow_*``) from :func:`summarise_shadow`'s figures."""
+    from .. import metrics
+
+    for s in summaries:
+        c = s["candidate"]
+        metrics.SHADOW_PAIRS_ANALYZED.labels(experiment, c).set(s["pairs"])
+        for name in ("latency_ms", "completion_tokens", "error_rate"):
+            r = s[name]
+            for bound, key in (("estimate", "difference"), ("lower", "low"), ("upper", "high")):
+                if r.get(key) is not None:
+                    metrics.SHADOW_DIFFERENCE.labels(experiment, c, name, bound).set(r[key])
+        if s["similarity"] is not None:
+            for q in SIMILARITY_QUANTILES:
+                metrics.SHADOW_SIMILARITY.labels(experiment, c, f"p{q}").set(s["similarity"][f"p{q}"])
+        for what in ("refused_only_candidate", "broke_json"):
+            if s[what] is not None:
+                metrics.SHADOW_SHARE.labels(experiment, c, what).set(s[what])

@@ -31,7 +31,7 @@ from ..events import ControlEvent
 log = logging.getLogger(__name__)
 
 Status = Literal["running", "paused"]
-Action = Literal["pause", "resume", "coverage"]
+Action = Literal["pause", "resume", "coverage", "shadow"]
 Actor = Literal["guard", "admin"]
 
 
@@ -56,10 +56,18 @@ class ExperimentState(BaseModel):
     # the guard judges only units first exposed at or after this (the last resume): a person who
     # resumed a paused experiment is not overruled on the evidence that paused it
     since: datetime | None = None
+    # shadow traffic switched at run time (docs/shadow.md): None: as configured; False: off; True: on
+    # (only an experiment with a ``shadow`` block has any to switch on)
+    shadow: bool | None = None
 
     def to_json(self) -> bytes:
-        """Return the message value (compact JSON)."""
-        return self.model_dump_json(by_alias=True).encode()
+        """Return the message value (compact JSON; ``shadow`` only when set, so that readers of
+        earlier versions still parse every state that does not switch shadow traffic)."""
+        return self.model_dump_json(by_alias=True, exclude={"shadow"} if self.shadow is None else None).encode()
+
+    def shadow_enabled(self, exp: ExperimentConfig) -> bool:
+        """Return True when this phase mirrors requests now: a ``shadow`` block not switched off."""
+        return exp.shadow is not None and self.shadow is not False
 
     def to_event(self) -> ControlEvent:
         """Return the ``control`` event that records this change on the events topic."""
@@ -113,20 +121,23 @@ class StateTable:
 
     def change(self, exp: ExperimentConfig, *, actor: Actor, reason: str, status: Status | None = None,
                coverage: float | None = None, changed_by: str | None = None,
-               evidence: dict[str, Any] | None = None) -> ExperimentState:
-        """Return the state after a change of status and/or coverage (not applied: publish it first)."""
+               evidence: dict[str, Any] | None = None, shadow: bool | None = None) -> ExperimentState:
+        """Return the state after a change of status, coverage and/or shadow traffic (not applied:
+        publish it first)."""
         cur = self.effective(exp)
         now = datetime.now(UTC)
         new_status = status or cur.status
         action: Action = "coverage"
         if new_status != cur.status:
             action = "pause" if new_status == "paused" else "resume"
+        elif shadow is not None and coverage is None:
+            action = "shadow"
         return ExperimentState(
             experiment=exp.key, phase=exp.phase, revision=self.next_revision(exp.key, exp.phase),
             status=new_status, coverage=cur.coverage if coverage is None else coverage, action=action,
             actor=actor, changed_by=changed_by, reason=reason, ts=now,
             change_id=str(uuid.uuid4()), evidence=evidence,
-            since=now if action == "resume" else cur.since)
+            since=now if action == "resume" else cur.since, shadow=cur.shadow if shadow is None else shadow)
 
     # -- the file cache ---------------------------------------------------------------------------
     def load(self, path: Path) -> int:

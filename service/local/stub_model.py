@@ -45,6 +45,12 @@ class StubSettings:
     # prompt: it answers a known case with its label or reference on a share ``accuracy`` of cases,
     # and otherwise with another label or a damaged reference. Deterministic per case (the same
     # prompt, the same answer) unless ``sampling``, which draws every answer afresh (from ``seed``).
+    # answers' words: "<words>-w0 <words>-w1 ..." (default: the server's name); with ``diverge_on``, a
+    # request whose last user message or prompt contains it gets ``diverge_tokens`` other words
+    # (a candidate that answers one kind of prompt differently, for shadow traffic)
+    words: str = ""
+    diverge_on: str = ""
+    diverge_tokens: int = 4
     answer_key: str = ""
     accuracy: float = 1.0
     sampling: bool = False
@@ -230,7 +236,10 @@ class StubModelApp:
             return
         created = int(time.time())
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{s.name}-{self._counter}"
-        words = [f"{s.name}-w{i}" for i in range(tokens)]
+        words = [f"{s.words or s.name}-w{i}" for i in range(tokens)]
+        if s.diverge_on and s.diverge_on in case_text(body):
+            words = [f"{s.words or s.name}-other{i}" for i in range(s.diverge_tokens)]
+            tokens = len(words)
         keyed = self._keyed_words(body)
         if keyed is not None:
             words = keyed
@@ -315,13 +324,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fail-rate", type=float, default=0.0)
     p.add_argument("--refusal-rate", type=float, default=0.0, help="share of answers that decline")
     p.add_argument("--keep-alive-s", type=int, default=5, help="idle keep-alive timeout (uvicorn's default: 5)")
+    p.add_argument("--words", default="", help="the answers' word prefix (default: --name)")
+    p.add_argument("--diverge-on", default="", help="prompts containing this text get other, fewer words")
+    p.add_argument("--diverge-tokens", type=int, default=4, help="with --diverge-on: how many words")
     p.add_argument("--answer-key", default="", help="an eval test set (JSONL) whose cases it answers")
     p.add_argument("--accuracy", type=float, default=1.0, help="with --answer-key: share of cases answered right")
     p.add_argument("--sampling", action="store_true", help="with --answer-key: draw every answer afresh")
     p.add_argument("--seed", type=int, default=None, help="with --answer-key: the random seed")
     a = p.parse_args(argv)
     app = StubModelApp(StubSettings(a.name, a.latency_ms, a.token_delay_ms, a.completion_tokens, a.status,
-                                    a.fail_rate, a.refusal_rate, a.answer_key, a.accuracy, a.sampling, a.seed))
+                                    a.fail_rate, a.refusal_rate, a.words, a.diverge_on, a.diverge_tokens,
+                                    a.answer_key, a.accuracy, a.sampling, a.seed))
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning", access_log=False, lifespan="on",
                 timeout_keep_alive=a.keep_alive_s)
 

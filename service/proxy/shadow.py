@@ -99,9 +99,14 @@ class ShadowPair:
         self._maybe_publish()
 
     def _maybe_publish(self) -> None:
-        if self.control is None or self.shadow is None or self.publish is None:
+        if self.control is None or self.shadow is None:
             return
         a = self.assignment
+        control_failed = self.control.side.error not in (None, "client_disconnected")  # the client left: not a failure
+        metrics.SHADOW_PAIRS.labels(a.experiment, self.candidate, "error" if control_failed else "ok",
+                                    "ok" if self.shadow.side.error is None else "error").inc()
+        if self.publish is None:
+            return
         event = ShadowEvent(
             experiment=a.experiment, phase=a.phase, arm=a.arm, unit_id=self.unit_id, request_id=self.request_id,
             candidate=self.candidate, stream=self.stream, json_requested=self.json_requested,

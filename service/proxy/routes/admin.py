@@ -1,4 +1,4 @@
-"""``GET|PUT /admin/experiments[/{key}]``: read, pause, resume, change coverage.
+"""``GET|PUT /admin/experiments[/{key}]``: read, pause, resume, change coverage, switch shadow traffic.
 
 Guarded by the bearer token in ``SPLITWATCH_ADMIN_TOKEN`` (compared in constant
 time); without that variable the admin API answers 403.
@@ -46,6 +46,7 @@ class ExperimentChange(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     status: Literal["running", "paused"] | None = None
     coverage: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    shadow: bool | None = None  # switch the experiment's configured shadow traffic off (false) or on again (true)
     reason: str | None = Field(None, min_length=1, max_length=500)  # recorded with the change
     by: str | None = Field(None, min_length=1, max_length=128)  # who made it (recorded, not checked)
 
@@ -64,6 +65,7 @@ def _describe(runtime: Runtime, exp: CompiledExperiment) -> dict[str, Any]:
             "action": st.action, "actor": st.actor, "by": st.changed_by, "reason": st.reason,
             "at": st.ts.isoformat().replace("+00:00", "Z"), "revision": st.revision, "evidence": st.evidence},
         "rollout": None if cfg.rollout is None else cfg.rollout.model_dump(),
+        "shadow": None if cfg.shadow is None else {**cfg.shadow.model_dump(), "enabled": st.shadow_enabled(cfg)},
         "arms": [{"name": r.name, "weight": a.weight, "buckets": [r.start, r.end],
                   "upstream_model": a.upstream.model} for r, a in zip(exp.ranges, cfg.arms, strict=True)],
         "metrics": [m.model_dump() for m in cfg.metrics],
@@ -112,13 +114,16 @@ async def change_experiment(key: str, request: Request) -> Response:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
         raise InvalidRequest(f"{field}: {err['msg']}", param=field, code="invalid_change") from None
-    if change.status is None and change.coverage is None:
-        raise InvalidRequest("give 'status' and/or 'coverage'", code="invalid_change")
+    if change.status is None and change.coverage is None and change.shadow is None:
+        raise InvalidRequest("give 'status', 'coverage' and/or 'shadow'", code="invalid_change")
+    if change.shadow is not None and exp.config.shadow is None:
+        raise InvalidRequest(f"experiment {key!r} has no shadow block in its config: nothing to switch",
+                             param="shadow", code="invalid_change")
     if change.by is not None:
         check_identifier(change.by, "by", limits.max_id_bytes)
     state = runtime.control.table.change(
         exp.config, actor="admin", status=change.status, coverage=change.coverage, changed_by=change.by,
-        reason=change.reason or "changed through the admin API")
+        reason=change.reason or "changed through the admin API", shadow=change.shadow)
     try:
         await asyncio.to_thread(runtime.control.publish, state)
     except ControlUnavailable as exc:

@@ -218,7 +218,8 @@ async def _proxy(request: Request, kind: Kind) -> Response:
         body["model"] = arm.upstream.model
         strip_usage = call.stream and _request_stream_usage(body, arm.upstream)
         shadow = exp.config.shadow
-        if shadow is not None and a.logged and not a.forced and a.arm == exp.config.control.name:
+        if (shadow is not None and a.logged and not a.forced and a.arm == exp.config.control.name
+                and runtime.control.table.effective(exp.config).shadow is not False):
             candidate = exp.config.arm(shadow.arm)
             assert candidate is not None  # the config checks it
             call.shadow_pair = maybe_mirror(runtime, shadow, candidate, a, body, path, unit_id, request_id,
