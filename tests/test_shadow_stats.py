@@ -102,3 +102,17 @@ def test_shadow_pairs_from_the_lake_match_references_on_the_raw_pairs(tmp_path: 
     assert reg.get_sample_value("splitwatch_shadow_similarity", {**labels, "quantile": "p50"}) == \
         s["similarity"]["p50"]
     assert reg.get_sample_value("splitwatch_shadow_share", {**labels, "what": "broke_json"}) == s["broke_json"]
+
+
+def test_compare_answers_scores_a_pair() -> None:
+    from splitwatch.service.answer_comparison import compare_answers, is_json
+
+    same = compare_answers("Your order ships today.", "Your order ships today.", False, "stop", "stop")
+    assert same["similarity"] == 100.0 and same["length_ratio"] == 1.0 and same["same_finish"] == 1.0
+    assert "json_control" not in same  # JSON was not asked for
+    pair = compare_answers('{"intent": "refund"}', "I'm sorry, but I can't help with that.", True, "stop", "length")
+    assert pair["json_control"] == 1.0 and pair["json_candidate"] == 0.0
+    assert pair["refusal_candidate"] == 1.0 and pair["refusal_control"] == 0.0 and pair["same_finish"] == 0.0
+    assert pair["similarity"] < 20
+    assert is_json('```json\n{"a": 1}\n```') and not is_json("{a: 1}")
+    assert "length_ratio" not in compare_answers("", "anything", False, None, None)  # no ratio to an empty answer
