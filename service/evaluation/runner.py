@@ -100,10 +100,6 @@ async def run_jobs(jobs: list[Job], store: ResultStore, concurrency: int,
     for j in pending:
         queue.put_nowait(j)
     clients = UpstreamClients()
-    for up in {j.upstream.base_url: j.upstream for j in pending}.values():
-        # build each upstream's pools now: that blocks the loop (TLS contexts), which would eat into
-        # the first calls' timeouts
-        clients.lease(up)[1]()
     made = 0
 
     async def worker() -> None:

@@ -30,7 +30,7 @@ from ..answer_features import (
 from ..config import ArmConfig, ShadowConfig
 from ..events import TEXT_KIND_ANSWER, TEXT_KIND_STREAM, ShadowEvent, ShadowSide, pair_sample
 from .assignment import Assignment
-from .upstream import SSEUsageScanner, build_request, usage_of
+from .upstream import SSEUsageScanner, build_request, status_error_kind, usage_of
 
 
 @dataclass
@@ -159,8 +159,8 @@ async def _run(runtime: Any, gate: ShadowGate, experiment: str, candidate: ArmCo
     pair.shadow_done(result)
 
 
-def _failed(error: str, started: float, status: int | None = None) -> SideResult:
-    return SideResult(ShadowSide(status_code=status, latency_ms=round((time.perf_counter() - started) * 1000, 3),
+def _failed(error: str, started: float) -> SideResult:
+    return SideResult(ShadowSide(status_code=None, latency_ms=round((time.perf_counter() - started) * 1000, 3),
                                  error=error))
 
 
@@ -204,8 +204,7 @@ async def call_candidate(clients: Any, arm: ArmConfig, path: str, payload: bytes
     latency_ms = round((time.perf_counter() - started) * 1000, 3)
     status = resp.status_code
     if status >= 400:
-        return SideResult(ShadowSide(status_code=status, latency_ms=latency_ms,
-                                     error="upstream_5xx" if status >= 500 else "upstream_4xx"))
+        return SideResult(ShadowSide(status_code=status, latency_ms=latency_ms, error=status_error_kind(status)))
     if stream:
         text = stream_content(body)[0]
         side = ShadowSide(status_code=status, latency_ms=latency_ms,

@@ -37,6 +37,7 @@ from ..upstream import (
     build_request,
     call_until_disconnect,
     is_openai_error,
+    status_error_kind,
     upstream_headers,
     usage_of,
 )
@@ -136,11 +137,12 @@ class _Call:
             metrics.TOKENS.labels(a.experiment, self.arm_label, "completion").inc(completion_tokens)
         if error:
             metrics.UPSTREAM_ERRORS.labels(a.experiment, self.arm_label, error).inc()
+        latency_ms, ttft_ms = round(upstream_s * 1000, 3), None if ttft_s is None else round(ttft_s * 1000, 3)
         if a.logged and self.runtime.publisher is not None:
             event = ResponseEvent(
                 experiment=a.experiment, phase=a.phase, arm=a.arm, unit_id=self.unit_id,
-                request_id=self.request_id, status_code=status, latency_ms=round(upstream_s * 1000, 3),
-                ttft_ms=None if ttft_s is None else round(ttft_s * 1000, 3), prompt_tokens=prompt_tokens,
+                request_id=self.request_id, status_code=status, latency_ms=latency_ms, ttft_ms=ttft_ms,
+                prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens, error=error, stream=self.stream, forced=a.forced,
                 text=text if self.log_text else None, finish_reason=finish_reason)
             event._text_sample = answer_sample
@@ -148,8 +150,7 @@ class _Call:
         if self.shadow_pair is not None:
             pair, self.shadow_pair = self.shadow_pair, None
             pair.control_done(SideResult(ShadowSide(
-                status_code=status, latency_ms=round(upstream_s * 1000, 3),
-                ttft_ms=None if ttft_s is None else round(ttft_s * 1000, 3), prompt_tokens=prompt_tokens,
+                status_code=status, latency_ms=latency_ms, ttft_ms=ttft_ms, prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens, error=error, finish_reason=finish_reason), answer_sample, text))
 
 
@@ -219,7 +220,7 @@ async def _proxy(request: Request, kind: Kind) -> Response:
         strip_usage = call.stream and _request_stream_usage(body, arm.upstream)
         shadow = exp.config.shadow
         if (shadow is not None and a.logged and not a.forced and a.arm == exp.config.control.name
-                and runtime.control.table.effective(exp.config).shadow is not False):
+                and runtime.control.table.effective(exp.config).shadow_enabled(exp.config)):
             candidate = exp.config.arm(shadow.arm)
             assert candidate is not None  # the config checks it
             call.shadow_pair = maybe_mirror(runtime, shadow, candidate, a, body, path, unit_id, request_id,
@@ -244,14 +245,6 @@ def _publish_exposure(runtime: Runtime, config: Config, a: Assignment, arm: ArmC
         features=features_of_prompt(*parts), text=parts[0] if config.proxy.log_text else None)
     event._text_sample = TEXT_KIND_PROMPT + parts[1][:TEXT_SAMPLE_CHARS].encode("utf-8", "replace")
     runtime.publisher.publish(event)
-
-
-def _error_kind(status: int) -> str | None:
-    if status >= 500:
-        return "upstream_5xx"
-    if status >= 400:
-        return "upstream_4xx"
-    return None
 
 
 def _passed_through(resp: httpx.Response | UpstreamResponse, content: bytes, headers: dict[str, str]) -> Response:
@@ -350,7 +343,7 @@ async def _forward(request: Request, call: _Call, arm: ArmConfig, path: str, pay
         finish = finish_reason_of(parsed)
         if call.assignment.logged:
             sample = TEXT_KIND_ANSWER + (text or "")[:ANSWER_SAMPLE_CHARS].encode("utf-8", "replace")
-    call.finish(status, upstream_s, prompt_tokens=ptok, completion_tokens=ctok, error=_error_kind(status),
+    call.finish(status, upstream_s, prompt_tokens=ptok, completion_tokens=ctok, error=status_error_kind(status),
                 text=text, finish_reason=finish, answer_sample=sample)
     metrics.PROXY_OVERHEAD.observe(time.perf_counter() - call.started - upstream_s)
     return _passed_through(resp, content, headers)
@@ -384,7 +377,7 @@ async def _forward_stream(request: Request, call: _Call, arm: ArmConfig, path: s
             await resp.aclose()
         upstream_s = time.perf_counter() - call.sent_at
         status = resp.status_code
-        call.finish(status, upstream_s, error=_error_kind(status))
+        call.finish(status, upstream_s, error=status_error_kind(status))
         return _passed_through(resp, content, headers)
     metrics.PROXY_OVERHEAD.observe(call.sent_at - call.started)
 
