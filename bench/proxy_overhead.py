@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -56,19 +57,24 @@ def closed_loop_latencies(url: str, n: int) -> np.ndarray:
     return out
 
 
-async def _open_loop(url: str, rate: float, seconds: float) -> np.ndarray:
+async def open_loop(url: str, rate: float, seconds: float, body: Callable[[int], dict] | None = None,
+                    connections: int = 256, timeout: float = 10,
+                    check: Callable[[httpx.Response], bool] | None = None) -> np.ndarray:
+    """Return the latencies (from each request's scheduled start) of ``rate x seconds`` requests started on
+    schedule; ``body(i)`` is request i's JSON (default: BODY for user ol-i). Every answer must be a 200
+    (and pass ``check``)."""
     n = int(rate * seconds)
     lat = np.full(n, np.nan)
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    async with httpx.AsyncClient(timeout=10, limits=limits) as c:
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as c:
         start = time.perf_counter() + 0.2
 
         async def one(i: int) -> None:
             scheduled = start + i / rate
             await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
-            r = await c.post(url, json={**BODY, "user": f"ol-{i}"})
+            r = await c.post(url, json=body(i) if body else {**BODY, "user": f"ol-{i}"})
             lat[i] = time.perf_counter() - scheduled
-            assert r.status_code == 200
+            assert r.status_code == 200 and (check is None or check(r)), r.text
 
         await asyncio.gather(*(one(i) for i in range(n)))
     return lat
@@ -76,7 +82,7 @@ async def _open_loop(url: str, rate: float, seconds: float) -> np.ndarray:
 
 def open_loop_latencies(url: str, rate: float, seconds: float) -> np.ndarray:
     """Return latencies (from each request's scheduled start) at a fixed arrival rate."""
-    return asyncio.run(_open_loop(url, rate, seconds))
+    return asyncio.run(open_loop(url, rate, seconds))
 
 
 def wrk_rate(url: str, seconds: int, connections: int = 32) -> float:

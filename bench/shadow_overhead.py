@@ -25,28 +25,14 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.proxy_overhead import BODY, open_loop
 from tests.harness import Broker, Proxy, StubModel, base_config, experiment_config, new_topic
 
-BODY = {"model": "support-bot", "messages": [{"role": "user", "content": "Where is my parcel? Order 1234."}]}
 
-
-async def _open_loop(url: str, rate: float, seconds: float, tag: str) -> np.ndarray:
-    n = int(rate * seconds)
-    lat = np.full(n, np.nan)
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as c:
-        start = time.perf_counter() + 0.2
-
-        async def one(i: int) -> None:
-            scheduled = start + i / rate
-            await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
-            body = {**BODY, "user": f"{tag}-{i}", "stream": i % 2 == 1}
-            r = await c.post(url, json=body)
-            lat[i] = time.perf_counter() - scheduled
-            assert r.status_code == 200 and r.headers["x-splitwatch-arm"] == "base", r.text
-
-        await asyncio.gather(*(one(i) for i in range(n)))
-    return lat
+def _latencies(url: str, rate: float, seconds: float, tag: str) -> np.ndarray:
+    """Return the open loop's latencies (bench/proxy_overhead.py): half streamed, every unit on the control."""
+    return asyncio.run(open_loop(url, rate, seconds, lambda i: {**BODY, "user": f"{tag}-{i}", "stream": i % 2 == 1},
+                                 connections=512, timeout=30, check=lambda r: r.headers["x-splitwatch-arm"] == "base"))
 
 
 def shadow_calls(proxy: Proxy) -> int:
@@ -85,12 +71,12 @@ def main() -> None:
             proxies[name].start()
             procs.append(proxies[name])
         for p in proxies.values():  # warm-up: connection pools, first imports
-            asyncio.run(_open_loop(p.url + "/v1/chat/completions", 20, 2, "warm"))
+            _latencies(p.url + "/v1/chat/completions", 20, 2, "warm")
         lat: dict[str, list[np.ndarray]] = {"off": [], "on": []}
         for r in range(args.rounds):
             for name in ("off", "on"):
-                lat[name].append(asyncio.run(_open_loop(proxies[name].url + "/v1/chat/completions", args.rate,
-                                                        args.seconds, f"{name}{r}")))
+                lat[name].append(_latencies(proxies[name].url + "/v1/chat/completions", args.rate, args.seconds,
+                                            f"{name}{r}"))
         time.sleep(1.0)
         print(f"rate {args.rate:g}/s, {args.rounds} round(s) of {args.seconds:g} s per setting, half streamed; "
               f"control stub 50 ms, candidate 500 ms")

@@ -55,6 +55,7 @@ def test_shadow_pairs_from_the_lake_match_references_on_the_raw_pairs(tmp_path: 
     con = duckdb.connect()
     prepare_events(con, lake.glob("support-ft"), 1)
     (s,) = shadow_summaries(con, t0, t0 + timedelta(days=1))
+    assert shadow_summaries(con)[0]["pairs"] == n  # no period: every pair (the live analyzer's gauges)
 
     ok = ~ctrl_err & ~shad_err
     assert s["candidate"] == "finetuned" and s["pairs"] == n

@@ -91,6 +91,12 @@ def unit_definition(m: MetricDefinition, cfg: AnalyzerConfig) -> str:
     return f"{m.kind} metric {m.name}"
 
 
+def has_column(con: duckdb.DuckDBPyConnection, column: str) -> bool:
+    """Return True when the events table ``ev`` has ``column`` (a lake written before that event type has not)."""
+    return bool(con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'ev' "
+                            "AND column_name = ?", [column]).fetchone()[0])
+
+
 def prepare_events(con: duckdb.DuckDBPyConnection, glob: str, phase: int, history_glob: str | None = None,
                    experiment: str | None = None) -> None:
     """Materialise the phase's events, deduplicated by event_id, as the temp table ``ev``.

@@ -6,7 +6,6 @@ import logging
 import signal
 import threading
 import time
-from datetime import UTC, datetime, timedelta
 
 import duckdb
 
@@ -23,7 +22,6 @@ from .kpi_queries import load_experiment
 from .shadow_stats import export_shadow_gauges, shadow_summaries
 
 log = logging.getLogger(__name__)
-SHADOW_SINCE = datetime(2000, 1, 1, tzinfo=UTC)  # the live shadow gauges cover the whole current phase
 
 
 def analyze_all(cfg: Config, sequential: bool = True, guard: RolloutGuard | None = None) -> dict[str, object]:
@@ -52,8 +50,7 @@ def analyze_all(cfg: Config, sequential: bool = True, guard: RolloutGuard | None
             result = analyze_data(data, exp, cfg.analyzer, sequential)
             if exp.shadow is not None:
                 try:  # the phase's shadow pairs, all of them (they are in the ev table load_experiment made)
-                    export_shadow_gauges(exp.key, shadow_summaries(con, SHADOW_SINCE, datetime.now(UTC) + timedelta(1),
-                                                                   cfg.analyzer.alpha))
+                    export_shadow_gauges(exp.key, shadow_summaries(con, alpha=cfg.analyzer.alpha))
                 except Exception:
                     log.exception("the shadow statistics of %s failed", exp.key)
             if guard is not None and guarded:

@@ -14,9 +14,9 @@ from splitwatch.stats import ROLES, ExperimentResult, MetricResult, Verdict, dec
 
 from ..config import AnalyzerConfig, Config, ExperimentConfig
 from .analysis import analyze_data
-from .kpi_queries import ExperimentData, load_experiment, prepare_events, unit_definition
+from .kpi_queries import ExperimentData, has_column, load_experiment, prepare_events, unit_definition
 from .lake import Lake
-from .report_format import fmt_count, fmt_interval, fmt_num, fmt_p
+from .report_format import fmt_count, fmt_interval, fmt_num, fmt_p, md_table
 from .shadow_stats import shadow_summaries
 
 
@@ -123,17 +123,11 @@ def build_report(cfg: Config, key: str, start: date, end: date, sequential: bool
     return rep
 
 
-def _has_column(con: duckdb.DuckDBPyConnection, column: str) -> bool:
-    """Return True when the events table has ``column`` (a lake written before that event type has not)."""
-    return bool(con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'ev' "
-                            "AND column_name = ?", [column]).fetchone()[0])
-
-
 def _drift_events(con: duckdb.DuckDBPyConnection, start: date, end: date) -> list[dict[str, Any]]:
     """Return the drift detector's verdict changes in the period (from the ``ev`` table)."""
-    if not _has_column(con, "detector"):
+    if not has_column(con, "detector"):
         return []
-    changes = "changes" if _has_column(con, "changes") else "NULL"
+    changes = "changes" if has_column(con, "changes") else "NULL"
     rows = con.execute(
         f"SELECT ts, coalesce(arm, 'all'), detector, detected, drifted_features, {changes} FROM ev "
         "WHERE type = 'drift' AND ts >= ? AND ts < ? ORDER BY ts",
@@ -146,7 +140,7 @@ def _drift_events(con: duckdb.DuckDBPyConnection, start: date, end: date) -> lis
 def _answers(con: duckdb.DuckDBPyConnection, start: date, end: date) -> list[dict[str, Any]]:
     """Return each arm's successful answers per day: count, median completion tokens, and the shares of
     refusals, empty and truncated answers (the shipper's ``answer`` features; docs/drift.md)."""
-    if not _has_column(con, "answer") or not _has_column(con, "status_code"):
+    if not has_column(con, "answer") or not has_column(con, "status_code"):
         return []
     rows = con.execute(
         "SELECT arm, CAST(ts AS DATE) AS day, count(*), median(completion_tokens), "
@@ -222,7 +216,7 @@ ANSWERS_NOTE = ("Successful answers of each arm. Refusals and empty answers are 
 
 def _timeline(con: duckdb.DuckDBPyConnection, end: date) -> list[dict[str, Any]]:
     """Return the phase's state changes (``control`` events) up to the period's end, oldest first."""
-    if not _has_column(con, "action"):
+    if not has_column(con, "action"):
         return []
     rows = con.execute(
         "SELECT ts, action, status, coverage, actor, changed_by, reason, evidence FROM ev WHERE type = 'control' "
@@ -507,11 +501,9 @@ def to_markdown(rep: Report) -> str:
                 "|" + "---|" * len(ANSWERS_HEADER)]
         out += ["| " + " | ".join(row) + " |" for row in answer_rows(rep)] + ["", ANSWERS_NOTE]
     if rep.shadow:
-        out += ["", "## Shadow traffic", "", "| " + " | ".join(SHADOW_HEADER) + " |", "|" + "---|" * len(SHADOW_HEADER)]
-        out += ["| " + " | ".join(row) + " |" for row in shadow_rows(rep)] + ["", SHADOW_NOTE]
+        out += ["", "## Shadow traffic", "", *md_table(SHADOW_HEADER, shadow_rows(rep)), "", SHADOW_NOTE]
         if any(s.get("categories") for s in rep.shadow):
-            out += ["", "| " + " | ".join(SHADOW_CATEGORY_HEADER) + " |", "|" + "---|" * len(SHADOW_CATEGORY_HEADER)]
-            out += ["| " + " | ".join(row) + " |" for row in shadow_category_rows(rep)]
+            out += ["", *md_table(SHADOW_CATEGORY_HEADER, shadow_category_rows(rep))]
     if rep.timeline:
         out += ["", "## Rollout timeline", "", "| " + " | ".join(TIMELINE_HEADER) + " |",
                 "|" + "---|" * len(TIMELINE_HEADER)]

@@ -71,6 +71,13 @@ def fmt_interval(estimate: float | None, low: float | None, high: float | None, 
     return f"{one(vals[0])} [{one(vals[1], low)}, {one(vals[2], high)}]"
 
 
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Return a Markdown table's lines: the header, its rule, and the rows (a ``|`` in a cell escaped)."""
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(cell.replace("|", "\\|") for cell in r) + " |" for r in rows]
+    return out
+
+
 def fmt_count(n: int | float | None) -> str:
     """Return a count as an integer with thousands separators (never ``1e+03``)."""
     return "n/a" if not _finite(n) else f"{round(n):,}"  # type: ignore[arg-type]

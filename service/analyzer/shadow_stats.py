@@ -7,10 +7,9 @@ McNemar), from ``splitwatch.stats.paired``; the distribution of the answers' sim
 quantiles); the median length ratio; and the shares of pairs where the candidate refused and the
 control did not, and where JSON was asked for, the control's answer parsed and the candidate's did
 not. With the lake's files, the same per prompt language (the exposure's ``language`` feature):
-the pairs, the median similarity and length ratio, and whether the category's similarity differs
-is lower than the other categories' (one-sided Mann-Whitney U, Benjamini-Hochberg over the
-categories), which finds
-the kind of prompt the candidate answers differently.
+the pairs, the median similarity and length ratio, and whether the category's similarity is lower
+than the other categories' (one-sided Mann-Whitney U, Benjamini-Hochberg over the categories),
+which finds the kind of prompt the candidate answers differently.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from scipy import stats as sps
 from ...stats.errors import StatsError
 from ...stats.multiple_testing import adjust_p_values
 from ...stats.paired import mcnemar_exact, paired_bootstrap, wilcoxon_signed_rank
+from .kpi_queries import has_column
 
 SIMILARITY_QUANTILES = (10, 25, 50, 75, 90)
 
@@ -46,13 +46,12 @@ class ShadowPairs:
     score_categories: list[str | None]  # the prompt language of each pair in ``scores``
 
 
-def load_shadow_pairs(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime, glob: str | None = None
-                      ) -> list[ShadowPairs]:
-    """Return each candidate's shadow pairs in [start, end) from the ``ev`` table (none before any shadow
-    event); with ``glob`` (the experiment's lake files), each pair's prompt language from its exposure."""
-    has = con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'ev' "
-                      "AND column_name = 'candidate'").fetchone()
-    if not has or not has[0]:
+def load_shadow_pairs(con: duckdb.DuckDBPyConnection, start: datetime | None = None, end: datetime | None = None,
+                      glob: str | None = None) -> list[ShadowPairs]:
+    """Return each candidate's shadow pairs in [start, end) (default: all of them) from the ``ev`` table
+    (none before any shadow event); with ``glob`` (the experiment's lake files), each pair's prompt
+    language from its exposure."""
+    if not has_column(con, "candidate"):
         return []
     category = "NULL"
     if glob is not None:  # ev leaves the features out: read them for the shadowed requests only
@@ -63,11 +62,16 @@ def load_shadow_pairs(con: duckdb.DuckDBPyConnection, start: datetime, end: date
             WHERE type = 'exposure' AND request_id IN (SELECT request_id FROM ev WHERE type = 'shadow')
             GROUP BY request_id""")
         category = "(SELECT category FROM shadow_category c WHERE c.request_id = ev.request_id)"
+    where, params = ["type = 'shadow'"], []
+    for cond, bound in (("ts >= ?", start), ("ts < ?", end)):
+        if bound is not None:
+            where.append(cond)
+            params.append(bound)
     rows = con.execute(
         "SELECT candidate, latency_ms, shadow_latency_ms, completion_tokens, shadow_completion_tokens, "
         "error IS NOT NULL OR coalesce(status_code, 0) >= 400, "
         f"shadow_error IS NOT NULL OR coalesce(shadow_status_code, 0) >= 400, scores, {category} "
-        "FROM ev WHERE type = 'shadow' AND ts >= ? AND ts < ? ORDER BY candidate, ts", [start, end]).fetchall()
+        f"FROM ev WHERE {' AND '.join(where)} ORDER BY candidate, ts", params).fetchall()
     out: dict[str, list[tuple[Any, ...]]] = {}
     for r in rows:
         out.setdefault(r[0], []).append(r)
@@ -160,10 +164,10 @@ def summarise_shadow(p: ShadowPairs, alpha: float = 0.05, n_bootstrap: int = 100
     return out
 
 
-def shadow_summaries(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime, alpha: float = 0.05,
-                     glob: str | None = None) -> list[dict[str, Any]]:
-    """Return :func:`summarise_shadow` of every candidate with shadow pairs in [start, end) (with ``glob``,
-    the experiment's lake files, broken down by prompt language)."""
+def shadow_summaries(con: duckdb.DuckDBPyConnection, start: datetime | None = None, end: datetime | None = None,
+                     alpha: float = 0.05, glob: str | None = None) -> list[dict[str, Any]]:
+    """Return :func:`summarise_shadow` of every candidate with shadow pairs in [start, end) (default: all;
+    with ``glob``, the experiment's lake files, broken down by prompt language)."""
     return [summarise_shadow(p, alpha) for p in load_shadow_pairs(con, start, end, glob)]
 
 

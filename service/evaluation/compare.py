@@ -15,6 +15,7 @@ distinguishable at ``alpha``.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -199,7 +200,7 @@ def evaluate(exp: ExperimentConfig, dataset: Dataset, results: dict[tuple[str, s
             "latency_p95_s": float(np.percentile(ok_lat, 95)) if ok_lat.size else None,
             "completion_tokens_mean": float(np.nanmean(ac.tokens)) if np.isfinite(ac.tokens).any() else None,
             "prompt_tokens_mean": _mean_or_none([r.prompt_tokens for r in calls if r.prompt_tokens is not None]),
-            "error_kinds": _count([r.error for r in calls if r.error is not None]),
+            "error_kinds": dict(Counter(r.error for r in calls if r.error is not None)),
         }
         for name, values in scores[a].items():
             summary[name] = float(values.mean())
@@ -306,10 +307,3 @@ def batch_macro_f1(samples: np.ndarray, n_labels: int) -> np.ndarray:
 
 def _mean_or_none(values: list[int]) -> float | None:
     return float(np.mean(values)) if values else None
-
-
-def _count(values: list[str | None]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for v in values:
-        out[str(v)] = out.get(str(v), 0) + 1
-    return out

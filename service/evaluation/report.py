@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from ..analyzer.report_format import fmt_count, fmt_interval, fmt_num, fmt_p
+from ..analyzer.report_format import fmt_count, fmt_interval, fmt_num, fmt_p, md_table
 from ..analyzer.report_html import CSS
 from .compare import METRICS, EvalResult
 from .dataset import Dataset
@@ -70,12 +70,6 @@ def _confusion_rows(labels: list[str], matrix: list[list[int]]) -> list[list[str
     return [[label, *[str(v) for v in row]] for label, row in zip(labels, matrix, strict=True)]
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(cell.replace("|", "\\|") for cell in r) + " |" for r in rows]
-    return out
-
-
 def _intro(res: EvalResult, dataset: Dataset) -> list[str]:
     return [f"{dataset.describe()}.",
             f"{res.cases} complete cases" + (f" ({res.incomplete_cases} not yet answered by every arm, left out)"
@@ -90,14 +84,14 @@ def render_markdown(res: EvalResult, dataset: Dataset) -> str:
     lines = [f"# Offline evaluation: {res.experiment}", "", *_intro(res, dataset), "", "## Verdict", ""]
     lines += [f"- {v}" for v in res.verdict_lines()]
     lines += ["", "## Paired comparisons against the control", ""]
-    lines += _md_table(COMPARISON_HEADER, comparison_rows(res))
+    lines += md_table(COMPARISON_HEADER, comparison_rows(res))
     header, rows = arm_rows(res)
-    lines += ["", "## Per arm", "", *_md_table(header, rows)]
+    lines += ["", "## Per arm", "", *md_table(header, rows)]
     for a in res.arms:
         matrix = res.per_arm.get(a, {}).get("confusion")
         if matrix:
             lines += ["", f"### Confusion matrix: {a} (rows: expected; columns: answered)", ""]
-            lines += _md_table(["expected", *res.labels, "(other)"], _confusion_rows(res.labels, matrix))
+            lines += md_table(["expected", *res.labels, "(other)"], _confusion_rows(res.labels, matrix))
     if dataset.bad_lines:
         lines += ["", f"## Bad lines left out ({len(dataset.bad_lines)})", ""]
         lines += [f"- {b}" for b in dataset.bad_lines]
