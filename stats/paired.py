@@ -14,8 +14,8 @@ as if the cases were different) are wider and can miss a real difference.
   two-sided test against the bootstrap distribution of the difference shifted to zero,
   ``(#{|d* - mean d*| >= |d|} + 1) / (B + 1)``. sacrebleu's own p-value (the centred *absolute*
   differences, ``p_method="sacrebleu"``) is reproduced exactly (tests/test_eval_stats.py), but it
-  rejected 9.7% of seeded A/A comparisons of macro-F1 at 0.05, where the shifted test rejected 4.3%
-  (300 seeds, 220 cases; docs/eval.md), so it is not the default.
+  rejected 9.3% of seeded A/A comparisons of macro-F1 at 0.05, where the shifted test rejected 5.3%
+  (300 seeds, 220 cases; bench/eval_calibration.py, docs/eval.md), so it is not the default.
 - :func:`wilcoxon_signed_rank` and :func:`paired_t`: scipy's tests for per-case values, returned in
   the same shape.
 """

@@ -224,8 +224,8 @@ def evaluate(exp: ExperimentConfig, dataset: Dataset, results: dict[tuple[str, s
             else:
                 pairs.append((name, lambda x=x, y=y: paired_bootstrap(x, y, **boot)))
         if dataset.task == "classification":
-            ia, ib = _label_codes(predicted[control], labels), _label_codes(predicted[arm], labels)
-            codes = _label_codes(truth, labels)
+            ia, ib = label_codes(predicted[control], labels), label_codes(predicted[arm], labels)
+            codes = label_codes(truth, labels)
             pairs.append(("macro_f1", lambda ia=ia, ib=ib, codes=codes: _macro_f1_bootstrap(
                 codes, ia, ib, labels, boot)))
         if dataset.task == "generation":
@@ -266,7 +266,8 @@ def _verdict(c: Comparison, alpha: float) -> str:
     return "better" if up == (c.direction == HIGHER) else "worse"
 
 
-def _label_codes(values: list[str], labels: list[str]) -> np.ndarray:
+def label_codes(values: list[str], labels: list[str]) -> np.ndarray:
+    """Return each value's index in ``labels`` (``len(labels)`` for a value that is none of them)."""
     index = {label: i for i, label in enumerate(labels)}
     return np.array([index.get(v, len(labels)) for v in values], dtype=float)
 
