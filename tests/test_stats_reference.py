@@ -39,7 +39,7 @@ from splitwatch.stats import (
     summarise,
     wilson_interval,
 )
-from splitwatch.stats.estimates import mean_estimate, ratio_estimate
+from splitwatch.stats.estimates import binary_estimate, mean_estimate, ratio_estimate
 from splitwatch.stats.sequential import always_valid_p, boundary
 
 # R's `sleep` data set (Cushny and Peebles 1905, as printed by R's datasets package).
@@ -258,5 +258,19 @@ def test_shifted_sums_merge_by_addition_and_keep_the_variance() -> None:
     assert merged.n == both.size and merged.shift == float(a[0])
     assert merged.mean == pytest.approx(both.mean(), rel=1e-12)
     assert merged.variance == pytest.approx(both.var(ddof=1), rel=1e-6)
-    raw = SampleStats.from_values(both)
+    raw = SampleStats.from_values(both, shift=0.0)
     assert abs(raw.variance / both.var(ddof=1) - 1) > 0.01
+
+
+def test_from_values_chooses_its_own_shift_and_keeps_the_variance() -> None:
+    # issue 25, 5c: with the default shift, values near 1e6 with sd 0.01 keep their variance (numpy's,
+    # rel 1e-6), and 0/1 values still read as a binary metric whatever the shift chosen
+    rng = np.random.default_rng(32)
+    values = 1e6 + rng.normal(0, 0.01, 100_000)
+    s = SampleStats.from_values(values)
+    assert s.mean == pytest.approx(values.mean(), rel=1e-12)
+    assert s.variance == pytest.approx(values.var(ddof=1), rel=1e-6)
+    ones = SampleStats.from_values(rng.integers(0, 2, 1000))
+    assert ones.shift != 0 and ones.is_binary_compatible
+    assert binary_estimate(ones).mean == pytest.approx(ones.mean, rel=1e-12)
+    assert not SampleStats.from_values([0.5, 1.0, 0.0]).is_binary_compatible
