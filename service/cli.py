@@ -27,6 +27,11 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
               + "; other built-ins diagnostic")
         if not by_role["primary"]:
             print(f"    warning: {e.key} has no metric with role: primary, so its verdict can never be ship")
+        if cfg.analyzer.prices:
+            unpriced = [f"{a.name} ({a.upstream.model})" for a in e.arms if a.upstream.model not in cfg.analyzer.prices]
+            if unpriced:
+                print(f"    warning: no price in analyzer.prices for {', '.join(unpriced)}: {e.key}'s "
+                      "cost_per_request is unknown (not computed) until every arm's model has one")
         r = e.rollout
         if r is not None:
             ramp = " -> ".join(f"{s:g}" for s in r.steps) or f"none (coverage {e.coverage:g})"

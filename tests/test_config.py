@@ -109,6 +109,14 @@ def test_cli_config_check(tmp_path: Path) -> None:
     assert ("upstream http://b/v1 (support-ft/finetuned): max_connections 50 is below "
             "proxy.max_concurrent_streams 200") in out
     assert "http://a/v1" not in out
+    assert "analyzer.prices" not in out  # no prices at all: no cost metric, nothing to warn of
+    priced = tmp_path / "priced.yaml"  # issue 25, finding 3: a price for one arm's model only
+    priced.write_text(yaml.safe_dump(_with("analyzer", {"prices": {
+        GOOD["experiments"][0]["arms"][0]["upstream"]["model"]: {"prompt_per_1k": 0.1, "completion_per_1k": 0.2}}})))
+    out = subprocess.run(splitwatch_command("config", "check", str(priced)), capture_output=True, text=True).stdout
+    ft_model = GOOD["experiments"][0]["arms"][1]["upstream"]["model"]
+    assert f"warning: no price in analyzer.prices for finetuned ({ft_model})" in out
+    assert "cost_per_request is unknown" in out
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(_with("experiments.0.coverage", 2)))
     res = subprocess.run(splitwatch_command("config", "check", str(bad)),

@@ -180,3 +180,31 @@ def test_capping_at_the_99th_percentile_matches_numpy(tmp_path: Path) -> None:
     ratio = next(r for r in rep["results"] if r["metric"] == "spend_raw_per_request")
     assert ratio["control_value"] == pytest.approx(np.minimum(values["base"], 50).mean(), rel=1e-9)
     assert vocabulary["spend_raw_per_request"]["cap_value"] == 50
+
+
+def test_a_missing_price_makes_the_cost_unknown_never_zero(tmp_path: Path) -> None:
+    # issue 25, finding 3: ft's model has no price. Its cost once read as 0 ("-100%, better"); it is
+    # now not computed, with the model and arm named. With both priced, the cost is tokens x price.
+    log = _Log()
+    for arm, tokens in (("base", 100), ("ft", 300)):
+        for i in range(5):
+            log.request(f"{arm}-{i}", arm, T0 + timedelta(minutes=i), tokens=tokens)
+    log.write(tmp_path / "lake")
+
+    def report(prices: dict[str, dict[str, float]]) -> dict:
+        cfg = parse_config({"analyzer": {"lake_dir": str(tmp_path / "lake"), "prices": prices}, "experiments": [{
+            "key": KEY, "model": "m", "arms": [
+                {"name": "base", "weight": 50, "upstream": {"base_url": "http://x/v1", "model": "up-base"}},
+                {"name": "ft", "weight": 50, "upstream": {"base_url": "http://x/v1", "model": "up-ft"}}]}]},
+            environ={})
+        return to_dict(build_report(cfg, KEY, DAY, DAY, progress=False))
+
+    half = report({"up-base": {"prompt_per_1k": 0.05, "completion_per_1k": 0.10}})
+    assert "cost_per_request" not in {r["metric"] for r in half["results"]}
+    assert "up-ft (ft)" in half["skipped_metrics"]["cost_per_request"]
+    assert "unknown" in half["skipped_metrics"]["cost_per_request"]
+    both = report({"up-base": {"prompt_per_1k": 0.05, "completion_per_1k": 0.10},
+                   "up-ft": {"prompt_per_1k": 0.05, "completion_per_1k": 0.20}})
+    cost = next(r for r in both["results"] if r["metric"] == "cost_per_request")
+    assert cost["control_value"] == pytest.approx(100 / 1000 * 0.10)
+    assert cost["treatment_value"] == pytest.approx(300 / 1000 * 0.20)

@@ -178,6 +178,12 @@ def load_experiment(con: duckdb.DuckDBPyConnection, glob: str | None, exp: Exper
     caps: dict[str, float] = {}
     history: dict[str, float] = {}
     for m in metrics:
+        if m.name == "cost_per_request" and with_cost:
+            unpriced = _unpriced_models(con)
+            if unpriced:  # a missing price makes the cost unknown, never zero
+                skipped[m.name] = ("no price in analyzer.prices for " + ", ".join(
+                    f"{model} ({arm})" for arm, model in unpriced) + ": the cost of that arm is unknown")
+                continue
         outcome_metric = m.kind in ("binary", "continuous") or m.numerator is not None  # not a built-in
         if cuped and m.role in ("primary", "secondary") and outcome_metric:
             per_arm, history[m.name] = _adjusted_stats(con, m, caps)
@@ -195,6 +201,13 @@ def load_experiment(con: duckdb.DuckDBPyConnection, glob: str | None, exp: Exper
                           metrics, stats, int(multi), int(orphans), int(late), int(forced),
                           skipped=skipped, early_outcomes=int(early), forced_only_outcomes=int(forced_only),
                           caps=caps, history_share=history)
+
+
+def _unpriced_models(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
+    """Return (arm, upstream model) of the period's responses whose model has no price, sorted."""
+    return [(arm, model or "(unknown model)") for arm, model in con.execute(
+        "SELECT DISTINCT r.arm, r.upstream_model FROM resp r ANTI JOIN prices p ON p.model = r.upstream_model "
+        "ORDER BY ALL").fetchall()]
 
 
 def _merge_metrics(configured: list[MetricDefinition], builtin: list[MetricDefinition]) -> list[MetricDefinition]:

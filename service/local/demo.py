@@ -115,7 +115,8 @@ def demo_config(broker: Broker, base: StubModel, ft: StubModel, workdir: Path, f
         "analyzer": {"lake_dir": str(workdir / "lake"), "max_poll_interval_ms": 3000, "batch_max_seconds": 0.5,
                      "interval_s": 2, "port": 0,
                      "prices": {"llama-3.1-8b-instruct": {"prompt_per_1k": 0.05, "completion_per_1k": 0.10},
-                                "llama-3.1-8b-support-ft": {"prompt_per_1k": 0.05, "completion_per_1k": 0.12}}},
+                                "llama-3.1-8b-support-ft": {"prompt_per_1k": 0.05, "completion_per_1k": 0.12},
+                                "llama-3.1-8b-support-ft-v2": {"prompt_per_1k": 0.05, "completion_per_1k": 0.12}}},
         # sized to the demo: the reference is the first quarter of the users' prompts
         "drift": {"state_dir": str(workdir / "drift"), "reference_size": max(50, units // 2),
                   "window_size": max(50, units // 4), "window_step": max(10, units // 8)},
