@@ -7,10 +7,16 @@ Seldon (see README). Only its numpy/scipy/sklearn detectors are used (no torch, 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
+
+# alibi-detect imports transformers, whose import prints "None of PyTorch, TensorFlow >= 2.0, or Flax have
+# been found": an advisory that is true and beside the point (only numpy/scipy/sklearn detectors run here),
+# and that alarms a user at the demo's start. A user who set the variable keeps their value.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 @dataclass(frozen=True)

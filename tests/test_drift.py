@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +216,15 @@ def test_sliding_window_schedule() -> None:
     due = [w.add(i) for i in range(10)]
     assert due == [False, False, False, True, False, True, False, True, False, True]
     assert w.contents() == [6, 7, 8, 9] and w.rows_until_first_test() == 0
+
+
+def test_the_drift_engine_imports_without_the_transformers_advisory() -> None:
+    # issue 25, finding 7: alibi-detect imports transformers, which printed "None of PyTorch, TensorFlow
+    # >= 2.0, or Flax have been found" at the demo's start; a detector still runs
+    code = ("import numpy as np\nfrom splitwatch.drift.alibi_adapter import univariate\n"
+            "r = univariate(np.zeros((50, 1)), np.ones((50, 1)))\nprint(bool(r.drifted[0]))")
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_NO_ADVISORY_WARNINGS"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "True"
+    assert "PyTorch" not in res.stderr and "Flax" not in res.stderr, res.stderr

@@ -41,8 +41,15 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                           "--wheel-dir", str(out), str(src)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
+    (out / "build.log").write_text(res.stdout + res.stderr)
     (whl,) = out.glob("splitwatch-*.whl")
     return whl
+
+
+def test_the_build_warns_of_nothing(wheel: Path) -> None:
+    # a warning on every install alarms a new user (issue 25: the datasets folder was left out of packages)
+    log = (wheel.parent / "build.log").read_text()
+    assert "Warning" not in log, log
 
 
 def test_the_wheel_installs_one_top_level_name_and_every_module(wheel: Path) -> None:
