@@ -31,7 +31,8 @@ _EXPORTS = {
     "compare_sequential": "sequential", "one_sided_halfwidth": "sequential",
     "SRMResult": "srm", "srm_arm_counts": "srm", "srm_checks": "srm", "srm_chi_square": "srm",
     "srm_sequential": "srm",
-    "Reason": "verdict", "Verdict": "verdict", "decide": "verdict", "json_safe": "verdict",
+    "Reason": "verdict", "StateInForce": "verdict", "Verdict": "verdict", "decide": "verdict",
+    "json_safe": "verdict", "with_state": "verdict",
     "QuantileStats": "statistics", "RatioStats": "statistics", "RegressionStats": "statistics",
     "SampleStats": "statistics",
 }

@@ -45,8 +45,38 @@ class Reason:
 
 
 @dataclass(frozen=True)
+class StateInForce:
+    """The experiment's state when the verdict is read: running or paused, by whom, when, why, on what.
+
+    ``actor`` is ``guard`` (the rollout guard) or ``admin`` (a person, through the admin API); ``by``
+    names the person when known; ``evidence`` is the guard's (the test that acted and its figures).
+    """
+
+    status: Literal["running", "paused"]
+    actor: str
+    since: str  # ISO 8601, UTC
+    reason: str
+    by: str | None = None
+    evidence: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the state as JSON-ready data."""
+        return {"status": self.status, "actor": self.actor, "by": self.by, "since": self.since,
+                "reason": self.reason, "evidence": self.evidence}
+
+
+# an experiment whose config says ``status: paused`` and that nobody changed since
+CONFIGURED_PAUSE = StateInForce("paused", "admin", "", "status: paused in the config", "the config")
+
+
+@dataclass(frozen=True)
 class Verdict:
-    """The decision, its sentence, its reasons, and what reaching the planned power takes."""
+    """The decision, its sentence, its reasons, and what reaching the planned power takes.
+
+    ``state`` is the experiment's state in force when it is not plainly running (a pause), and
+    ``data_decision`` what the statistics alone decide when the state overrides them (see
+    :func:`with_state`).
+    """
 
     decision: VerdictDecision
     sentence: str
@@ -54,11 +84,28 @@ class Verdict:
     reasons: list[Reason]
     units_to_power: int | None = None  # more units (all arms) until every missing piece has 80% power
     days_to_power: float | None = None
+    state: StateInForce | None = None
+    data_decision: VerdictDecision | None = None
+    plan: str = ""  # the sentence's last part: what reaching the planned power takes ("" when nothing)
+
+    @property
+    def headline(self) -> str:
+        """Return the decision in words, with who acted and when for a paused experiment."""
+        words = self.decision.replace("_", " ")
+        st = self.state
+        if st is None:
+            return words[:1].upper() + words[1:]
+        if st.actor == "guard" and self.decision == "roll_back":
+            return f"Roll back: done by the rollout guard{_at(st.since)}"
+        who = st.by or ("the rollout guard" if st.actor == "guard" else "an operator")
+        return f"{words[:1].upper()}{words[1:]} (paused by {who}{_at(st.since, 'since')})"
 
     def as_dict(self) -> dict[str, Any]:
         """Return the verdict as JSON-ready data (the report's ``verdict``; NaN and infinities as None)."""
-        return json_safe({"decision": self.decision, "sentence": self.sentence, "arm": self.arm,
-                          "units_to_power": self.units_to_power, "days_to_power": self.days_to_power,
+        return json_safe({"decision": self.decision, "headline": self.headline, "sentence": self.sentence,
+                          "arm": self.arm, "units_to_power": self.units_to_power, "days_to_power": self.days_to_power,
+                          "state": self.state.as_dict() if self.state else None,
+                          "data_decision": self.data_decision or self.decision,
                           "reasons": [{"code": r.code, "metric": r.metric, "arm": r.arm, "message": r.message,
                                        **r.data} for r in self.reasons]})
 
@@ -288,4 +335,84 @@ def decide(result: ExperimentResult, metrics: Sequence[MetricDefinition], units:
                 f"{units_per_day:,.0f} units a day, reach 80% power on what is missing.")
     text = "Keep running: " + "; ".join(r.message for r in reasons) if reasons else "Keep running"
     sentence = (text + "." if reasons else text + ":") + tail + plan
-    return Verdict("keep_running", sentence, None, reasons + notes, units_more, days)
+    return Verdict("keep_running", sentence, None, reasons + notes, units_more, days, plan=plan.strip())
+
+
+_PLANNING = ("units_needed", "more_units", "days")
+
+
+def _at(since: str, word: str = "at") -> str:
+    """Return " at 2026-12-05 20:43 UTC" for an ISO time, or "" when the time is not known."""
+    return f" {word} {since[:16].replace('T', ' ')} UTC" if since else ""
+
+
+def _which_test_acted(ev: dict[str, Any] | None) -> str | None:
+    """Return, in one sentence, which of the guard's tests acted and why the report's may still differ."""
+    if not ev:
+        return None
+    if ev.get("test") == "failures":
+        t, c = ev["treatment"], ev["control"]
+
+        def rate(x: dict[str, Any]) -> str:
+            return "n/a" if x.get("rate") is None else f"{x['rate']:.1%}"
+
+        return (f"The guard's fast path acted, on requests: {t['arm']} failed {t['failures']:,} of "
+                f"{t['requests']:,} requests ({rate(t)}) against {c['failures']:,} of {c['requests']:,} "
+                f"({rate(c)}) for {c['arm']}, and the always-valid one-sided lower bound of the excess, "
+                f"{ev['lower']:+.3f}, was above the margin {ev['margin']:.3g} (alpha {ev['alpha']:.3g}, "
+                f"{ev.get('method', 'n/a')}). The report's error_rate counts each user once (delta method over "
+                "users, two-sided, at the report's alpha, over the units first exposed in the period), so it "
+                "needs more evidence than the request-level fast path and may still read inconclusive")
+    if ev.get("test") == "guardrail":
+        lower, margin = ev.get("lower"), ev.get("margin")
+        pct = bool(ev.get("relative"))
+
+        def f(x: float | None) -> str:
+            return "n/a" if x is None else (f"{x * 100:+.3g}%" if pct else f"{x:+.4g}")
+
+        return (f"The guard's guardrail test acted: {ev.get('metric')} on {ev.get('arm')}, one-sided lower bound "
+                f"of the harm {f(lower)} above the margin {f(margin)} (alpha {ev.get('alpha', 0):.3g} after the "
+                "split over guardrails and arms, on units first exposed since the last start). The report's "
+                "guardrail test reads the report's period at the report's alpha, so its status may differ")
+    if ev.get("test") == "srm":
+        return (f"The guard's sequential sample-ratio test acted ({ev.get('method')}, p = {ev.get('p_value', 0):.3g}):"
+                " units were not split as the weights say")
+    return None
+
+
+def with_state(verdict: Verdict, state: StateInForce | None) -> Verdict:
+    """Return the verdict as it stands given the state in force (the state is part of the decision).
+
+    A running experiment keeps its verdict. One paused by the rollout guard reads ``roll_back``,
+    already done, with who, when and the guard's evidence first (an ``invalid`` one stays invalid:
+    broken assignment overrides the rest). One paused by a person keeps the data's decision and says
+    who paused it. A paused experiment gets no new units, so no verdict of it plans "more units".
+    """
+    if state is None or state.status != "paused":
+        return verdict
+    when = _at(state.since)
+    who = state.by or ("the rollout guard" if state.actor == "guard" else "an operator")
+    acted = _which_test_acted(state.evidence) if state.actor == "guard" else None
+    reasons = [Reason(r.code, r.message, r.metric, r.arm, {k: v for k, v in r.data.items() if k not in _PLANNING})
+               for r in verdict.reasons]
+    by_guard = state.actor == "guard" and verdict.decision != "invalid"
+    code = "rolled_back_by_guard" if by_guard else "paused"
+    head = (f"rolled back by the rollout guard{when}" + ("" if acted else f": {state.reason}") if by_guard
+            else f"paused by {who}{when}: {state.reason}")
+    paused = Reason(code, head + ("; the experiment is paused: every user is served the control arm" if by_guard
+                                  else ""), (state.evidence or {}).get("metric"), (state.evidence or {}).get("arm"),
+                    {"actor": state.actor, "by": state.by, "since": state.since,
+                     "evidence": state.evidence})
+    facts = [paused] + ([Reason("acted_on", acted, data={"test": (state.evidence or {}).get("test")})]
+                        if acted else [])
+    served = " The experiment is paused: every user is served the control arm, so no new units arrive."
+    if by_guard:
+        sentence = (f"Roll back (done): {head}." + served
+                    + (f" {acted}." if acted else "")
+                    + f" On the data alone the verdict reads {verdict.decision.replace('_', ' ')}.")
+        arm = (state.evidence or {}).get("arm") or verdict.arm
+        return Verdict("roll_back", sentence, arm, facts + reasons, None, None, state, verdict.decision)
+    data = verdict.sentence.removesuffix(verdict.plan).rstrip() if verdict.plan else verdict.sentence
+    sentence = f"{head[:1].upper()}{head[1:]}.{served} {data}"
+    return Verdict(verdict.decision, sentence, verdict.arm, facts + reasons, None, None, state, verdict.decision)
+

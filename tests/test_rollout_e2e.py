@@ -251,10 +251,62 @@ def test_a_candidate_failing_30_percent_is_rolled_back_on_every_worker_within_se
         first = _ask(b, _candidate_units(1, "fresh")[0])
         assert first.headers["x-splitwatch-arm"] == "base" and first.headers["x-splitwatch-excluded"] == "paused"
         assert "Traceback" not in analyzer.log(), analyzer.log()[-5000:]  # the guard never failed
+        # the live verdict agrees with the state in force: roll_back (0), not keep running
+        assert _wait(lambda: _gauge(f"http://127.0.0.1:{port}", "splitwatch_verdict",
+                                    'experiment="support-ft"') == 0.0, 30, "the live verdict to read roll_back")
+        _report_of_a_rolled_back_experiment(replicas.proxies[0].config_path, tmp_path, ev)
     finally:
         users.stop()
         analyzer.stop()
         replicas.stop()
+
+
+def _report_of_a_rolled_back_experiment(config: Path, tmp_path: Path, ev: dict[str, Any]) -> None:
+    """`splitwatch report` on the experiment the guard rolled back (issue 25, findings 1 and 2): every
+    output opens with roll_back, done by the guard, with the fast path's evidence beside error_rate."""
+    from tests.test_report_page import CHROMIUM, FLAGS
+
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+
+    def report(fmt: str) -> str:
+        out = tmp_path / f"report.{fmt}"
+        res = subprocess.run(splitwatch_command("report", "--config", str(config), "--experiment", "support-ft",
+                                                "--from", today, "--output", str(out)),
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        return out.read_text()
+
+    # the guard's control event reaches the lake through the events topic, like every event
+    verdict = _wait(lambda: (json.loads(report("json"))["verdict"] or {}).get("state") and
+                    json.loads((tmp_path / "report.json").read_text())["verdict"], 60,
+                    "the control event in the lake", step=1.0)
+    assert verdict["decision"] == "roll_back" and verdict["units_to_power"] is None
+    assert verdict["state"]["actor"] == "guard" and verdict["state"]["status"] == "paused"
+    assert verdict["state"]["evidence"]["test"] == "failures"
+    assert verdict["state"]["evidence"]["treatment"] == ev["treatment"]  # the guard's own counts
+    codes = [r["code"] for r in verdict["reasons"]]
+    assert codes[:2] == ["rolled_back_by_guard", "acted_on"]
+    t = ev["treatment"]
+    acted = verdict["reasons"][1]["message"]
+    assert f"failed {t['failures']} of {t['requests']} requests" in acted and f"margin {ev['margin']:.3g}" in acted
+    md = report("md")
+    first_line = md.splitlines()[0]
+    assert "Roll back: done by the rollout guard at" in first_line and "more units" not in md
+    # the fast path's evidence stands beside the unit-level error_rate, in the same section
+    section = md.split("## Diagnostics")[1].split("\n## ")[0]
+    assert "| error_rate |" in section and "The guard's fast path acted, on requests" in section
+    page = tmp_path / "report.html"
+    report("html")
+    dom = subprocess.run([CHROMIUM, *FLAGS, "--dump-dom", page.as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    h1 = re.search(r"<h1>(.*?)</h1>", dom, re.S)
+    assert h1 and "Roll back: done by the rollout guard at" in h1.group(1), dom[:2000]
+    assert 'data-decision="roll_back"' in dom
+    shot = tmp_path / "rolled-back-report.png"
+    subprocess.run([CHROMIUM, *FLAGS, "--window-size=1400,1400", f"--screenshot={shot}", page.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    assert shot.stat().st_size > 10_000
+    print(f"\nscreenshot of the rolled-back experiment's report: {shot}")
 
 
 def _guardrail_experiment(**rollout: Any) -> dict[str, Any]:

@@ -16,7 +16,10 @@ from splitwatch.stats import (
     MetricDefinition,
     QuantileStats,
     RatioStats,
+    Reason,
     SampleStats,
+    StateInForce,
+    Verdict,
     analyze,
     compare,
     compare_proportions,
@@ -24,6 +27,7 @@ from splitwatch.stats import (
     decide,
     one_sided_halfwidth,
     srm_checks,
+    with_state,
 )
 from splitwatch.stats._dist import norm_ppf, t_ppf, t_sf
 from splitwatch.stats.estimates import binary_estimate, mean_estimate
@@ -278,3 +282,52 @@ def test_units_to_power_matches_the_closed_form_for_a_fixed_test() -> None:
     assert reason.data["days"] == pytest.approx(reason.data["more_units"] / 1000)
     assert v.units_to_power == reason.data["more_units"] and f"{v.units_to_power:,}" in v.sentence
     assert reason.data["effect_source"] == "mde"
+
+
+# -- the state in force is part of the decision (issue 25, finding 1) ---------------------------------
+FAST_PATH = {"test": "failures", "arm": "ft", "lower": 0.087, "margin": 0.05, "alpha": 0.001,
+             "method": "agresti_caffo_msprt_one_sided(n_star=1000)",
+             "control": {"arm": "base", "requests": 78, "failures": 0, "rate": 0.0},
+             "treatment": {"arm": "ft", "requests": 77, "failures": 26, "rate": 26 / 77}}
+PLAN = "About 28 more units reach 80% power on what is missing."
+
+
+def _keep_running() -> Verdict:
+    return Verdict("keep_running", f"Keep running: primary resolved not yet significant for ft. {PLAN}", None,
+                   [Reason("primary_inconclusive", "primary resolved not yet significant for ft", "resolved", "ft",
+                           {"more_units": 28, "days": 0.3, "units_needed": 190})], 28, 0.3, plan=PLAN)
+
+
+def test_a_pause_by_the_guard_reads_roll_back_done_with_its_evidence_first() -> None:
+    state = StateInForce("paused", "guard", "2026-12-05T20:43:10+00:00", "ft fails 26 of 77 requests",
+                         evidence=FAST_PATH)
+    v = with_state(_keep_running(), state)
+    assert v.decision == "roll_back" and v.data_decision == "keep_running" and v.arm == "ft"
+    assert v.headline == "Roll back: done by the rollout guard at 2026-12-05 20:43 UTC"
+    assert v.units_to_power is None and v.days_to_power is None and "more units" not in v.sentence
+    assert [r.code for r in v.reasons][:2] == ["rolled_back_by_guard", "acted_on"]
+    acted = v.reasons[1].message
+    assert "fast path acted, on requests: ft failed 26 of 77 requests (33.8%) against 0 of 78" in acted
+    assert "+0.087" in acted and "margin 0.05" in acted and "alpha 0.001" in acted and "inconclusive" in acted
+    d = v.as_dict()
+    assert d["decision"] == "roll_back" and d["state"]["actor"] == "guard" and d["state"]["evidence"] == FAST_PATH
+    assert "more_units" not in d["reasons"][2] and d["reasons"][2]["code"] == "primary_inconclusive"
+
+
+def test_a_pause_by_a_person_says_who_and_plans_no_more_units() -> None:
+    state = StateInForce("paused", "admin", "2026-12-05T21:00:00+00:00", "answers look wrong", by="alice")
+    v = with_state(_keep_running(), state)
+    assert v.decision == "keep_running" and v.headline == "Keep running (paused by alice since 2026-12-05 21:00 UTC)"
+    assert v.sentence.startswith("Paused by alice at 2026-12-05 21:00 UTC: answers look wrong.")
+    assert "primary resolved not yet significant" in v.sentence
+    assert PLAN not in v.sentence and v.units_to_power is None
+    assert with_state(_keep_running(), None) == _keep_running()  # running: unchanged
+    running = StateInForce("running", "admin", "2026-12-05T21:00:00+00:00", "resumed", by="alice")
+    assert with_state(_keep_running(), running).units_to_power == 28
+
+
+def test_broken_assignment_stays_invalid_under_a_guard_pause() -> None:
+    invalid = Verdict("invalid", "Invalid: sample ratio mismatch.", None, [Reason("srm", "sample ratio mismatch")])
+    v = with_state(invalid, StateInForce("paused", "guard", "2026-12-05T20:43:10+00:00", "srm",
+                                         evidence={"test": "srm", "method": "dirichlet", "p_value": 1e-5}))
+    assert v.decision == "invalid" and v.reasons[0].code == "paused"

@@ -7,7 +7,15 @@ import re
 
 from prometheus_client import Gauge
 
-from splitwatch.stats import AnalysisOptions, ExperimentResult, analyze, check_srm, decide
+from splitwatch.stats import (
+    AnalysisOptions,
+    ExperimentResult,
+    StateInForce,
+    analyze,
+    check_srm,
+    decide,
+    with_state,
+)
 
 from .. import metrics
 from ..config import AnalyzerConfig, ExperimentConfig
@@ -48,11 +56,13 @@ _exported: dict[str, set[tuple[Gauge, tuple[str, ...]]]] = {}
 VERDICT_CODES = {"ship": 2, "keep_running": 1, "roll_back": 0, "invalid": -1}
 
 
-def live_verdict(data: ExperimentData, exp: ExperimentConfig, result: ExperimentResult) -> str:
-    """Return the verdict's decision on the live analysis (ship, keep_running, roll_back, invalid)."""
-    return decide(result, data.metrics, {a.name: data.units.get(a.name, 0) for a in exp.arms},
-                  {a.name: a.weight for a in exp.arms}, exp.control.name,
-                  multi_arm_units=data.multi_arm_units).decision
+def live_verdict(data: ExperimentData, exp: ExperimentConfig, result: ExperimentResult,
+                 state: StateInForce | None = None) -> str:
+    """Return the verdict's decision on the live analysis (ship, keep_running, roll_back, invalid), as it
+    stands given the state in force (paused by the guard: roll_back, as the report says)."""
+    return with_state(decide(result, data.metrics, {a.name: data.units.get(a.name, 0) for a in exp.arms},
+                             {a.name: a.weight for a in exp.arms}, exp.control.name,
+                             multi_arm_units=data.multi_arm_units), state).decision
 
 
 def export_gauges(data: ExperimentData, result: ExperimentResult | None, verdict: str | None = None) -> None:

@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 
 import duckdb
 
-from splitwatch.stats import ExperimentResult
+from splitwatch.stats import ExperimentResult, StateInForce
+from splitwatch.stats.verdict import CONFIGURED_PAUSE
 
 from .. import metrics
 from ..config import Config, ExperimentConfig
@@ -63,6 +64,13 @@ class RolloutGuard:
     def state(self, exp: ExperimentConfig) -> ExperimentState:
         """Return the state in force for the experiment's phase."""
         return self.control.table.effective(exp)
+
+    def in_force(self, exp: ExperimentConfig) -> StateInForce | None:
+        """Return the state in force as the verdict reads it (None: never changed on the control topic)."""
+        st = self.state(exp)
+        if st.revision == 0:  # nobody changed it: the config's status
+            return CONFIGURED_PAUSE if st.status == "paused" else None
+        return StateInForce(st.status, st.actor, st.ts.isoformat(), st.reason, st.changed_by, st.evidence)
 
     def export(self, exp: ExperimentConfig) -> None:
         """Set the experiment's coverage, paused and rollout-step gauges."""

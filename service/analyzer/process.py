@@ -65,7 +65,8 @@ def analyze_all(cfg: Config, sequential: bool = True, guard: RolloutGuard | None
         finally:
             con.close()
         try:
-            verdict = live_verdict(data, exp, result) if result.results or result.srm_tests else None
+            state = guard.in_force(exp) if guard is not None else None
+            verdict = live_verdict(data, exp, result, state) if result.results or result.srm_tests else None
         except Exception:  # the gauges matter more than the verdict
             log.exception("the live verdict of %s failed", exp.key)
             verdict = None

@@ -10,7 +10,8 @@ from typing import Any
 
 import duckdb
 
-from splitwatch.stats import ROLES, ExperimentResult, MetricResult, Verdict, decide, json_safe
+from splitwatch.stats import ROLES, ExperimentResult, MetricResult, StateInForce, Verdict, decide, json_safe, with_state
+from splitwatch.stats.verdict import CONFIGURED_PAUSE
 
 from ..config import AnalyzerConfig, Config, ExperimentConfig
 from .analysis import analyze_data
@@ -243,15 +244,36 @@ def drift_rows(rep: Report) -> list[list[str]]:
             for e in rep.drift]
 
 
+def state_in_force(rep: Report) -> StateInForce | None:
+    """Return the phase's state at the period's end (its last control event), or None (never changed)."""
+    if not rep.timeline:
+        return CONFIGURED_PAUSE if rep.experiment.status == "paused" else None
+    last = rep.timeline[-1]
+    return StateInForce(last["status"], last["actor"], last["ts"], last["reason"], last["by"], last["evidence"])
+
+
 def verdict(rep: Report) -> Verdict:
-    """Return the verdict (ship, keep running, roll back, invalid) of the report's analysis."""
+    """Return the verdict (ship, keep running, roll back, invalid) of the report's analysis, as it stands
+    given the state in force (a rollback by the guard reads roll_back, done; stats.with_state)."""
     d, res = rep.data, rep.result
     assert res is not None
     days = max(1, (rep.end - rep.start).days + 1)
     total = sum(d.units.values())
-    return decide(res, d.metrics, {a.name: d.units.get(a.name, 0) for a in rep.experiment.arms},
-                  {a.name: a.weight for a in rep.experiment.arms}, rep.experiment.control.name,
-                  units_per_day=total / days if total else None, multi_arm_units=d.multi_arm_units)
+    return with_state(decide(res, d.metrics, {a.name: d.units.get(a.name, 0) for a in rep.experiment.arms},
+                             {a.name: a.weight for a in rep.experiment.arms}, rep.experiment.control.name,
+                             units_per_day=total / days if total else None, multi_arm_units=d.multi_arm_units),
+                      state_in_force(rep))
+
+
+def acted_test(rep: Report) -> str:
+    """Return the guard's test that paused the experiment (``failures``, ``guardrail``, ``srm``), or ""."""
+    st = rep.verdict.state if rep.verdict else None
+    return str((st.evidence or {}).get("test") or "") if st is not None and st.actor == "guard" else ""
+
+
+def acted_note(rep: Report) -> str | None:
+    """Return the sentence that says which of the guard's tests acted (the verdict's ``acted_on``), or None."""
+    return next((r.message for r in (rep.verdict.reasons if rep.verdict else []) if r.code == "acted_on"), None)
 
 
 def metric_vocabulary(rep: Report) -> list[dict[str, Any]]:
@@ -407,6 +429,10 @@ def _sections(rep: Report) -> list[tuple[str, list[str], list[list[str]], str]]:
         methods = sorted({(r.guardrail.method if r.guardrail and role == "guardrail" else r.method)
                           for r in (res.results if res else []) if r.role == role})
         note = f"{note} Method: {', '.join(methods)}.".strip()
+        acted = acted_note(rep)
+        if acted and acted_test(rep) == "failures" and any(
+                r.metric == "error_rate" for r in (res.results if res else []) if r.role == role):
+            note += f" {acted}."
         out.append((TITLES[role], HEADERS[role], rows, note))
     return out
 
@@ -473,17 +499,17 @@ def _vocabulary_lines(rep: Report) -> list[str]:
 def to_markdown(rep: Report) -> str:
     """Return the report as Markdown."""
     v = rep.verdict
-    out = [f"# splitwatch report: {rep.experiment.key}", ""]
+    out = [f"# splitwatch report: {rep.experiment.key}: {v.headline if v else 'no verdict'}", ""]
     if v is None:
         out += ["**Verdict:** none", ""]
     elif v.reasons:  # the reasons are the sentence's parts: listed once, as a list
-        out += [f"**Verdict: {v.decision.replace('_', ' ')}.**", ""] + [f"- {r.message}" for r in v.reasons]
+        out += [f"**Verdict: {v.headline}.**", ""] + [f"- {r.message}" for r in v.reasons]
         if v.units_to_power:
             days = f", about {v.days_to_power:.1f} more days at the current rate" if v.days_to_power else ""
             out.append(f"- To reach 80% power: {fmt_count(v.units_to_power)} more units{days}.")
         out.append("")
     else:
-        out += [f"**Verdict: {v.decision.replace('_', ' ')}.** {v.sentence}", ""]
+        out += [f"**Verdict: {v.headline}.** {v.sentence}", ""]
     for level, text in banners(rep):
         out += [f"> **{'Error' if level == 'error' else 'Warning'}:** {text}", ""]
     out += [f"- {line}" for line in _summary_lines(rep)]

@@ -51,7 +51,7 @@ h1{font-size:1.6em;margin-bottom:.2em}
 h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 .sub{color:#5f6368;margin-top:0}
 .verdict{padding:1em 1.2em;border-left:6px solid;border-radius:4px;margin:1em 0}
-.verdict .decision{font-size:1.4em;font-weight:700;text-transform:uppercase;letter-spacing:.03em}
+.verdict .decision{font-size:1.3em;font-weight:700;letter-spacing:.02em}
 .verdict ul{margin:.5em 0 0 0}
 .banner{padding:.7em 1em;border-radius:4px;margin:.5em 0}
 .banner.error{background:#fce8e6;border:1px solid #d93025}.banner.warning{background:#fef7e0;border:1px solid #e37400}
@@ -215,8 +215,9 @@ def render_html(rep: Report, summary_lines: list[str], notes: dict[str, str], vo
         power = f"<p>To reach 80% power: {fmt_count(v.units_to_power)} more units{days}.</p>"
     # the reasons are the sentence's parts: shown once, as a list (the sentence when there are none)
     body = f"<ul>{reasons}</ul>" if reasons else f"<p>{esc(v.sentence if v else 'no verdict')}</p>"
+    headline = v.headline if v else "no verdict"
     verdict = (f'<div class="verdict" id="verdict" data-decision="{decision}" style="background:{bg};'
-               f'border-color:{fg}"><div class="decision" style="color:{fg}">{esc(decision.replace("_", " "))}'
+               f'border-color:{fg}"><div class="decision" style="color:{fg}">{esc(headline)}'
                f"</div>{body}{power}</div>")
     banner_html = "".join(f'<div class="banner {level}">{esc(text)}</div>' for level, text in banners(rep))
     vocab = {m["metric"]: m for m in metric_vocabulary(rep)}
@@ -240,7 +241,7 @@ def render_html(rep: Report, summary_lines: list[str], notes: dict[str, str], vo
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>splitwatch report: {esc(rep.experiment.key)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body>
-<h1>splitwatch report: {esc(rep.experiment.key)}</h1>
+<h1>{esc(rep.experiment.key)}: <span class="headline" style="color:{fg}">{esc(headline)}</span></h1>
 <p class="sub">Phase {rep.experiment.phase}, units first exposed {rep.start} to {rep.end}, {tests}</p>
 {verdict}{banner_html}
 <ul class="summary">{"".join(f"<li>{esc(line)}</li>" for line in summary_lines)}</ul>
