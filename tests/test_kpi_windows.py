@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from splitwatch.service.analyzer.lake import Lake, Record
@@ -187,8 +188,8 @@ def test_a_missing_price_makes_the_cost_unknown_never_zero(tmp_path: Path) -> No
     # now not computed, with the model and arm named. With both priced, the cost is tokens x price.
     log = _Log()
     for arm, tokens in (("base", 100), ("ft", 300)):
-        for i in range(5):
-            log.request(f"{arm}-{i}", arm, T0 + timedelta(minutes=i), tokens=tokens)
+        for i in range(5):  # tokens 100..140 and 300..340 (mean 120 and 320): a variance to test
+            log.request(f"{arm}-{i}", arm, T0 + timedelta(minutes=i), tokens=tokens + 10 * i)
     log.write(tmp_path / "lake")
 
     def report(prices: dict[str, dict[str, float]]) -> dict:
@@ -206,5 +207,41 @@ def test_a_missing_price_makes_the_cost_unknown_never_zero(tmp_path: Path) -> No
     both = report({"up-base": {"prompt_per_1k": 0.05, "completion_per_1k": 0.10},
                    "up-ft": {"prompt_per_1k": 0.05, "completion_per_1k": 0.20}})
     cost = next(r for r in both["results"] if r["metric"] == "cost_per_request")
-    assert cost["control_value"] == pytest.approx(100 / 1000 * 0.10)
-    assert cost["treatment_value"] == pytest.approx(300 / 1000 * 0.20)
+    assert cost["control_value"] == pytest.approx(120 / 1000 * 0.10)
+    assert cost["treatment_value"] == pytest.approx(320 / 1000 * 0.20)
+
+
+def test_with_no_pre_period_data_cuped_leaves_each_kind_to_its_own_test(tmp_path: Path) -> None:
+    # issue 25, 5b: CUPED on, but no unit has history. The binary metric's p-value is the unpooled
+    # two-proportion z-test's (statsmodels, Wald) and the continuous one's is Welch's t (scipy), to 1e-9,
+    # not a z-test on per-unit values (0.011009 against 0.010956 once)
+    from scipy.stats import ttest_ind
+    from statsmodels.stats.proportion import test_proportions_2indep
+
+    rng = np.random.default_rng(5)
+    log = _Log()
+    resolved: dict[str, list[float]] = {"base": [], "ft": []}
+    csat: dict[str, list[float]] = {"base": [], "ft": []}
+    for arm, p, low in (("base", 0.3, 1), ("ft", 0.4, 2)):
+        for i in range(300):
+            u = f"{arm}-{i}"
+            log.request(u, arm, T0 + timedelta(seconds=i))
+            resolved[arm].append(float(rng.random() < p))
+            log.outcome(u, arm, "resolved", resolved[arm][-1], T0 + timedelta(minutes=1, seconds=i))
+            csat[arm].append(float(rng.integers(low, 6)))  # 1..5 and 2..5
+            log.outcome(u, arm, "csat", csat[arm][-1], T0 + timedelta(minutes=2, seconds=i))
+    log.write(tmp_path / "lake")
+    cfg = parse_config({"analyzer": {"lake_dir": str(tmp_path / "lake"), "cuped": {"enabled": True}},
+                        "experiments": [{"key": KEY, "model": "m", "arms": [
+                            {"name": "base", "weight": 50, "upstream": {"base_url": "http://x/v1", "model": "up-base"}},
+                            {"name": "ft", "weight": 50, "upstream": {"base_url": "http://x/v1", "model": "up-ft"}}],
+                            "metrics": [{"name": "resolved", "kind": "binary", "role": "primary"},
+                                        {"name": "csat", "kind": "continuous"}]}]}, environ={})
+    rep = to_dict(build_report(cfg, KEY, DAY, DAY, sequential=False, progress=False))
+    by = {r["metric"]: r for r in rep["results"]}
+    b, f = resolved["base"], resolved["ft"]
+    z = test_proportions_2indep(sum(f), len(f), sum(b), len(b), method="wald", compare="diff")
+    assert by["resolved"]["p_value"] == pytest.approx(z.pvalue, rel=1e-9)
+    assert by["csat"]["p_value"] == pytest.approx(ttest_ind(csat["ft"], csat["base"], equal_var=False).pvalue,
+                                                  rel=1e-9)
+    assert by["resolved"]["history_share"] == 0 and by["resolved"]["variance_reduction"] is None

@@ -187,6 +187,8 @@ def load_experiment(con: duckdb.DuckDBPyConnection, glob: str | None, exp: Exper
         outcome_metric = m.kind in ("binary", "continuous") or m.numerator is not None  # not a built-in
         if cuped and m.role in ("primary", "secondary") and outcome_metric:
             per_arm, history[m.name] = _adjusted_stats(con, m, caps)
+            if history[m.name] == 0:  # nothing to adjust for: the kind's own test (unpooled z, Welch t)
+                per_arm = _metric_stats(con, m, caps)
         else:
             per_arm = _metric_stats(con, m, caps)
         missing = [a for a in units if a not in per_arm]

@@ -382,11 +382,11 @@ def _row(rep: Report, r: MetricResult) -> list[str]:
 
 def _cuped(rep: Report, r: MetricResult) -> str:
     """Return the variance reduction of a CUPED-adjusted metric, and the share of units with history."""
-    if r.variance_reduction is None:
-        return "-"
-    share = rep.data.history_share.get(r.metric, 0.0)
+    share = rep.data.history_share.get(r.metric)
     if share == 0:
-        return "no pre-period data"
+        return "no pre-period data (not adjusted)"
+    if r.variance_reduction is None or share is None:
+        return "-"
     return f"{r.variance_reduction * 100:.0f}% ({share * 100:.0f}% of units with history)"
 
 
