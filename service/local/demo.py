@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -73,6 +74,25 @@ SHIFTED_PROMPTS = [
 ]
 DEFAULT_OUTPUT = "splitwatch-demo"
 ROLLBACK_KEY = "support-ft-v2"
+# What an earlier run left in the output directory: moved to previous/ when a new run starts, and
+# deleted only once the new run has succeeded
+RUN_FILES = ("lake", "spool", "state", "drift", "logs", "eval", "report.md", "report.html", "report.json",
+             "splitwatch.yaml")
+PREVIOUS = "previous"
+# The progress display's steps: short enough that a line fits 80 columns with its bar and counts
+STEPS = {
+    "start": "starting broker, models, proxy",
+    "eval": "offline eval on the test set",
+    "users": "users chat (prompts shift halfway)",
+    "outcomes": "posting the outcomes",
+    "rollback": "rollback: a candidate fails 30%",
+    "read": "reading the events back",
+    "drift": "drift detector over exposures",
+    "report": "the Parquet lake and the report",
+}
+DISPLAY_WIDTH = 80
+WALL_CLOCK_NOTE = ("Latency is wall-clock time on this machine, so the latency figures (and the latency_p95_ms "
+                   "guardrail's status) can differ between runs with the same seed; every other figure is seeded.")
 
 
 def demo_config(broker: Broker, base: StubModel, ft: StubModel, workdir: Path, failing: StubModel | None = None,
@@ -166,6 +186,13 @@ def true_values() -> dict[str, dict[str, float]]:
     return out
 
 
+def _quantile(values: list[float], q: float) -> float:
+    """Return the q-quantile by linear interpolation: DuckDB's quantile_cont, which the report uses."""
+    import numpy as np
+
+    return float(np.quantile(values, q)) if values else float("nan")
+
+
 def summarise(events: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Return per-arm units, requests, latency and the outcome KPIs, on the report's definitions."""
     arms: dict[str, dict[str, Any]] = defaultdict(lambda: {"units": set(), "requests": 0, "latency": [], "tokens": [],
@@ -183,11 +210,9 @@ def summarise(events: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             a["outcomes"][e["metric"]][e["unit_id"]].append(e["value"])
     out = {}
     for arm, a in sorted(arms.items()):
-        lat = sorted(a["latency"])
         users = a["units"]
         row = {"units": len(users), "requests": a["requests"],
-               "latency_p50_ms": lat[len(lat) // 2] if lat else float("nan"),
-               "latency_p95_ms": lat[int(len(lat) * 0.95)] if lat else float("nan"),
+               "latency_p50_ms": _quantile(a["latency"], 0.5), "latency_p95_ms": _quantile(a["latency"], 0.95),
                "completion_tokens_mean": mean(a["tokens"]) if a["tokens"] else float("nan")}
         oc = a["outcomes"]
         if users:
@@ -201,24 +226,38 @@ def summarise(events: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 
 def _prepare_output(out: Path) -> Path:
-    """Create the output directory; empty what an earlier run left there (its lake would double the data)."""
+    """Create the output directory and move what an earlier run left there into ``previous/``.
+
+    The new run needs an empty lake (the old one would double the data) and a new eval (its stubs
+    listen on new ports), but nothing of the earlier run is deleted before the new one has
+    succeeded: :func:`_drop_previous` does that at the end.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    for sub in ("lake", "spool", "state", "drift", "logs"):
-        shutil.rmtree(out / sub, ignore_errors=True)
-    for name in ("report.md", "report.html", "report.json", "splitwatch.yaml"):
-        (out / name).unlink(missing_ok=True)
+    left = [name for name in RUN_FILES if (out / name).exists()]
+    if left:
+        previous = out / PREVIOUS
+        shutil.rmtree(previous, ignore_errors=True)  # the run before the last one: superseded
+        previous.mkdir()
+        for name in left:
+            (out / name).rename(previous / name)
     (out / "logs").mkdir()
     return out
 
 
+def _drop_previous(out: Path) -> None:
+    """Delete the earlier run's files, once this run has written its own."""
+    shutil.rmtree(out / PREVIOUS, ignore_errors=True)
+
+
 def _progress(console: Console) -> Progress:
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console)
+    """Return the tour's progress display: one line a step, within 80 columns."""
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=16),
+                    MofNCompleteColumn(), TimeElapsedColumn(), console=console)
 
 
 def _rollback_phase(proxy_url: str, progress: Progress, max_requests: int = 3000) -> dict[str, Any]:
     """Send users to the failing candidate's experiment until the guard's pause reaches the proxy."""
-    task = progress.add_task("rollback: users meet a candidate that fails 30% of requests", total=None)
+    task = progress.add_task(STEPS["rollback"], total=None)
     started = time.monotonic()
     sent = failures = paused_seen = 0
     first_paused: int | None = None
@@ -242,7 +281,7 @@ def _rollback_phase(proxy_url: str, progress: Progress, max_requests: int = 3000
                 if paused_seen >= 20:
                     stop.set()
             progress.update(task, completed=sent, description=(
-                f"rollback: {sent} requests, {failures} failed" + (", PAUSED by the guard" if first_paused else "")))
+                f"rollback: {sent} sent, {failures} failed" + (", paused" if first_paused else "")))
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(user, range(max_requests)))
@@ -267,7 +306,7 @@ def _drift_phase(cfg: Config, exposures: list[dict[str, Any]], shift_at: str | N
     ordered = sorted(exposures, key=lambda e: e["ts"])
     shift_index = next((i for i, e in enumerate(ordered) if shift_at is not None and e["unit_id"] >= shift_at),
                        len(ordered))
-    task = progress.add_task("drift detector: reference, then sliding windows", total=len(ordered))
+    task = progress.add_task(STEPS["drift"], total=len(ordered))
     for i, e in enumerate(ordered):
         current.update(i=i, ts=datetime.fromisoformat(e["ts"].replace("Z", "+00:00")))
         monitor.add(e["arm"], e.get("features") or {})
@@ -302,6 +341,7 @@ def run_demo(units: int = 2000, seed: int = 7, workdir: str | None = None) -> in
     # (the drift monitor's warnings, transformers' notice) would break the display
     for name in ("splitwatch", "transformers", "alibi_detect", "numba"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # a terminal's own width (the display fits 80 columns); a pipe or a file gets 120
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     broker = Broker(logs)
     # the stubs also know the shipped eval test set, and answer it right 72% and 88% of the time
@@ -314,7 +354,7 @@ def run_demo(units: int = 2000, seed: int = 7, workdir: str | None = None) -> in
     console.print(f"[bold]splitwatch demo[/bold]: {fmt_count(units)} simulated users; everything is kept in {out}")
     try:
         with _progress(console) as progress:
-            task = progress.add_task("starting the broker, three stub models, the proxy and the analyzer", total=6)
+            task = progress.add_task(STEPS["start"], total=6)
             for p in procs:
                 p.start()
                 progress.advance(task)
@@ -337,7 +377,7 @@ def run_demo(units: int = 2000, seed: int = 7, workdir: str | None = None) -> in
 
             unit_ids = [f"user-{i:05d}" for i in range(units)]
             shift_at = unit_ids[units // 2] if units >= 2 else None
-            task = progress.add_task("users chat and report outcomes (the prompt mix shifts halfway)", total=units)
+            task = progress.add_task(STEPS["users"], total=units)
 
             def simulate(u: str) -> list[dict[str, Any]]:
                 result = _simulate_unit(proxy.url, u, seed, shifted=shift_at is not None and u >= shift_at)
@@ -348,7 +388,7 @@ def run_demo(units: int = 2000, seed: int = 7, workdir: str | None = None) -> in
                 first = list(pool.map(simulate, unit_ids[: units // 2]))
                 second = list(pool.map(simulate, unit_ids[units // 2:]))  # after the first half: a clean shift
             outcomes = [o for lst in first + second for o in lst]
-            task = progress.add_task("posting the outcomes", total=len(outcomes))
+            task = progress.add_task(STEPS["outcomes"], total=len(outcomes))
             with httpx.Client(timeout=30) as client:
                 for i in range(0, len(outcomes), 500):
                     client.post(f"{proxy.url}/v1/outcomes", json=outcomes[i:i + 500]).raise_for_status()
@@ -356,7 +396,7 @@ def run_demo(units: int = 2000, seed: int = 7, workdir: str | None = None) -> in
 
             rollback = _rollback_phase(proxy.url, progress)
 
-            task = progress.add_task("reading the events back from Kafka", total=None)
+            task = progress.add_task(STEPS["read"], total=None)
             wait_delivered(proxy.url, timeout=120)
             events = list(unique_by_event_id(read_events(broker.bootstrap, TOPIC, idle=2.0, timeout=120)).values())
             progress.update(task, total=len(events), completed=len(events))
@@ -369,21 +409,46 @@ def run_demo(units: int = 2000, seed: int = 7, workdir: str | None = None) -> in
             if drift.get("events"):
                 KafkaSink(cfg.kafka).send([(e.key(), e.to_json()) for e in drift["events"]])
 
-            task = progress.add_task("analyzer: the Parquet lake and the report", total=None)
+            task = progress.add_task(STEPS["report"], total=None)
             analyzer.stop()
             procs.remove(analyzer)
-            ingested = Ingestor(cfg).run(threading.Event(), until_caught_up=True)
+            Ingestor(cfg).run(threading.Event(), until_caught_up=True)  # what the live analyzer had not written
+            lake_events = _lake_events(cfg)
             today = datetime.now(UTC).date()
             rep = build_report(cfg, "support-ft", today, today, progress=False)
             for fmt in ("md", "html", "json"):
                 (out / f"report.{fmt}").write_text(RENDERERS[fmt](rep), encoding="utf-8")
             progress.update(task, total=1, completed=1)
+    except BaseException:
+        kept = f" The earlier run is kept in {out / PREVIOUS}." if (out / PREVIOUS).exists() else ""
+        console.print(f"[bold red]The demo did not finish[/bold red]: the logs are in {out / 'logs'}.{kept}")
+        raise
     finally:
         for p in reversed(procs):
             p.stop()
-    _print_tour(console, out, units, events, main, outcomes, summary, ingested.events, drift, rollback, rep,
+    rollback["guard"] = next((e for e in events if e.get("experiment") == ROLLBACK_KEY and e["type"] == "control"
+                              and e.get("actor") == "guard"), None)
+    _print_tour(console, out, units, events, main, outcomes, summary, lake_events, drift, rollback, rep,
                 offline, time.monotonic() - t0)
+    _drop_previous(out)
     return 0
+
+
+def _lake_events(cfg: Config) -> int:
+    """Return how many events the lake holds (every experiment's, written by the analyzers)."""
+    import duckdb
+
+    from ..analyzer.lake import Lake
+
+    lake = Lake(cfg.analyzer.lake_dir)
+    if not any(lake.root.rglob("*.parquet")):
+        return 0
+    con = duckdb.connect()
+    try:
+        return int(con.execute("SELECT count(*) FROM read_parquet(?, union_by_name = true)",
+                               [lake.glob("*")]).fetchone()[0])
+    finally:
+        con.close()
 
 
 def _offline_eval_phase(cfg: Config, out: Path, progress: Progress) -> EvalResult:
@@ -395,8 +460,7 @@ def _offline_eval_phase(cfg: Config, out: Path, progress: Progress) -> EvalResul
     store = ResultStore(out, run_description(exp, dataset, opts))
     store.open()
     jobs = plan_jobs(exp, dataset.cases, opts.repeats, opts.params)
-    task = progress.add_task(f"offline eval before users: {len(dataset.cases)} test cases to both arms",
-                             total=len(jobs))
+    task = progress.add_task(STEPS["eval"], total=len(jobs))
     try:
         asyncio.run(run_jobs(jobs, store, opts.concurrency, lambda _: progress.advance(task)))
     finally:
@@ -406,68 +470,142 @@ def _offline_eval_phase(cfg: Config, out: Path, progress: Progress) -> EvalResul
     return result
 
 
+def _command_name() -> str:
+    """Return how to call splitwatch from here: ``splitwatch`` when it is on the PATH, else its path."""
+    script = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    found = shutil.which("splitwatch")
+    if script is None or script.name != "splitwatch" or (found and Path(found).resolve() == script):
+        return "splitwatch"
+    return _short_path(script)
+
+
+def _short_path(path: Path) -> str:
+    """Return a path relative to the working directory when it lies below it, else absolute."""
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith("..") else rel
+
+
+def _rollback_lines(rollback: dict[str, Any]) -> list[str]:
+    """Return what the rollback phase showed, each count named for what it counts."""
+    if not rollback["rolled_back"]:
+        return [f"Rollback: the guard did not pause {ROLLBACK_KEY} within {rollback['requests']} requests "
+                "(see logs/analyzer.log)"]
+    lines = [f"Rollback: the guard paused {ROLLBACK_KEY} {rollback['seconds']:.0f} s after its users began; "
+             "every user is back on the base model."]
+    ev = (rollback.get("guard") or {}).get("evidence") or {}
+    if ev.get("test") == "failures":
+        t, c = ev["treatment"], ev["control"]
+        lines.append(f"  The guard's evidence (response events it had read when it acted): {t['arm']} failed "
+                     f"{t['failures']} of {t['requests']} requests, {c['arm']} {c['failures']} of {c['requests']}; "
+                     f"lower bound of the excess {ev['lower']:+.3f} > margin {ev['margin']:g}.")
+    before = rollback["paused_after_requests"] - 1
+    lines.append(f"  The users' side: {rollback['requests']} requests sent, {before} before the pause reached the "
+                 f"proxy (split between the arms; {rollback['failures']} answered 5xx) and "
+                 f"{rollback['requests'] - before} after it, all to base. The guard counts only the response "
+                 "events it had read when it acted, so its counts are smaller.")
+    return lines
+
+
+def _digest(rep: Any) -> list[str]:
+    """Return the report's verdict and each metric's result in a few lines (the full report is in files)."""
+    v = rep.verdict
+    lines = [f"Verdict on {rep.experiment.key}: {v.headline if v else 'none'}."]
+    for r in v.reasons if v else []:
+        lines.append(f"  - {r.message}")
+    if v is not None and v.units_to_power:
+        need = [r.metric for r in v.reasons if r.data.get("more_units") and r.metric]
+        days = f", about {v.days_to_power:.1f} more days at the current rate" if v.days_to_power else ""
+        lines.append(f"  - To reach 80% power on {', '.join(dict.fromkeys(need)) or 'what is missing'}: "
+                     f"{fmt_count(v.units_to_power)} more units{days}.")
+    return lines
+
+
+def _results_table(rep: Any) -> Any:
+    """Return a rich table of every metric's result, narrow enough for 80 columns (the intervals are in
+    the report's files)."""
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col, justify in (("metric", "left"), ("role", "left"), ("base", "right"), ("finetuned", "right"),
+                         ("effect / harm", "right"), ("result", "left")):
+        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for r in rep.result.results if rep.result else []:
+        g = r.guardrail
+        if g is not None:
+            effect = (f"{g.harm * 100:+.3g}%" if g.relative else f"{g.harm:+.3g}") if math.isfinite(g.harm) else "n/a"
+            result = g.status.replace("_", " ")
+        else:
+            effect = f"{r.effect.absolute:+.3g}" if math.isfinite(r.effect.absolute) else "n/a"
+            result = r.decision
+        table.add_row(r.metric, r.role, fmt_num(r.control.estimate), fmt_num(r.treatment.estimate), effect, result)
+    return table
+
+
 def _print_tour(console: Console, out: Path, units: int, events: list[dict[str, Any]], main: list[dict[str, Any]],
-                outcomes: list[dict[str, Any]], summary: dict[str, dict[str, float]], ingested: int,
+                outcomes: list[dict[str, Any]], summary: dict[str, dict[str, float]], lake_events: int,
                 drift: dict[str, Any], rollback: dict[str, Any], rep: Any, offline: EvalResult,
                 seconds: float) -> None:
-    """Print what the tour measured, the report, where everything is and what to run next."""
+    """Print what the tour measured, the report's verdict and results, where everything is and what to run next."""
+    say = console.print
     acc = {a: offline.per_arm[a].get("accuracy") for a in offline.arms}
-    print(f"\nOffline eval before users ({offline.cases} support messages, intent labels; eval/report.html): "
-          + ", ".join(f"{a} accuracy {fmt_num(100 * v)}%" for a, v in acc.items() if v is not None))
+    say(f"\nOffline eval before users ({offline.cases} support messages, intent labels; eval/report.html): "
+        + ", ".join(f"{a} accuracy {fmt_num(100 * v)}%" for a, v in acc.items() if v is not None))
     for line in offline.verdict_lines():
-        print(f"  {line}")
+        say(f"  {line}")
     n_req = sum(1 for e in main if e["type"] == "exposure")
     n_out = sum(1 for e in main if e["type"] == "outcome")
-    print(f"\n{len(main)} events of support-ft read back from Kafka ({n_req} requests, {n_out} outcomes; "
-          f"{len(events)} events in all)\n")
-    print("Measured from the events read back (resolved, escalated: per user, at least once; resolution_rate: "
-          "per request; csat: per user mean):")
-    print("\n".join(_table(summary, ["units", "requests", "resolved", "resolution_rate", "escalated", "csat",
-                                     "latency_p50_ms", "latency_p95_ms", "completion_tokens_mean"])))
+    say(f"\n{len(main)} events of support-ft read back from Kafka ({n_req} requests, {n_out} outcomes; "
+        f"{len(events)} events in all)\n")
+    say("Measured from the events read back, on the report's definitions (resolved, escalated: per user, at "
+        "least once; resolution_rate: per request; csat: per user mean; latency: successful responses, "
+        "interpolated quantiles):")
+    print("\n".join(_table(summary, ["units", "requests", "resolved", "resolution_rate", "escalated", "csat"])))
+    print("\n".join(_table(summary, ["latency_p50_ms", "latency_p95_ms", "completion_tokens_mean"])))
     truth = true_values()
-    print("\nTrue values of the simulation, on the same definitions (per conversation: "
-          + "; ".join(f"{a} " + ", ".join(f"{k} {v}" for k, v in t.items()) for a, t in TRUE_RATES.items()) + "):")
+    say("\nTrue values of the simulation, on the same definitions (per conversation: "
+        + "; ".join(f"{a} " + ", ".join(f"{k} {v}" for k, v in t.items()) for a, t in TRUE_RATES.items()) + "):")
     print("| arm | resolved | resolution_rate | escalated | csat |\n|---|---|---|---|---|")
     for arm, t in truth.items():
         print(f"| {arm} | {t['resolved']:.3g} | {t['resolution_rate']:.3g} | {t['escalated']:.3g} | {t['csat']:.3g} |")
     total = sum(r["units"] for r in summary.values()) or 1
-    print("\nunits per arm (expected 50/50): " + ", ".join(
+    say("\nunits per arm (expected 50/50): " + ", ".join(
         f"{arm} {r['units'] / total:.1%}" for arm, r in summary.items()))
-    print()
+    say()
     if "skipped" in drift:
-        print(f"Drift: skipped; {drift['skipped']}")
+        say(f"Drift: skipped; {drift['skipped']}")
     elif drift["detected_index"] is None:
-        print(f"Drift: not detected in {fmt_count(drift['exposures'])} exposures (the shift began at exposure "
-              f"{fmt_count(drift['shift_index'])})")
+        say(f"Drift: not detected in {fmt_count(drift['exposures'])} exposures (the shift began at exposure "
+            f"{fmt_count(drift['shift_index'])})")
     else:
-        print(f"Drift: the prompt mix shifted at exposure {fmt_count(drift['shift_index'])} of "
-              f"{fmt_count(drift['exposures'])}; the detector (reference: the first {fmt_count(drift['reference'])}) "
-              f"noticed at exposure {fmt_count(drift['detected_index'])}: {'; '.join(drift['features'])}; "
-              f"{drift['false_alarms']} alarms before the shift")
-    if rollback["rolled_back"]:
-        print(f"Rollback: {ROLLBACK_KEY}'s candidate failed {rollback['failures']} requests; the guard paused the "
-              f"experiment after {rollback['paused_after_requests']} requests, {rollback['seconds']:.0f} s after "
-              "the failures began: every user is back on the base model")
-    else:
-        print(f"Rollback: the guard did not pause {ROLLBACK_KEY} within {rollback['requests']} requests "
-              "(see logs/analyzer.log)")
-    print(f"\nThe analyzer wrote {fmt_count(ingested)} events to the lake. The significance report "
-          "(always-valid tests):\n")
-    print(RENDERERS["md"](rep))
-    verdict = rep.verdict.decision.replace("_", " ") if rep.verdict else "none"
-    rel = os.path.relpath(out)
-    console.print(f"[bold]Done in {seconds:.0f} s.[/bold] Verdict on support-ft: [bold]{verdict}[/bold]. "
-                  f"Everything is in {out}:")
+        say(f"Drift: the prompt mix shifted at exposure {fmt_count(drift['shift_index'])} of "
+            f"{fmt_count(drift['exposures'])}; the detector (reference: the first {fmt_count(drift['reference'])}) "
+            f"noticed at exposure {fmt_count(drift['detected_index'])}: {'; '.join(drift['features'])}; "
+            f"{drift['false_alarms']} alarms before the shift")
+    for line in _rollback_lines(rollback):
+        say(line)
+    say(f"\nThe lake holds {fmt_count(lake_events)} events, written by the analyzer as they arrived. "
+        "The significance report (always-valid tests; the whole of it is in report.md and report.html):\n")
+    for line in _digest(rep):
+        say(line)
+    say(_results_table(rep))
+    say(f"[dim]{WALL_CLOCK_NOTE}[/dim]")
+    cli = _command_name()
+    where = _short_path(out)
+    say(f"\n[bold]Done in {seconds:.0f} s.[/bold] Everything is in {where}:")
     for name, what in (("report.html", "the results page: open it in a browser"),
                        ("report.md, report.json", "the same report as Markdown and JSON"),
-                       ("eval/", "the offline eval before users: report.html, report.md, report.json"),
-                       ("splitwatch.yaml", f"the config: support-ft, and {ROLLBACK_KEY} that the guard rolled back"),
-                       ("lake/", "the Parquet lake of every event (query it with DuckDB)"),
-                       ("logs/", "the logs of the broker, the stubs, the proxy and the analyzer")):
-        console.print(f"  {name:<24} {what}")
-    console.print("Next:")
-    console.print(f"  splitwatch report --config {rel}/splitwatch.yaml --experiment support-ft "
-                  f"--from {datetime.now(UTC).date()} --output report.html")
-    console.print(f"  splitwatch config check {rel}/splitwatch.yaml")
-    console.print("  Point your own OpenAI client at `splitwatch proxy` (README, Running the proxy); "
-                  "docs/rollout.md, docs/drift.md")
+                       ("eval/", "the offline eval: report.html, .md, .json"),
+                       ("splitwatch.yaml", f"the config: support-ft, and {ROLLBACK_KEY}"),
+                       ("lake/", "the Parquet lake of every event (DuckDB)"),
+                       ("logs/", "the broker's, stubs', proxy's, analyzer's logs")):
+        say(f"  {name:<23} {what}")
+    say("Next (each command on one line; copy it whole):")
+    today = datetime.now(UTC).date()
+    for command in (f"{cli} report --config {where}/splitwatch.yaml --experiment {ROLLBACK_KEY} --from {today}",
+                    f"{cli} config check {where}/splitwatch.yaml"):
+        say(f"  {command}", soft_wrap=True)  # never folded: a pasted command must stay whole
+    if cli != "splitwatch":
+        say(f"  ({cli} is not on your PATH: `source {Path(cli).parent}/activate` puts `splitwatch` there)",
+            soft_wrap=True)
+    say("  Your own OpenAI client against `splitwatch proxy`: README, Running the proxy; docs/rollout.md, "
+        "docs/drift.md")
