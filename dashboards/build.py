@@ -60,8 +60,7 @@ def band(title: str, value: str, lower: str, upper: str, description: str) -> ti
                   description)
             .override_by_name("upper bound", [dm.DynamicConfigValue(id_val="custom.fillBelowTo", value="lower bound"),
                                               dm.DynamicConfigValue(id_val="custom.fillOpacity", value=20), dashed])
-            .override_by_name("lower bound", [dm.DynamicConfigValue(id_val="custom.fillOpacity", value=0), dashed])
-            .repeat("metric").repeat_direction("h").max_per_row(2))
+            .override_by_name("lower bound", [dm.DynamicConfigValue(id_val="custom.fillOpacity", value=0), dashed]))
 
 
 def _thresholds(*steps: tuple[float | None, str]) -> db.ThresholdsConfig:
@@ -70,8 +69,9 @@ def _thresholds(*steps: tuple[float | None, str]) -> db.ThresholdsConfig:
 
 
 def status(title: str, expr: str, legend: str, mapping: dict[int, tuple[str, str]], description: str,
-           width: int = 8) -> stat.Panel:
-    """Return a stat panel whose values map to words and colours (verdict, SRM, guardrails)."""
+           width: int = 8, no_value: str = "no data: is the analyzer up?") -> stat.Panel:
+    """Return a stat panel whose values map to words and colours (verdict, SRM, guardrails). With no series
+    it says so (``no_value``, grey): never a green word for nothing."""
     mappings = [dm.ValueMap(options={str(k): dm.ValueMappingResult(text=t, color=c, index=i)
                                      for i, (k, (t, c)) in enumerate(mapping.items())})]
     return (stat.Panel().title(title).description(description).datasource(DS).span(width).height(5)
@@ -79,7 +79,7 @@ def status(title: str, expr: str, legend: str, mapping: dict[int, tuple[str, str
             .thresholds(_thresholds((None, "text")))
             .color_mode(common.BigValueColorMode.BACKGROUND).graph_mode(common.BigValueGraphMode.NONE)
             .text_mode(common.BigValueTextMode.VALUE_AND_NAME)
-            .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False)))
+            .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False)).no_value(no_value))
 
 
 def _datasource() -> db.DatasourceVariable:
@@ -109,7 +109,8 @@ def _shadow_errors(side: str) -> str:
 def proxy_dashboard() -> db.Dashboard:
     """Return the proxy's dashboard: traffic, errors, latency, tokens and event delivery per arm."""
     requests = f"sum by (arm) (rate(splitwatch_requests_total{{{EXP}}}{RATE}))"
-    errors = f'sum by (arm) (rate(splitwatch_requests_total{{{EXP},status=~"5..|499"}}{RATE}))'
+    errors = f'sum by (arm) (rate(splitwatch_requests_total{{{EXP},status=~"5.."}}{RATE}))'
+    left = f'sum by (arm) (rate(splitwatch_requests_total{{{EXP},status="499"}}{RATE}))'
     d = _dashboard("splitwatch-proxy", "splitwatch proxy", "30s", "now-6h",
                    "Requests, errors, latency and tokens per arm; the proxy's overhead and its event delivery.")
     d = d.with_variable(_label_variable("experiment", "Experiment", "label_values(splitwatch_requests_total, "
@@ -117,9 +118,11 @@ def proxy_dashboard() -> db.Dashboard:
     panels = [
         graph("Requests per second by arm", "reqps", [(requests, "{{arm}}")]),
         # an arm without errors shows 0, not "No data": errors or 0 x the arm's requests, per arm
-        graph("Error rate by arm (5xx and client disconnects)", "percentunit",
-              [(f"({errors} or 0 * {requests}) / {requests}", "{{arm}}")],
-              "Share of requests answered 5xx or left by the client (499), per arm; 0 on healthy traffic."),
+        graph("Error rate by arm (5xx, as SplitwatchArmErrorRateHigh counts)", "percentunit",
+              [(f"({errors} or 0 * {requests}) / {requests}", "{{arm}} 5xx"),
+               (f"({left} or 0 * {requests}) / {requests}", "{{arm}} client left (499)")],
+              "Share of requests answered 5xx per arm, the alert's definition; the share the client left "
+              "before the answer (499) is drawn apart: it is not the endpoint's failure. 0 on healthy traffic."),
         graph("Upstream latency p50 by arm", "s", [(
             f"histogram_quantile(0.5, sum by (arm, le) (rate(splitwatch_request_duration_seconds_bucket{{{EXP}}}"
             f"{RATE})))", "{{arm}}")]),
@@ -174,9 +177,11 @@ def kpi_dashboard() -> db.Dashboard:
     d = _dashboard("splitwatch-kpis", "splitwatch experiment KPIs", "1m", "now-7d",
                    "The live analysis: the verdict, sample ratio, guardrails, KPI values, effects with their "
                    "intervals, p-values, and the rollout.")
-    d = (d.with_variable(_label_variable("experiment", "Experiment", "label_values(splitwatch_units, experiment)"))
+    # one experiment, one metric and one arm at a time: the band's fill joins one upper to one lower bound
+    d = (d.with_variable(_label_variable("experiment", "Experiment", "label_values(splitwatch_units, experiment)",
+                                         multi=False))
          .with_variable(_label_variable("metric", "Metric", 'label_values(splitwatch_metric_mean{experiment=~'
-                                                             '"$experiment"}, metric)'))
+                                                             '"$experiment"}, metric)', multi=False))
          .with_variable(_label_variable("arm", "Treatment arm", 'label_values(splitwatch_effect_relative'
                                                                 '{experiment=~"$experiment"}, arm)', multi=False)))
     panels = [
@@ -187,12 +192,14 @@ def kpi_dashboard() -> db.Dashboard:
         status("Sample ratio", f"min by (experiment) (splitwatch_srm_p_value{{{EXP}}}) < bool 0.001",
                "{{experiment}}", {0: ("split as configured", "green"), 1: ("MISMATCH", "red")},
                "Sequential sample ratio test (p < 0.001 is a mismatch): assignment or logging is broken."),
-        status("Guardrails", f"max by (metric) (splitwatch_guardrail_breached{{{EXP}}}) or vector(0)",
+        status("Guardrails", f"max by (metric) (splitwatch_guardrail_breached{{{EXP}}})",
                "{{metric}}", {0: ("holding", "green"), 1: ("BREACHED", "red")},
-               "A guardrail is breached when its harm's lower bound is above its margin."),
+               "A guardrail is breached when its harm's lower bound is above its margin. No series: no "
+               "guardrail was tested (none configured, too few units, or no analyzer running).",
+               no_value="no guardrail tested"),
         graph("Units per arm", "short", [(f"sum by (arm) (splitwatch_units{{{EXP}}})", "{{arm}}")]),
         graph("KPI value per arm", "short", [(f"splitwatch_metric_mean{{{EXP},{metric}}}", "{{arm}} {{metric}}")]),
-        band("Relative effect of $arm on $metric, with its interval",
+        band("Relative effect of $arm on $metric ($experiment), with its interval",
              f'splitwatch_effect_relative{{{EXP},{metric},arm="$arm"}}',
              f'splitwatch_effect_relative_lower{{{EXP},{metric},arm="$arm"}}',
              f'splitwatch_effect_relative_upper{{{EXP},{metric},arm="$arm"}}',

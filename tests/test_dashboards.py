@@ -27,6 +27,43 @@ def test_alert_rules_pass_promtool() -> None:
     assert unit.returncode == 0, unit.stdout + unit.stderr
 
 
+def _alerts() -> list[dict]:
+    return [r for g in yaml.safe_load((DASHBOARDS / "alerts.yaml").read_text())["groups"] for r in g["rules"]]
+
+
+def test_every_alert_links_its_runbook_section_and_keeps_the_pod() -> None:
+    # issue 25, finding 14: a runbook_url on every alert, to a section that exists; connection alerts by
+    # instance, so that the alert names the pod
+    runbook = (DASHBOARDS.parent / "docs" / "runbook.md").read_text()
+    anchors = {line[3:].strip().lower() for line in runbook.splitlines() if line.startswith("## ")}
+    for rule in _alerts():
+        url = rule["annotations"].get("runbook_url", "")
+        assert url == f"docs/runbook.md#{rule['alert'].lower()}" and rule["alert"].lower() in anchors, rule["alert"]
+    by_name = {r["alert"]: r for r in _alerts()}
+    for name in ("SplitwatchKafkaUnreachable", "SplitwatchControlTopicUnreachable"):
+        rule = by_name[name]
+        assert "by (instance)" in rule["expr"] and "$labels.instance" in rule["annotations"]["summary"]
+    assert {"SplitwatchAnalyzerDown", "SplitwatchDriftDetectorDown", "SplitwatchArmLatencyHigh"} <= by_name.keys()
+
+
+def test_the_dashboards_never_show_health_they_have_no_data_for() -> None:
+    # issue 25, findings 13 and 15
+    kpis = json.loads((DASHBOARDS / "splitwatch-kpis.json").read_text())
+    guard = next(p for p in kpis["panels"] if p["title"] == "Guardrails")
+    assert "vector(0)" not in guard["targets"][0]["expr"]  # no series is not "holding"
+    assert guard["fieldConfig"]["defaults"]["noValue"] == "no guardrail tested"
+    variables = {v["name"]: v for v in kpis["templating"]["list"]}
+    for name in ("experiment", "metric", "arm"):  # the band joins one upper to one lower bound
+        assert not variables[name].get("multi") and not variables[name].get("includeAll"), name
+    band = next(p for p in kpis["panels"] if p["title"].startswith("Relative effect of $arm"))
+    assert "repeat" not in band
+    proxy = json.loads((DASHBOARDS / "splitwatch-proxy.json").read_text())
+    errors = next(p for p in proxy["panels"] if p["title"].startswith("Error rate by arm"))
+    alert = next(r for r in _alerts() if r["alert"] == "SplitwatchArmErrorRateHigh")
+    assert 'status=~"5.."' in errors["targets"][0]["expr"] and 'status=~"5.."' in alert["expr"]
+    assert "499" not in errors["targets"][0]["expr"]  # the alert's definition; 499s drawn apart
+
+
 def test_the_committed_dashboards_are_what_the_builder_generates() -> None:
     """dashboards/*.json are built by dashboards/build.py (grafana-foundation-sdk); edits go there."""
     res = subprocess.run([sys.executable, str(DASHBOARDS / "build.py"), "--check"], capture_output=True, text=True)
