@@ -87,6 +87,20 @@ def test_a_better_finetuned_model_is_found_better(tmp_path: Path, stubs) -> None
     assert "better on" in (tmp_path / "out" / "report.md").read_text()
     assert "<h1>Offline evaluation: support-ft</h1>" in (tmp_path / "out" / "report.html").read_text()
     assert (tmp_path / "out" / "results.jsonl").stat().st_mode & 0o077 == 0  # answers: owner only
+    _the_page_reads_at_1400_px(tmp_path / "out" / "report.html")
+
+
+def _the_page_reads_at_1400_px(page: Path) -> None:
+    """Issue 25, finding 11: the confusion matrix fits the page, the latency row says what its figures
+    are, and the verdict is the page's first box, not a small bullet."""
+    from tests.screenshots import page_width, screenshot
+
+    assert page_width(page, 1400) <= 1400
+    html = page.read_text()
+    assert 'class="confusion"' in html and html.index('id="verdict"') < html.index("<table")
+    assert re.search(r'<div class="verdict" id="verdict" data-verdict="worse"', html)  # errors: worse
+    assert "latency_s (mean of each case&#x27;s seconds per call; Wilcoxon on the pairs)" in html
+    print(f"\neval page at 1400 px: {screenshot(page, page.parent / 'eval-1400.png')}")
 
 
 def test_killed_run_resumes_without_repeating_finished_calls(tmp_path: Path, stubs) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import re
 import shutil
 import subprocess
@@ -55,3 +58,45 @@ def test_the_results_page_renders_every_interval_bar_and_the_verdict(tmp_path: P
     assert verdict_box > 20_000, verdict_box  # the colour-coded verdict is drawn, large, at the top
     top = np.argwhere(np.all(np.abs(pixels - np.array(KEEP_RUNNING_BG)) <= 2, axis=-1))[:, 0].min()
     assert top < 200
+
+
+def test_the_results_page_says_what_each_number_is_and_fits_1400_px(tmp_path: Path) -> None:
+    # issue 25, finding 10
+    from tests.screenshots import page_width, screenshot
+
+    page = _render(tmp_path)
+    assert page_width(page, 1400) <= 1400  # nothing runs off the page
+    dom = subprocess.run([CHROMIUM, *FLAGS, "--dump-dom", page.as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    verdict = dom.split('id="verdict"')[1].split('<ul class="summary"')[0]
+    # the power line names the metric that needs the units
+    assert re.search(r"more units each metric needs: (resolved|escalated|latency_p95_ms) [\d,]+", verdict), verdict
+    assert "<th>absolute effect [CI]</th>" in dom and "<th>n (control / treatment)</th>" in dom
+    assert "&gt;99.9%" in dom and ">100%<" not in dom  # never "chance to win 100%"
+    assert "harm ÷ margin (0: none; 1: the margin, red)" in dom and "margins<" not in dom
+    assert "vs 0.05<" in dom and "0.0500" not in dom  # one way to print a margin, as the verdict does
+    report = json.loads(subprocess.run(
+        splitwatch_command("report", "--config", str(tmp_path / "cfg.yaml"), "--experiment", "support-ft",
+                           "--from", str(datetime.now(UTC).date() - timedelta(days=6)), "--format", "json"),
+        capture_output=True, text=True, timeout=300).stdout)
+    csat = next(r for r in report["results"] if r["metric"] == "csat")
+    assert f"{csat['control_n']:,} / {csat['treatment_n']:,}" in dom  # each metric's own n
+    print(f"\nscreenshot at 1400 px: {screenshot(page, tmp_path / 'report-1400.png')}")
+
+
+def test_a_one_day_period_draws_each_interval(tmp_path: Path) -> None:
+    # issue 25, finding 10: one day was a dot with no band; the interval is drawn as a bar
+    config = _config(tmp_path)
+    day = datetime.now(UTC).date()
+    _write_lake(tmp_path, day, units=600, days=1)
+    out = tmp_path / "report.html"
+    res = subprocess.run(splitwatch_command("report", "--config", str(config), "--experiment", "support-ft",
+                                            "--from", str(day), "--output", str(out)),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    plots = re.findall(r'src="data:image/png;base64,([^"]+)"', out.read_text())
+    assert plots
+    band = np.array([0xC6, 0xDC, 0xF9])  # the interval's fill, #1a73e8 at 25% on white
+    for b64 in plots:
+        pixels = (image.imread(io.BytesIO(base64.b64decode(b64)), format="png")[..., :3] * 255).round().astype(int)
+        assert np.all(np.abs(pixels - band) <= 12, axis=-1).sum() > 300

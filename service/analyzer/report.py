@@ -17,7 +17,7 @@ from ..config import AnalyzerConfig, Config, ExperimentConfig
 from .analysis import analyze_data
 from .kpi_queries import ExperimentData, has_column, load_experiment, prepare_events, unit_definition
 from .lake import Lake
-from .report_format import fmt_count, fmt_interval, fmt_num, fmt_p, md_table
+from .report_format import fmt_chance, fmt_count, fmt_interval, fmt_margin, fmt_n, fmt_num, fmt_p, md_table
 from .shadow_stats import shadow_summaries
 
 
@@ -265,6 +265,21 @@ def verdict(rep: Report) -> Verdict:
                       state_in_force(rep))
 
 
+def power_line(v: Verdict) -> str | None:
+    """Return what reaching 80% power takes, naming the metrics that need it, or None (nothing to plan)."""
+    if not v.units_to_power:
+        return None
+    needs: dict[str, int] = {}
+    for r in v.reasons:
+        more = r.data.get("more_units")
+        if r.metric and more:
+            needs[r.metric] = max(needs.get(r.metric, 0), int(more))
+    days = f", about {v.days_to_power:.1f} more days at the current rate" if v.days_to_power else ""
+    which = "; ".join(f"{m} {fmt_count(n)}" for m, n in sorted(needs.items(), key=lambda kv: -kv[1]))
+    return (f"To reach 80% power: {fmt_count(v.units_to_power)} more units{days}"
+            + (f" (more units each metric needs: {which})" if which else "") + ".")
+
+
 def acted_test(rep: Report) -> str:
     """Return the guard's test that paused the experiment (``failures``, ``guardrail``, ``srm``), or ""."""
     st = rep.verdict.state if rep.verdict else None
@@ -363,12 +378,12 @@ def _harm(r: MetricResult) -> str:
     g = r.guardrail
     if g is None:
         return ""
-    margin = f"{g.margin * 100:.3g}%" if g.relative else fmt_num(g.margin)
-    return f"{fmt_interval(g.harm, g.lower, g.upper, percent=g.relative)} vs margin {margin}"
+    return f"{fmt_interval(g.harm, g.lower, g.upper, percent=g.relative)} vs margin {fmt_margin(g.margin, g.relative)}"
 
 
 def _row(rep: Report, r: MetricResult) -> list[str]:
-    values = [r.metric, r.arm, fmt_num(r.control.estimate), fmt_num(r.treatment.estimate)]
+    values = [r.metric, r.arm, fmt_num(r.control.estimate), fmt_num(r.treatment.estimate),
+              fmt_n(r.control.n, r.treatment.n)]
     if r.role == "guardrail":
         return [*values, _harm(r), r.guardrail.status.replace("_", " ") if r.guardrail else "n/a"]
     effects = [fmt_interval(r.effect.absolute, *r.effect.absolute_ci),
@@ -376,7 +391,7 @@ def _row(rep: Report, r: MetricResult) -> list[str]:
                fmt_p(r.p_value)]
     if r.role == "diagnostic":
         return [*values, *effects, r.decision]
-    return [*values, *effects, fmt_p(r.p_value_adjusted), f"{r.bayesian.chance_to_win:.0%}", r.decision,
+    return [*values, *effects, fmt_p(r.p_value_adjusted), fmt_chance(r.bayesian.chance_to_win), r.decision,
             _cuped(rep, r)]
 
 
@@ -390,7 +405,7 @@ def _cuped(rep: Report, r: MetricResult) -> str:
     return f"{r.variance_reduction * 100:.0f}% ({share * 100:.0f}% of units with history)"
 
 
-_VALUES = ["metric", "arm", "control", "treatment"]
+_VALUES = ["metric", "arm", "control", "treatment", "n (control / treatment)"]
 _EFFECTS = ["absolute effect [CI]", "relative effect [CI]", "p"]
 HEADERS = {"primary": [*_VALUES, *_EFFECTS, "p adjusted", "chance to win", "decision", "variance reduction (CUPED)"],
            "secondary": [*_VALUES, *_EFFECTS, "p adjusted", "chance to win", "decision",
@@ -504,9 +519,9 @@ def to_markdown(rep: Report) -> str:
         out += ["**Verdict:** none", ""]
     elif v.reasons:  # the reasons are the sentence's parts: listed once, as a list
         out += [f"**Verdict: {v.headline}.**", ""] + [f"- {r.message}" for r in v.reasons]
-        if v.units_to_power:
-            days = f", about {v.days_to_power:.1f} more days at the current rate" if v.days_to_power else ""
-            out.append(f"- To reach 80% power: {fmt_count(v.units_to_power)} more units{days}.")
+        line = power_line(v)
+        if line:
+            out.append(f"- {line}")
         out.append("")
     else:
         out += [f"**Verdict: {v.headline}.** {v.sentence}", ""]

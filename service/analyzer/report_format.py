@@ -81,3 +81,25 @@ def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 def fmt_count(n: int | float | None) -> str:
     """Return a count as an integer with thousands separators (never ``1e+03``)."""
     return "n/a" if not _finite(n) else f"{round(n):,}"  # type: ignore[arg-type]
+
+
+def fmt_chance(p: float | None) -> str:
+    """Return a chance as a percentage that never claims certainty: ``>99.9%``, ``<0.1%``, else whole percents."""
+    if not _finite(p):
+        return "n/a"
+    assert p is not None
+    if p > 0.999:
+        return ">99.9%"
+    if p < 0.001:
+        return "<0.1%"
+    return f"{p:.1%}" if p > 0.99 or p < 0.01 else f"{p:.0%}"
+
+
+def fmt_margin(margin: float, relative: bool) -> str:
+    """Return a guardrail's margin, one way everywhere (``0.03``, ``20%``): the verdict, the tables, the page."""
+    return f"{margin * 100:.3g}%" if relative else f"{margin:.3g}"
+
+
+def fmt_n(control: int, treatment: int) -> str:
+    """Return the units a metric's test counted in each arm, ``control / treatment``."""
+    return f"{control:,} / {treatment:,}"

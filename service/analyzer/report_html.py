@@ -31,21 +31,22 @@ from .report import (
     banners,
     drift_rows,
     metric_vocabulary,
+    power_line,
     shadow_category_rows,
     shadow_rows,
     timeline_rows,
 )
-from .report_format import fmt_count, fmt_interval, fmt_num, fmt_p
+from .report_format import fmt_chance, fmt_interval, fmt_margin, fmt_n, fmt_num, fmt_p
 
 esc = html.escape
 COLOURS = {"better": "#1e8e3e", "worse": "#d93025", "inconclusive": "#5f6368", "non_inferior": "#1e8e3e",
            "breached": "#d93025"}
 VERDICT_STYLE = {"ship": ("#e6f4ea", "#1e8e3e"), "keep_running": ("#fef7e0", "#e37400"),
                  "roll_back": ("#fce8e6", "#d93025"), "invalid": ("#f1f3f4", "#5f6368")}
-BAR_W, BAR_H, PAD = 260, 28, 8
+BAR_W, BAR_H, PAD = 220, 28, 8
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1280px;color:#202124;
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1340px;color:#202124;
 padding:0 1em}
 h1{font-size:1.6em;margin-bottom:.2em}
 h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
@@ -59,6 +60,7 @@ table{border-collapse:collapse;font-size:13px;width:100%}
 td,th{border-bottom:1px solid #e0e0e0;padding:6px 8px;text-align:left;vertical-align:middle}
 th{background:#f8f9fa;font-weight:600}
 td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
+td.num.iv{white-space:normal;min-width:8em}
 .metric-name{font-weight:600}.desc{color:#5f6368;font-size:12px}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;color:#fff;font-size:12px;white-space:nowrap}
 .note{font-size:12px;color:#5f6368}
@@ -66,6 +68,9 @@ td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
 .grid figure{margin:0;border:1px solid #eee;border-radius:4px;padding:4px}
 .grid img{width:100%}
 ul.summary{font-size:13px}
+.scroll{overflow-x:auto;max-width:100%}
+.axis-title{font-size:12px;font-weight:600;white-space:nowrap}
+.power{font-weight:600}
 """
 
 
@@ -123,11 +128,15 @@ def interval_svg(r: MetricResult, axis: tuple[float, float]) -> str:
 
 
 def _axis_labels(axis: tuple[float, float], guardrails: bool) -> str:
+    """Return the interval column's header: what the axis is, and the values at its two ends."""
     a, b = axis
-    unit = " margins" if guardrails else "%"
-    return (f'<div class="note" style="display:flex;justify-content:space-between;width:{BAR_W}px">'
-            f"<span>{fmt_num(a, 2)}{unit}</span><span>{'harm / margin' if guardrails else 'relative effect'}</span>"
-            f"<span>{fmt_num(b, 2)}{unit}</span></div>")
+    if guardrails:  # harm in units of the margin: 0 is no harm, 1 is the margin (the red line)
+        title, ends = "harm ÷ margin (0: none; 1: the margin, red)", (f"{a:+.2g}", f"{b:+.2g}")
+    else:
+        title, ends = "relative effect (0: none)", (f"{fmt_num(a, 2)}%", f"{fmt_num(b, 2)}%")
+    return (f'<div class="axis-title">{esc(title)}</div><div class="note" style="display:flex;'
+            f'justify-content:space-between;width:{BAR_W}px"><span>{esc(ends[0])}</span><span>{esc(ends[1])}'
+            "</span></div>")
 
 
 def _metric_cell(r: MetricResult, vocab: dict[str, dict[str, object]]) -> str:
@@ -142,33 +151,36 @@ def _section(rep: Report, role: str, rows: list[MetricResult], vocab: dict[str, 
              note: str) -> str:
     guardrails = role == "guardrail"
     axis = _axis(rows, guardrails)
+    values = ["metric", "arm", "control", "treatment", "n (control / treatment)"]
     if guardrails:
-        head = ["metric", "arm", "control", "treatment", "harm [one-sided bounds] vs margin", "interval", "status"]
+        head = [*values, "harm [one-sided bounds] vs margin", "interval", "status"]
     else:
-        head = ["metric", "arm", "control", "treatment", "relative effect [CI]", "interval", "p",
+        head = [*values, "absolute effect [CI]", "relative effect [CI]", "interval", "p",
                 *(["p adjusted", "chance to win"] if role in ("primary", "secondary") else []), "decision"]
     body = []
     for r in rows:
         # every cell is HTML: text is escaped here (a p-value "<0.001" included), markup is not
         cells = [_metric_cell(r, vocab), esc(r.arm), esc(fmt_num(r.control.estimate)),
-                 esc(fmt_num(r.treatment.estimate))]
+                 esc(fmt_num(r.treatment.estimate)), esc(fmt_n(r.control.n, r.treatment.n))]
         if guardrails and r.guardrail is not None:
             g = r.guardrail
-            margin = f"{g.margin * 100:.3g}%" if g.relative else fmt_num(g.margin)
-            cells += [esc(fmt_interval(g.harm, g.lower, g.upper, percent=g.relative) + f" vs {margin}"),
+            cells += [esc(fmt_interval(g.harm, g.lower, g.upper, percent=g.relative)
+                          + f" vs {fmt_margin(g.margin, g.relative)}"),
                       interval_svg(r, axis), _badge(g.status.replace("_", " "), g.status)]
         else:
-            cells += [esc(fmt_interval(r.effect.relative, *(r.effect.relative_ci or (None, None)), percent=True)),
+            cells += [esc(fmt_interval(r.effect.absolute, *r.effect.absolute_ci)),
+                      esc(fmt_interval(r.effect.relative, *(r.effect.relative_ci or (None, None)), percent=True)),
                       interval_svg(r, axis), esc(fmt_p(r.p_value))]
             if role in ("primary", "secondary"):
-                cells += [esc(fmt_p(r.p_value_adjusted)), f"{r.bayesian.chance_to_win:.0%}"]
+                cells += [esc(fmt_p(r.p_value_adjusted)), esc(fmt_chance(r.bayesian.chance_to_win))]
             cells.append(_badge(r.decision, r.decision))
-        body.append("<tr>" + "".join(f'<td class="{"num" if i in (2, 3, 4) else ""}">{c}</td>'
-                                     for i, c in enumerate(cells)) + "</tr>")
+        # the intervals may fold at their space (a wide table must not run off a 1,400 px page)
+        body.append("<tr>" + "".join(f'<td class="{"num iv" if i in (5, 6) else "num" if 2 <= i <= 4 else ""}">'
+                                     f"{c}</td>" for i, c in enumerate(cells)) + "</tr>")
     header = "".join(f"<th>{esc(h)}</th>" if h != "interval" else f"<th>{_axis_labels(axis, guardrails)}</th>"
                      for h in head)
-    return (f'<h2 id="{role}">{esc(TITLES[role])}</h2><table class="results" data-role="{role}"><tr>{header}</tr>'
-            + "".join(body) + f'</table><p class="note">{esc(note)}</p>')
+    return (f'<h2 id="{role}">{esc(TITLES[role])}</h2><div class="scroll"><table class="results" data-role="{role}">'
+            f"<tr>{header}</tr>" + "".join(body) + f'</table></div><p class="note">{esc(note)}</p>')
 
 
 def _plot(points: list[SeriesPoint], title: str) -> str:
@@ -182,9 +194,14 @@ def _plot(points: list[SeriesPoint], title: str) -> str:
     fig, ax = plt.subplots(figsize=(5.2, 2.6), dpi=100)
     if pts:
         xs = list(range(len(pts)))
-        ax.fill_between(xs, [(p.low if p.low is not None else p.relative) * 100 for p in pts],
-                        [(p.high if p.high is not None else p.relative) * 100 for p in pts],
-                        alpha=0.25, color="#1a73e8", lw=0, label="interval")
+        lows = [(p.low if p.low is not None else p.relative) * 100 for p in pts]
+        highs = [(p.high if p.high is not None else p.relative) * 100 for p in pts]
+        if len(pts) == 1:  # one day: a band needs two points; the interval is drawn as a bar
+            ax.fill_between([-0.15, 0.15], [lows[0]] * 2, [highs[0]] * 2, alpha=0.25, color="#1a73e8", lw=0,
+                            label="interval")
+            ax.set_xlim(-1, 1)
+        else:
+            ax.fill_between(xs, lows, highs, alpha=0.25, color="#1a73e8", lw=0, label="interval")
         ax.plot(xs, [p.relative * 100 for p in pts], marker="o", ms=3, color="#1a73e8", label="effect")
         ax.set_xticks(xs, [p.day[5:] for p in pts], fontsize=7, rotation=45 if len(pts) > 8 else 0)
     ax.axhline(0, color="#5f6368", lw=0.8)
@@ -209,10 +226,8 @@ def render_html(rep: Report, summary_lines: list[str], notes: dict[str, str], vo
     decision = v.decision if v else "invalid"
     bg, fg = VERDICT_STYLE.get(decision, VERDICT_STYLE["invalid"])
     reasons = "".join(f"<li>{esc(r.message)}</li>" for r in (v.reasons if v else []))
-    power = ""
-    if v is not None and v.units_to_power:
-        days = f", about {v.days_to_power:.1f} more days at the current rate" if v.days_to_power else ""
-        power = f"<p>To reach 80% power: {fmt_count(v.units_to_power)} more units{days}.</p>"
+    line = power_line(v) if v is not None else None
+    power = f'<p class="power">{esc(line)}</p>' if line else ""
     # the reasons are the sentence's parts: shown once, as a list (the sentence when there are none)
     body = f"<ul>{reasons}</ul>" if reasons else f"<p>{esc(v.sentence if v else 'no verdict')}</p>"
     headline = v.headline if v else "no verdict"

@@ -35,6 +35,16 @@ def _percent(metric: str) -> bool:
     return metric == "judge_order_inconsistent" or (spec is not None and spec.unit == "share")
 
 
+# what the control's and the arm's figures are, where the metric's name does not say it
+STATISTIC = {"latency_s": "mean of each case's seconds per call; Wilcoxon on the pairs",
+             "completion_tokens": "mean per case"}
+
+
+def metric_label(metric: str) -> str:
+    """Return a metric's name with the statistic its figures are (latency: a mean, not a median)."""
+    return f"{metric} ({STATISTIC[metric]})" if metric in STATISTIC else metric
+
+
 def comparison_rows(res: EvalResult) -> list[list[str]]:
     """Return the comparison table's rows (the columns of :data:`COMPARISON_HEADER`)."""
     rows = []
@@ -42,7 +52,8 @@ def comparison_rows(res: EvalResult) -> list[list[str]]:
         r, pct = c.result, _percent(c.metric)
         scale = 100.0 if pct else 1.0
         unit = "%" if pct else ""
-        rows.append([c.arm, c.metric, fmt_num(r.estimate_a * scale) + unit, fmt_num(r.estimate_b * scale) + unit,
+        rows.append([c.arm, metric_label(c.metric), fmt_num(r.estimate_a * scale) + unit,
+                     fmt_num(r.estimate_b * scale) + unit,
                      fmt_interval(r.difference, r.low, r.high, percent=pct), r.method, fmt_p(r.p_value),
                      fmt_p(c.p_adjusted), c.verdict])
     return rows
@@ -98,6 +109,34 @@ def render_markdown(res: EvalResult, dataset: Dataset) -> str:
     return "\n".join(lines) + "\n"
 
 
+EVAL_CSS = """
+.scroll{overflow-x:auto;max-width:100%}
+table.confusion{width:auto;font-size:12px}
+table.confusion th.label{writing-mode:vertical-rl;transform:rotate(180deg);white-space:nowrap;padding:6px 4px}
+table.confusion td{text-align:center;padding:3px 6px}
+.verdict .line{font-size:1.1em;margin:.3em 0}
+"""
+
+
+def _overall(res: EvalResult) -> str:
+    """Return the verdict box's colour key: worse when any candidate is worse on a metric, better when one
+    is better on some and worse on none, else not distinguishable."""
+    verdicts = {c.verdict for c in res.comparisons}
+    if "worse" in verdicts:
+        return "worse"
+    return "better" if "better" in verdicts else "not distinguishable"
+
+
+def _confusion_html(labels: list[str], matrix: list[list[int]]) -> str:
+    """Return a compact confusion matrix: column labels written upwards, so ten labels fit any page."""
+    head = "<th>expected \\ answered</th>" + "".join(
+        f'<th class="label">{html.escape(x)}</th>' for x in [*labels, "(other)"])
+    body = "".join("<tr><th>" + html.escape(label) + "</th>" + "".join(
+        f'<td style="background:rgba(26,115,232,{min(1.0, v / max(1, max(row))) * 0.35:.2f})">{v}</td>'
+        for v in row) + "</tr>" for label, row in zip(labels, matrix, strict=True))
+    return f'<div class="scroll"><table class="confusion"><tr>{head}</tr>{body}</table></div>'
+
+
 def _html_table(header: list[str], rows: list[list[str]], verdict_col: int | None = None) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = []
@@ -116,11 +155,10 @@ def _html_table(header: list[str], rows: list[list[str]], verdict_col: int | Non
 def render_html(res: EvalResult, dataset: Dataset) -> str:
     """Return the report as one self-contained HTML page."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Offline evaluation: "
-             f"{html.escape(res.experiment)}</title><style>{CSS}</style></head><body>",
+             f"{html.escape(res.experiment)}</title><style>{CSS}{EVAL_CSS}</style></head><body>",
              f"<h1>Offline evaluation: {html.escape(res.experiment)}</h1>",
              "".join(f'<p class="sub">{html.escape(s)}</p>' for s in _intro(res, dataset)),
-             "<h2>Verdict</h2><ul class='summary'>"
-             + "".join(f"<li>{html.escape(v)}</li>" for v in res.verdict_lines()) + "</ul>",
+             _verdict_box(res),
              "<h2>Paired comparisons against the control</h2>",
              _html_table(COMPARISON_HEADER, comparison_rows(res), verdict_col=len(COMPARISON_HEADER) - 1)]
     header, rows = arm_rows(res)
@@ -129,13 +167,22 @@ def render_html(res: EvalResult, dataset: Dataset) -> str:
         matrix = res.per_arm.get(a, {}).get("confusion")
         if matrix:
             parts += [f"<h2>Confusion matrix: {html.escape(a)}</h2>",
-                      "<p class='note'>rows: expected; columns: answered</p>",
-                      _html_table(["expected", *res.labels, "(other)"], _confusion_rows(res.labels, matrix))]
+                      "<p class='note'>rows: expected; columns: answered</p>", _confusion_html(res.labels, matrix)]
     if dataset.bad_lines:
         parts.append(f"<h2>Bad lines left out ({len(dataset.bad_lines)})</h2><ul>"
                      + "".join(f"<li>{html.escape(str(b))}</li>" for b in dataset.bad_lines) + "</ul>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _verdict_box(res: EvalResult) -> str:
+    """Return the verdict as the results page shows it: a coloured box at the top, one line per candidate."""
+    key = _overall(res)
+    colour = VERDICT_COLOURS[key]
+    bg = {"better": "#e6f4ea", "worse": "#fce8e6"}.get(key, "#f1f3f4")
+    lines = "".join(f'<div class="line">{html.escape(v)}</div>' for v in res.verdict_lines())
+    return (f'<div class="verdict" id="verdict" data-verdict="{key}" style="background:{bg};border-color:{colour}">'
+            f'<div class="decision" style="color:{colour}">Verdict</div>{lines}</div>')
 
 
 def report_json(res: EvalResult, dataset: Dataset) -> dict[str, Any]:

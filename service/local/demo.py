@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from ..analyzer.ingest import Ingestor
-from ..analyzer.report import RENDERERS, build_report
+from ..analyzer.report import RENDERERS, build_report, power_line
 from ..analyzer.report_format import fmt_count, fmt_num
 from ..config import Config, parse_config
 from ..delivery.shipper import KafkaSink
@@ -341,8 +341,8 @@ def run_demo(units: int = 2000, seed: int = 7, workdir: str | None = None) -> in
     # (the drift monitor's warnings, transformers' notice) would break the display
     for name in ("splitwatch", "transformers", "alibi_detect", "numba"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    # a terminal's own width (the display fits 80 columns); a pipe or a file gets 120
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    # a terminal's own width (the display fits 80 columns); a pipe or a file gets COLUMNS, else 120
+    console = Console(highlight=False, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 120)
     broker = Broker(logs)
     # the stubs also know the shipped eval test set, and answer it right 72% and 88% of the time
     key = ("--answer-key", str(SUPPORT_INTENTS))
@@ -512,11 +512,9 @@ def _digest(rep: Any) -> list[str]:
     lines = [f"Verdict on {rep.experiment.key}: {v.headline if v else 'none'}."]
     for r in v.reasons if v else []:
         lines.append(f"  - {r.message}")
-    if v is not None and v.units_to_power:
-        need = [r.metric for r in v.reasons if r.data.get("more_units") and r.metric]
-        days = f", about {v.days_to_power:.1f} more days at the current rate" if v.days_to_power else ""
-        lines.append(f"  - To reach 80% power on {', '.join(dict.fromkeys(need)) or 'what is missing'}: "
-                     f"{fmt_count(v.units_to_power)} more units{days}.")
+    line = power_line(v) if v is not None else None
+    if line:
+        lines.append(f"  - {line}")
     return lines
 
 
