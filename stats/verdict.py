@@ -393,9 +393,10 @@ def with_state(verdict: Verdict, state: StateInForce | None) -> Verdict:
     when = _at(state.since)
     who = state.by or ("the rollout guard" if state.actor == "guard" else "an operator")
     acted = _which_test_acted(state.evidence) if state.actor == "guard" else None
-    reasons = [Reason(r.code, r.message, r.metric, r.arm, {k: v for k, v in r.data.items() if k not in _PLANNING})
-               for r in verdict.reasons]
     by_guard = state.actor == "guard" and verdict.decision != "invalid"
+    prefix = "on the data alone: " if by_guard else ""  # the data's reasons, under the guard's decision
+    reasons = [Reason(r.code, prefix + r.message, r.metric, r.arm,
+                      {k: v for k, v in r.data.items() if k not in _PLANNING}) for r in verdict.reasons]
     code = "rolled_back_by_guard" if by_guard else "paused"
     head = (f"rolled back by the rollout guard{when}" + ("" if acted else f": {state.reason}") if by_guard
             else f"paused by {who}{when}: {state.reason}")

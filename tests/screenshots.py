@@ -54,7 +54,7 @@ def terminal_screenshot(text: str, png: Path, columns: int = 80) -> Path:
 
     with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "sink", "w") as sink:
         console = Console(record=True, width=columns, file=sink, force_terminal=True)
-        console.print(Text.from_ansi(text), soft_wrap=True)
+        console.print(Text.from_ansi(text), overflow="fold")  # a terminal folds a long line at its width
         page = Path(tmp) / "terminal.html"
         page.write_text(console.export_html(inline_styles=True), encoding="utf-8")
         rows = text.count("\n") + 2

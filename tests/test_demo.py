@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -32,10 +33,16 @@ def events_read(out: Path) -> list[str]:
 def test_the_demo_tours_the_product_and_leaves_nothing_running(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     res = subprocess.run(splitwatch_command("demo", "--units", "400", "--workdir", str(out)),
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "80"})
     assert res.returncode == 0, res.stdout + res.stderr
     text = res.stdout
-    m = re.search(r"(\d+) events of support-ft read back from Kafka \((\d+) requests, (\d+) outcomes", text)
+    # issue 25, finding 8: at 80 columns nothing is cut, and every line fits but the commands to paste,
+    # which are never folded (a terminal wraps them on screen; a copy is one line)
+    assert "…" not in text, text
+    wide = [line for line in text.splitlines() if len(line) > 80 and not re.match(r"  (\S*splitwatch|\()", line)]
+    assert not wide, wide
+    m = re.search(r"(\d+) events of support-ft read back from Kafka \((\d+) requests, (\d+) outcomes",
+                  " ".join(text.split()))
     assert m, text
     events, requests, outcomes = map(int, m.groups())
     assert requests >= 400 and outcomes == 3 * requests  # resolved, escalated, csat per conversation
@@ -81,10 +88,10 @@ def test_the_demo_tours_the_product_and_leaves_nothing_running(tmp_path: Path) -
         "report", "--config", str(out / "splitwatch.yaml"), "--experiment", "support-ft-v2", "--from",
         control[0]["ts"][:10], "--format", "json"), capture_output=True, text=True, timeout=300).stdout)
     assert v2["verdict"]["decision"] == "roll_back" and v2["verdict"]["state"]["evidence"]["treatment"] == t
-    lake = re.search(r"The lake holds ([\d,]+) events", text)
+    lake = re.search(r"The lake holds ([\d,]+) events", " ".join(text.split()))
     # the lake holds every event read back from Kafka, and the drift events sent after (never "0 events")
     assert lake and int(lake.group(1).replace(",", "")) == len(set(events_read(out))) >= events > 0
-    m_all = re.search(r"; (\d+) events in all\)", text)
+    m_all = re.search(r"; (\d+) events in all\)", " ".join(text.split()))
     assert m_all and len(set(events_read(out))) >= int(m_all.group(1))
     print(f"\ndrift noticed {int(noticed) - int(shift)} exposures after the shift; rollback after {r.group(1)} s "
           f"on {t['failures']} of {t['requests']} failed requests")
@@ -93,8 +100,9 @@ def test_the_demo_tours_the_product_and_leaves_nothing_running(tmp_path: Path) -
     ev = json.loads((out / "eval" / "report.json").read_text())
     verdicts = {c["metric"]: c["verdict"] for c in ev["comparisons"]}
     assert ev["cases"] == 220 and verdicts["accuracy"] == "better", verdicts
-    assert re.search(r"Offline eval before users \(220 support messages.*base accuracy \d", text), text
-    assert "finetuned against base: better on" in text
+    flat = " ".join(text.split())  # prose is folded to the width
+    assert re.search(r"Offline eval before users \(220 support messages.*base accuracy \d", flat), text
+    assert "finetuned against base: better on" in flat
 
     # the kept output directory: the reports, the config, the lake, the logs
     report = json.loads((out / "report.json").read_text())

@@ -524,8 +524,9 @@ def _results_table(rep: Any) -> Any:
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for col, justify in (("metric", "left"), ("role", "left"), ("base", "right"), ("finetuned", "right"),
-                         ("effect / harm", "right"), ("result", "left")):
+    table.add_column("metric", overflow="fold")  # a long name folds; the figures never do
+    for col, justify in (("role", "left"), ("base", "right"), ("finetuned", "right"), ("effect", "right"),
+                         ("result", "left")):
         table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for r in rep.result.results if rep.result else []:
         g = r.guardrail
