@@ -24,6 +24,7 @@ from .estimates import (
     quantile_estimate,
     ratio_estimate,
 )
+from .group_sequential import GroupDesign, compare_group
 from .guardrails import DEFAULT_MIN_UNITS, GuardrailResult, GuardrailSpec, check_guardrail
 from .metric import MetricDefinition
 from .multiple_testing import adjust_p_values
@@ -49,6 +50,10 @@ class AnalysisOptions:
     decision_scale: Literal["absolute", "relative"] = "absolute"  # which p-value decides
     guardrail_alpha: float = 0.05  # level of each one-sided guardrail bound (0.05: a 90% interval)
     min_units_per_arm: int = DEFAULT_MIN_UNITS  # below it, no guardrail is non-inferior and nothing ships
+    # sequential with a group design: repeated p-values and intervals at planned looks (stats.group_sequential)
+    # instead of the normal mixture; ``earlier_looks``: the units (all arms) at the looks already taken
+    group: GroupDesign | None = None
+    earlier_looks: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("alpha", "guardrail_alpha", "srm_alpha"):
@@ -155,8 +160,8 @@ def _plain_estimates(metric: MetricDefinition, per_arm: Mapping[str, Stats]) -> 
 
 
 def _effect(metric: MetricDefinition, c: ArmEstimate, t: ArmEstimate, sc: Stats, stt: Stats,
-            options: AnalysisOptions) -> Effect:
-    effect = _plain_effect(metric, c, t, sc, stt, options)
+            options: AnalysisOptions, look_units: int) -> Effect:
+    effect = _plain_effect(metric, c, t, sc, stt, options, look_units)
     if (isinstance(sc, QuantileStats) and isinstance(stt, QuantileStats)
             and max(sc.design_effect, stt.design_effect) >= 1.005):
         # say that the interval was widened for observations clustered in units, and by how much
@@ -183,10 +188,12 @@ def _binary_view(metric: MetricDefinition, sc: Stats, stt: Stats) -> tuple[Sampl
 
 
 def _plain_effect(metric: MetricDefinition, c: ArmEstimate, t: ArmEstimate, sc: Stats, stt: Stats,
-                  options: AnalysisOptions) -> Effect:
+                  options: AnalysisOptions, look_units: int) -> Effect:
     counts = _binary_view(metric, sc, stt)
     if counts is not None and c.variance + t.variance == 0:
         return compare_proportions(*counts, alpha=options.alpha)  # no test: p = 1, Newcombe's interval
+    if options.sequential and options.group is not None:
+        return compare_group(c, t, options.group, look_units, options.alpha, options.earlier_looks)
     if options.sequential:
         return compare_sequential(c, t, options.alpha, options.n_star)
     if counts is not None:
@@ -237,6 +244,8 @@ def analyze(metrics: Sequence[MetricDefinition], arm_stats: Mapping[str, Mapping
         raise InvalidSpecification("need at least one treatment arm besides the control")
     pending = []
     skipped: dict[str, str] = {}
+    # a group design's information fraction is the experiment's, shared by its metrics: units at this look
+    look_units = sum(units.values()) if units else 0
     for metric in metrics:
         per_arm = {}
         for arm in arm_stats:
@@ -249,7 +258,8 @@ def analyze(metrics: Sequence[MetricDefinition], arm_stats: Mapping[str, Mapping
             est, plain = _estimates(metric, per_arm)
             rows = []
             for arm in treatments:
-                eff = _effect(metric, est[control], est[arm], per_arm[control], per_arm[arm], options)
+                eff = _effect(metric, est[control], est[arm], per_arm[control], per_arm[arm], options,
+                              look_units or est[control].n + est[arm].n)
                 reduction = None
                 if plain is not None:
                     before = plain[control].variance + plain[arm].variance
@@ -271,9 +281,11 @@ def analyze(metrics: Sequence[MetricDefinition], arm_stats: Mapping[str, Mapping
     for i, (metric, arm, c, t, eff, p, reduction, c_shown, t_shown) in enumerate(pending):
         guard = None
         if metric.guardrail:
+            group_z = (options.group.bound(look_units or c.n + t.n, options.guardrail_alpha, options.earlier_looks)
+                       if options.sequential and options.group is not None else None)
             spec = GuardrailSpec(metric.direction, metric.margin or 0.0, metric.relative_margin,
                                  options.guardrail_alpha, options.sequential, options.n_star,
-                                 options.min_units_per_arm)
+                                 options.min_units_per_arm, group_z)
             counts = _binary_view(metric, arm_stats[control][metric.name], arm_stats[arm][metric.name])
             guard = check_guardrail(spec, eff, c, t, *(counts or (None, None)), binary=counts is not None)
         p_adj = adjusted.get(i, p)

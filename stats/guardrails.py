@@ -66,6 +66,9 @@ class GuardrailSpec:
     sequential: bool = False
     n_star: int = DEFAULT_N_STAR
     min_units: int = DEFAULT_MIN_UNITS
+    # a group-sequential design's one-sided boundary at this look (stats.group_sequential): with it, a
+    # sequential bound is estimate +- z se at the planned looks instead of the normal mixture's
+    group_z: float | None = None
 
 
 def _katz_log_ratio(control: SampleStats, treatment: SampleStats) -> tuple[float, float]:
@@ -88,18 +91,26 @@ def _binary_bounds(control: SampleStats, treatment: SampleStats, spec: Guardrail
         if spec.sequential:
             if v == 0:
                 raise InvalidStatistics("no variance")
-            h = one_sided_halfwidth(v, n, spec.alpha, spec.n_star)
-            method = "katz_log_ratio_adjusted_msprt_one_sided"
+            h, method = _sequential_halfwidth(v, n, spec, "katz_log_ratio_adjusted")
         else:
             h = norm_ppf(1 - spec.alpha) * math.sqrt(v)
             method = "katz_log_ratio_adjusted"
         return math.exp(log_rr - h) - 1, math.exp(log_rr + h) - 1, method
     if spec.sequential:
         d, v = agresti_caffo(control.sum, control.n, treatment.sum, treatment.n)
-        h = one_sided_halfwidth(v, n, spec.alpha, spec.n_star)
-        return d - h, d + h, "agresti_caffo_msprt_one_sided"
+        h, method = _sequential_halfwidth(v, n, spec, "agresti_caffo")
+        return d - h, d + h, method
     lo, hi = newcombe_interval(control, treatment, 2 * spec.alpha)
     return lo, hi, "newcombe_hybrid_score"
+
+
+def _sequential_halfwidth(v: float, n: int, spec: GuardrailSpec, what: str) -> tuple[float, str]:
+    """Return the one-sided half-width of a sequential bound and its method: the group design's boundary
+    at this look when there is one, else the normal mixture's confidence sequence."""
+    prefix = f"{what}_" if what else ""
+    if spec.group_z is not None:
+        return spec.group_z * math.sqrt(v), f"{prefix}group_sequential_one_sided"
+    return one_sided_halfwidth(v, n, spec.alpha, spec.n_star), f"{prefix}msprt_one_sided"
 
 
 def _estimate_bounds(control: ArmEstimate, treatment: ArmEstimate, effect: Effect,
@@ -116,8 +127,7 @@ def _estimate_bounds(control: ArmEstimate, treatment: ArmEstimate, effect: Effec
     if v <= 0:
         raise InvalidStatistics("no variance in either arm: nothing bounds the harm")
     if spec.sequential:
-        h = one_sided_halfwidth(v, control.n + treatment.n, spec.alpha, spec.n_star)
-        method = "msprt_one_sided"
+        h, method = _sequential_halfwidth(v, control.n + treatment.n, spec, "")
     else:
         q = norm_ppf(1 - spec.alpha) if effect.df is None else t_ppf(1 - spec.alpha, effect.df)
         h = q * math.sqrt(v)

@@ -172,6 +172,10 @@ class _Planner:
     def _halfwidth(self, alpha: float, two_sided: bool) -> Callable[[float, int], float]:
         """Return the test's half-width as a function of (variance, units): z, or the confidence sequence."""
         o = self.o
+        if o.sequential and o.group is not None:
+            # the design's last planned boundary: the power of its final look (earlier looks only add)
+            c = o.group.final_bound(alpha / 2 if two_sided else alpha)
+            return lambda v, n: c * math.sqrt(v)
         if o.sequential:
             if two_sided:
                 return lambda v, n: boundary(v, n, alpha, o.n_star).halfwidth
