@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
+import math
 import os
 import types
 import typing
@@ -158,6 +159,31 @@ class ShadowConfig(_Strict):
     max_per_second: float | None = Field(None, gt=0)
 
 
+class PlanConfig(_Strict):
+    """What the experiment plans: its traffic and duration, which tune its sequential tests (docs/stats.md).
+
+    ``units_per_day`` counts new units of every arm together. The mixture's ``n_star`` is the planned
+    units (``units_per_day`` x ``days``) unless set here; the group design looks ``looks`` times
+    (default: once a day) up to the planned units.
+    """
+
+    units_per_day: int = Field(gt=0)
+    days: float = Field(gt=0)
+    looks: int | None = Field(None, ge=1)
+    n_star: int | None = Field(None, ge=1)
+    spending: Literal["obrien_fleming", "pocock", "hwang_shih_decani"] = "obrien_fleming"
+
+    @property
+    def planned_units(self) -> int:
+        """Return the units (all arms) the plan expects by its last day."""
+        return max(2, round(self.units_per_day * self.days))
+
+    @property
+    def planned_looks(self) -> int:
+        """Return the group design's planned looks: ``looks``, else one a day."""
+        return self.looks or max(1, math.ceil(self.days))
+
+
 class ExperimentConfig(_Strict):
     key: Name
     model: str = Field(min_length=1)
@@ -169,6 +195,7 @@ class ExperimentConfig(_Strict):
     metrics: list[MetricConfig] = Field(default_factory=list)
     rollout: RolloutConfig | None = None
     shadow: ShadowConfig | None = None
+    plan: PlanConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -322,7 +349,10 @@ class AnalyzerConfig(_Strict):
     port: int = Field(9108, ge=0, le=65535)
     alpha: float = Field(0.05, gt=0, lt=1)
     correction: Literal["holm", "bh", "bonferroni", "none"] = "holm"
-    sequential_n_star: int = Field(10_000, ge=1)
+    sequential_n_star: int = Field(10_000, ge=1)  # the mixture's n_star for an experiment without a plan
+    # always-valid tests: the normal mixture (valid at every look), or a group-sequential design (valid at
+    # its planned looks; every experiment then needs a plan)
+    sequential: Literal["mixture", "group"] = "mixture"
     # the verdict (design, "Metric roles and the verdict"): which scale's p-value decides a primary
     # or secondary metric, the level of each one-sided guardrail bound (0.05: a 90% interval), and
     # the units each arm needs before a guardrail can be non-inferior or anything can ship
@@ -392,6 +422,11 @@ class Config(_Strict):
     def _unique(self) -> Config:
         _require_unique([e.key for e in self.experiments], "experiment keys must be unique")
         _require_unique([e.model for e in self.experiments], "two experiments match the same requested model")
+        if self.analyzer.sequential == "group":
+            unplanned = [f"experiments.{i}.plan ({e.key})" for i, e in enumerate(self.experiments) if e.plan is None]
+            if unplanned:
+                raise ValueError("analyzer.sequential: group needs a plan on every experiment (its looks are "
+                                 "spread up to the planned units): missing " + ", ".join(unplanned))
         return self
 
     def experiment(self, key: str) -> ExperimentConfig | None:

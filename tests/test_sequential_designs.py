@@ -43,3 +43,56 @@ def test_a_design_says_where_its_looks_are() -> None:
     # past the plan, the last look spends what is left: the whole design spends exactly alpha
     late = boundaries(design.fractions(9000), alpha=0.025)
     assert late.fractions[-1] > 1 and sum(crossing_probabilities(late, 0.0)) == pytest.approx(0.025, abs=1e-6)
+
+
+def test_the_report_tunes_to_the_plan_and_says_which_design_it_used(tmp_path) -> None:
+    import json
+    import subprocess
+    from datetime import UTC, datetime, timedelta
+
+    import yaml
+
+    from splitwatch.service.local.processes import splitwatch_command
+    from tests.test_report_cli import _config, _write_lake
+
+    first = datetime.now(UTC).date() - timedelta(days=2)
+    _write_lake(tmp_path, first, units=900, days=3)
+    cfg = yaml.safe_load(_config(tmp_path).read_text())
+    cfg["experiments"][0]["plan"] = {"units_per_day": 300, "days": 10}
+
+    def report(**analyzer: object) -> dict:
+        path = tmp_path / "plan.yaml"
+        path.write_text(yaml.safe_dump({**cfg, "analyzer": {**cfg["analyzer"], **analyzer}}))
+        res = subprocess.run(splitwatch_command("report", "--config", str(path), "--experiment", "support-ft",
+                                                "--from", str(first), "--format", "json"),
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout)
+
+    mixture = report()
+    assert mixture["sequential_design"] == {"design": "mixture", "n_star": 3000,
+                                            "n_star_from": "the plan's units (units_per_day x days)"}
+    assert all("n_star=3000" in r["method"] for r in mixture["results"] if r["role"] == "primary")
+    group = report(sequential="group")
+    d = group["sequential_design"]
+    assert d["design"] == "group" and d["planned_units"] == 3000 and d["planned_looks"] == 10
+    assert d["look"] == 3 and d["information_fraction"] == 0.3  # the report's three days are its looks
+    primary = next(r for r in group["results"] if r["role"] == "primary")
+    assert primary["method"].startswith("group_sequential(obrien_fleming, look 3 of 10")
+    # this look's boundary, with the report's first two days as the earlier looks (300 units a day)
+    assert d["boundary_z"] == pytest.approx(GroupDesign(3000, 10).bound(900, 0.025, earlier=[300, 600]), abs=1e-9)
+    assert d["boundary_z"] > 3  # 30% of the way, O'Brien-Fleming-like spending asks for much more than 1.96
+    lo, hi = primary["absolute_ci"]  # the repeated interval excludes 0 exactly when the repeated p is below alpha
+    assert (lo > 0 or hi < 0) == (primary["p_value"] < 0.05)
+
+
+def test_a_group_design_without_a_plan_is_refused_naming_the_field(tmp_path) -> None:
+    from splitwatch.service.config import ConfigError, parse_config
+
+    raw = {"analyzer": {"sequential": "group"}, "experiments": [{
+        "key": "x", "model": "m", "arms": [{"name": "a", "weight": 1, "upstream": {"base_url": "http://a/v1",
+                                                                                   "model": "a"}},
+                                           {"name": "b", "weight": 1, "upstream": {"base_url": "http://b/v1",
+                                                                                   "model": "b"}}]}]}
+    with pytest.raises(ConfigError, match=r"experiments\.0\.plan \(x\)"):
+        parse_config(raw, environ={})

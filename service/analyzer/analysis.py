@@ -16,29 +16,49 @@ from splitwatch.stats import (
     decide,
     with_state,
 )
+from splitwatch.stats.group_sequential import GroupDesign
 
 from .. import metrics
 from ..config import AnalyzerConfig, ExperimentConfig
 from .kpi_queries import ExperimentData
 
 
-def analysis_options(cfg: AnalyzerConfig, sequential: bool) -> AnalysisOptions:
-    """Return the engine's options for the analyzer's config (sequential: always-valid tests and SRM)."""
+def n_star_of(exp: ExperimentConfig, cfg: AnalyzerConfig) -> int:
+    """Return the mixture's n_star for an experiment: its plan's own, else its planned units, else the
+    analyzer's ``sequential_n_star`` (docs/stats.md, "Tuning to the plan")."""
+    if exp.plan is None:
+        return cfg.sequential_n_star
+    return exp.plan.n_star or exp.plan.planned_units
+
+
+def group_design(exp: ExperimentConfig, cfg: AnalyzerConfig) -> GroupDesign | None:
+    """Return the experiment's group-sequential design when the analyzer uses one, else None."""
+    if cfg.sequential != "group" or exp.plan is None:
+        return None
+    return GroupDesign(exp.plan.planned_units, exp.plan.planned_looks, exp.plan.spending)
+
+
+def analysis_options(cfg: AnalyzerConfig, sequential: bool, exp: ExperimentConfig | None = None,
+                     earlier_looks: tuple[int, ...] = ()) -> AnalysisOptions:
+    """Return the engine's options for the analyzer's config (sequential: always-valid tests and SRM),
+    tuned to the experiment's plan when it has one; ``earlier_looks``: the units at the looks already
+    taken (a group design's report)."""
     return AnalysisOptions(alpha=cfg.alpha, correction=cfg.correction, sequential=sequential,
-                           n_star=cfg.sequential_n_star, srm_sequential=sequential,
-                           decision_scale=cfg.decision_scale, guardrail_alpha=cfg.guardrail_alpha,
-                           min_units_per_arm=cfg.min_units_per_arm)
+                           n_star=cfg.sequential_n_star if exp is None else n_star_of(exp, cfg),
+                           srm_sequential=sequential, decision_scale=cfg.decision_scale,
+                           guardrail_alpha=cfg.guardrail_alpha, min_units_per_arm=cfg.min_units_per_arm,
+                           group=None if exp is None else group_design(exp, cfg), earlier_looks=earlier_looks)
 
 
 def analyze_data(data: ExperimentData, exp: ExperimentConfig, cfg: AnalyzerConfig,
-                 sequential: bool) -> ExperimentResult:
+                 sequential: bool, earlier_looks: tuple[int, ...] = ()) -> ExperimentResult:
     """Return the engine's result for the experiment's data.
 
     While an arm has fewer than 2 units no metric can be tested, but the sample ratio checks still
     run: an arm that gets no units is a broken assignment, not a reason to wait.
     """
     arms = [a.name for a in exp.arms]
-    options = analysis_options(cfg, sequential)
+    options = analysis_options(cfg, sequential, exp, earlier_looks)
     units = {a: data.units.get(a, 0) for a in arms}
     weights = {a.name: a.weight for a in exp.arms}
     if any(units[a] < 2 for a in arms):

@@ -97,7 +97,13 @@ class RolloutGuard:
         alpha = (exp.rollout.alpha or a.guardrail_alpha) / max(1, tests)
         if st.since is not None:
             data = load_experiment(con, None, exp, a, start=st.since)
-        if st.since is not None or alpha != a.guardrail_alpha:
+        group = a.sequential == "group"
+        if group:
+            # The guard looks at every live analysis, far more often than a group design's planned looks,
+            # and a group design's level holds only at those: the guard keeps the always-valid mixture
+            # (tuned to the plan), whatever the report's design (docs/rollout.md)
+            a = a.model_copy(update={"sequential": "mixture"})
+        if st.since is not None or alpha != a.guardrail_alpha or group:
             result = analyze_data(data, exp, a.model_copy(update={"guardrail_alpha": alpha}), sequential=True)
         row = con.execute("SELECT count(DISTINCT unit_id) FROM ev WHERE type = 'exposure' "
                           "AND NOT coalesce(forced, false) AND ts >= ?", [st.ts]).fetchone()

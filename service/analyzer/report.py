@@ -106,10 +106,12 @@ def build_report(cfg: Config, key: str, start: date, end: date, sequential: bool
         timeline = _timeline(con, end)
         shadow = shadow_summaries(con, _day_start(start), _day_start(end + timedelta(days=1)), cfg.analyzer.alpha,
                                   lake.glob(key))
+        looks: list[int] = []  # units at the end of each earlier day: a group design's looks so far
         for i, day in enumerate(days, 1):
             data = load_experiment(con, None, exp, cfg.analyzer, _day_start(start),
                                    _day_start(day + timedelta(days=1)))
-            result = analyze_data(data, exp, cfg.analyzer, sequential)
+            result = analyze_data(data, exp, cfg.analyzer, sequential, tuple(looks))
+            looks.append(sum(data.units.values()))
             for r in result.results if result else []:
                 series.setdefault((r.metric, r.arm), []).append(SeriesPoint(
                     day.isoformat(), r.effect.relative, *(r.effect.relative_ci or (None, None))))
@@ -326,6 +328,47 @@ def _srm_dict(res: ExperimentResult | None) -> dict[str, Any] | None:
     return out
 
 
+def design_of(rep: Report) -> dict[str, Any]:
+    """Return the sequential design the report's tests used: the mixture with its n_star (and where it
+    came from), or the group design with its plan and this look; fixed horizon when not sequential."""
+    exp, a = rep.experiment, rep.analyzer
+    if not rep.sequential:
+        return {"design": "fixed_horizon"}
+    o = rep.result.options if rep.result is not None else None
+    if o is not None and o.group is not None:
+        units = sum(rep.data.units.values())
+        fractions = o.group.fractions(units, o.earlier_looks)
+        return {"design": "group", "spending": o.group.spending, "planned_units": o.group.planned_units,
+                "planned_looks": o.group.looks, "look": len(fractions), "information_fraction": fractions[-1],
+                "boundary_z": o.group.bound(units, o.alpha / 2, o.earlier_looks),
+                "guardrail_boundary_z": o.group.bound(units, o.guardrail_alpha, o.earlier_looks)}
+    source = ("the plan's n_star" if exp.plan is not None and exp.plan.n_star else
+              "the plan's units (units_per_day x days)" if exp.plan is not None else "analyzer.sequential_n_star")
+    return {"design": "mixture", "n_star": o.n_star if o is not None else a.sequential_n_star, "n_star_from": source}
+
+
+def _validity(rep: Report) -> str:
+    """Return when the report's intervals hold: under continuous monitoring, or at the planned looks."""
+    if not rep.sequential:
+        return ""
+    return ", valid at the planned looks" if design_of(rep)["design"] == "group" else \
+        ", valid under continuous monitoring"
+
+
+def design_line(rep: Report) -> str:
+    """Return the design in one line, for the summary."""
+    d = design_of(rep)
+    if d["design"] == "fixed_horizon":
+        return "Tests: fixed horizon (valid once, at the planned sample size)"
+    if d["design"] == "group":
+        return (f"Tests: group-sequential ({d['spending'].replace('_', '-')} spending), look {d['look']} of "
+                f"{d['planned_looks']} planned, at {d['information_fraction']:.0%} of the planned "
+                f"{fmt_count(d['planned_units'])} units; boundary z {d['boundary_z']:.3f} (two-sided), "
+                f"{d['guardrail_boundary_z']:.3f} for guardrails; valid at the planned looks")
+    return (f"Tests: always-valid normal mixture, n_star {fmt_count(d['n_star'])} ({d['n_star_from']}); "
+            "valid at every look")
+
+
 def to_dict(rep: Report) -> dict[str, Any]:
     """Return the report as JSON-ready data."""
     d, res = rep.data, rep.result
@@ -334,7 +377,7 @@ def to_dict(rep: Report) -> dict[str, Any]:
         "experiment": rep.experiment.key, "phase": rep.experiment.phase, "from": rep.start.isoformat(),
         "to": rep.end.isoformat(), "method": "always-valid (sequential)" if rep.sequential else "fixed horizon",
         "alpha": o.alpha if o else None, "correction": o.correction if o else None,
-        "decision_scale": o.decision_scale if o else None,
+        "decision_scale": o.decision_scale if o else None, "sequential_design": design_of(rep),
         "guardrail_alpha_one_sided": o.guardrail_alpha if o else None,
         "min_units_per_arm": o.min_units_per_arm if o else None,
         "units": d.units, "requests": d.requests, "excluded": {
@@ -438,7 +481,7 @@ def _sections(rep: Report) -> list[tuple[str, list[str], list[list[str]], str]]:
         elif o is not None and role == "guardrail":
             note = (f"Harm bounds are one-sided at {o.guardrail_alpha:g} each (a "
                     f"{round(100 * (1 - 2 * o.guardrail_alpha))}% interval"
-                    f"{', valid under continuous monitoring' if rep.sequential else ''}); non-inferior when the "
+                    f"{_validity(rep)}); non-inferior when the "
                     f"upper bound is below the margin, breached when the lower bound is above it; at least "
                     f"{o.min_units_per_arm} units per arm.")
         methods = sorted({(r.guardrail.method if r.guardrail and role == "guardrail" else r.method)
@@ -457,6 +500,7 @@ def _summary_lines(rep: Report) -> list[str]:
     tests = "always-valid sequential tests" if rep.sequential else "fixed-horizon tests"
     lines = [f"Experiment {rep.experiment.key}, phase {rep.experiment.phase}, units first exposed "
              f"{rep.start} to {rep.end} ({tests})",
+             design_line(rep),
              "Units per arm: " + ", ".join(f"{a} {fmt_count(n)}" for a, n in sorted(d.units.items())),
              "Requests per arm: " + ", ".join(f"{a} {fmt_count(n)}" for a, n in sorted(d.requests.items()))]
     for t in res.srm_tests if res is not None else ():
