@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ._dist import norm_ppf
+from ._dist import norm_cdf, norm_ppf
 from .engine import ExperimentResult, MetricResult
 from .metric import MetricDefinition
 from .power import units_to_reach
@@ -148,6 +148,12 @@ def _effect_text(r: MetricResult) -> str:
     return f"{_num(e.absolute)}{rel}, {_p_text(r.p_value_adjusted)}"
 
 
+def _power_text(plan: Mapping[str, Any]) -> str:
+    """Return "; power so far 43%" for a plan that knows it, else ""."""
+    p = plan.get("power_now")
+    return "" if p is None else f"; power so far {p:.0%}"
+
+
 def _why_skipped(result: ExperimentResult, metric: str) -> str:
     return result.skipped.get(metric) or result.skipped.get("every metric") or "no data"
 
@@ -186,9 +192,10 @@ class _Planner:
     def primary(self, r: MetricResult, metric: MetricDefinition) -> dict[str, Any]:
         gap = metric.mde if metric.mde is not None else abs(r.effect.absolute)
         half = self._halfwidth(self.alpha_primary, two_sided=True)
-        needed = units_to_reach(gap, r.effect.se ** 2, r.control.n + r.treatment.n, half, PLANNED_POWER)
+        n = r.control.n + r.treatment.n
+        needed = units_to_reach(gap, r.effect.se ** 2, n, half, PLANNED_POWER)
         return {"planned_effect": gap, "effect_source": "mde" if metric.mde is not None else "observed",
-                **self._more(needed, r)}
+                "power_now": _power_now(gap, r.effect.se ** 2, n, half), **self._more(needed, r)}
 
     def guardrail(self, r: MetricResult) -> dict[str, Any]:
         g, o = r.guardrail, self.o
@@ -199,8 +206,19 @@ class _Planner:
         if not se:
             return {"assumed_harm": assumed, **self._more(None, r)}
         half = self._halfwidth(o.guardrail_alpha, two_sided=False)
-        needed = units_to_reach(g.margin - assumed, se * se, r.control.n + r.treatment.n, half, PLANNED_POWER)
-        return {"assumed_harm": assumed, **self._more(needed, r)}
+        n = r.control.n + r.treatment.n
+        needed = units_to_reach(g.margin - assumed, se * se, n, half, PLANNED_POWER)
+        return {"assumed_harm": assumed, "power_now": _power_now(g.margin - assumed, se * se, n, half),
+                **self._more(needed, r)}
+
+
+def _power_now(gap: float, variance: float, n: int, halfwidth: Callable[[float, int], float]) -> float | None:
+    """Return the chance that the test, at this look, clears a true ``gap`` (the power reached so far,
+    under the design's own half-width), or None when it cannot be said."""
+    if gap <= 0 or variance <= 0:
+        return None
+    sd = math.sqrt(variance)
+    return norm_cdf((gap - halfwidth(variance, n)) / sd)
 
 
 def _srm_reasons(result: ExperimentResult, units: Mapping[str, int], weights: Mapping[str, float],
@@ -274,11 +292,11 @@ def decide(result: ExperimentResult, metrics: Sequence[MetricDefinition], units:
                                        m.name, arm, {"units_needed": None, "more_units": None, "days": None}))
             elif r.guardrail is not None and r.guardrail.status == "inconclusive":
                 why = r.guardrail.reason or _harm_text(r)
+                plan = planner.guardrail(r)
                 unproven.append(Reason("guardrail_unproven", f"guardrail {m.name} not yet shown non-inferior for "
-                                       f"{arm} ({why})", m.name, arm, {
+                                       f"{arm} ({why}{_power_text(plan)})", m.name, arm, {
                                            "harm": r.guardrail.harm, "lower": r.guardrail.lower,
-                                           "upper": r.guardrail.upper, "margin": r.guardrail.margin,
-                                           **planner.guardrail(r)}))
+                                           "upper": r.guardrail.upper, "margin": r.guardrail.margin, **plan}))
         notes.extend(unproven)
         for r in result.results:
             if r.arm == arm and role_of.get(r.metric) == "secondary" and r.decision == "worse":
@@ -299,7 +317,7 @@ def decide(result: ExperimentResult, metrics: Sequence[MetricDefinition], units:
                 elif r.decision == "inconclusive":
                     plan = planner.primary(r, by_name[m.name])
                     reasons.append(Reason("primary_inconclusive", f"primary {m.name} not yet significant for "
-                                          f"{arm} ({_effect_text(r)})", m.name, arm, plan))
+                                          f"{arm} ({_effect_text(r)}{_power_text(plan)})", m.name, arm, plan))
     if not primaries:
         reasons.insert(0, Reason("no_primary", "no metric has role: primary, so nothing can ship"))
     if short:

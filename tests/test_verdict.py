@@ -282,6 +282,14 @@ def test_units_to_power_matches_the_closed_form_for_a_fixed_test() -> None:
     assert reason.data["days"] == pytest.approx(reason.data["more_units"] / 1000)
     assert v.units_to_power == reason.data["more_units"] and f"{v.units_to_power:,}" in v.sentence
     assert reason.data["effect_source"] == "mde"
+    # the power reached so far: statsmodels' two-sided z-test power at this sample, effect 0.02 (the far
+    # tail, about 1e-4 here, is the only difference: 1e-3)
+    from statsmodels.stats.power import NormalIndPower
+
+    sd = r.effect.se / math.sqrt(2 / 2000)  # a unit's sd: the difference's se is sd sqrt(2 / n) per arm
+    expected_power = NormalIndPower().power(effect_size=0.02 / sd, nobs1=2000, alpha=0.05)
+    assert reason.data["power_now"] == pytest.approx(expected_power, abs=1e-3)
+    assert f"power so far {reason.data['power_now']:.0%}" in reason.message
 
 
 # -- the state in force is part of the decision (issue 25, finding 1) ---------------------------------
