@@ -44,7 +44,9 @@ def main() -> None:
             print(_row(design, label, scenario, args.runs, args.seed), flush=True)
     if args.hourly_runs:
         hourly = Scenario(looks_per_day=24)
-        for design in ("mixture", "mixture_tuned", "group"):
+        # the group design is left out: planned hourly looks (336) make each look's boundaries slow to
+        # compute, and daily boundaries read hourly are not valid (tests/test_group_sequential.py)
+        for design in ("mixture", "mixture_tuned"):
             print(_row(design, "A/A, hourly", hourly, args.hourly_runs, args.seed), flush=True)
 
 
