@@ -96,3 +96,18 @@ def test_a_group_design_without_a_plan_is_refused_naming_the_field(tmp_path) -> 
                                                                                    "model": "b"}}]}]}
     with pytest.raises(ConfigError, match=r"experiments\.0\.plan \(x\)"):
         parse_config(raw, environ={})
+
+
+def test_the_guard_keeps_the_always_valid_mixture_under_a_group_design() -> None:
+    from splitwatch.service.analyzer.analysis import analysis_options
+    from splitwatch.service.analyzer.guard import guard_analysis_config
+    from splitwatch.service.config import parse_config
+
+    cfg = parse_config({"analyzer": {"sequential": "group"}, "experiments": [{
+        "key": "x", "model": "m", "plan": {"units_per_day": 600, "days": 14},
+        "arms": [{"name": "a", "weight": 1, "upstream": {"base_url": "http://a/v1", "model": "a"}},
+                 {"name": "b", "weight": 1, "upstream": {"base_url": "http://b/v1", "model": "b"}}]}]}, environ={})
+    exp = cfg.experiments[0]
+    assert analysis_options(cfg.analyzer, True, exp).group is not None  # the report's and the verdict's design
+    guard = analysis_options(guard_analysis_config(cfg.analyzer, 0.01), True, exp)
+    assert guard.group is None and guard.n_star == 8400 and guard.guardrail_alpha == 0.01  # tuned to the plan

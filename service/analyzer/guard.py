@@ -20,7 +20,7 @@ from splitwatch.stats import ExperimentResult, StateInForce
 from splitwatch.stats.verdict import CONFIGURED_PAUSE
 
 from .. import metrics
-from ..config import Config, ExperimentConfig
+from ..config import AnalyzerConfig, Config, ExperimentConfig
 from ..control.channel import Control, ControlUnavailable
 from ..control.state import ExperimentState
 from ..delivery.shipper import EventOutbox, KafkaSink
@@ -30,6 +30,13 @@ from .guard_policy import Evidence, GuardAction, GuardMemory, decide, evidence_f
 from .kpi_queries import ExperimentData, load_experiment
 
 log = logging.getLogger(__name__)
+
+
+def guard_analysis_config(analyzer: AnalyzerConfig, alpha: float) -> AnalyzerConfig:
+    """Return the analyzer's settings as the guard analyses with them: its own guardrail level, and always
+    the normal mixture. The guard looks at every live analysis, far more often than a group design's
+    planned looks, and a group design's level holds only at those (docs/rollout.md)."""
+    return analyzer.model_copy(update={"guardrail_alpha": alpha, "sequential": "mixture"})
 
 
 class RolloutGuard:
@@ -97,14 +104,9 @@ class RolloutGuard:
         alpha = (exp.rollout.alpha or a.guardrail_alpha) / max(1, tests)
         if st.since is not None:
             data = load_experiment(con, None, exp, a, start=st.since)
-        group = a.sequential == "group"
-        if group:
-            # The guard looks at every live analysis, far more often than a group design's planned looks,
-            # and a group design's level holds only at those: the guard keeps the always-valid mixture
-            # (tuned to the plan), whatever the report's design (docs/rollout.md)
-            a = a.model_copy(update={"sequential": "mixture"})
-        if st.since is not None or alpha != a.guardrail_alpha or group:
-            result = analyze_data(data, exp, a.model_copy(update={"guardrail_alpha": alpha}), sequential=True)
+        guard_cfg = guard_analysis_config(a, alpha)
+        if st.since is not None or guard_cfg != a:
+            result = analyze_data(data, exp, guard_cfg, sequential=True)
         row = con.execute("SELECT count(DISTINCT unit_id) FROM ev WHERE type = 'exposure' "
                           "AND NOT coalesce(forced, false) AND ts >= ?", [st.ts]).fetchone()
         return evidence_from_result(result, {arm: data.units.get(arm, 0) for arm in exp.arm_names},
