@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._dist import norm_ppf, norm_sf, t_ppf, t_sf
@@ -38,6 +39,22 @@ class Effect:
 def _check_alpha(alpha: float) -> None:
     if not 0 < alpha < 1:
         raise InvalidSpecification(f"alpha must be in (0, 1), got {alpha!r}")
+
+
+def relative_scale(control: ArmEstimate, treatment: ArmEstimate,
+                   test: Callable[[float, float], tuple[float, float]]
+                   ) -> tuple[float | None, tuple[float, float] | None, float | None, float | None]:
+    """Return the relative effect, its interval, se and p-value from ``test(estimate, variance)`` ->
+    (half-width, p); all None when the control's value is 0, and p = 1 with no interval when the
+    relative effect has no variance (no interval, no claim)."""
+    v_rel = relative_variance(control, treatment)
+    if v_rel is None:
+        return None, None, None, None
+    rel = treatment.mean / control.mean - 1
+    if v_rel <= 0:
+        return rel, None, 0.0, 1.0
+    half, p = test(rel, v_rel)
+    return rel, (rel - half, rel + half), math.sqrt(v_rel), p
 
 
 def relative_variance(control: ArmEstimate, treatment: ArmEstimate) -> float | None:

@@ -41,7 +41,7 @@ from scipy.optimize import brentq
 from scipy.special import ndtr
 from scipy.stats import norm
 
-from .comparison import Effect, relative_variance
+from .comparison import Effect, relative_scale
 from .errors import InvalidSpecification, InvalidStatistics
 from .estimates import ArmEstimate
 
@@ -268,16 +268,8 @@ def compare_group(control: ArmEstimate, treatment: ArmEstimate, design: GroupDes
     se = math.sqrt(variance)
     c = design.bound(units, alpha / 2, earlier)
     p = design.p_value(diff / se, units, earlier, sides=2)
-    rel = rel_ci = rel_se = rel_p = None
-    v_rel = relative_variance(control, treatment)
-    if v_rel is not None:
-        rel = treatment.mean / control.mean - 1
-        rel_se = math.sqrt(v_rel)
-        if v_rel > 0:
-            rel_ci = (rel - c * rel_se, rel + c * rel_se)
-            rel_p = design.p_value(rel / rel_se, units, earlier, sides=2)
-        else:
-            rel_p = 1.0
+    rel, rel_ci, rel_se, rel_p = relative_scale(control, treatment, lambda estimate, v: (
+        c * math.sqrt(v), design.p_value(estimate / math.sqrt(v), units, earlier, sides=2)))
     look = len(design.fractions(units, earlier))
     return Effect(diff, (diff - c * se, diff + c * se), rel, rel_ci, p, se, diff / se, None,
                   f"group_sequential({design.spending}, look {look} of {design.looks}, "

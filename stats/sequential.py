@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from scipy.optimize import brentq
 from scipy.special import log_ndtr
 
-from .comparison import Effect, _check_alpha, relative_variance
+from .comparison import Effect, _check_alpha, relative_scale
 from .errors import InvalidSpecification, InvalidStatistics
 from .estimates import ArmEstimate
 
@@ -115,16 +115,11 @@ def compare_sequential(control: ArmEstimate, treatment: ArmEstimate, alpha: floa
     b = boundary(variance, n, alpha, n_star)
     p = always_valid_p(diff, variance, b.tau2)
     se = math.sqrt(variance)
-    rel = rel_ci = rel_se = rel_p = None
-    v_rel = relative_variance(control, treatment)
-    if v_rel is not None:
-        rel = treatment.mean / control.mean - 1
-        rel_se = math.sqrt(v_rel)
-        if v_rel > 0:
-            br = boundary(v_rel, n, alpha, n_star)
-            rel_ci = (rel - br.halfwidth, rel + br.halfwidth)
-            rel_p = always_valid_p(rel, v_rel, br.tau2)
-        else:
-            rel_p = 1.0  # no variance: no interval, no claim
+
+    def mixture(estimate: float, v: float) -> tuple[float, float]:
+        br = boundary(v, n, alpha, n_star)
+        return br.halfwidth, always_valid_p(estimate, v, br.tau2)
+
+    rel, rel_ci, rel_se, rel_p = relative_scale(control, treatment, mixture)
     return Effect(diff, (diff - b.halfwidth, diff + b.halfwidth), rel, rel_ci, p, se, diff / se, None,
                   f"msprt_normal_mixture(n_star={n_star})", rel_se, rel_p)

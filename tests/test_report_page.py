@@ -22,10 +22,11 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--
 KEEP_RUNNING_BG = (0xFE, 0xF7, 0xE0)  # the verdict box's background for "keep running"
 
 
-def _render(tmp_path: Path) -> Path:
+def _render(tmp_path: Path, units: int = 3000, days: int = 7) -> Path:
+    """Return the results page of a lake of ``units`` over the last ``days`` days, rendered by the CLI."""
     config = _config(tmp_path)
-    first = datetime.now(UTC).date() - timedelta(days=6)
-    _write_lake(tmp_path, first, units=3000, days=7)
+    first = datetime.now(UTC).date() - timedelta(days=days - 1)
+    _write_lake(tmp_path, first, units=units, days=days)
     out = tmp_path / "report.html"
     res = subprocess.run(splitwatch_command("report", "--config", str(config), "--experiment", "support-ft",
                                             "--from", str(first), "--output", str(out)),
@@ -86,14 +87,7 @@ def test_the_results_page_says_what_each_number_is_and_fits_1400_px(tmp_path: Pa
 
 def test_a_one_day_period_draws_each_interval(tmp_path: Path) -> None:
     # issue 25, finding 10: one day was a dot with no band; the interval is drawn as a bar
-    config = _config(tmp_path)
-    day = datetime.now(UTC).date()
-    _write_lake(tmp_path, day, units=600, days=1)
-    out = tmp_path / "report.html"
-    res = subprocess.run(splitwatch_command("report", "--config", str(config), "--experiment", "support-ft",
-                                            "--from", str(day), "--output", str(out)),
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
+    out = _render(tmp_path, units=600, days=1)
     plots = re.findall(r'src="data:image/png;base64,([^"]+)"', out.read_text())
     assert plots
     band = np.array([0xC6, 0xDC, 0xF9])  # the interval's fill, #1a73e8 at 25% on white
