@@ -185,6 +185,7 @@ def _parse_params(items: list[str]) -> dict[str, object]:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation.compare import BootstrapTooSmall
     from .evaluation.dataset import DatasetError, load_dataset
     from .evaluation.run import EvalOptions, run_eval
     from .evaluation.store import RunMismatch
@@ -196,7 +197,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                           f"{[e.key for e in cfg.experiments]}")
     for name, value, low in (("--repeats", args.repeats, 1), ("--concurrency", args.concurrency, 1),
                              ("--bootstrap", args.bootstrap, 100)):
-        if value < low:
+        if value is not None and value < low:
             raise ConfigError(f"{name} must be at least {low}, got {value}")
     if not 0 < args.alpha < 1:
         raise ConfigError(f"--alpha must be between 0 and 1, got {args.alpha}")
@@ -217,6 +218,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         code, _ = run_eval(exp, dataset, opts)
     except RunMismatch as exc:
         raise ConfigError(f"--output: {exc}") from None
+    except BootstrapTooSmall as exc:
+        raise ConfigError(str(exc)) from None
     return code
 
 
@@ -304,7 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--judge", default=None, metavar="NAME", help="an LLM judge from the config's eval.judges: "
                     "compares each arm's answer with the control's, both orders")
     ev.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
-    ev.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples (default 1000)")
+    ev.add_argument("--bootstrap", type=int, default=None,
+                    help="paired bootstrap resamples (default: enough that the smallest p-value it can give, "
+                         "corrected over every comparison, is a tenth of alpha; at least 1000)")
     ev.set_defaults(func=_cmd_eval)
 
     demo = sub.add_parser("demo", help="run the whole loop locally on embedded defaults")

@@ -251,3 +251,42 @@ def test_llm_judge_pairwise_and_order_swapped(tmp_path: Path, stubs, biased: boo
         assert unknown.returncode == 2 and "no judge 'nobody'" in unknown.stderr
     finally:
         server.shutdown()
+
+
+def test_three_arms_and_the_bootstrap_floor(tmp_path: Path, stubs) -> None:
+    # issue 26, the bootstrap trap: a bootstrap p is never below 1/(B+1) and Holm multiplies the smallest
+    # by the family's size. Three arms on a generation set: 16 comparisons; --bootstrap 200 could never
+    # read better (16/201 = 0.0796 >= 0.05), yet it ran and called a +40 chrF gain "not distinguishable".
+    # It is now refused with the numbers; left out, B is chosen so that the floor is a tenth of alpha.
+    words = ["parcel", "refund", "password", "delivery", "invoice", "account", "order", "address", "billing"]
+    lines = [{"id": f"g{i}", "prompt": f"Explain case {i}", "reference": " ".join(
+        words[(i + k) % len(words)] for k in range(8)) + f" case {i}"} for i in range(40)]
+    dataset = tmp_path / "gen.jsonl"
+    dataset.write_text("".join(orjson.dumps(x).decode() + "\n" for x in lines))
+    base = StubModel(tmp_path, "base", "--answer-key", str(dataset), "--accuracy", "0.2")
+    lora = StubModel(tmp_path, "lora", "--answer-key", str(dataset), "--accuracy", "0.9")
+    full = StubModel(tmp_path, "full", "--answer-key", str(dataset), "--accuracy", "0.9", "--seed", "3")
+    for s in (base, lora, full):
+        s.start()
+    try:
+        cfg_path = _config(tmp_path, base, lora)
+        cfg = yaml.safe_load(cfg_path.read_text())
+        cfg["experiments"][0]["arms"].append({"name": "full", "weight": 50,
+                                              "upstream": {"base_url": full.base_url, "model": "m-full"}})
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        out = tmp_path / "out"
+        refused = _eval(cfg_path, out, "--bootstrap", "200", dataset=dataset)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "--bootstrap 200: with 16 comparisons corrected together (holm) at alpha 0.05" in refused.stderr
+        assert "corrects to at least 0.0796" in refused.stderr and "Use --bootstrap 320 or more" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        chosen = _eval(cfg_path, out, dataset=dataset)  # the same calls, recomputed: no new request
+        assert chosen.returncode == 0, chosen.stderr
+        report = json.loads((out / "report.json").read_text())
+        assert report["n_bootstrap"] == 3199  # 10 x 16 / 0.05 - 1: the floor is 0.005
+        chrf = {c["arm"]: c for c in report["comparisons"] if c["metric"] == "chrf"}
+        assert chrf["finetuned"]["verdict"] == chrf["full"]["verdict"] == "better", chrf
+        assert base.stats()["requests"] == 40  # the second command made no call
+    finally:
+        for s in (base, lora, full):
+            s.stop()

@@ -15,6 +15,7 @@ distinguishable at ``alpha``.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -23,7 +24,13 @@ from typing import Any
 import numpy as np
 
 from ...stats.multiple_testing import adjust_p_values
-from ...stats.paired import PairedResult, mcnemar_exact, paired_bootstrap, wilcoxon_signed_rank
+from ...stats.paired import (
+    DEFAULT_BOOTSTRAP_SAMPLES,
+    PairedResult,
+    mcnemar_exact,
+    paired_bootstrap,
+    wilcoxon_signed_rank,
+)
 from ..config import ExperimentConfig
 from . import scoring
 from .dataset import Dataset
@@ -95,6 +102,7 @@ class EvalResult:
     per_arm: dict[str, dict[str, Any]] = field(default_factory=dict)
     comparisons: list[Comparison] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
+    n_bootstrap: int | None = None  # the resamples used (chosen from the family's size unless requested)
 
     def as_dict(self) -> dict[str, Any]:
         """Return the result as plain JSON-able values."""
@@ -169,10 +177,43 @@ def _per_case_scores(dataset: Dataset, cases: _ArmCases, ids: list[str], labels:
     return {k: np.array(v) for k, v in out.items()}
 
 
+class BootstrapTooSmall(ValueError):
+    """The requested bootstrap cannot reach significance in its family: the message gives the numbers."""
+
+
+def bootstrap_floor(family: int, n_bootstrap: int, correction: str) -> float:
+    """Return the smallest corrected p-value a bootstrap test with ``n_bootstrap`` resamples can reach in a
+    family of ``family`` comparisons: its smallest p is 1/(B+1), and Holm's (or Bonferroni's, or BH's)
+    first step multiplies it by the family's size."""
+    return min(1.0, (1 if correction == "none" else family) / (n_bootstrap + 1))
+
+
+def choose_bootstrap(family: int, alpha: float, correction: str, requested: int | None) -> int:
+    """Return the resamples to use: the requested number when its floor is below ``alpha`` (else raise
+    BootstrapTooSmall with the numbers), or, unrequested, enough that the floor is a tenth of alpha
+    (at least DEFAULT_BOOTSTRAP_SAMPLES)."""
+    m = 1 if correction == "none" else family
+    if requested is None:
+        return max(DEFAULT_BOOTSTRAP_SAMPLES, math.ceil(10 * m / alpha) - 1)
+    floor = bootstrap_floor(family, requested, correction)
+    if floor >= alpha:
+        need = math.floor(m / alpha)  # the smallest B with m / (B + 1) < alpha
+        raise BootstrapTooSmall(
+            f"--bootstrap {requested}: with {family} comparisons corrected together ({correction}) at alpha "
+            f"{alpha:g}, the smallest p-value {requested} resamples can give, 1/{requested + 1}, corrects to at "
+            f"least {floor:.3g}, so no bootstrap-tested metric could ever read better or worse. Use --bootstrap "
+            f"{need} or more (10x that for power), or leave it out and splitwatch chooses; the calls are kept, "
+            "so the same command with another --bootstrap only recomputes the statistics")
+    return requested
+
+
 def evaluate(exp: ExperimentConfig, dataset: Dataset, results: dict[tuple[str, str, int], CallResult],
-             repeats: int, alpha: float = 0.05, correction: str = "holm", n_bootstrap: int = 1000,
+             repeats: int, alpha: float = 0.05, correction: str = "holm", n_bootstrap: int | None = None,
              seed: int = 12345) -> EvalResult:
-    """Return the run's per-arm figures and paired comparisons (see the module)."""
+    """Return the run's per-arm figures and paired comparisons (see the module).
+
+    ``n_bootstrap`` None chooses the resamples from the family's size (:func:`choose_bootstrap`); a number
+    too small to ever reach significance in the family raises BootstrapTooSmall."""
     arms = [a.name for a in exp.arms]
     complete = [c.id for c in dataset.cases
                 if all((c.id, a, r) in results for a in arms for r in range(repeats))]
@@ -214,7 +255,8 @@ def evaluate(exp: ExperimentConfig, dataset: Dataset, results: dict[tuple[str, s
             summary["corpus_chrf"] = scoring.corpus_chrf(ac.answers, refs)
         res.per_arm[a] = summary
     control = arms[0]
-    boot = {"n_samples": n_bootstrap, "seed": seed, "alpha": alpha}
+    boot: dict[str, Any] = {"seed": seed, "alpha": alpha}  # n_samples once the family's size is known
+    planned: list[tuple[str, str, Callable[[], PairedResult]]] = []
     for arm in arms[1:]:
         pairs: list[tuple[str, Callable[[], PairedResult]]] = []
         for name in scores[control]:
@@ -236,7 +278,7 @@ def evaluate(exp: ExperimentConfig, dataset: Dataset, results: dict[tuple[str, s
         lat_a, lat_b = _both_finite(cases[control].latency, cases[arm].latency)
         if lat_a.size >= 2:
             pairs.append(("latency_s", lambda a=lat_a, b=lat_b: wilcoxon_signed_rank(
-                a, b, alpha, n_bootstrap, seed)))
+                a, b, alpha, boot["n_samples"], seed)))
         tok_a, tok_b = _both_finite(cases[control].tokens, cases[arm].tokens)
         if tok_a.size >= 2:
             pairs.append(("completion_tokens", lambda a=tok_a, b=tok_b: paired_bootstrap(a, b, **boot)))
@@ -248,8 +290,11 @@ def evaluate(exp: ExperimentConfig, dataset: Dataset, results: dict[tuple[str, s
             if judged.judged_cases >= 2:
                 pairs.append(("judge_win_rate", lambda s=judged.scores: paired_bootstrap(
                     np.full(s.size, 0.5), s, method="bootstrap_against_even", **boot)))
-        for name, run in pairs:
-            res.comparisons.append(Comparison(arm, name, METRICS[name].direction, run()))
+        planned.extend((arm, name, run) for name, run in pairs)
+    boot["n_samples"] = choose_bootstrap(len(planned), alpha, correction, n_bootstrap)
+    res.n_bootstrap = boot["n_samples"]
+    for arm, name, run in planned:
+        res.comparisons.append(Comparison(arm, name, METRICS[name].direction, run()))
     adjusted = adjust_p_values([c.result.p_value for c in res.comparisons], correction)
     for c, p in zip(res.comparisons, adjusted, strict=True):
         c.p_adjusted = p

@@ -15,7 +15,7 @@ import orjson
 
 from ..analyzer.report_format import fmt_count, fmt_interval, fmt_num, fmt_p, md_table
 from ..analyzer.report_html import CSS
-from .compare import METRICS, EvalResult
+from .compare import METRICS, EvalResult, bootstrap_floor
 from .dataset import Dataset
 
 ARM_COLUMNS = [
@@ -87,7 +87,17 @@ def _intro(res: EvalResult, dataset: Dataset) -> list[str]:
                                               if res.incomplete_cases else "")
             + f", {res.repeats} repeat{'s' if res.repeats > 1 else ''} per case and arm; control: {res.control}; "
             f"alpha {res.alpha:g}, p-values corrected together ({res.correction}).",
-            "Quality and the paired tests use each case's first repeat; a failed call scores as an empty answer."]
+            "Quality and the paired tests use each case's first repeat; a failed call scores as an empty answer."
+            + _bootstrap_sentence(res)]
+
+
+def _bootstrap_sentence(res: EvalResult) -> str:
+    """Return the bootstrap's resamples and the smallest corrected p-value they allow (" ..."), or ""."""
+    if not res.n_bootstrap:
+        return ""
+    floor = bootstrap_floor(len(res.comparisons), res.n_bootstrap, res.correction)
+    return (f" Paired bootstraps draw {res.n_bootstrap:,} resamples: their smallest p-value, corrected over the "
+            f"{len(res.comparisons)} comparisons, is {floor:.2g}.")
 
 
 def render_markdown(res: EvalResult, dataset: Dataset) -> str:

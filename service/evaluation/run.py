@@ -36,7 +36,7 @@ class EvalOptions:
     retry_failed: bool = False
     judge: tuple[str, ArmUpstreamConfig] | None = None  # --judge: its name in the config, its endpoint
     alpha: float = 0.05
-    n_bootstrap: int = 1000
+    n_bootstrap: int | None = None  # None: chosen from the family's size (compare.choose_bootstrap)
     seed: int = 12345
 
 
