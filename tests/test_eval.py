@@ -69,7 +69,9 @@ def stubs(tmp_path: Path):
 
 
 def test_a_better_finetuned_model_is_found_better(tmp_path: Path, stubs) -> None:
-    base, ft = stubs("base", "--accuracy", "0.7"), stubs("ft", "--accuracy", "0.9", "--fail-rate", "0.1")
+    # 95% right, but 10% of calls fail (unseeded, and a failure scores as a wrong answer): about 86% against
+    # 70%, clear of the Holm-corrected McNemar boundary in every draw (at 90% it was borderline)
+    base, ft = stubs("base", "--accuracy", "0.7"), stubs("ft", "--accuracy", "0.95", "--fail-rate", "0.1")
     res = _eval(_config(tmp_path, base, ft), tmp_path / "out", "--concurrency", "16")
     assert res.returncode == 0, res.stderr
     assert "220 cases; task classification (10 labels), inferred from the lines" in res.stderr
