@@ -41,7 +41,7 @@ from scipy.optimize import brentq
 from scipy.special import ndtr
 from scipy.stats import norm
 
-from .comparison import Effect, relative_scale
+from .comparison import Effect, _check_alpha, relative_scale
 from .errors import InvalidSpecification, InvalidStatistics
 from .estimates import ArmEstimate
 
@@ -259,8 +259,7 @@ def compare_group(control: ArmEstimate, treatment: ArmEstimate, design: GroupDes
     Each interval is the estimate +- c_k se with c_k this look's boundary at alpha/2, so it excludes 0
     exactly when the look's repeated p-value is below alpha (to the interpolation's 1e-5).
     """
-    if not 0 < alpha < 1:
-        raise InvalidSpecification(f"alpha must be in (0, 1), got {alpha!r}")
+    _check_alpha(alpha)
     diff = treatment.mean - control.mean
     variance = control.variance + treatment.variance
     if variance <= 0:

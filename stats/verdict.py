@@ -59,6 +59,11 @@ class StateInForce:
     by: str | None = None
     evidence: dict[str, Any] | None = None
 
+    @property
+    def who(self) -> str:
+        """Return who made the change, in words."""
+        return self.by or ("the rollout guard" if self.actor == "guard" else "an operator")
+
     def as_dict(self) -> dict[str, Any]:
         """Return the state as JSON-ready data."""
         return {"status": self.status, "actor": self.actor, "by": self.by, "since": self.since,
@@ -97,8 +102,7 @@ class Verdict:
             return words[:1].upper() + words[1:]
         if st.actor == "guard" and self.decision == "roll_back":
             return f"Roll back: done by the rollout guard{_at(st.since)}"
-        who = st.by or ("the rollout guard" if st.actor == "guard" else "an operator")
-        return f"{words[:1].upper()}{words[1:]} (paused by {who}{_at(st.since, 'since')})"
+        return f"{words[:1].upper()}{words[1:]} (paused by {st.who}{_at(st.since, 'since')})"
 
     def as_dict(self) -> dict[str, Any]:
         """Return the verdict as JSON-ready data (the report's ``verdict``; NaN and infinities as None)."""
@@ -413,27 +417,25 @@ def with_state(verdict: Verdict, state: StateInForce | None) -> Verdict:
     if state is None or state.status != "paused":
         return verdict
     when = _at(state.since)
-    who = state.by or ("the rollout guard" if state.actor == "guard" else "an operator")
-    acted = _which_test_acted(state.evidence) if state.actor == "guard" else None
+    ev = state.evidence or {}
+    acted = _which_test_acted(ev) if state.actor == "guard" else None
     by_guard = state.actor == "guard" and verdict.decision != "invalid"
     prefix = "on the data alone: " if by_guard else ""  # the data's reasons, under the guard's decision
     reasons = [Reason(r.code, prefix + r.message, r.metric, r.arm,
                       {k: v for k, v in r.data.items() if k not in _PLANNING}) for r in verdict.reasons]
     code = "rolled_back_by_guard" if by_guard else "paused"
     head = (f"rolled back by the rollout guard{when}" + ("" if acted else f": {state.reason}") if by_guard
-            else f"paused by {who}{when}: {state.reason}")
+            else f"paused by {state.who}{when}: {state.reason}")
     paused = Reason(code, head + ("; the experiment is paused: every user is served the control arm" if by_guard
-                                  else ""), (state.evidence or {}).get("metric"), (state.evidence or {}).get("arm"),
-                    {"actor": state.actor, "by": state.by, "since": state.since,
-                     "evidence": state.evidence})
-    facts = [paused] + ([Reason("acted_on", acted, data={"test": (state.evidence or {}).get("test")})]
-                        if acted else [])
+                                  else ""), ev.get("metric"), ev.get("arm"),
+                    {"actor": state.actor, "by": state.by, "since": state.since, "evidence": state.evidence})
+    facts = [paused] + ([Reason("acted_on", acted, data={"test": ev.get("test")})] if acted else [])
     served = " The experiment is paused: every user is served the control arm, so no new units arrive."
     if by_guard:
         sentence = (f"Roll back (done): {head}." + served
                     + (f" {acted}." if acted else "")
                     + f" On the data alone the verdict reads {verdict.decision.replace('_', ' ')}.")
-        arm = (state.evidence or {}).get("arm") or verdict.arm
+        arm = ev.get("arm") or verdict.arm
         return Verdict("roll_back", sentence, arm, facts + reasons, None, None, state, verdict.decision)
     data = verdict.sentence.removesuffix(verdict.plan).rstrip() if verdict.plan else verdict.sentence
     sentence = f"{head[:1].upper()}{head[1:]}.{served} {data}"

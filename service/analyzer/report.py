@@ -10,7 +10,17 @@ from typing import Any
 
 import duckdb
 
-from splitwatch.stats import ROLES, ExperimentResult, MetricResult, StateInForce, Verdict, decide, json_safe, with_state
+from splitwatch.stats import (
+    ROLES,
+    ExperimentResult,
+    MetricResult,
+    Reason,
+    StateInForce,
+    Verdict,
+    decide,
+    json_safe,
+    with_state,
+)
 from splitwatch.stats.verdict import CONFIGURED_PAUSE
 
 from ..config import AnalyzerConfig, Config, ExperimentConfig
@@ -282,15 +292,10 @@ def power_line(v: Verdict) -> str | None:
             + (f" (more units each metric needs: {which})" if which else "") + ".")
 
 
-def acted_test(rep: Report) -> str:
-    """Return the guard's test that paused the experiment (``failures``, ``guardrail``, ``srm``), or ""."""
-    st = rep.verdict.state if rep.verdict else None
-    return str((st.evidence or {}).get("test") or "") if st is not None and st.actor == "guard" else ""
-
-
-def acted_note(rep: Report) -> str | None:
-    """Return the sentence that says which of the guard's tests acted (the verdict's ``acted_on``), or None."""
-    return next((r.message for r in (rep.verdict.reasons if rep.verdict else []) if r.code == "acted_on"), None)
+def acted_on(rep: Report) -> Reason | None:
+    """Return the verdict's reason that says which of the guard's tests acted (its ``data["test"]``:
+    ``failures``, ``guardrail``, ``srm``), or None."""
+    return next((r for r in (rep.verdict.reasons if rep.verdict else []) if r.code == "acted_on"), None)
 
 
 def metric_vocabulary(rep: Report) -> list[dict[str, Any]]:
@@ -487,10 +492,10 @@ def _sections(rep: Report) -> list[tuple[str, list[str], list[list[str]], str]]:
         methods = sorted({(r.guardrail.method if r.guardrail and role == "guardrail" else r.method)
                           for r in (res.results if res else []) if r.role == role})
         note = f"{note} Method: {', '.join(methods)}.".strip()
-        acted = acted_note(rep)
-        if acted and acted_test(rep) == "failures" and any(
+        acted = acted_on(rep)
+        if acted is not None and acted.data.get("test") == "failures" and any(
                 r.metric == "error_rate" for r in (res.results if res else []) if r.role == role):
-            note += f" {acted}."
+            note += f" {acted.message}."
         out.append((TITLES[role], HEADERS[role], rows, note))
     return out
 
