@@ -211,9 +211,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             raise ConfigError(f"--judge: no judge {args.judge!r} under eval.judges in {args.config}; judges: "
                               f"{sorted(cfg.eval.judges)}")
         judge = (args.judge, cfg.eval.judges[args.judge])
+    if args.code_timeout is not None and not 0 < args.code_timeout <= 600:
+        raise ConfigError(f"--code-timeout must be between 0 and 600 seconds, got {args.code_timeout}")
+    if args.human is not None and not Path(args.human).is_file():
+        raise ConfigError(f"--human: no file {args.human}")
     output = Path(args.output or f"splitwatch-eval/{exp.key}")
     opts = EvalOptions(output, args.repeats, args.concurrency, _parse_params(args.param), args.retry_failed,
-                       judge, args.alpha, args.bootstrap)
+                       judge, args.alpha, args.bootstrap, logprobs=args.logprobs,
+                       human=Path(args.human) if args.human else None, generalisation_key=args.generalisation_key,
+                       code_timeout_s=args.code_timeout)
     try:
         code, _ = run_eval(exp, dataset, opts)
     except RunMismatch as exc:
@@ -298,14 +304,24 @@ def build_parser() -> argparse.ArgumentParser:
                     "stability (default 1)")
     ev.add_argument("--output", default=None, help="directory for results and reports; an interrupted run "
                     "continues there (default: ./splitwatch-eval/<experiment>)")
-    ev.add_argument("--task", choices=["classification", "generation", "open"], default=None,
-                    help="default: inferred (label on every line: classification; reference: generation)")
+    ev.add_argument("--task", choices=["classification", "regression", "generation", "code", "open"], default=None,
+                    help="default: inferred (label on every line: classification, or regression when the labels "
+                         "are numbers; reference: generation; code_tests: code)")
     ev.add_argument("--concurrency", type=int, default=8, help="calls in flight at once (default 8)")
     ev.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="a request parameter for every call, e.g. --param temperature=0 (repeatable)")
     ev.add_argument("--retry-failed", action="store_true", help="on a resumed run, send failed calls again")
     ev.add_argument("--judge", default=None, metavar="NAME", help="an LLM judge from the config's eval.judges: "
                     "compares each arm's answer with the control's, both orders")
+    ev.add_argument("--logprobs", action="store_true", help="ask the arms for log-probabilities: perplexity on "
+                    "the references (completions echo, or vLLM's prompt_logprobs), label probabilities for AUC-ROC "
+                    "and calibration")
+    ev.add_argument("--human", default=None, metavar="FILE", help="people's 1-5 ratings (JSONL: id, arm, relevance, "
+                    "fluency, factual_accuracy, diversity): compared per arm, and against the judge's rubric")
+    ev.add_argument("--generalisation-key", default="split", metavar="KEY",
+                    help="the metadata key whose in_domain and out_of_domain values are compared (default: split)")
+    ev.add_argument("--code-timeout", type=float, default=None, metavar="SECONDS",
+                    help="code tasks: wall-clock seconds per test run (default 10; CPU seconds: half, at least 1)")
     ev.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     ev.add_argument("--bootstrap", type=int, default=None,
                     help="paired bootstrap resamples (default: enough that the smallest p-value it can give, "

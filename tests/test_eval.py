@@ -257,9 +257,10 @@ def test_llm_judge_pairwise_and_order_swapped(tmp_path: Path, stubs, biased: boo
 
 def test_three_arms_and_the_bootstrap_floor(tmp_path: Path, stubs) -> None:
     # issue 26, the bootstrap trap: a bootstrap p is never below 1/(B+1) and Holm multiplies the smallest
-    # by the family's size. Three arms on a generation set: 16 comparisons; --bootstrap 200 could never
-    # read better (16/201 = 0.0796 >= 0.05), yet it ran and called a +40 chrF gain "not distinguishable".
-    # It is now refused with the numbers; left out, B is chosen so that the floor is a tenth of alpha.
+    # by the family's size. Three arms on a generation set: 3 pairs (each candidate against the control, and
+    # the candidates against each other) x 9 metrics = 27 comparisons; --bootstrap 200 could never read
+    # better (27/201 = 0.134 >= 0.05), yet it ran and called a +40 chrF gain "not distinguishable" (with 16
+    # comparisons then). It is now refused with the numbers; left out, B puts the floor at a tenth of alpha.
     words = ["parcel", "refund", "password", "delivery", "invoice", "account", "order", "address", "billing"]
     lines = [{"id": f"g{i}", "prompt": f"Explain case {i}", "reference": " ".join(
         words[(i + k) % len(words)] for k in range(8)) + f" case {i}"} for i in range(40)]
@@ -279,15 +280,24 @@ def test_three_arms_and_the_bootstrap_floor(tmp_path: Path, stubs) -> None:
         out = tmp_path / "out"
         refused = _eval(cfg_path, out, "--bootstrap", "200", dataset=dataset)
         assert refused.returncode == 2, refused.stdout + refused.stderr
-        assert "--bootstrap 200: with 16 comparisons corrected together (holm) at alpha 0.05" in refused.stderr
-        assert "corrects to at least 0.0796" in refused.stderr and "Use --bootstrap 320 or more" in refused.stderr
+        assert "--bootstrap 200: with 27 comparisons corrected together (holm) at alpha 0.05" in refused.stderr
+        assert "corrects to at least 0.134" in refused.stderr and "Use --bootstrap 540 or more" in refused.stderr
         assert "Traceback" not in refused.stderr
         chosen = _eval(cfg_path, out, dataset=dataset)  # the same calls, recomputed: no new request
         assert chosen.returncode == 0, chosen.stderr
         report = json.loads((out / "report.json").read_text())
-        assert report["n_bootstrap"] == 3199  # 10 x 16 / 0.05 - 1: the floor is 0.005
-        chrf = {c["arm"]: c for c in report["comparisons"] if c["metric"] == "chrf"}
-        assert chrf["finetuned"]["verdict"] == chrf["full"]["verdict"] == "better", chrf
+        assert report["n_bootstrap"] == 5399  # 10 x 27 / 0.05 - 1: the floor is 0.005
+        chrf = {(c["arm"], c["against"]): c for c in report["comparisons"] if c["metric"] == "chrf"}
+        assert chrf[("finetuned", "base")]["verdict"] == chrf[("full", "base")]["verdict"] == "better", chrf
+        # the two candidates answer alike (90% right, other seeds): not told apart, and the ranking says so
+        assert chrf[("full", "finetuned")]["verdict"] == "not distinguishable"
+        ranking = report["ranking"]
+        assert report["primary_metric"] == "chrf" and ranking[-1]["arm"] == "base"
+        assert ranking[-1]["rank_low"] == ranking[-1]["rank_high"] == 3.0  # last in every resample
+        assert {r["arm"] for r in ranking[:2]} == {"finetuned", "full"}
+        assert ranking[0]["rank_low"] == 1.0 and ranking[0]["rank_high"] == 2.0  # the top two overlap
+        assert abs(ranking[0]["p_best"] + ranking[1]["p_best"] - 1) < 1e-9 and ranking[2]["p_best"] == 0
+        assert "full against finetuned:" in chosen.stderr
         assert base.stats()["requests"] == 40  # the second command made no call
     finally:
         for s in (base, lora, full):

@@ -1,25 +1,36 @@
 """An offline test set: JSONL lines ``{"id"?, "messages": [...]}`` or ``{"id"?, "prompt": "..."}``,
-each with an optional ``"reference"`` (the expected text) or ``"label"`` (the expected class).
+each with an optional ``"reference"`` (the expected text) or ``"label"`` (the expected class, or a
+number for regression), and optionally ``"metadata"`` (slices), ``"checks"`` (domain rules on the
+answer) and ``"code_tests"`` (Python tests the generated code must pass).
 
 A bad line is reported by its line number and field and left out of the run, never silently: the
 run's report lists every one. The task is what the lines carry: ``classification`` (every line has a
-label), ``generation`` (every line has a reference) or ``open`` (neither: latency, tokens and
+label), ``regression`` (every label is a JSON number, with non-integers or more than
+:data:`MAX_INTEGER_CLASSES` distinct values), ``generation`` (every line has a reference), ``code``
+(every line has code tests) or ``open`` (neither: latency, tokens and
 stability only). ``--task`` sets it; then a line without the field the task needs is a bad line.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-TASKS = ("classification", "generation", "open")
+from .checks import CaseChecks, CheckSpecError, parse_checks
+
+TASKS = ("classification", "regression", "generation", "code", "open")
+MAX_INTEGER_CLASSES = 20
+"""Integer labels with at most this many distinct values are classes (0/1, star ratings), not numbers."""
+MAX_METADATA_KEYS = 20
 SUPPORT_INTENTS = Path(__file__).parent / "datasets" / "support_intents.jsonl"
 """The shipped test set: 220 customer-support messages, each labelled with one of 10 intents."""
 MAX_ID_CHARS = 200
+FIELDS = ("id", "messages", "prompt", "reference", "label", "metadata", "checks", "code_tests")
 ROLES = ("system", "user", "assistant", "developer", "tool")
 
 
@@ -38,6 +49,10 @@ class EvalCase:
     prompt: str | None
     reference: str | None
     label: str | None
+    target: float | None = None  # the label as a number (a JSON number, or any label under --task regression)
+    metadata: tuple[tuple[str, str], ...] = ()  # (key, value) pairs, values as text: the case's slices
+    checks: CaseChecks | None = None
+    code_tests: str | None = None
 
     def request_body(self) -> dict[str, Any]:
         """Return the request's content fields: ``{"messages": [...]}`` or ``{"prompt": "..."}``."""
@@ -78,11 +93,44 @@ class Dataset:
         bad = f", {len(self.bad_lines)} bad lines left out" if self.bad_lines else ""
         labels = sorted({c.label for c in self.cases if c.label is not None})
         extra = f" ({len(labels)} labels)" if self.task == "classification" else ""
+        if self.task == "classification" and all(c.target is not None for c in self.cases):
+            extra += " (integer labels taken as classes; --task regression reads them as numbers)"
         return f"{self.path.name}: {len(self.cases)} cases{bad}; task {self.task}{extra}, {how}"
+
+    def metadata_keys(self) -> list[str]:
+        """Return the metadata keys any case carries, sorted (each one slices the cases)."""
+        return sorted({k for c in self.cases for k, _ in c.metadata})
 
     def labels(self) -> list[str]:
         """Return the dataset's labels, sorted."""
         return sorted({c.label for c in self.cases if c.label is not None})
+
+
+def _metadata(value: Any, line: int) -> tuple[tuple[tuple[str, str], ...], BadLine | None]:
+    if value is None:
+        return (), None
+    if not isinstance(value, dict):
+        return (), BadLine(line, "metadata", f"must be an object of key: value, got {type(value).__name__}")
+    if len(value) > MAX_METADATA_KEYS:
+        return (), BadLine(line, "metadata", f"at most {MAX_METADATA_KEYS} keys, got {len(value)}")
+    out = []
+    for k, v in sorted(value.items()):
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)) or (isinstance(v, str) and not v.strip()):
+            return (), BadLine(line, f"metadata.{k}", "must be a non-empty string or a number (a slice's value)")
+        out.append((str(k), str(v)))
+    return tuple(out), None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if math.isfinite(value) else None
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _text_field(obj: dict[str, Any], name: str, line: int) -> tuple[str | None, BadLine | None]:
@@ -116,9 +164,9 @@ def _parse_line(raw: bytes, line: int) -> EvalCase | BadLine:
         return BadLine(line, "(line)", f"not JSON ({exc})")
     if not isinstance(obj, dict):
         return BadLine(line, "(line)", f"must be a JSON object, got {type(obj).__name__}")
-    unknown = sorted(set(obj) - {"id", "messages", "prompt", "reference", "label", "metadata"})
+    unknown = sorted(set(obj) - set(FIELDS))
     if unknown:
-        return BadLine(line, unknown[0], "unknown field; expected id, messages or prompt, reference, label, metadata")
+        return BadLine(line, unknown[0], f"unknown field; expected {', '.join(FIELDS)}")
     case_id = obj.get("id", f"line-{line}")
     if isinstance(case_id, int) and not isinstance(case_id, bool):
         case_id = str(case_id)
@@ -142,10 +190,27 @@ def _parse_line(raw: bytes, line: int) -> EvalCase | BadLine:
     label, bad = _text_field(obj, "label", line)
     if bad:
         return bad
-    return EvalCase(case_id, line, messages, prompt, reference, label)
+    target = _number(obj["label"]) if isinstance(obj.get("label"), (int, float)) else None
+    metadata, bad = _metadata(obj.get("metadata"), line)
+    if bad:
+        return bad
+    try:
+        checks = parse_checks(obj.get("checks"))
+    except CheckSpecError as exc:
+        return BadLine(line, exc.field, exc.message)
+    code_tests, bad = _text_field(obj, "code_tests", line)
+    if bad:
+        return bad
+    return EvalCase(case_id, line, messages, prompt, reference, label, target, metadata, checks, code_tests)
 
 
 def _infer_task(cases: list[EvalCase]) -> str:
+    if cases and all(c.code_tests is not None for c in cases):
+        return "code"
+    if cases and all(c.target is not None for c in cases):
+        targets = {c.target for c in cases}
+        if any(t != int(t) for t in targets if t is not None) or len(targets) > MAX_INTEGER_CLASSES:
+            return "regression"
     if cases and all(c.label is not None for c in cases):
         return "classification"
     if cases and all(c.reference is not None for c in cases):
@@ -182,14 +247,17 @@ def load_dataset(path: str | Path, task: str | None = None) -> Dataset:
             cases.append(parsed)
     inferred = task is None
     chosen = task or _infer_task(cases)
-    needed = {"classification": "label", "generation": "reference"}.get(chosen)
+    needed = {"classification": "label", "regression": "label", "generation": "reference",
+              "code": "code_tests"}.get(chosen)
     if needed:
         kept = []
         for c in cases:
             if getattr(c, needed) is None:
                 bad.append(BadLine(c.line, needed, f"missing; the task is {chosen}"))
+            elif chosen == "regression" and _number(c.label) is None:
+                bad.append(BadLine(c.line, "label", f"must be a number for the task regression, got {c.label!r}"))
             else:
-                kept.append(c)
+                kept.append(c if chosen != "regression" else replace(c, target=_number(c.label)))
         cases = kept
     if not cases:
         detail = f"; first problem: {bad[0]}" if bad else ""

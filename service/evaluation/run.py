@@ -14,10 +14,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..config import ArmUpstreamConfig, ExperimentConfig
+from .code_runs import code_limits, plan_code_jobs
 from .compare import EvalResult, evaluate
 from .dataset import Dataset
 from .judge import plan_judge_jobs
+from .logprobs import plan_perplexity_jobs
 from .report import write_reports
+from .rubric import load_human_ratings, plan_rubric_jobs
 from .runner import Job, plan_jobs, run_jobs
 from .store import CallResult, ResultStore
 
@@ -38,6 +41,10 @@ class EvalOptions:
     alpha: float = 0.05
     n_bootstrap: int | None = None  # None: chosen from the family's size (compare.choose_bootstrap)
     seed: int = 12345
+    logprobs: bool = False  # --logprobs: perplexity calls, and label probabilities on the answers
+    human: Path | None = None  # --human: people's ratings (JSONL)
+    generalisation_key: str = "split"
+    code_timeout_s: float | None = None  # code tasks' wall-clock bound (SandboxLimits' default when None)
 
 
 def run_description(exp: ExperimentConfig, dataset: Dataset, opts: EvalOptions) -> dict[str, Any]:
@@ -45,7 +52,7 @@ def run_description(exp: ExperimentConfig, dataset: Dataset, opts: EvalOptions) 
     judge = None if opts.judge is None else {"name": opts.judge[0], "base_url": opts.judge[1].base_url,
                                               "model": opts.judge[1].model}
     return {"experiment": exp.key, "dataset_sha256": dataset.sha256, "task": dataset.task,
-            "repeats": opts.repeats, "params": opts.params, "judge": judge,
+            "repeats": opts.repeats, "params": opts.params, "judge": judge, "logprobs": opts.logprobs,
             "arms": [{"name": a.name, "base_url": a.upstream.base_url, "model": a.upstream.model}
                      for a in exp.arms]}
 
@@ -59,10 +66,16 @@ async def _run_calls(exp: ExperimentConfig, dataset: Dataset, store: ResultStore
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        jobs = plan_jobs(exp, dataset.cases, opts.repeats, opts.params)
+        jobs = plan_jobs(exp, dataset.cases, opts.repeats, opts.params, logprobs=opts.logprobs)
         await _phase(f"eval {exp.key}", jobs, store, opts, console, stop)
+        if opts.logprobs and not stop.is_set():
+            await _phase("perplexity", plan_perplexity_jobs(exp, dataset.cases), store, opts, console, stop)
+        if any(c.code_tests for c in dataset.cases) and not stop.is_set():
+            code_jobs = plan_code_jobs(exp, dataset.cases, store.results, code_limits(opts.code_timeout_s))
+            await _phase("code tests", code_jobs, store, opts, console, stop)
         if opts.judge is not None and not stop.is_set():
             judge_jobs = plan_judge_jobs(exp, dataset.cases, store.results, opts.judge[1])
+            judge_jobs += plan_rubric_jobs(exp, dataset.cases, store.results, opts.judge[1])
             await _phase(f"judge {opts.judge[0]}", judge_jobs, store, opts, console, stop)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -114,8 +127,16 @@ def run_eval(exp: ExperimentConfig, dataset: Dataset, opts: EvalOptions,
     if not finished:
         console.print(f"interrupted: the calls made are kept in {opts.output}; the same command continues")
         return INTERRUPTED, None
+    human, human_bad = ({}, [])
+    if opts.human is not None:
+        human, human_bad = load_human_ratings(opts.human, {c.id for c in dataset.cases}, {a.name for a in exp.arms})
+        for bad in human_bad[:20]:
+            console.print(f"  human ratings, bad line left out: {bad}", markup=False)
     result = evaluate(exp, dataset, store.results, opts.repeats, alpha=opts.alpha, n_bootstrap=opts.n_bootstrap,
-                      seed=opts.seed)
+                      seed=opts.seed, human=human, generalisation_key=opts.generalisation_key)
+    result.human_bad_lines = [str(b) for b in human_bad]
+    for note in result.notes:
+        console.print(note, markup=False)
     paths = write_reports(result, dataset, opts.output)
     for line in result.verdict_lines():
         console.print(line, markup=False)

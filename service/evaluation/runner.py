@@ -33,11 +33,21 @@ class Job:
     upstream: UpstreamConfig
     path: str
     payload: bytes
+    kind: str = "answer"  # "answer", "perplexity" (the reference's log-probabilities), "code" (a test run)
+    fallback: bytes | None = None  # sent when the upstream refuses the payload with HTTP 400
+    context_chars: int = 0  # perplexity: where the reference starts in the prompt
+    logprobs: bool = False  # answer: keep the first token's top log-probabilities
 
 
-def plan_jobs(exp: ExperimentConfig, cases: list[EvalCase], repeats: int, params: dict[str, Any]) -> list[Job]:
-    """Return every call of the run, case by case (every arm and repeat of a case before the next)."""
-    return [Job((c.id, arm.name, r), arm.upstream, c.path, request_payload(c, arm, params))
+def plan_jobs(exp: ExperimentConfig, cases: list[EvalCase], repeats: int, params: dict[str, Any],
+              logprobs: bool = False) -> list[Job]:
+    """Return every call of the run, case by case (every arm and repeat of a case before the next); with
+    ``logprobs``, each asks for its first tokens' top log-probabilities."""
+    from .logprobs import answer_logprob_params
+
+    return [Job((c.id, arm.name, r), arm.upstream, c.path,
+                request_payload(c, arm, {**params, **(answer_logprob_params(c.path) if logprobs else {})}),
+                logprobs=logprobs)
             for c in cases for arm in exp.arms for r in range(repeats)]
 
 
@@ -57,8 +67,15 @@ def _error_kind(exc: httpx.HTTPError) -> str:
 
 async def call_upstream(clients: UpstreamClients, job: Job) -> CallResult:
     """Return the result of one call; failures are results too (``error`` says which kind)."""
+    result = await _call(clients, job, job.payload)
+    if result.status == 400 and job.fallback is not None:
+        result = await _call(clients, job, job.fallback)
+    return result
+
+
+async def _call(clients: UpstreamClients, job: Job, payload: bytes) -> CallResult:
     up = job.upstream
-    req = build_request(up, job.path, job.payload, "eval-" + "-".join(map(str, job.key)))
+    req = build_request(up, job.path, payload, "eval-" + "-".join(map(str, job.key)))
     transport, release = clients.lease(up)
     started = time.perf_counter()
     try:
@@ -81,11 +98,23 @@ async def call_upstream(clients: UpstreamClients, job: Job) -> CallResult:
         parsed = orjson.loads(resp.content)
     except orjson.JSONDecodeError:
         return CallResult(*job.key, resp.status_code, "invalid_json", latency, None, None, None, None)
-    text = completion_content(parsed)[0]
     ptok, ctok = usage_of(parsed)
+    if job.kind == "perplexity":
+        from .logprobs import reference_logprobs
+
+        values = reference_logprobs(parsed, job.context_chars)
+        error = None if values else "no_logprobs"
+        return CallResult(*job.key, resp.status_code, error, latency, ptok, ctok, None, None, token_logprobs=values)
+    text = completion_content(parsed)[0]
     if text is None:
         return CallResult(*job.key, resp.status_code, "no_content", latency, ptok, ctok, finish_reason_of(parsed), None)
-    return CallResult(*job.key, resp.status_code, None, latency, ptok, ctok, finish_reason_of(parsed), text)
+    top = None
+    if job.logprobs:
+        from .logprobs import first_token_alternatives
+
+        top = first_token_alternatives(parsed)
+    return CallResult(*job.key, resp.status_code, None, latency, ptok, ctok, finish_reason_of(parsed), text,
+                      top_logprobs=top)
 
 
 async def run_jobs(jobs: list[Job], store: ResultStore, concurrency: int,
@@ -109,7 +138,12 @@ async def run_jobs(jobs: list[Job], store: ResultStore, concurrency: int,
                 job = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            result = await call_upstream(clients, job)
+            if job.kind == "code":
+                from .code_runs import run_code_job
+
+                result = await run_code_job(job)
+            else:
+                result = await call_upstream(clients, job)
             store.add(result)
             made += 1
             if on_result is not None:

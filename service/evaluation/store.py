@@ -29,7 +29,8 @@ FSYNC_EVERY = 50
 @dataclass(frozen=True)
 class CallResult:
     """One finished call: which case, arm and repeat; its HTTP status (None when no answer came), the
-    error kind (None on success), latency, tokens, finish reason and the answer's text."""
+    error kind (None on success), latency, tokens, finish reason and the answer's text; with
+    ``--logprobs``, the log-probabilities the call returned."""
 
     case: str
     arm: str
@@ -41,6 +42,8 @@ class CallResult:
     completion_tokens: int | None
     finish_reason: str | None
     answer: str | None
+    token_logprobs: list[float] | None = None  # perplexity calls: the log-probabilities of the reference's tokens
+    top_logprobs: dict[str, float] | None = None  # with --logprobs: the first answer token's top alternatives
 
     @property
     def key(self) -> tuple[str, str, int]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import random
 import time
 from collections import Counter
@@ -55,6 +56,16 @@ class StubSettings:
     accuracy: float = 1.0
     sampling: bool = False
     seed: int | None = None
+    # Log-probabilities from a known distribution (0: none served): a token of c characters (spaces
+    # aside) has logprob -logprob_per_char * c. A completions request with echo and logprobs gets
+    # them for its prompt's tokens (its words, each with its leading space; the first token None);
+    # ``refuse_echo`` answers echo with 400 and serves vLLM's prompt_logprobs instead. A chat answer
+    # to a labelled case asked for top_logprobs gives its label probability ``label_confidence`` and
+    # the other labels an equal share of the rest.
+    logprob_per_char: float = 0.0
+    refuse_echo: bool = False
+    label_confidence: float = 0.8
+    number_noise: float = 0.0  # numeric labels: answer the label plus N(0, number_noise), rounded to 3 places
 
 
 REFUSAL = "I'm sorry, but I can't help with that."
@@ -88,9 +99,16 @@ def case_text(body: dict[str, Any]) -> str:
     return str(body.get("prompt", ""))
 
 
-def keyed_answer(case: KeyedCase, labels: list[str], accuracy: float, rng: random.Random) -> str:
+def keyed_answer(case: KeyedCase, labels: list[str], accuracy: float, rng: random.Random,
+                 number_noise: float = 0.0) -> str:
     """Return the stub's answer to a known case: right with probability ``accuracy``, else wrong
-    (another label, or the reference with about half of its words dropped and the rest shuffled)."""
+    (another label, or the reference with about half of its words dropped and the rest shuffled);
+    a numeric label with ``number_noise`` is answered with Gaussian noise added."""
+    if number_noise and case.label is not None:
+        try:
+            return f"{float(case.label) + rng.gauss(0, number_noise):.3f}"
+        except ValueError:
+            pass
     right = rng.random() < accuracy
     if case.label is not None:
         others = [label for label in labels if label != case.label]
@@ -138,7 +156,7 @@ class StubModelApp:
             return None
         s = self.settings
         rng = self._rng if s.sampling else random.Random(f"{s.name}:{s.seed}:{case_text(body)}")
-        return keyed_answer(case, self._labels, s.accuracy, rng).split()
+        return keyed_answer(case, self._labels, s.accuracy, rng, s.number_noise).split()
 
     async def __call__(self, scope: ASGIScope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -178,6 +196,10 @@ class StubModelApp:
                                                    "param": None, "code": None}})
             return
         body = orjson.loads(await self._read_body(receive))
+        if path == "/v1/completions" and body.get("echo") and self.settings.refuse_echo:
+            await self._json(send, 400, {"error": {"message": "echo is not supported; use prompt_logprobs",
+                                                   "type": "invalid_request_error", "param": "echo", "code": None}})
+            return
         await self._complete(scope, receive, send, body, chat=path.endswith("chat/completions"))
 
     @staticmethod
@@ -253,15 +275,54 @@ class StubModelApp:
             text = " ".join(words)
             if chat:
                 choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
-                                          "finish_reason": "stop", "logprobs": None}
+                                          "finish_reason": "stop", "logprobs": self._label_logprobs(body, text)}
                 obj = "chat.completion"
             else:
                 choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
                 obj = "text_completion"
+                if s.logprob_per_char and body.get("echo") and body.get("logprobs") is not None:
+                    prompt = str(body.get("prompt", ""))
+                    choice["logprobs"] = self.echo_logprobs(prompt)
+                    choice["text"] = prompt if body.get("max_tokens") == 0 else prompt + text
+                elif s.logprob_per_char and body.get("prompt_logprobs") is not None:
+                    choice["prompt_logprobs"] = self.prompt_logprobs(str(body.get("prompt", "")))
             await self._json(send, 200, {"id": rid, "object": obj, "created": created, "model": model,
                                          "system_fingerprint": s.name, "choices": [choice], "usage": usage})
             return
         await self._stream(receive, send, rid, created, model, words, usage, chat, body)
+
+    def token_logprob(self, token: str) -> float:
+        """Return the stub's log-probability of a token: -logprob_per_char per character, spaces aside."""
+        return -self.settings.logprob_per_char * len(token.strip())
+
+    @staticmethod
+    def prompt_tokens(prompt: str) -> list[str]:
+        """Return the stub's tokens of a prompt: its words, each after the first with its leading space."""
+        return [w if i == 0 else " " + w for i, w in enumerate(prompt.split(" "))]
+
+    def echo_logprobs(self, prompt: str) -> dict[str, Any]:
+        """Return the legacy completions ``logprobs`` of an echoed prompt (the first token has none)."""
+        tokens = self.prompt_tokens(prompt)
+        offsets = [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+        values = [None, *(self.token_logprob(t) for t in tokens[1:])]
+        return {"tokens": tokens, "token_logprobs": values, "text_offset": offsets, "top_logprobs": None}
+
+    def prompt_logprobs(self, prompt: str) -> list[Any]:
+        """Return vLLM's ``prompt_logprobs`` of a prompt (None, then ``{id: {logprob, rank, decoded_token}}``)."""
+        tokens = self.prompt_tokens(prompt)
+        return [None, *({str(1000 + i): {"logprob": self.token_logprob(t), "rank": 1, "decoded_token": t}}
+                        for i, t in enumerate(tokens[1:], start=1))]
+
+    def _label_logprobs(self, body: dict[str, Any], text: str) -> dict[str, Any] | None:
+        """Return a chat answer's ``logprobs`` for a labelled case when asked for (see :class:`StubSettings`)."""
+        if not body.get("logprobs") or not self._labels or text not in self._labels:
+            return None
+        conf = self.settings.label_confidence
+        rest = (1 - conf) / max(1, len(self._labels) - 1)
+        tops = [{"token": lab, "logprob": math.log(conf if lab == text else rest), "bytes": None}
+                for lab in self._labels][: int(body.get("top_logprobs") or 0)]
+        tops.sort(key=lambda t: -t["logprob"])
+        return {"content": [{"token": text, "logprob": math.log(conf), "bytes": None, "top_logprobs": tops}]}
 
     async def _stream(self, receive: Any, send: Any, rid: str, created: int, model: Any, words: list[str],
                       usage: dict[str, int], chat: bool, body: dict[str, Any]) -> None:
@@ -331,10 +392,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--accuracy", type=float, default=1.0, help="with --answer-key: share of cases answered right")
     p.add_argument("--sampling", action="store_true", help="with --answer-key: draw every answer afresh")
     p.add_argument("--seed", type=int, default=None, help="with --answer-key: the random seed")
+    p.add_argument("--logprob-per-char", type=float, default=0.0,
+                   help="serve log-probabilities: -X per character of each token (0: none)")
+    p.add_argument("--refuse-echo", action="store_true", help="answer echo with 400; serve vLLM's prompt_logprobs")
+    p.add_argument("--label-confidence", type=float, default=0.8, help="the answered label's probability")
+    p.add_argument("--number-noise", type=float, default=0.0, help="numeric labels: answer label + N(0, X)")
     a = p.parse_args(argv)
     app = StubModelApp(StubSettings(a.name, a.latency_ms, a.token_delay_ms, a.completion_tokens, a.status,
                                     a.fail_rate, a.refusal_rate, a.words, a.diverge_on, a.diverge_tokens,
-                                    a.answer_key, a.accuracy, a.sampling, a.seed))
+                                    a.answer_key, a.accuracy, a.sampling, a.seed, a.logprob_per_char,
+                                    a.refuse_echo, a.label_confidence, a.number_noise))
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning", access_log=False, lifespan="on",
                 timeout_keep_alive=a.keep_alive_s)
 
