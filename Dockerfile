@@ -32,6 +32,8 @@ STOPSIGNAL SIGTERM
 ENTRYPOINT ["splitwatch"]
 
 FROM runtime AS full
+# WordNet 3.0 for the eval's METEOR (nltk reads it from /usr/share/wordnet; nothing is downloaded)
+RUN apt-get update && apt-get install -y --no-install-recommends wordnet-base && rm -rf /var/lib/apt/lists/*
 COPY --from=wheels-full /wheels /wheels
 RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels
 USER splitwatch

@@ -57,16 +57,17 @@ def answer_logprob_params(path: str) -> dict[str, Any]:
         {"logprobs": min(TOP_LOGPROBS, 5)}  # the legacy completions API caps logprobs at 5
 
 
-def reference_logprobs(parsed: Any, context_chars: int) -> list[float] | None:
-    """Return the log-probabilities of the reference's tokens from an echo or ``prompt_logprobs`` answer
-    (None when the answer carries none)."""
+def reference_logprobs(parsed: Any, context_chars: int, prompt_chars: int) -> list[float] | None:
+    """Return the log-probabilities of the reference's tokens (those starting at or past ``context_chars``
+    in a prompt of ``prompt_chars`` characters) from an echo or ``prompt_logprobs`` answer (None when the
+    answer carries none)."""
     choices = parsed.get("choices") if isinstance(parsed, dict) else None
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return None
     choice = choices[0]
     prompt_lp = choice.get("prompt_logprobs", parsed.get("prompt_logprobs"))
     if isinstance(prompt_lp, list) and prompt_lp:
-        return _from_prompt_logprobs(prompt_lp, context_chars)
+        return _from_prompt_logprobs(prompt_lp, context_chars, prompt_chars)
     lp = choice.get("logprobs")
     if not isinstance(lp, dict):
         return None
@@ -78,22 +79,24 @@ def reference_logprobs(parsed: Any, context_chars: int) -> list[float] | None:
     return out or None
 
 
-def _from_prompt_logprobs(entries: list[Any], context_chars: int) -> list[float] | None:
+def _from_prompt_logprobs(entries: list[Any], context_chars: int, prompt_chars: int) -> list[float] | None:
     """vLLM's ``prompt_logprobs``: per prompt token, None (the first) or ``{token_id: {logprob, decoded_token}}``
-    holding the token itself (``prompt_logprobs: 0`` asks for nothing else)."""
-    offset, out = 0, []
-    for entry in entries:
-        if entry is None:  # the first token has no log-probability; its text length is unknown here
-            continue
+    holding the token itself (``prompt_logprobs: 0`` asks for nothing else). The first token's text is not
+    given, so offsets are counted back from the prompt's end (the reference is its suffix)."""
+    end, out = prompt_chars, []
+    for entry in reversed(entries):
+        if entry is None:  # the first token has no log-probability
+            break
         if not isinstance(entry, dict) or len(entry) != 1:
             return None
         (info,) = entry.values()
         if not isinstance(info, dict) or not isinstance(info.get("logprob"), (int, float)):
             return None
-        if offset >= context_chars:
-            out.append(float(info["logprob"]))
-        offset += len(str(info.get("decoded_token") or ""))
-    return out or None
+        end -= len(str(info.get("decoded_token") or ""))
+        if end < context_chars:
+            break
+        out.append(float(info["logprob"]))
+    return out[::-1] or None
 
 
 def first_token_alternatives(parsed: Any) -> dict[str, float] | None:

@@ -37,7 +37,9 @@ def label_probabilities(top_logprobs: Mapping[str, float] | None, labels: Sequen
         for i in begun:
             mass[i] += math.exp(logprob) / len(begun)
     total = mass.sum()
-    return mass / total if total > 0 else None
+    # rounded to 1e-9: exp(log p) and the renormalisation leave ulp-sized noise, which would break the ties
+    # AUC-ROC counts as ties (labels given the same probability) into arbitrary orders
+    return np.round(mass / total, 9) if total > 0 else None
 
 
 def per_class(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:

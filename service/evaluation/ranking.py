@@ -3,8 +3,9 @@
 The cases are resampled (the same cases for every arm, as the paired bootstrap does), the arms
 ranked in each resample by the metric's mean (1 is best, by the metric's direction; ties share the
 mean rank), and each arm's mean rank, its 95% rank interval and the share of resamples in which it
-ranked first are reported (arms tied for first share it). Two arms whose rank intervals overlap are not told apart by the data;
-the pairwise tests (Holm-corrected with the rest) say which differences are significant.
+ranked first are reported (arms tied for first share it). Two arms whose rank intervals overlap are
+not told apart by the data; the pairwise tests (Holm-corrected with the rest) say which differences
+are significant.
 """
 
 from __future__ import annotations

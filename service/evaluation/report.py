@@ -15,24 +15,29 @@ import orjson
 
 from ..analyzer.report_format import fmt_count, fmt_interval, fmt_num, fmt_p, md_table
 from ..analyzer.report_html import CSS
-from .compare import METRICS, EvalResult, bootstrap_floor
+from .compare import EvalResult, bootstrap_floor
 from .dataset import Dataset
+from .report_sections import Section, percent_metric, sections
 
 ARM_COLUMNS = [
-    ("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("exact_match", "exact match"),
-    ("normalised_exact_match", "norm. exact match"), ("bleu", "BLEU"), ("chrf", "chrF"), ("rouge_l", "ROUGE-L"),
+    ("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("micro_f1", "micro-F1"), ("auc_roc", "AUC-ROC"),
+    ("brier", "Brier"), ("ece", "ECE"), ("exact_match", "exact match"),
+    ("normalised_exact_match", "norm. exact match"), ("mse", "MSE"), ("mae", "MAE"), ("r2", "R²"),
+    ("unparseable_rate", "no number"), ("bleu", "BLEU"), ("chrf", "chrF"), ("rouge_l", "ROUGE-L"),
+    ("meteor", "METEOR"), ("perplexity", "perplexity"), ("checks_passed", "checks passed"),
+    ("compile_rate", "compiles"), ("pass_rate", "tests pass"),
     ("agreement", "agreement"), ("similarity", "similarity"), ("error_rate", "errors"),
     ("latency_p50_s", "latency p50 (s)"), ("latency_p95_s", "latency p95 (s)"),
     ("completion_tokens_mean", "completion tokens"), ("judge_win_rate", "judge win rate"),
     ("judge_order_inconsistent", "judge order-inconsistent"), ("judge_invalid", "judge replies invalid"),
+    ("judge_relevance", "judge relevance"), ("judge_factual_accuracy", "judge factual accuracy"),
+    ("human_relevance", "people's relevance"), ("human_factual_accuracy", "people's factual accuracy"),
 ]
 VERDICT_COLOURS = {"better": "#1e8e3e", "worse": "#d93025", "not distinguishable": "#5f6368",
                    "higher": "#5f6368", "lower": "#5f6368"}
 
 
-def _percent(metric: str) -> bool:
-    spec = METRICS.get(metric)
-    return metric == "judge_order_inconsistent" or (spec is not None and spec.unit == "share")
+_percent = percent_metric
 
 
 # what the control's and the arm's figures are, where the metric's name does not say it
@@ -52,29 +57,30 @@ def comparison_rows(res: EvalResult) -> list[list[str]]:
         r, pct = c.result, _percent(c.metric)
         scale = 100.0 if pct else 1.0
         unit = "%" if pct else ""
-        rows.append([c.arm, metric_label(c.metric), fmt_num(r.estimate_a * scale) + unit,
+        rows.append([f"{c.arm} vs {c.against}", metric_label(c.metric), fmt_num(r.estimate_a * scale) + unit,
                      fmt_num(r.estimate_b * scale) + unit,
                      fmt_interval(r.difference, r.low, r.high, percent=pct), r.method, fmt_p(r.p_value),
                      fmt_p(c.p_adjusted), c.verdict])
     return rows
 
 
-COMPARISON_HEADER = ["arm", "metric", "control", "arm's", "difference [95% interval]", "test", "p", "p (Holm)",
-                     "verdict"]
+COMPARISON_HEADER = ["arm vs other", "metric", "other's", "arm's", "difference [95% interval]", "test", "p",
+                     "p (Holm)", "verdict"]
 
 
 def arm_rows(res: EvalResult) -> tuple[list[str], list[list[str]]]:
-    """Return the per-arm table: a header and one row per arm, only the columns some arm has."""
-    cols = [(k, t) for k, t in ARM_COLUMNS if any(k in res.per_arm[a] for a in res.per_arm)]
+    """Return the per-arm table, one row per figure some arm has and one column per arm (a table that grows
+    down with the metrics, not sideways)."""
+    cols = [(k, t) for k, t in [("calls", "calls"), *ARM_COLUMNS] if any(k in res.per_arm[a] for a in res.per_arm)]
     rows = []
-    for a in res.arms:
-        s = res.per_arm.get(a, {})
-        cells = [a, fmt_count(s.get("calls"))]
-        for k, _ in cols:
-            v = s.get(k)
-            cells.append(f"{fmt_num(v * 100)}%" if v is not None and _percent(k) else fmt_num(v))
+    for k, title in cols:
+        cells = [title]
+        for a in res.arms:
+            v = res.per_arm.get(a, {}).get(k)
+            cells.append(fmt_count(v) if k == "calls" else
+                         f"{fmt_num(v * 100)}%" if v is not None and _percent(k) else fmt_num(v))
         rows.append(cells)
-    return ["arm", "calls", *[t for _, t in cols]], rows
+    return ["figure", *res.arms], rows
 
 
 def _confusion_rows(labels: list[str], matrix: list[list[int]]) -> list[list[str]]:
@@ -104,8 +110,13 @@ def render_markdown(res: EvalResult, dataset: Dataset) -> str:
     """Return the report as Markdown."""
     lines = [f"# Offline evaluation: {res.experiment}", "", *_intro(res, dataset), "", "## Verdict", ""]
     lines += [f"- {v}" for v in res.verdict_lines()]
-    lines += ["", "## Paired comparisons against the control", ""]
+    lines += [f"- note: {n}" for n in res.notes]
+    lines += ["", "## Paired comparisons", ""]
     lines += md_table(COMPARISON_HEADER, comparison_rows(res))
+    for sec in sections(res):
+        lines += ["", f"## {sec.title}", "", sec.note, ""]
+        lines += [f"- {x}" for x in sec.sentences] + ([""] if sec.sentences else [])
+        lines += md_table(sec.header, sec.rows)
     header, rows = arm_rows(res)
     lines += ["", "## Per arm", "", *md_table(header, rows)]
     for a in res.arms:
@@ -116,6 +127,9 @@ def render_markdown(res: EvalResult, dataset: Dataset) -> str:
     if dataset.bad_lines:
         lines += ["", f"## Bad lines left out ({len(dataset.bad_lines)})", ""]
         lines += [f"- {b}" for b in dataset.bad_lines]
+    if res.human_bad_lines:
+        lines += ["", f"## People's ratings: bad lines left out ({len(res.human_bad_lines)})", ""]
+        lines += [f"- {b}" for b in res.human_bad_lines]
     return "\n".join(lines) + "\n"
 
 
@@ -169,20 +183,32 @@ def render_html(res: EvalResult, dataset: Dataset) -> str:
              f"<h1>Offline evaluation: {html.escape(res.experiment)}</h1>",
              "".join(f'<p class="sub">{html.escape(s)}</p>' for s in _intro(res, dataset)),
              _verdict_box(res),
-             "<h2>Paired comparisons against the control</h2>",
-             _html_table(COMPARISON_HEADER, comparison_rows(res), verdict_col=len(COMPARISON_HEADER) - 1)]
+             "".join(f'<p class="note">{html.escape(n)}</p>' for n in res.notes),
+             "<h2>Paired comparisons</h2>",
+             '<div class="scroll">' + _html_table(COMPARISON_HEADER, comparison_rows(res),
+                                                  verdict_col=len(COMPARISON_HEADER) - 1) + "</div>"]
+    parts += [_section_html(sec) for sec in sections(res)]
     header, rows = arm_rows(res)
-    parts += ["<h2>Per arm</h2>", _html_table(header, rows)]
+    parts += ["<h2>Per arm</h2>", f'<div class="scroll">{_html_table(header, rows)}</div>']
     for a in res.arms:
         matrix = res.per_arm.get(a, {}).get("confusion")
         if matrix:
             parts += [f"<h2>Confusion matrix: {html.escape(a)}</h2>",
                       "<p class='note'>rows: expected; columns: answered</p>", _confusion_html(res.labels, matrix)]
-    if dataset.bad_lines:
-        parts.append(f"<h2>Bad lines left out ({len(dataset.bad_lines)})</h2><ul>"
-                     + "".join(f"<li>{html.escape(str(b))}</li>" for b in dataset.bad_lines) + "</ul>")
+    for title, bad in (("Bad lines left out", [str(b) for b in dataset.bad_lines]),
+                       ("People's ratings: bad lines left out", res.human_bad_lines)):
+        if bad:
+            parts.append(f"<h2>{title} ({len(bad)})</h2><ul>"
+                         + "".join(f"<li>{html.escape(b)}</li>" for b in bad) + "</ul>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _section_html(sec: Section) -> str:
+    sentences = "".join(f'<div class="line">{html.escape(x)}</div>' for x in sec.sentences)
+    return (f"<h2>{html.escape(sec.title)}</h2><p class='note'>{html.escape(sec.note)}</p>"
+            + (f'<div class="sentences">{sentences}</div>' if sentences else "")
+            + f'<div class="scroll">{_html_table(sec.header, sec.rows, sec.verdict_col)}</div>')
 
 
 def _verdict_box(res: EvalResult) -> str:

@@ -102,7 +102,8 @@ async def _call(clients: UpstreamClients, job: Job, payload: bytes) -> CallResul
     if job.kind == "perplexity":
         from .logprobs import reference_logprobs
 
-        values = reference_logprobs(parsed, job.context_chars)
+        prompt = orjson.loads(payload).get("prompt", "")
+        values = reference_logprobs(parsed, job.context_chars, len(prompt))
         error = None if values else "no_logprobs"
         return CallResult(*job.key, resp.status_code, error, latency, ptok, ctok, None, None, token_logprobs=values)
     text = completion_content(parsed)[0]

@@ -66,6 +66,9 @@ class StubSettings:
     refuse_echo: bool = False
     label_confidence: float = 0.8
     number_noise: float = 0.0  # numeric labels: answer the label plus N(0, number_noise), rounded to 3 places
+    # another accuracy on the cases of one slice: {"split=out_of_domain": 0.3} (a fine-tune that does not
+    # generalise)
+    accuracy_on: dict[str, float] = field(default_factory=dict)
 
 
 REFUSAL = "I'm sorry, but I can't help with that."
@@ -79,6 +82,7 @@ class KeyedCase:
 
     label: str | None
     reference: str | None
+    metadata: tuple[tuple[str, str], ...] = ()
 
 
 def load_answer_key(path: str) -> tuple[dict[str, KeyedCase], list[str]]:
@@ -86,7 +90,7 @@ def load_answer_key(path: str) -> tuple[dict[str, KeyedCase], list[str]]:
     from ..evaluation.dataset import load_dataset
 
     ds = load_dataset(path, "open")
-    key = {case_text(c.request_body()): KeyedCase(c.label, c.reference) for c in ds.cases}
+    key = {case_text(c.request_body()): KeyedCase(c.label, c.reference, c.metadata) for c in ds.cases}
     return key, sorted({c.label for c in ds.cases if c.label is not None})
 
 
@@ -156,7 +160,10 @@ class StubModelApp:
             return None
         s = self.settings
         rng = self._rng if s.sampling else random.Random(f"{s.name}:{s.seed}:{case_text(body)}")
-        return keyed_answer(case, self._labels, s.accuracy, rng, s.number_noise).split()
+        accuracy = s.accuracy
+        for k, v in case.metadata:
+            accuracy = s.accuracy_on.get(f"{k}={v}", accuracy)
+        return keyed_answer(case, self._labels, accuracy, rng, s.number_noise).split()
 
     async def __call__(self, scope: ASGIScope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -397,11 +404,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--refuse-echo", action="store_true", help="answer echo with 400; serve vLLM's prompt_logprobs")
     p.add_argument("--label-confidence", type=float, default=0.8, help="the answered label's probability")
     p.add_argument("--number-noise", type=float, default=0.0, help="numeric labels: answer label + N(0, X)")
+    p.add_argument("--accuracy-on", action="append", default=[], metavar="KEY=VALUE:ACCURACY",
+                   help="another accuracy on the cases whose metadata KEY is VALUE (repeatable)")
     a = p.parse_args(argv)
+    accuracy_on = {spec.rsplit(":", 1)[0]: float(spec.rsplit(":", 1)[1]) for spec in a.accuracy_on}
     app = StubModelApp(StubSettings(a.name, a.latency_ms, a.token_delay_ms, a.completion_tokens, a.status,
                                     a.fail_rate, a.refusal_rate, a.words, a.diverge_on, a.diverge_tokens,
                                     a.answer_key, a.accuracy, a.sampling, a.seed, a.logprob_per_char,
-                                    a.refuse_echo, a.label_confidence, a.number_noise))
+                                    a.refuse_echo, a.label_confidence, a.number_noise, accuracy_on))
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning", access_log=False, lifespan="on",
                 timeout_keep_alive=a.keep_alive_s)
 
