@@ -207,12 +207,18 @@ class _JudgeHandler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         prompt = body["messages"][-1]["content"]
         expected = re.search(r"\[Expected answer\]\n(.*?)\n\n", prompt, re.S).group(1)
+        if "[Answer 1]" not in prompt:  # the rubric (tests/test_eval_judge.py checks it)
+            self._reply(body, json.dumps(dict.fromkeys(("relevance", "fluency", "factual_accuracy", "diversity"), 3)))
+            return
         one = re.search(r"\[Answer 1\]\n(.*?)\n\n\[Answer 2\]", prompt, re.S).group(1)
         two = re.search(r"\[Answer 2\]\n(.*?)\n\nWhich answer", prompt, re.S).group(1)
         if self.biased:
             reply = "1"
         else:
             reply = "tie" if (one == expected) == (two == expected) else ("1" if one == expected else "2")
+        self._reply(body, reply)
+
+    def _reply(self, body: dict[str, Any], reply: str) -> None:
         out = json.dumps({"id": "j", "object": "chat.completion", "model": body["model"], "choices": [
             {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}]}).encode()
         self.send_response(200)
