@@ -45,8 +45,8 @@ def test_meteor_is_nltks_with_debians_wordnet_and_its_published_example() -> Non
     from nltk.translate.meteor_score import meteor_score
 
     # nltk's own documented example (nltk/translate/meteor_score.py doctest): 0.6944 to 4 places
-    hyp = ("It is a guide to action which ensures that the military always obeys the commands of "
-           "the party").split(" ")
+    hyp = "It is a guide to action which ensures that the military always obeys the commands of the party"
+    hyp = hyp.split(" ")
     ref = "It is a guide to action that ensures that the military will forever heed Party commands"
     ref = ref.split(" ")
     assert round(meteor_score([ref], hyp, wordnet=wordnet()), 4) == 0.6944
