@@ -65,6 +65,14 @@ def test_the_demo_tours_the_product_and_leaves_nothing_running(tmp_path: Path) -
     for metric in ("resolved", "csat", "escalated", "latency_p95_ms", "error_rate", "cost_per_request"):
         assert re.search(rf"^{metric} +(primary|secondary|guardrail|diagnostic) ", text, re.M), metric
     assert "wall-clock time on this machine" in text  # why the latency guardrail can differ between runs
+    # issue 26: the offline eval's slices, and whether the fine-tune's gain holds out of domain
+    flat = " ".join(text.split())
+    assert "per slice of the test set (accuracy, each candidate minus base; Benjamini-Hochberg" in flat
+    for part in ("split=out_of_domain (60 cases), finetuned:", "split=in_domain (160 cases), finetuned:",
+                 "domain=billing (88 cases), finetuned:", "finetuned against base on accuracy:"):
+        assert part in flat, part
+    eval_json = json.loads((out / "eval" / "report.json").read_text())
+    assert {s["key"] for s in eval_json["slices"]} == {"domain", "split"} and eval_json["generalisation"]
 
     # drift: noticed after the prompt mix shifted, never before
     d = re.search(r"shifted at exposure (\d+) of (\d+); .* noticed at exposure (\d+): (.+); "

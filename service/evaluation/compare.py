@@ -149,7 +149,8 @@ class EvalResult:
             for c in self.comparisons:
                 if (c.arm, c.against) == (arm, against):
                     groups.setdefault(c.verdict, []).append(c.metric)
-            parts = [f"{v} on {', '.join(ms)}" for v, ms in groups.items()]
+            order = ("better", "worse", "higher", "lower", "not distinguishable")  # what changed first
+            parts = [f"{v} on {', '.join(groups[v])}" for v in order if v in groups]
             lines.append(f"{arm} against {against}: " + ("; ".join(parts) or "no metric compared"))
         return lines
 
@@ -274,7 +275,8 @@ def _slices(inp: EvalInputs, scores: dict[str, ArmScores], res: EvalResult, boot
     if res.primary_metric is not None:
         res.generalisation = generalisation(inp, scores, res.control, res.slices, key,
                                             METRICS[res.primary_metric].direction == HIGHER, res.primary_metric,
-                                            boot["n_samples"], boot["seed"])
+                                            boot["n_samples"], boot["seed"],
+                                            share=METRICS[res.primary_metric].unit == "share")
 
 
 def _agreement(inp: EvalInputs, scores: dict[str, ArmScores], res: EvalResult, seed: int) -> None:

@@ -125,7 +125,8 @@ def _two_group_bootstrap(x_in: np.ndarray, x_out: np.ndarray, n_samples: int, se
 
 
 def generalisation(inp: EvalInputs, scores: dict[str, ArmScores], control: str, slices: list[SliceComparison],
-                   key: str, higher_is_better: bool, metric: str, n_samples: int, seed: int) -> Generalisation | None:
+                   key: str, higher_is_better: bool, metric: str, n_samples: int, seed: int, share: bool = False
+                   ) -> Generalisation | None:
     """Return the generalisation row when ``key`` has in-domain and out-of-domain cases, else None."""
     meta = [dict(inp.case(cid).metadata).get(key) for cid in inp.ids]
     in_mask = np.array([m == IN_DOMAIN for m in meta])
@@ -161,8 +162,11 @@ def generalisation(inp: EvalInputs, scores: dict[str, ArmScores], control: str, 
                            "gain_out": c_out.result.difference, "verdict_out": c_out.verdict,
                            "gain_difference": inter, "gain_difference_low": low, "gain_difference_high": high,
                            "gain_difference_p": p}
+        def fmt(x: float) -> str:
+            return f"{x * 100:+.1f} points" if share else f"{x:+.3g}"
+
         sentences.append(
-            f"{arm} against {control} on {metric}: {c_in.result.difference:+.3g} in domain ({c_in.verdict}), "
-            f"{c_out.result.difference:+.3g} out of domain ({c_out.verdict}); the gain {holds} (in minus out "
-            f"{inter:+.3g} [{low:+.3g}, {high:+.3g}])")
+            f"{arm} against {control} on {metric}: {fmt(c_in.result.difference)} in domain ({c_in.verdict}), "
+            f"{fmt(c_out.result.difference)} out of domain ({c_out.verdict}); the gain {holds} (in minus out "
+            f"{fmt(inter)} [{fmt(low)}, {fmt(high)}])")
     return Generalisation(key, metric, higher_is_better, arms, candidates, sentences)
