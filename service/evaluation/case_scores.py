@@ -210,7 +210,6 @@ def arm_scores(inp: EvalInputs, arm: str) -> ArmScores:
     calls = _calls(inp, arm)
     answers = [case[0].answer or "" for case in calls]  # repeat 0; a failed call is the empty answer
     scores = ArmScores({}, {}, {}, answers)
-    _operational(calls, scores.per_case, scores.figures)
     _text_scores(inp, answers, scores.per_case)
     if inp.repeats > 1:
         every = [[c.answer or "" for c in case] for case in calls]
@@ -229,6 +228,7 @@ def arm_scores(inp: EvalInputs, arm: str) -> ArmScores:
     _perplexity(inp, arm, scores)
     _code(inp, arm, scores)
     _ratings(inp, arm, scores)
+    _operational(calls, scores.per_case, scores.figures)  # last: the tables read quality first
     for name, values in scores.per_case.items():
         if name not in scores.figures and np.isfinite(values).any():
             scores.figures[name] = float(np.nanmean(values))
