@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from .cli_evidence import TrackerFailed, add_evidence_parsers, add_tracker_args, send, tracker_options
 from .config import Config, ConfigError, load_config
 from .logs import configure_logging
 
@@ -163,6 +164,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(f"report written to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
+    opts = tracker_options(args)
+    if opts.any():
+        import json
+        import tempfile
+
+        from .trackers.records import online_record
+
+        exp = cfg.experiment(args.experiment)
+        models = {a.name: a.upstream.model for a in exp.arms} if exp is not None else {}
+        with tempfile.TemporaryDirectory() as tmp:  # the HTML and JSON reports as artifacts, whatever --format
+            files = [Path(tmp) / "report.html", Path(tmp) / "report.json"]
+            files[0].write_text(RENDERERS["html"](rep), encoding="utf-8")
+            files[1].write_text(RENDERERS["json"](rep), encoding="utf-8")
+            send(online_record(json.loads(files[1].read_text(encoding="utf-8")), models, files), opts)
     return 0
 
 
@@ -215,6 +230,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--code-timeout must be between 0 and 600 seconds, got {args.code_timeout}")
     if args.human is not None and not Path(args.human).is_file():
         raise ConfigError(f"--human: no file {args.human}")
+    if args.train_data:
+        _warn_contamination(dataset, args.train_data)
     output = Path(args.output or f"splitwatch-eval/{exp.key}")
     opts = EvalOptions(output, args.repeats, args.concurrency, _parse_params(args.param), args.retry_failed,
                        judge, args.alpha, args.bootstrap, logprobs=args.logprobs,
@@ -226,7 +243,35 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--output: {exc}") from None
     except BootstrapTooSmall as exc:
         raise ConfigError(str(exc)) from None
+    if code == 0 and tracker_options(args).any():
+        import json
+
+        from .trackers.records import eval_record
+
+        files = [output / "report.html", output / "report.json", output / "report.md"]
+        report = json.loads(files[1].read_text(encoding="utf-8"))
+        send(eval_record(report, {a.name: a.upstream.model for a in exp.arms}, files), tracker_options(args))
     return code
+
+
+def _warn_contamination(dataset: object, train_files: list[str]) -> None:
+    """Print a warning naming the test set's cases that the tuning files contain (their word 8-grams)."""
+    from .data_checks.checks import DataOptions, check
+    from .data_checks.examples import Example, read_examples
+    cases = [Example("test", c.id, c.line, c.question(), c.reference, c.label)
+             for c in dataset.cases]  # type: ignore[attr-defined]
+    tuning = []
+    for path in train_files:
+        try:
+            tuning.extend(read_examples(path)[0])
+        except OSError as exc:
+            raise ConfigError(f"--train-data {path}: {exc.strerror or exc}") from None
+    found = check(tuning, cases, [], {}, DataOptions()).contaminated
+    if found:
+        ids = ", ".join(c["case"].split(":", 1)[1] for c in found[:20]) + (" ..." if len(found) > 20 else "")
+        print(f"warning: {len(found)} of {len(cases)} test cases ({len(found) / len(cases):.1%}) share at least half "
+              f"of their word 8-grams with --train-data: {ids}. Their scores measure memory, not generalisation "
+              "(splitwatch data --eval lists them all)", file=sys.stderr)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -292,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--output", default=None, help="file to write (default: stdout)")
     rp.add_argument("--fixed-horizon", action="store_true",
                     help="fixed-horizon tests (only once the planned sample size is reached); default: always-valid")
+    add_tracker_args(rp)
     rp.set_defaults(func=_cmd_report)
 
     ev = sub.add_parser("eval", help="offline evaluation: every arm on a fixed test set, with paired significance")
@@ -326,7 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--bootstrap", type=int, default=None,
                     help="paired bootstrap resamples (default: enough that the smallest p-value it can give, "
                          "corrected over every comparison, is a tenth of alpha; at least 1000)")
+    ev.add_argument("--train-data", action="append", default=None, metavar="FILE",
+                    help="a tuning file: warn when test cases share most of their n-grams with it (repeatable)")
+    add_tracker_args(ev)
     ev.set_defaults(func=_cmd_eval)
+    add_evidence_parsers(sub)
 
     demo = sub.add_parser("demo", help="run the whole loop locally on embedded defaults")
     demo.add_argument("--units", type=int, default=2000, help="simulated users (default 2000)")
@@ -355,6 +405,9 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"splitwatch: {exc}", file=sys.stderr)
         sys.exit(2)
+    except TrackerFailed as exc:
+        print(f"splitwatch: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,15 @@ class EvalCase:
         """Return the request's content fields: ``{"messages": [...]}`` or ``{"prompt": "..."}``."""
         return {"messages": list(self.messages)} if self.messages is not None else {"prompt": self.prompt}
 
+    def question(self) -> str:
+        """Return what the case asks: its last user message (chat), or its prompt."""
+        if self.messages is None:
+            return self.prompt or ""
+        users = [m for m in self.messages if m.get("role") == "user"]
+        content = users[-1].get("content") if users else ""
+        return content if isinstance(content, str) else " ".join(
+            str(p.get("text", "")) for p in content if isinstance(p, dict))
+
     @property
     def path(self) -> str:
         """Return the OpenAI path this case is sent to."""
