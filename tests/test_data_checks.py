@@ -95,7 +95,8 @@ def test_eval_warns_when_its_test_set_is_in_the_tuning_data(tmp_path: Path) -> N
         res = _eval(_config(tmp_path, base, ft), tmp_path / "out", "--train-data", str(train), "--concurrency", "16")
         assert res.returncode == 0, res.stderr
         flat = " ".join(res.stderr.split())
-        assert "warning: 11 of 220 test cases (5.0%) share at least half of their word 8-grams with --train-data" in flat
+        warning = "warning: 11 of 220 test cases (5.0%) share at least half of their word 8-grams with --train-data"
+        assert warning in flat
         assert "account_update-01, account_update-02" in flat
     finally:
         for s in (base, ft):

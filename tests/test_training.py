@@ -48,7 +48,8 @@ def test_three_planted_runs_are_each_found_at_the_right_step(tmp_path: Path, sou
     assert diverged["curves"][TRAIN_LOSS][69] == [700.0, None]
     page = (out / "report.html").read_text()
     assert page.count("<img") == 3  # training loss, validation loss, eval_accuracy
-    assert "over-fits from step 600" in res.stdout and "diverged: the loss is NaN or infinite from step 700" in res.stdout
+    assert "over-fits from step 600" in res.stdout
+    assert "diverged: the loss is NaN or infinite from step 700" in res.stdout
     assert "| full-ft |" in (out / "report.md").read_text()
 
 

@@ -10,8 +10,9 @@
   (1: perfectly even).
 - **Empty and over-long**: an empty input or target; more than ``max_words`` words in input and target.
 - **Contamination**: an eval case is contaminated when at least ``overlap`` (default 0.5) of its
-  question's word ``ngram``-grams (default 8; the whole question when shorter) occur in the tuning
-  files' inputs and targets. A chat case's question is its last user message: a system prompt that
+  question's word ``ngram``-grams (default 8) occur in the tuning files' inputs and targets; a
+  question shorter than one n-gram is contaminated when it occurs whole (on word boundaries) in a
+  tuning text. A chat case's question is its last user message: a system prompt that
   every case shares would make every case look copied.
 """
 
@@ -169,13 +170,21 @@ def check(tuning: list[Example], evals: list[Example], bad_lines: list[str], fil
             f.over_long.append(ex.key)
     if evals and tuning:
         seen_grams: set[str] = set()
+        texts = []
         for ex in tuning:
-            seen_grams |= _ngrams(ex.input, opts.ngram) | _ngrams(ex.target or "", opts.ngram)
+            for text in (ex.input, ex.target or ""):
+                seen_grams |= _ngrams(text, opts.ngram)
+                texts.append(normalise(text))
+        corpus = " " + " | ".join(texts) + " "
         for ex in evals:
-            grams = _ngrams(ex.asked, opts.ngram)  # the case's own question, not a system prompt all cases share
-            if not grams:
+            words = normalise(ex.asked).split()  # the case's own question, not a system prompt all cases share
+            if not words:
                 continue
-            share = len(grams & seen_grams) / len(grams)
+            if len(words) < opts.ngram:  # shorter than one n-gram: the whole question, found in a tuning text
+                share = float(f" {' '.join(words)} " in corpus)
+            else:
+                grams = _ngrams(ex.asked, opts.ngram)
+                share = len(grams & seen_grams) / len(grams)
             if share >= opts.overlap:
                 f.contaminated.append({"case": ex.key, "overlap": share})
     return f

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 
 from .record import TrackerRecord
@@ -16,6 +18,11 @@ def mlflow_experiment_name(experiment: str) -> str:
 
 def log_to_mlflow(record: TrackerRecord, uri: str) -> str:
     """Log the record as one MLflow run at tracking URI ``uri``; return a line naming the run."""
+    with contextlib.redirect_stdout(sys.stderr):  # MLflow prints run links; stdout may be the report itself
+        return _log(record, uri)
+
+
+def _log(record: TrackerRecord, uri: str) -> str:
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 

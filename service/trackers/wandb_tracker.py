@@ -11,14 +11,15 @@ from .record import TrackerRecord
 
 def log_to_wandb(record: TrackerRecord, project: str) -> str:
     """Log the record as one W&B run (config: the parameters; summary: the metrics; curves against their
-    own step; the report files saved); return a line naming the run."""
+    own step, their names' dots written "/"; the report files saved); return a line naming the run."""
     import wandb
 
     run = wandb.init(project=project, name=record.run_name, config=dict(record.params),
                      tags=[record.experiment, record.phase], group=record.experiment, job_type=record.phase,
                      dir=os.environ.get("WANDB_DIR"), reinit="create_new")
     try:
-        for key, points in record.curves.items():
+        for curve_key, points in record.curves.items():
+            key = curve_key.replace(".", "/")  # define_metric reads a dot as nesting; "/" is W&B's section separator
             step_key = f"{key}/step"
             run.define_metric(step_key, hidden=True)
             run.define_metric(key, step_metric=step_key)
