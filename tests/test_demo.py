@@ -67,6 +67,12 @@ def test_the_demo_tours_the_product_and_leaves_nothing_running(tmp_path: Path) -
     assert "wall-clock time on this machine" in text  # why the latency guardrail can differ between runs
     # issue 26: the offline eval's slices, and whether the fine-tune's gain holds out of domain
     flat = " ".join(text.split())
+    # issue 27: the training runs' report comes first, each run's finding at its step
+    assert flat.index("Training runs before the checkpoint was chosen (3 runs") < flat.index("Offline eval before")
+    assert "full-ft: over-fits from step 600" in flat and "lora-r16: training loss converged" in flat
+    assert "full-ft-lr3e-4: diverged: the loss is NaN or infinite from step 700" in flat
+    runs = json.loads((out / "training" / "report.json").read_text())["runs"]
+    assert {r["name"]: r["overfitting_from"] for r in runs}["full-ft"] == 600
     assert "per slice of the test set (accuracy, each candidate minus base; Benjamini-Hochberg" in flat
     for part in ("split=out_of_domain (60 cases), finetuned:", "split=in_domain (160 cases), finetuned:",
                  "domain=billing (88 cases), finetuned:", "finetuned against base on accuracy:"):

@@ -149,8 +149,10 @@ def test_dockerfile_has_a_slim_proxy_target_and_a_full_target() -> None:
         chain = _stage_chain(stages, target)
         runs = " ".join(rest for instruction, rest in chain if instruction == "RUN")
         extras = {e for group in re.findall(r'"\.\[([a-z,]+)\]"', runs) for e in group.split(",")}
-        assert extras == ({"drift", "eval"} if wants_drift else set()), target  # full: drift and eval
+        full = {"drift", "eval", "training", "data", "trackers"}  # the analyzer image: every report and tracker
+        assert extras == (full if wants_drift else set()), target
         assert "pip install" in runs and "--no-index" in runs  # only the wheels built in the image
+        assert ("wordnet-base" in runs) == wants_drift  # METEOR's WordNet, from Debian, in the full image
         users = [rest for instruction, rest in chain if instruction == "USER"]
         assert users and users[-1] not in ("root", "0"), target  # runs unprivileged
         assert ("ENTRYPOINT", '["splitwatch"]') in chain

@@ -122,11 +122,14 @@ ALLOWED_STAGES = {
     "analyzer": {"delivery", "control"},
     "drift": {"delivery"},
     "evaluation": {"proxy", "analyzer"},  # the proxy's upstream clients, the report's number formats
-    "local": {"proxy", "delivery", "analyzer", "control", "drift", "evaluation"},  # the demo runs them all
+    "training": {"analyzer"},  # the report's number formats and page style
+    "data_checks": {"analyzer", "evaluation"},  # the same, and the eval's text normalisation
+    "trackers": set(),  # fed plain report JSON
+    "local": {"proxy", "delivery", "analyzer", "control", "drift", "evaluation", "training"},  # the demo runs them all
 }
 # The CLI starts every process and the package re-exports its public names: they may import any stage.
 # Every other shared module is a contract and imports no stage.
-ENTRY_POINTS = {"splitwatch.service.cli", "splitwatch.service"}
+ENTRY_POINTS = {"splitwatch.service.cli", "splitwatch.service.cli_evidence", "splitwatch.service"}
 
 
 def _stage_of(module: str) -> str | None:

@@ -47,6 +47,10 @@ from ..evaluation.report import write_reports
 from ..evaluation.run import EvalOptions, run_description
 from ..evaluation.runner import plan_jobs, run_jobs
 from ..evaluation.store import ResultStore
+from ..training.analysis import RunFindings, analyse
+from ..training.report import write_reports as write_training_reports
+from ..training.sources import load_run
+from .planted_runs import RUNS, write_trainer_runs
 from .processes import Broker, ManagedProcess, Proxy, StubModel, free_port, splitwatch_command, wait_delivered
 
 TOPIC = "splitwatch.events"
@@ -76,12 +80,13 @@ DEFAULT_OUTPUT = "splitwatch-demo"
 ROLLBACK_KEY = "support-ft-v2"
 # What an earlier run left in the output directory: moved to previous/ when a new run starts, and
 # deleted only once the new run has succeeded
-RUN_FILES = ("lake", "spool", "state", "drift", "logs", "eval", "report.md", "report.html", "report.json",
-             "splitwatch.yaml")
+RUN_FILES = ("lake", "spool", "state", "drift", "logs", "training", "eval", "report.md", "report.html",
+             "report.json", "splitwatch.yaml")
 PREVIOUS = "previous"
 # The progress display's steps: short enough that a line fits 80 columns with its bar and counts
 STEPS = {
     "start": "starting broker, models, proxy",
+    "training": "training runs: learning curves",
     "eval": "offline eval on the test set",
     "users": "users chat (prompts shift halfway)",
     "outcomes": "posting the outcomes",
@@ -375,6 +380,7 @@ def run_demo(units: int = 2000, seed: int = 7, workdir: str | None = None) -> in
                 {name: p.proc.pid for name, p in zip(("broker", "base", "finetuned", "failing", "proxy", "analyzer"),
                                                      procs, strict=True) if p.proc is not None}))
 
+            training = _training_phase(out / "training", progress)
             offline = _offline_eval_phase(parse_config(config, environ={}), out / "eval", progress)
 
             unit_ids = [f"user-{i:05d}" for i in range(units)]
@@ -431,7 +437,7 @@ def run_demo(units: int = 2000, seed: int = 7, workdir: str | None = None) -> in
     rollback["guard"] = next((e for e in events if e.get("experiment") == ROLLBACK_KEY and e["type"] == "control"
                               and e.get("actor") == "guard"), None)
     _print_tour(console, out, units, events, main, outcomes, summary, lake_events, drift, rollback, rep,
-                offline, time.monotonic() - t0)
+                training, offline, time.monotonic() - t0)
     _drop_previous(out)
     return 0
 
@@ -451,6 +457,19 @@ def _lake_events(cfg: Config) -> int:
                                [lake.glob("*")]).fetchone()[0])
     finally:
         con.close()
+
+
+def _training_phase(out: Path, progress: Progress) -> list[RunFindings]:
+    """Write three fine-tuning runs as the Trainer writes them (LoRA, full, full with too high a learning
+    rate), report on their curves as ``splitwatch training`` does; return the findings."""
+    task = progress.add_task(STEPS["training"], total=len(RUNS))
+    runs = []
+    for name, path in write_trainer_runs(out / "runs").items():
+        runs.append(load_run(f"{name}={path}"))
+        progress.advance(task)
+    findings = [analyse(r) for r in runs]
+    write_training_reports(runs, findings, out)
+    return findings
 
 
 def _offline_eval_phase(cfg: Config, out: Path, progress: Progress) -> EvalResult:
@@ -562,10 +581,13 @@ def _results_table(rep: Any) -> Any:
 
 def _print_tour(console: Console, out: Path, units: int, events: list[dict[str, Any]], main: list[dict[str, Any]],
                 outcomes: list[dict[str, Any]], summary: dict[str, dict[str, float]], lake_events: int,
-                drift: dict[str, Any], rollback: dict[str, Any], rep: Any, offline: EvalResult,
-                seconds: float) -> None:
+                drift: dict[str, Any], rollback: dict[str, Any], rep: Any, training: list[RunFindings],
+                offline: EvalResult, seconds: float) -> None:
     """Print what the tour measured, the report's verdict and results, where everything is and what to run next."""
     say = console.print
+    say(f"\nTraining runs before the checkpoint was chosen ({len(training)} runs, training/report.html):")
+    for f in training:
+        say(f"  {f.name}: {f.verdict}")
     acc = {a: offline.per_arm[a].get("accuracy") for a in offline.arms}
     say(f"\nOffline eval before users ({offline.cases} support messages, intent labels; eval/report.html): "
         + ", ".join(f"{a} accuracy {fmt_num(100 * v)}%" for a, v in acc.items() if v is not None))
@@ -614,6 +636,7 @@ def _print_tour(console: Console, out: Path, units: int, events: list[dict[str, 
     say(f"\n[bold]Done in {seconds:.0f} s.[/bold] Everything is in {where}:")
     for name, what in (("report.html", "the results page: open it in a browser"),
                        ("report.md, report.json", "the same report as Markdown and JSON"),
+                       ("training/", "the training runs' report, and the runs (runs/)"),
                        ("eval/", "the offline eval: report.html, .md, .json"),
                        ("splitwatch.yaml", f"the config: support-ft, and {ROLLBACK_KEY}"),
                        ("lake/", "the Parquet lake of every event (DuckDB)"),
