@@ -82,3 +82,28 @@ def test_the_rules_on_small_curves() -> None:
     run = TrainingRun("x", "here", {TRAIN_LOSS: falling, EVAL_LOSS: val})
     f = analyse(run)
     assert f.best_step == 60 and f.overfitting_from == 60 and f.eval_rise == pytest.approx(0.2)
+
+
+def test_a_run_read_from_mlflow_metric_histories(tmp_path: Path) -> None:
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    from splitwatch.service.local.planted_runs import RUNS, history_of
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run = client.create_run(client.create_experiment("tuning"), run_name="full-ft")
+    history = history_of(RUNS["full-ft"][0], 1)
+    metrics = [Metric("train/loss", h["loss"], 0, h["step"]) for h in history if "loss" in h]
+    metrics += [Metric("eval/loss", h["eval_loss"], 0, h["step"]) for h in history if "eval_loss" in h]
+    client.log_batch(run.info.run_id, metrics=metrics, params=[Param("method", "full"), Param("lr", "2e-5")])
+    out = tmp_path / "report"
+    res = subprocess.run(splitwatch_command("training", f"mlflow:{run.info.run_id}", "--mlflow-source", uri,
+                                            "--output", str(out)), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    (found,) = json.loads((out / "report.json").read_text())["runs"]
+    assert found["name"] == "full-ft" and found["params"] == {"method": "full", "lr": "2e-5"}
+    assert found["overfitting_from"] == OVERFIT_FROM and len(found["curves"][EVAL_LOSS]) == 20
+    missing = subprocess.run(splitwatch_command("training", "mlflow:0123456789abcdef", "--mlflow-source", uri),
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "mlflow:0123456789abcdef" in missing.stderr

@@ -41,7 +41,8 @@ RUNS: dict[str, tuple[Callable[[int], tuple[float, float]], bool]] = {
     "lora-r16": (_converges, True), "full-ft": (_overfits, False), "full-ft-lr3e-4": (_diverges, False)}
 
 
-def _history(curve: Callable[[int], tuple[float, float]], seed: int) -> list[dict]:
+def history_of(curve: Callable[[int], tuple[float, float]], seed: int) -> list[dict]:
+    """Return a run's Trainer ``log_history``: the loss every 10 steps, the evaluation every 100 (seeded noise)."""
     rng = random.Random(seed)
     history = []
     for step in range(LOG_EVERY, STEPS + 1, LOG_EVERY):
@@ -63,7 +64,7 @@ def write_trainer_runs(directory: Path) -> dict[str, Path]:
         run = directory / name
         ckpt = run / f"checkpoint-{STEPS}"
         ckpt.mkdir(parents=True, exist_ok=True)
-        history = _history(curve, seed)
+        history = history_of(curve, seed)
         evals = [h for h in history if "eval_loss" in h and not math.isnan(h["eval_loss"])]
         best = min(evals, key=lambda h: h["eval_loss"])
         state = {"best_metric": best["eval_loss"], "best_model_checkpoint": str(run / f"checkpoint-{best['step']}"),
@@ -88,7 +89,7 @@ def write_tensorboard_runs(directory: Path) -> dict[str, Path]:
     for seed, (name, (curve, _)) in enumerate(RUNS.items()):
         logdir = directory / name
         writer = SummaryWriter(logdir=str(logdir))
-        _write_scalars(writer, _history(curve, seed))
+        _write_scalars(writer, history_of(curve, seed))
         writer.close()
         out[name] = logdir
     return out
