@@ -124,3 +124,18 @@ def test_a_mismatch_and_data_quality_issues_are_banners_in_every_format(tmp_path
     report = json.loads(_report(config, *args, "--format", "json").stdout)
     assert [b["level"] for b in report["banners"]] == ["error", "warning"]
     assert report["verdict"]["decision"] == "invalid"
+
+
+def test_a_lake_whose_path_holds_a_quote_is_read(tmp_path: Path) -> None:
+    # issue 28: the lake's paths are bound as parameters, never pasted into the SQL (it used to fail here)
+    base = tmp_path / "team's lake"
+    base.mkdir()
+    config = _config(base)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["analyzer"]["cuped"] = {"enabled": True}  # the whole-lake history query too
+    config.write_text(yaml.safe_dump(cfg))
+    day = datetime.now(UTC).date() - timedelta(days=1)
+    _write_lake(base, day, units=200)
+    res = _report(config, "--from", str(day), "--to", str(day), "--format", "json")
+    assert res.returncode == 0, res.stderr
+    assert sum(json.loads(res.stdout)["units"].values()) == 200

@@ -1,4 +1,4 @@
-"""Lake -> sufficient statistics: plain SQL (DuckDB here; the same SQL runs on Trino or ClickHouse).
+"""Lake -> sufficient statistics: SQL run by DuckDB, the embedded engine (only aggregates come back).
 
 Per experiment and phase (counting rules, also in docs/analyzer.md):
 
@@ -108,23 +108,24 @@ def prepare_events(con: duckdb.DuckDBPyConnection, glob: str, phase: int, histor
     """
     for derived in ("unit_facts", "hist", "pre_unit"):  # built from the events: stale once they change
         con.execute(f"DROP TABLE IF EXISTS {derived}")
-    con.execute(f"""
+    # the globs are parameters, never pasted into the SQL: a lake path may hold a quote
+    con.execute("""
         CREATE OR REPLACE TEMP TABLE ev AS
-        SELECT * EXCLUDE (features) FROM read_parquet('{glob}', union_by_name = true)
-        WHERE phase = {int(phase)}
+        SELECT * EXCLUDE (features) FROM read_parquet(?, union_by_name = true)
+        WHERE phase = ?
         QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY kafka_partition, kafka_offset) = 1
-    """)
+    """, [glob, int(phase)])
     if history_glob is None:
         return
     # the phase's own exposures are never before a unit's first one: left out, they are half the lake
-    own = f"AND NOT (experiment = '{_ident(experiment)}' AND phase = {int(phase)})" if experiment else ""
+    own = "AND NOT (experiment = ? AND phase = ?)" if experiment else ""
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE hist AS
-        SELECT unit_id, ts, type, metric, value FROM read_parquet('{history_glob}', union_by_name = true)
+        SELECT unit_id, ts, type, metric, value FROM read_parquet(?, union_by_name = true)
         WHERE (type = 'outcome' OR (type = 'exposure' AND NOT forced {own}))
           AND unit_id IN (SELECT unit_id FROM ev WHERE type = 'exposure' AND NOT forced)
         QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY kafka_partition, kafka_offset) = 1
-    """)
+    """, [history_glob, *([experiment, int(phase)] if experiment else [])])
 
 
 def load_experiment(con: duckdb.DuckDBPyConnection, glob: str | None, exp: ExperimentConfig, cfg: AnalyzerConfig,

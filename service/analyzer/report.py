@@ -47,8 +47,9 @@ def exposure_days(cfg: Config, key: str) -> tuple[date, date] | None:
     con = duckdb.connect()
     try:
         first, last = con.execute(
-            f"SELECT min(ts), max(ts) FROM read_parquet('{lake.glob(key)}', union_by_name = true) "
-            "WHERE type = 'exposure' AND phase = ? AND NOT coalesce(forced, false)", [exp.phase]).fetchone()
+            "SELECT min(ts), max(ts) FROM read_parquet(?, union_by_name = true) "
+            "WHERE type = 'exposure' AND phase = ? AND NOT coalesce(forced, false)", [lake.glob(key), exp.phase]
+        ).fetchone()
     finally:
         con.close()
     return None if first is None else (first.astimezone(UTC).date(), last.astimezone(UTC).date())

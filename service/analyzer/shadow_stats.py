@@ -58,9 +58,9 @@ def load_shadow_pairs(con: duckdb.DuckDBPyConnection, start: datetime | None = N
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE shadow_category AS
             SELECT request_id, any_value(json_extract_string(features, '$.language')) AS category
-            FROM read_parquet('{glob}', union_by_name = true)
+            FROM read_parquet(?, union_by_name = true)
             WHERE type = 'exposure' AND request_id IN (SELECT request_id FROM ev WHERE type = 'shadow')
-            GROUP BY request_id""")
+            GROUP BY request_id""", [glob])  # a parameter: a lake path may hold a quote
         category = "(SELECT category FROM shadow_category c WHERE c.request_id = ev.request_id)"
     where, params = ["type = 'shadow'"], []
     for cond, bound in (("ts >= ?", start), ("ts < ?", end)):
