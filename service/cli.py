@@ -135,6 +135,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .analyzer.report import RENDERERS, build_report, exposure_days
 
     cfg = load_config(args.config)
+    if args.engine or args.spark_master:  # the command line's choice over the config's
+        spark = cfg.analyzer.spark.model_copy(update={"master": args.spark_master or cfg.analyzer.spark.master})
+        analyzer = cfg.analyzer.model_copy(update={"engine": args.engine or cfg.analyzer.engine, "spark": spark})
+        cfg = cfg.model_copy(update={"analyzer": analyzer})
     start, end, default = _report_period(args)  # a bad date is named first
     if cfg.experiment(args.experiment) is None:
         raise ConfigError(f"--experiment: no experiment {args.experiment!r} in {args.config}; experiments: "
@@ -337,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--output", default=None, help="file to write (default: stdout)")
     rp.add_argument("--fixed-horizon", action="store_true",
                     help="fixed-horizon tests (only once the planned sample size is reached); default: always-valid")
+    rp.add_argument("--engine", choices=["duckdb", "spark"], default=None,
+                    help="where the KPI SQL runs (default: analyzer.engine, duckdb); only aggregates come back")
+    rp.add_argument("--spark-master", default=None, metavar="URL", help="with --engine spark: local[*] (default), "
+                    "spark://host:7077, k8s://... (analyzer.spark.master)")
     add_tracker_args(rp)
     rp.set_defaults(func=_cmd_report)
 

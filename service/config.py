@@ -337,8 +337,18 @@ class CupedConfig(_Strict):
     lookback_days: float = Field(28.0, gt=0)  # the pre-period: this long before the unit's first exposure
 
 
+class SparkConfig(_Strict):
+    """Where the KPI SQL runs when ``analyzer.engine`` is spark (docs/analyzer.md)."""
+
+    master: str = "local[*]"  # spark://host:7077, k8s://https://..., yarn: passed through to Spark
+    conf: dict[str, str] = Field(default_factory=dict)  # any Spark setting (spark.executor.memory, ...)
+
+
 class AnalyzerConfig(_Strict):
     lake_dir: str = ".splitwatch/lake"
+    # where the report's KPI SQL runs: DuckDB in the process (default), or Spark (only aggregates come back)
+    engine: Literal["duckdb", "spark"] = "duckdb"
+    spark: SparkConfig = SparkConfig()
     group_id: str = "splitwatch-analyzer"
     batch_max_events: int = Field(50_000, ge=1)
     batch_max_seconds: float = Field(5.0, gt=0)

@@ -171,7 +171,7 @@ def test_stages_import_only_upstream_stages_and_the_contracts() -> None:
 
 
 def test_make_test_names_a_missing_prerequisite_in_one_line(tmp_path: Path) -> None:
-    """Without promtool, prometheus or chromium, `make test` stops first with what to install."""
+    """Without promtool, prometheus, chromium or java, `make test` stops first with what to install."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("bash", "id", "sort", "tr", "env"):
@@ -180,5 +180,5 @@ def test_make_test_names_a_missing_prerequisite_in_one_line(tmp_path: Path) -> N
                          text=True, env={**os.environ, "PATH": str(bin_dir), "SPLITWATCH_NO_INSTALL": "1"})
     assert res.returncode == 1
     assert res.stderr.strip().splitlines() == [
-        "make test needs promtool prometheus chromium: on Debian or Ubuntu run "
-        "'sudo apt-get install chromium prometheus'"]
+        "make test needs promtool prometheus chromium java: on Debian or Ubuntu run "
+        "'sudo apt-get install chromium openjdk-17-jre-headless prometheus'"]

@@ -93,6 +93,8 @@ def unit_definition(m: MetricDefinition, cfg: AnalyzerConfig) -> str:
 
 def has_column(con: duckdb.DuckDBPyConnection, column: str) -> bool:
     """Return True when the events table ``ev`` has ``column`` (a lake written before that event type has not)."""
+    if hasattr(con, "columns"):  # engines.SparkConnection
+        return column in con.columns("ev")
     return bool(con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'ev' "
                             "AND column_name = ?", [column]).fetchone()[0])
 
@@ -142,13 +144,12 @@ def load_experiment(con: duckdb.DuckDBPyConnection, glob: str | None, exp: Exper
         _build_unit_facts(con, cfg)
     # A unit belongs to the period of its first exposure over the whole phase: a unit first exposed
     # before the period that returns during it is not a unit of the period.
-    in_period, params = ["TRUE"], []
-    if start is not None:
-        in_period.append("first_ts >= ?")
-        params.append(start)
-    if end is not None:
-        in_period.append("first_ts < ?")
-        params.append(end)
+    in_period, period_ts, params = ["TRUE"], ["TRUE"], []
+    for op, bound in ((">=", start), ("<", end)):
+        if bound is not None:
+            in_period.append(f"first_ts {op} ?")
+            period_ts.append(f"ts {op} ?")  # the same bounds on an event's own time
+            params.append(bound)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE units AS
         SELECT unit_id, arm, first_ts, requests FROM unit_facts WHERE arms = 1 AND {' AND '.join(in_period)}
@@ -157,14 +158,13 @@ def load_experiment(con: duckdb.DuckDBPyConnection, glob: str | None, exp: Exper
                         params).fetchone()[0]
     units = dict(con.execute("SELECT arm, count(*) FROM units GROUP BY arm").fetchall())
     requests = dict(con.execute("SELECT arm, sum(requests) FROM units GROUP BY arm").fetchall())
-    period_ts = " AND ".join(["TRUE"] + [c.replace("first_ts", "ts") for c in in_period[1:]])
-    forced = con.execute(f"SELECT count(*) FROM ev WHERE type = 'exposure' AND forced AND {period_ts}",
+    forced = con.execute(f"SELECT count(*) FROM ev WHERE type = 'exposure' AND forced AND {' AND '.join(period_ts)}",
                          params).fetchone()[0]
     con.execute("CREATE OR REPLACE TEMP TABLE outc AS SELECT o.* FROM outc_all o SEMI JOIN units u USING (unit_id)")
     early = con.execute("SELECT count(*) FROM outc WHERE early").fetchone()[0]
     late = con.execute("SELECT count(*) FROM outc WHERE NOT attributed AND NOT early").fetchone()[0]
-    orphan_rows = dict(con.execute(f"SELECT forced_only, count(*) FROM stray_outcomes WHERE {period_ts} GROUP BY 1",
-                                   params).fetchall())
+    orphan_rows = dict(con.execute(f"SELECT forced_only, count(*) FROM stray_outcomes WHERE {' AND '.join(period_ts)} "
+                                   "GROUP BY 1", params).fetchall())
     orphans, forced_only = orphan_rows.get(False, 0), orphan_rows.get(True, 0)
     con.execute("CREATE OR REPLACE TEMP TABLE resp AS SELECT r.* FROM resp_all r SEMI JOIN units u USING (unit_id)")
     cuped = cfg.cuped.enabled and _has_table(con, "pre_unit")
@@ -210,7 +210,7 @@ def _unpriced_models(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
     """Return (arm, upstream model) of the period's responses whose model has no price, sorted."""
     return [(arm, model or "(unknown model)") for arm, model in con.execute(
         "SELECT DISTINCT r.arm, r.upstream_model FROM resp r ANTI JOIN prices p ON p.model = r.upstream_model "
-        "ORDER BY ALL").fetchall()]
+        "ORDER BY 1, 2").fetchall()]
 
 
 def _merge_metrics(configured: list[MetricDefinition], builtin: list[MetricDefinition]) -> list[MetricDefinition]:
@@ -312,7 +312,7 @@ def _build_unit_facts(con: duckdb.DuckDBPyConnection, cfg: AnalyzerConfig) -> No
     from its first exposure: its requests (the denominator of per-request ratios), responses and
     outcomes alike.
     """
-    window = f"to_microseconds(CAST({float(cfg.attribution_window_hours)} * 3600e6 AS BIGINT))"
+    window = _interval(cfg.attribution_window_hours * 3600)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE unit_facts AS
         WITH f AS (SELECT unit_id, min(arm) AS arm, count(DISTINCT arm) AS arms, min(ts) AS first_ts
@@ -350,7 +350,7 @@ def _build_unit_facts(con: duckdb.DuckDBPyConnection, cfg: AnalyzerConfig) -> No
     """)
     if not (cfg.cuped.enabled and _has_table(con, "hist")):
         return
-    lookback = f"to_microseconds(CAST({float(cfg.cuped.lookback_days)} * 86400e6 AS BIGINT))"
+    lookback = _interval(cfg.cuped.lookback_days * 86400)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE pre_ev AS
         SELECT h.* FROM unit_facts u JOIN hist h ON h.unit_id = u.unit_id
@@ -368,7 +368,14 @@ def _build_unit_facts(con: duckdb.DuckDBPyConnection, cfg: AnalyzerConfig) -> No
     """)
 
 
+def _interval(seconds: float) -> str:
+    """Return an interval literal of ``seconds`` in whole microseconds (one syntax for every engine)."""
+    return f"INTERVAL {round(seconds * 1e6):d} MICROSECOND"
+
+
 def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    if hasattr(con, "has_table"):  # engines.SparkConnection
+        return bool(con.has_table(name))
     return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchone()[0])
 
 

@@ -25,6 +25,7 @@ from splitwatch.stats.verdict import CONFIGURED_PAUSE
 
 from ..config import AnalyzerConfig, Config, ExperimentConfig
 from .analysis import analyze_data
+from .engines import connect
 from .kpi_queries import ExperimentData, has_column, load_experiment, prepare_events, unit_definition
 from .lake import Lake
 from .report_format import fmt_chance, fmt_count, fmt_interval, fmt_margin, fmt_n, fmt_num, fmt_p, md_table
@@ -99,14 +100,17 @@ def _progress(i: int, total: int, label: str) -> None:
 
 def build_report(cfg: Config, key: str, start: date, end: date, sequential: bool = True,
                  progress: bool = True) -> Report:
-    """Return the report of experiment ``key`` for units first exposed from ``start`` to ``end`` (inclusive)."""
+    """Return the report of experiment ``key`` for units first exposed from ``start`` to ``end`` (inclusive).
+
+    The KPI SQL runs on ``cfg.analyzer.engine`` (DuckDB, or Spark with ``cfg.analyzer.spark``)."""
     exp = cfg.experiment(key)
     if exp is None:
         raise ValueError(f"no experiment {key!r} in the config; experiments: {[e.key for e in cfg.experiments]}")
     if end < start:
         raise ValueError(f"--to {end} is before --from {start}")
     lake = Lake(cfg.analyzer.lake_dir)
-    con = duckdb.connect()
+    spark = cfg.analyzer.spark
+    con = connect(cfg.analyzer.engine, spark.master, spark.conf)
     try:
         days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
         series: dict[tuple[str, str], list[SeriesPoint]] = {}

@@ -55,7 +55,7 @@ def load_shadow_pairs(con: duckdb.DuckDBPyConnection, start: datetime | None = N
         return []
     category = "NULL"
     if glob is not None:  # ev leaves the features out: read them for the shadowed requests only
-        con.execute(f"""
+        con.execute("""
             CREATE OR REPLACE TEMP TABLE shadow_category AS
             SELECT request_id, any_value(json_extract_string(features, '$.language')) AS category
             FROM read_parquet(?, union_by_name = true)
