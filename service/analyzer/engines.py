@@ -4,9 +4,10 @@ The statements are written once, in DuckDB's dialect, and parsed into sqlglot's 
 runs them as written. For Spark the tree is changed, never the text: the ``?`` placeholders become
 typed literals, ``read_parquet(path)`` becomes a temporary view over the lake's files (registered
 with Spark's Parquet reader; the path never enters the SQL), DuckDB's ``quantile_cont`` becomes
-Spark's ``percentile`` (the same linear interpolation), and the tree is rendered in Spark's dialect
-by sqlglot (numbers with a decimal point as doubles, as DuckDB computes with them). ``CREATE TEMP TABLE ... AS SELECT`` is materialised (a local checkpoint) under a
-temporary view of that name. Only aggregates come back to Python; the statistics engine is the same.
+Spark's ``percentile`` (the same linear interpolation), numbers with a decimal point become doubles
+(as DuckDB computes with them), and the tree is rendered in Spark's dialect by sqlglot. ``CREATE
+TEMP TABLE ... AS SELECT`` is materialised (a local checkpoint) under a temporary view of that name.
+Only aggregates come back to Python; the statistics engine is the same.
 
 Every dialect difference lives in :func:`to_spark` and :class:`SparkConnection`.
 """
