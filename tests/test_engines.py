@@ -22,7 +22,12 @@ from splitwatch.service.analyzer.kpi_queries import load_experiment, prepare_eve
 from splitwatch.service.analyzer.lake import Lake
 from splitwatch.service.config import parse_config
 from splitwatch.service.local.processes import splitwatch_command
-from splitwatch.service.local.synthetic_lake import EXPERIMENT, synthetic_config, write_synthetic_lake
+from splitwatch.service.local.synthetic_lake import (
+    EXPERIMENT,
+    report_differences,
+    synthetic_config,
+    write_synthetic_lake,
+)
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
@@ -111,18 +116,6 @@ def _report(config: Path, engine: str, day: str, to: str) -> dict:
     return json.loads(res.stdout)
 
 
-def _same(a: object, b: object, path: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in set(a) | set(b) for d in _same(a.get(k), b.get(k), f"{path}.{k}")]
-    if isinstance(a, list) and isinstance(b, list):
-        if len(a) != len(b):
-            return [f"{path}: {len(a)} items against {len(b)}"]
-        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in _same(x, y, f"{path}[{i}]")]
-    if isinstance(a, float) and isinstance(b, float):
-        return [] if _close(a, b) else [f"{path}: {a} against {b}"]
-    return [] if a == b else [f"{path}: {a!r} against {b!r}"]
-
-
 @pytest.mark.slow
 def test_the_report_from_spark_equals_the_report_from_duckdb(lake: tuple[Path, datetime]) -> None:
     base, start = lake
@@ -130,5 +123,5 @@ def test_the_report_from_spark_equals_the_report_from_duckdb(lake: tuple[Path, d
     config.write_text(yaml.safe_dump(synthetic_config(base / "lake")))
     day, to = start.date().isoformat(), (start.date() + timedelta(days=1)).isoformat()
     duck, spark = _report(config, "duckdb", day, to), _report(config, "spark", day, to)
-    assert _same(duck, spark) == []  # the JSON report has no timing field
+    assert report_differences(duck, spark) == []  # the JSON report has no timing field
     assert sum(duck["units"].values()) > 400 and len(duck["results"]) >= 10

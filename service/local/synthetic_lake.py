@@ -132,3 +132,20 @@ def write_synthetic_lake(lake_dir: Path, first_day: date, units: int = 400, seed
         lake.write_batch(0, records[k:k + 5000])
     lake.close()
     return len(records)
+
+
+def report_differences(a: Any, b: Any, rel: float = 1e-9, path: str = "") -> list[str]:
+    """Return where two JSON reports differ: numbers beyond ``rel`` relative (1e-12 absolute), anything
+    else when unequal (the engine tests and benchmark; Spark sums in another order than DuckDB)."""
+    import math
+
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in report_differences(a.get(k), b.get(k), rel, f"{path}.{k}")]
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{path}: {len(a)} items against {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True))
+                for d in report_differences(x, y, rel, f"{path}[{i}]")]
+    if isinstance(a, float) and isinstance(b, float):
+        return [] if math.isclose(a, b, rel_tol=rel, abs_tol=1e-12) else [f"{path}: {a} against {b}"]
+    return [] if a == b else [f"{path}: {a!r} against {b!r}"]
