@@ -198,29 +198,16 @@ def test_upstream_timeouts_are_honoured_and_recorded(tmp_path: Path, stubs) -> N
     assert report["per_arm"]["finetuned"]["error_rate"] == 1.0 and report["per_arm"]["base"]["errors"] == 0
 
 
-class _JudgeHandler(BaseHTTPRequestHandler):
-    """A judge: prefers the answer equal to the expected one; ``biased`` always says 1 (position bias)."""
+class JsonHandler(BaseHTTPRequestHandler):
+    """A test model server's handler: a JSON body in, a JSON answer out, no access log."""
 
-    biased = False
+    def read_json(self) -> dict[str, Any]:
+        """Return the request's JSON body."""
+        return json.loads(self.rfile.read(int(self.headers["content-length"])))
 
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        prompt = body["messages"][-1]["content"]
-        expected = re.search(r"\[Expected answer\]\n(.*?)\n\n", prompt, re.S).group(1)
-        if "[Answer 1]" not in prompt:  # the rubric (tests/test_eval_judge.py checks it)
-            self._reply(body, json.dumps(dict.fromkeys(("relevance", "fluency", "factual_accuracy", "diversity"), 3)))
-            return
-        one = re.search(r"\[Answer 1\]\n(.*?)\n\n\[Answer 2\]", prompt, re.S).group(1)
-        two = re.search(r"\[Answer 2\]\n(.*?)\n\nWhich answer", prompt, re.S).group(1)
-        if self.biased:
-            reply = "1"
-        else:
-            reply = "tie" if (one == expected) == (two == expected) else ("1" if one == expected else "2")
-        self._reply(body, reply)
-
-    def _reply(self, body: dict[str, Any], reply: str) -> None:
-        out = json.dumps({"id": "j", "object": "chat.completion", "model": body["model"], "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}]}).encode()
+    def send_json(self, obj: dict[str, Any]) -> None:
+        """Answer 200 with ``obj`` as JSON."""
+        out = json.dumps(obj).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(out)))
@@ -231,18 +218,51 @@ class _JudgeHandler(BaseHTTPRequestHandler):
         pass
 
 
+def serve(handler: type[BaseHTTPRequestHandler], **attrs: Any) -> ThreadingHTTPServer:
+    """Return a started loopback server of ``handler`` with the class attributes ``attrs``."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type(handler.__name__, (handler,), attrs))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+class JudgeHandler(JsonHandler):
+    """A judge. Pairwise: prefers the answer equal to the expected one (``mode`` biased: always "1", a
+    position bias). Rubric: 5 for the expected answer, 2 otherwise (``mode`` lenient: always 5)."""
+
+    mode = "fair"
+
+    def do_POST(self) -> None:
+        body = self.read_json()
+        prompt = body["messages"][-1]["content"]
+        expected = re.search(r"\[Expected answer\]\n(.*?)\n\n", prompt, re.S).group(1)
+        if "[Answer 1]" in prompt:
+            one = re.search(r"\[Answer 1\]\n(.*?)\n\n\[Answer 2\]", prompt, re.S).group(1)
+            two = re.search(r"\[Answer 2\]\n(.*?)\n\nWhich answer", prompt, re.S).group(1)
+            reply = "1" if self.mode == "biased" else (
+                "tie" if (one == expected) == (two == expected) else ("1" if one == expected else "2"))
+        else:
+            answer = re.search(r"\[Answer\]\n(.*?)\n\nRate the answer", prompt, re.S).group(1)
+            score = 5 if self.mode == "lenient" or answer == expected else 2
+            reply = json.dumps({d: score for d in ("relevance", "fluency", "factual_accuracy", "diversity")})
+        self.send_json({"id": "j", "object": "chat.completion", "model": body["model"], "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}]})
+
+
+def add_judge(cfg: Path, server: ThreadingHTTPServer) -> None:
+    """Name ``server`` as the judge ``referee`` in the eval config at ``cfg``."""
+    data = yaml.safe_load(cfg.read_text())
+    data["eval"] = {"judges": {"referee": {"base_url": f"http://127.0.0.1:{server.server_port}/v1",
+                                           "model": "judge-1"}}}
+    cfg.write_text(yaml.safe_dump(data))
+
+
 @pytest.mark.parametrize("biased", [False, True])
 def test_llm_judge_pairwise_and_order_swapped(tmp_path: Path, stubs, biased: bool) -> None:
-    handler = type("Judge", (_JudgeHandler,), {"biased": biased})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = serve(JudgeHandler, mode="biased" if biased else "fair")
     try:
         base, ft = stubs("base", "--accuracy", "0.6"), stubs("ft", "--accuracy", "0.9")
         cfg = _config(tmp_path, base, ft)
-        data = yaml.safe_load(cfg.read_text())
-        data["eval"] = {"judges": {"referee": {"base_url": f"http://127.0.0.1:{server.server_port}/v1",
-                                               "model": "judge-1"}}}
-        cfg.write_text(yaml.safe_dump(data))
+        add_judge(cfg, server)
         res = _eval(cfg, tmp_path / "out", "--judge", "referee")
         assert res.returncode == 0, res.stderr
         report = json.loads((tmp_path / "out" / "report.json").read_text())

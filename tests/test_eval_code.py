@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 import yaml
 
 from splitwatch.service.evaluation.sandbox import SandboxLimits, network_namespace_available, run_code_case
-from tests.test_eval import _eval
+from tests.test_eval import JsonHandler, _eval, serve
 
 GOOD = "```python\ndef add(a, b):\n    return a + b\n```"
 
@@ -46,29 +43,16 @@ def _answers(tmp: Path, port: int) -> dict[str, str]:
     }
 
 
-class _CodeModel(BaseHTTPRequestHandler):
+class _CodeModel(JsonHandler):
+    """Answers each case (its prompt's first word) with its planted code; the right code otherwise."""
+
     answers: dict[str, str] = {}
 
     def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        case = body["prompt"].split(":", 1)[0]
-        text = self.answers.get(case, GOOD)
-        out = json.dumps({"id": "c", "object": "text_completion", "model": body["model"],
-                          "choices": [{"index": 0, "text": text, "finish_reason": "stop"}]}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-def _serve(answers: dict[str, str]) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Model", (_CodeModel,), {"answers": answers}))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+        body = self.read_json()
+        text = self.answers.get(body["prompt"].split(":", 1)[0], GOOD)
+        self.send_json({"id": "c", "object": "text_completion", "model": body["model"],
+                        "choices": [{"index": 0, "text": text, "finish_reason": "stop"}]})
 
 
 def test_code_cases_are_classified_and_none_escapes(tmp_path: Path) -> None:
@@ -80,7 +64,7 @@ def test_code_cases_are_classified_and_none_escapes(tmp_path: Path) -> None:
              for k in planted]
     dataset = tmp_path / "code.jsonl"
     dataset.write_text("".join(orjson.dumps(c).decode() + "\n" for c in cases))
-    base, ft = _serve({}), _serve(planted)  # the control always writes the right code
+    base, ft = serve(_CodeModel, answers={}), serve(_CodeModel, answers=planted)  # the control writes it right
     try:
         cfg = {"kafka": {"enabled": False}, "experiments": [{"key": "support-ft", "model": "coder", "arms": [
             {"name": "base", "weight": 50, "upstream": {"base_url": f"http://127.0.0.1:{base.server_port}/v1",

@@ -9,50 +9,14 @@ from __future__ import annotations
 
 import json
 import random
-import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 
 from splitwatch.service.evaluation.dataset import SUPPORT_INTENTS
 from splitwatch.service.evaluation.rubric import agreement
-from tests.test_eval import _config, _eval
-
-
-class _Judge(BaseHTTPRequestHandler):
-    """Pairwise: prefers the expected answer (``biased``: always "1"). Rubric: 5 for the expected answer, 2
-    otherwise (``lenient``: always 5)."""
-
-    mode = "fair"
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        prompt = body["messages"][-1]["content"]
-        expected = re.search(r"\[Expected answer\]\n(.*?)\n\n", prompt, re.S).group(1)
-        if "[Answer 1]" in prompt:
-            one = re.search(r"\[Answer 1\]\n(.*?)\n\n\[Answer 2\]", prompt, re.S).group(1)
-            two = re.search(r"\[Answer 2\]\n(.*?)\n\nWhich answer", prompt, re.S).group(1)
-            reply = "1" if self.mode == "biased" else (
-                "tie" if (one == expected) == (two == expected) else ("1" if one == expected else "2"))
-        else:
-            answer = re.search(r"\[Answer\]\n(.*?)\n\nRate the answer", prompt, re.S).group(1)
-            score = 5 if self.mode == "lenient" or answer == expected else 2
-            reply = json.dumps({d: score for d in ("relevance", "fluency", "factual_accuracy", "diversity")})
-        out = json.dumps({"id": "j", "object": "chat.completion", "model": body["model"], "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}]}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+from tests.test_eval import JudgeHandler, _config, _eval, add_judge, serve
 
 
 @pytest.fixture
@@ -89,18 +53,14 @@ def test_the_judge_is_trusted_only_when_it_agrees_with_people(tmp_path: Path, su
                                                               ) -> None:
     from splitwatch.service.local.processes import StubModel
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Judge", (_Judge,), {"mode": mode}))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = serve(JudgeHandler, mode=mode)
     base = StubModel(tmp_path, "base", "--answer-key", str(support_subset), "--accuracy", "0.6")
     ft = StubModel(tmp_path, "ft", "--answer-key", str(support_subset), "--accuracy", "0.9")
     for s in (base, ft):
         s.start()
     try:
         cfg = _config(tmp_path, base, ft)
-        data = yaml.safe_load(cfg.read_text())
-        data["eval"] = {"judges": {"referee": {"base_url": f"http://127.0.0.1:{server.server_port}/v1",
-                                               "model": "judge-1"}}}
-        cfg.write_text(yaml.safe_dump(data))
+        add_judge(cfg, server)
         out = tmp_path / "out"
         first = _eval(cfg, out, "--judge", "referee", "--concurrency", "16", dataset=support_subset)
         assert first.returncode == 0, first.stderr
