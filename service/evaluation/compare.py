@@ -17,18 +17,19 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ...stats.multiple_testing import adjust_p_values
-from ...stats.paired import DEFAULT_BOOTSTRAP_SAMPLES, PairedResult, paired_bootstrap
+from ...stats.paired import DEFAULT_BOOTSTRAP_SAMPLES, paired_bootstrap
 from ..config import ExperimentConfig
 from .case_scores import ArmScores, EvalInputs, arm_scores, label_codes
 from .dataset import Dataset
 from .judge import judge_key, judge_scores
-from .pairs import PlannedTest, batch_macro_f1, plan_pair
+from .pairs import Comparison, PlannedTest, batch_macro_f1, plan_pair
 from .ranking import RankRow, rank_arms
 from .rubric import DIMENSIONS, MAX_ORDER_INCONSISTENT, Agreement, agreement
 from .slices import Generalisation, SliceComparison, generalisation, plan_slice_tests, primary_metric
@@ -83,25 +84,6 @@ METRICS = {m.name: m for m in (
     *(MetricSpec(f"{who}_{d}", HIGHER, "rating", f"{label} rating of {d.replace('_', ' ')}, 1-5")
       for who, label in (("judge", "the judge's"), ("human", "people's")) for d in DIMENSIONS),
 )}
-
-
-@dataclass
-class Comparison:
-    """One metric of one arm against another (the control, or another candidate): the paired result, its
-    corrected p-value, the verdict."""
-
-    arm: str
-    metric: str
-    direction: str
-    result: PairedResult
-    p_adjusted: float = 1.0
-    verdict: str = "not distinguishable"
-    against: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        """Return the comparison as plain JSON-able values."""
-        return {"arm": self.arm, "against": self.against, "metric": self.metric, "direction": self.direction,
-                **asdict(self.result), "p_adjusted": self.p_adjusted, "verdict": self.verdict}
 
 
 @dataclass
@@ -239,7 +221,7 @@ def evaluate(exp: ExperimentConfig, dataset: Dataset, results: dict[tuple[str, s
     return res
 
 
-def _correct(comparisons: list[Any], correction: str, alpha: float) -> None:
+def _correct(comparisons: Sequence[Comparison], correction: str, alpha: float) -> None:
     adjusted = adjust_p_values([c.result.p_value for c in comparisons], correction)
     for c, p in zip(comparisons, adjusted, strict=True):
         c.p_adjusted = p
@@ -269,8 +251,8 @@ def _slices(inp: EvalInputs, scores: dict[str, ArmScores], res: EvalResult, boot
     res.slice_n_bootstrap = choose_bootstrap(len(planned), res.alpha, res.slice_correction, None)
     slice_boot = {**boot, "n_samples": res.slice_n_bootstrap}
     for k, value, n, arm, test in planned:
-        res.slices.append(SliceComparison(k, value, n, arm, test.metric, METRICS[test.metric].direction,
-                                          test.run(slice_boot)))
+        res.slices.append(SliceComparison(arm, test.metric, METRICS[test.metric].direction, test.run(slice_boot),
+                                          against=res.control, key=k, value=value, cases=n))
     _correct(res.slices, res.slice_correction, res.alpha)
     if res.primary_metric is not None:
         res.generalisation = generalisation(inp, scores, res.control, res.slices, key,
@@ -290,7 +272,7 @@ def _agreement(inp: EvalInputs, scores: dict[str, ArmScores], res: EvalResult, s
         res.agreement.append(agreement(d, j, h, seed=seed))
 
 
-def _verdict(c: Any, alpha: float) -> str:
+def _verdict(c: Comparison, alpha: float) -> str:
     if c.p_adjusted >= alpha or c.result.difference == 0:
         return "not distinguishable"
     up = c.result.difference > 0

@@ -10,7 +10,7 @@ the cases where both arms have a value. The tests are planned first and run once
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,25 @@ BINARY = {"exact_match", "normalised_exact_match", "accuracy", "error_rate", "un
           "check_must_contain", "check_must_not_contain", "check_regex", "check_json_schema", "compile_rate",
           "pass_rate"}
 RANKED = {"latency_s"}  # and every judge_* / human_* rating
+
+
+@dataclass
+class Comparison:
+    """One metric of one arm against another (the control, or another candidate): the paired result, its
+    corrected p-value, the verdict."""
+
+    arm: str
+    metric: str
+    direction: str
+    result: PairedResult
+    p_adjusted: float = 1.0
+    verdict: str = "not distinguishable"
+    against: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the comparison as plain JSON-able values."""
+        return {"arm": self.arm, "against": self.against, "metric": self.metric, "direction": self.direction,
+                **asdict(self.result), "p_adjusted": self.p_adjusted, "verdict": self.verdict}
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ...stats.paired import PairedResult
 from .case_scores import ArmScores, EvalInputs
-from .pairs import PlannedTest, plan_pair
+from .pairs import Comparison, PlannedTest, plan_pair
 
 MIN_SLICE_CASES = 10
 MAX_SLICE_VALUES = 20
@@ -44,23 +43,17 @@ def primary_metric(task: str, scores: ArmScores) -> str | None:
     return None
 
 
-@dataclass
-class SliceComparison:
-    """One metric of one candidate against the control within one slice."""
+@dataclass(kw_only=True)
+class SliceComparison(Comparison):
+    """One metric of one candidate against the control within one slice (``key`` = ``value``, ``cases``)."""
 
     key: str
     value: str
     cases: int
-    arm: str
-    metric: str
-    direction: str
-    result: PairedResult
-    p_adjusted: float = 1.0
-    verdict: str = "not distinguishable"
 
     def as_dict(self) -> dict[str, Any]:
-        """Return the comparison as plain values."""
-        return {**{k: v for k, v in asdict(self).items() if k != "result"}, **asdict(self.result)}
+        """Return the comparison as plain values: the slice, then the comparison's."""
+        return {"key": self.key, "value": self.value, "cases": self.cases, **super().as_dict()}
 
 
 def slices_of(inp: EvalInputs) -> list[tuple[str, str, np.ndarray]]:
