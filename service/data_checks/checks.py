@@ -76,13 +76,6 @@ class DataFindings:
         return {**asdict(self), "counts": self.counts(), "contaminated_share": self.contaminated_share}
 
 
-def _shingles(text: str) -> set[str]:
-    words = normalise(text).split()
-    if len(words) < SHINGLE:
-        return {" ".join(words)}
-    return {" ".join(words[i:i + SHINGLE]) for i in range(len(words) - SHINGLE + 1)}
-
-
 def _groups(pairs: list[tuple[int, int]], n: int) -> list[list[int]]:
     parent = list(range(n))
 
@@ -108,7 +101,7 @@ def near_duplicate_groups(examples: list[Example], threshold: float) -> list[lis
     hashes = []
     for i, ex in enumerate(examples):
         m = MinHash(num_perm=NUM_PERM)
-        for s in _shingles(ex.input):
+        for s in _ngrams(ex.input, SHINGLE):
             m.update(s.encode("utf-8"))
         hashes.append(m)
         lsh.insert(str(i), m)
@@ -121,8 +114,9 @@ def near_duplicate_groups(examples: list[Example], threshold: float) -> list[lis
     return _groups(pairs, len(examples))
 
 
-def _ngrams(text: str, n: int) -> set[str]:
-    words = normalise(text).split()
+def _ngrams(text: str, n: int, normalised: bool = False) -> set[str]:
+    """Return the text's word n-grams after normalisation (the whole text when it is shorter than n)."""
+    words = (text if normalised else normalise(text)).split()
     if len(words) < n:
         return {" ".join(words)} if words else set()
     return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
@@ -173,8 +167,8 @@ def check(tuning: list[Example], evals: list[Example], bad_lines: list[str], fil
         texts = []
         for ex in tuning:
             for text in (ex.input, ex.target or ""):
-                seen_grams |= _ngrams(text, opts.ngram)
                 texts.append(normalise(text))
+                seen_grams |= _ngrams(texts[-1], opts.ngram, normalised=True)
         corpus = " " + " | ".join(texts) + " "
         for ex in evals:
             words = normalise(ex.asked).split()  # the case's own question, not a system prompt all cases share
@@ -183,7 +177,7 @@ def check(tuning: list[Example], evals: list[Example], bad_lines: list[str], fil
             if len(words) < opts.ngram:  # shorter than one n-gram: the whole question, found in a tuning text
                 share = float(f" {' '.join(words)} " in corpus)
             else:
-                grams = _ngrams(ex.asked, opts.ngram)
+                grams = _ngrams(" ".join(words), opts.ngram, normalised=True)
                 share = len(grams & seen_grams) / len(grams)
             if share >= opts.overlap:
                 f.contaminated.append({"case": ex.key, "overlap": share})

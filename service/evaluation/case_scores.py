@@ -133,10 +133,9 @@ def _classification(inp: EvalInputs, calls: list[list[CallResult]], answers: lis
     truth = [inp.case(cid).label or "" for cid in inp.ids]
     predicted = [scoring.predicted_label(a, inp.labels) for a in answers]
     codes = label_codes(truth, inp.labels)
-    scores.figures["macro_f1"] = scoring.macro_f1(truth, predicted, inp.labels)
-    scores.figures["confusion"] = scoring.confusion(truth, predicted, inp.labels)
-    scores.figures["per_class"] = per_class(truth, predicted, inp.labels)
-    scores.figures["micro_f1"] = scores.figures["per_class"]["micro"]["f1"]
+    classes = per_class(truth, predicted, inp.labels)
+    scores.figures.update({"per_class": classes, "macro_f1": classes["macro"]["f1"], "micro_f1": classes["micro"]["f1"],
+                           "confusion": scoring.confusion(truth, predicted, inp.labels)})
     scores.corpus["macro_f1"] = np.column_stack([codes, label_codes(predicted, inp.labels)])
     tops = [case[0].top_logprobs for case in calls]
     if not any(t is not None for t in tops):

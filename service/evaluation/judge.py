@@ -38,7 +38,8 @@ def judge_key(arm: str) -> str:
     return JUDGE_PREFIX + arm
 
 
-def _request_text(case: EvalCase) -> str:
+def request_text(case: EvalCase) -> str:
+    """Return the case's request as the judge reads it: the prompt, or each message as ``role: content``."""
     if case.messages is None:
         return case.prompt or ""
     parts = []
@@ -53,7 +54,7 @@ def judge_prompt(case: EvalCase, first: str, second: str) -> str:
     """Return the judge's user message: the request, the expected answer if any, the two answers."""
     expected = case.label if case.label is not None else case.reference
     ref = f"[Expected answer]\n{expected}\n\n" if expected is not None else ""
-    return (f"[Request]\n{_request_text(case)}\n\n{ref}[Answer 1]\n{first}\n\n[Answer 2]\n{second}\n\n"
+    return (f"[Request]\n{request_text(case)}\n\n{ref}[Answer 1]\n{first}\n\n[Answer 2]\n{second}\n\n"
             "Which answer is better? Reply 1, 2 or tie.")
 
 

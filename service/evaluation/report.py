@@ -37,7 +37,6 @@ VERDICT_COLOURS = {"better": "#1e8e3e", "worse": "#d93025", "not distinguishable
                    "higher": "#5f6368", "lower": "#5f6368"}
 
 
-_percent = percent_metric
 
 
 # what the control's and the arm's figures are, where the metric's name does not say it
@@ -54,7 +53,7 @@ def comparison_rows(res: EvalResult) -> list[list[str]]:
     """Return the comparison table's rows (the columns of :data:`COMPARISON_HEADER`)."""
     rows = []
     for c in res.comparisons:
-        r, pct = c.result, _percent(c.metric)
+        r, pct = c.result, percent_metric(c.metric)
         scale = 100.0 if pct else 1.0
         unit = "%" if pct else ""
         rows.append([f"{c.arm} vs {c.against}", metric_label(c.metric), fmt_num(r.estimate_a * scale) + unit,
@@ -78,7 +77,7 @@ def arm_rows(res: EvalResult) -> tuple[list[str], list[list[str]]]:
         for a in res.arms:
             v = res.per_arm.get(a, {}).get(k)
             cells.append(fmt_count(v) if k == "calls" else
-                         f"{fmt_num(v * 100)}%" if v is not None and _percent(k) else fmt_num(v))
+                         f"{fmt_num(v * 100)}%" if v is not None and percent_metric(k) else fmt_num(v))
         rows.append(cells)
     return ["figure", *res.arms], rows
 

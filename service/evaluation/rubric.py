@@ -31,7 +31,7 @@ import orjson
 
 from ..config import ArmUpstreamConfig, ExperimentConfig
 from .dataset import BadLine, EvalCase
-from .judge import _request_text
+from .judge import request_text
 from .runner import Job
 from .store import CallResult
 
@@ -59,7 +59,7 @@ def rubric_prompt(case: EvalCase, answer: str) -> str:
     """Return the judge's user message: the request, the expected answer if any, and the one answer."""
     expected = case.label if case.label is not None else case.reference
     ref = f"[Expected answer]\n{expected}\n\n" if expected is not None else ""
-    return f"[Request]\n{_request_text(case)}\n\n{ref}[Answer]\n{answer}\n\nRate the answer (JSON only)."
+    return f"[Request]\n{request_text(case)}\n\n{ref}[Answer]\n{answer}\n\nRate the answer (JSON only)."
 
 
 def plan_rubric_jobs(exp: ExperimentConfig, cases: list[EvalCase], results: dict[tuple[str, str, int], CallResult],

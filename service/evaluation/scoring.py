@@ -1,5 +1,6 @@
 """Per-case scores and corpus statistics of an arm's answers, with the well-kept libraries:
-sacrebleu (BLEU, chrF), rouge-score (ROUGE-L), scikit-learn (macro-F1, confusion matrix).
+sacrebleu (BLEU, chrF), rouge-score (ROUGE-L), scikit-learn (the confusion matrix; per-class figures in
+:mod:`.probabilities`).
 
 A call that failed has no answer: it scores as the empty answer (wrong, 0 similarity), so an arm
 that fails more is not flattered by scoring only its successes; errors are also counted apart.
@@ -92,14 +93,6 @@ def corpus_bleu(answers: Sequence[str], references: Sequence[str]) -> float:
 def corpus_chrf(answers: Sequence[str], references: Sequence[str]) -> float:
     """Return sacrebleu's corpus chrF (0-100)."""
     return float(chrf_metric().corpus_score(list(answers), [list(references)]).score)
-
-
-def macro_f1(expected: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> float:
-    """Return scikit-learn's macro-averaged F1 over the dataset's labels (answers naming none of them
-    count as wrong for every label)."""
-    from sklearn.metrics import f1_score
-
-    return float(f1_score(list(expected), list(predicted), labels=list(labels), average="macro", zero_division=0))
 
 
 def confusion(expected: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> list[list[int]]:
