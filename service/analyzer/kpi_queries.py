@@ -33,6 +33,7 @@ from splitwatch.stats.quantile import quantile_design_effect, rank_bounds
 
 from ..config import AnalyzerConfig, ExperimentConfig
 from ..metric_catalog import builtin_defaults
+from .engines import SparkConnection
 
 Stats = SampleStats | RatioStats | QuantileStats | MomentStats
 
@@ -93,7 +94,7 @@ def unit_definition(m: MetricDefinition, cfg: AnalyzerConfig) -> str:
 
 def has_column(con: duckdb.DuckDBPyConnection, column: str) -> bool:
     """Return True when the events table ``ev`` has ``column`` (a lake written before that event type has not)."""
-    if hasattr(con, "columns"):  # engines.SparkConnection
+    if isinstance(con, SparkConnection):
         return column in con.columns("ev")
     return bool(con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'ev' "
                             "AND column_name = ?", [column]).fetchone()[0])
@@ -374,8 +375,8 @@ def _interval(seconds: float) -> str:
 
 
 def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    if hasattr(con, "has_table"):  # engines.SparkConnection
-        return bool(con.has_table(name))
+    if isinstance(con, SparkConnection):
+        return con.has_table(name)
     return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchone()[0])
 
 

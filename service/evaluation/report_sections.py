@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from ..analyzer.report_format import fmt_count, fmt_interval, fmt_num, fmt_p
 from .compare import METRICS, EvalResult
+from .rubric import KAPPA_FLOOR, KAPPA_TRUSTED, MAX_LENIENCY, MAX_ORDER_INCONSISTENT, MIN_PAIRS
 
 
 @dataclass
@@ -139,10 +140,11 @@ def agreement_section(res: EvalResult) -> Section | None:
         rows.append([f"pairwise preference ({arm})", fmt_count(res.per_arm[arm].get("judge_cases")), "", "", "",
                      "trusted" if ok else "not trusted",
                      f"order-inconsistent on {fmt_num(None if share is None else share * 100)}% of cases "
-                     "(at most 20% to be trusted)"])
+                     f"(at most {MAX_ORDER_INCONSISTENT:.0%} to be trusted)"])
     note = ("The judge's 1-5 ratings against people's on the same answers: quadratic-weighted Cohen's kappa and "
             "Spearman's rho with bootstrap intervals, and the judge's leniency (its mean minus people's). Trusted: "
-            "30 pairs or more, kappa at least 0.6 with its interval above 0.4, leniency under half a point.")
+            f"{MIN_PAIRS} pairs or more, kappa at least {KAPPA_TRUSTED} with its interval above {KAPPA_FLOOR}, "
+            f"leniency under {MAX_LENIENCY} points.")
     return Section("Can the judge be trusted?", note, ["dimension", "pairs", "weighted kappa [95%]",
                                                        "Spearman [95%]", "leniency", "trust", "why"], rows)
 

@@ -160,18 +160,19 @@ def verdict(f: RunFindings) -> str:
     if f.diverged_at is not None:
         return f"diverged: the loss is NaN or infinite from step {f.diverged_at}"
     parts = []
+    tail = f"over the last {TAIL_SHARE:.0%} of steps"
     if f.overfitting_from is not None:
         parts.append(f"over-fits from step {f.overfitting_from}: validation loss rose {f.eval_rise:.1%} above its "
                      f"minimum while training loss fell {f.train_fall_after_best:.1%}; the best checkpoint is step "
                      f"{f.best_step}, not the last ({f.last_eval_step})")
     if f.convergence == "converged":
-        parts.append("training loss converged (flat over the last 20% of steps"
+        parts.append(f"training loss converged (flat {tail}"
                      + (f", {f.tail_change:+.1%})" if f.tail_change is not None else ")"))
     elif f.convergence == "still falling":
-        parts.append(f"training loss still falling at the end ({f.tail_change:+.1%} over the last 20% of steps): "
+        parts.append(f"training loss still falling at the end ({f.tail_change:+.1%} {tail}): "
                      "more steps may help")
     elif f.convergence == "rising":
-        parts.append(f"training loss rising at the end ({f.tail_change:+.1%} over the last 20% of steps)")
+        parts.append(f"training loss rising at the end ({f.tail_change:+.1%} {tail})")
     if f.spikes:
         parts.append(f"{len(f.spikes)} loss spike{'s' if len(f.spikes) > 1 else ''} (first at step {f.spikes[0]})")
     if f.best_step is None:

@@ -14,7 +14,7 @@ import orjson
 
 from ..analyzer.report_format import fmt_num, md_table
 from ..analyzer.report_html import CSS
-from .analysis import RunFindings
+from .analysis import OVERFIT_RISE, TAIL_SHARE, RunFindings
 from .sources import EVAL_LOSS, TRAIN_LOSS, TrainingRun
 
 HEADER = ["run", "method / params", "steps", "final train loss", "convergence", "best eval loss (step)",
@@ -90,8 +90,9 @@ def render_html(runs: list[TrainingRun], findings: list[RunFindings]) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in HEADER)
     body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows(findings))
     parts.append(f'<h2>Side by side</h2><div class="scroll"><table><tr>{head}</tr>{body}</table></div>')
-    parts.append("<p class='note'>Rules: docs/training.md (convergence over the last 20% of steps; over-fitting "
-                 "when validation loss rises more than 2% above its minimum while training loss still falls).</p>")
+    parts.append(f"<p class='note'>Rules: docs/training.md (convergence over the last {TAIL_SHARE:.0%} of steps; "
+                 f"over-fitting when validation loss rises more than {OVERFIT_RISE:.0%} above its minimum while "
+                 "training loss still falls).</p>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
