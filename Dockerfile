@@ -16,7 +16,7 @@ FROM source AS wheels-proxy
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM source AS wheels-full
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[drift,eval,training,data,trackers]"
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[drift,eval,training,data,trackers,s3]"
 
 # What both images share: an unprivileged user, the data volume and the paths on it.
 FROM python:3.11-slim AS runtime

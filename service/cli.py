@@ -85,15 +85,11 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
 def _cmd_analyzer(args: argparse.Namespace) -> int:
     from kafka.errors import KafkaError
 
-    from .analyzer.lake import LakeLockedError
     from .analyzer.process import run_analyzer
 
     cfg = load_config(args.config)
     try:
         return run_analyzer(cfg, once=args.once, host=args.host, port=args.port)
-    except LakeLockedError as exc:
-        print(f"splitwatch: {exc}", file=sys.stderr)
-        return 2
     except KafkaError as exc:  # --once does not wait for Kafka (the live analyzer retries)
         print(f"splitwatch: Kafka unreachable at {cfg.kafka.bootstrap_servers} ({type(exc).__name__}: {exc})",
               file=sys.stderr)
@@ -143,7 +139,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if cfg.experiment(args.experiment) is None:
         raise ConfigError(f"--experiment: no experiment {args.experiment!r} in {args.config}; experiments: "
                           f"{[e.key for e in cfg.experiments]}")
-    fmt = args.format or FORMAT_OF_SUFFIX.get(Path(args.output).suffix.lower() if args.output else "", "md")
+    into_dir = bool(args.output) and (args.output.endswith("/") or Path(args.output).is_dir())
+    fmt = args.format or ("md" if into_dir else
+                          FORMAT_OF_SUFFIX.get(Path(args.output).suffix.lower() if args.output else "", "md"))
     if end < start:
         raise ConfigError(f"--to {end} is before --from {start}")
     days = exposure_days(cfg, args.experiment)
@@ -164,8 +162,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from None
     text = RENDERERS[fmt](rep)
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-        print(f"report written to {args.output}", file=sys.stderr)
+        out = Path(args.output)
+        if into_dir:  # a directory (a scheduled job's volume): one file per experiment and period
+            out.mkdir(parents=True, exist_ok=True)
+            out = out / f"{args.experiment}-{start}-{end}.{fmt}"
+        out.write_text(text, encoding="utf-8")
+        print(f"report written to {out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     opts = tracker_options(args)
@@ -338,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--to", dest="date_to", default=None, help="last day, inclusive (--to alone: the 7 days up to it)")
     rp.add_argument("--format", choices=["md", "html", "json"], default=None,
                     help="default: from the --output file's extension (.html, .md, .json), else md")
-    rp.add_argument("--output", default=None, help="file to write (default: stdout)")
+    rp.add_argument("--output", default=None, help="file to write (default: stdout); a directory (or a path "
+                    "ending in /): EXPERIMENT-FROM-TO.FORMAT in it")
     rp.add_argument("--fixed-horizon", action="store_true",
                     help="fixed-horizon tests (only once the planned sample size is reached); default: always-valid")
     rp.add_argument("--engine", choices=["duckdb", "spark"], default=None,

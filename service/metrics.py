@@ -124,6 +124,13 @@ ANALYZER_KAFKA_CONNECTED = Gauge(
 ANALYZER_LOOP_RESTARTS = Counter(
     "splitwatch_analyzer_loop_restarts", "Restarts of the analyzer's ingest loop after it failed.", ["group"],
     registry=ANALYZER_REGISTRY)
+ANALYZER_LEADER = Gauge(
+    "splitwatch_analyzer_leader",
+    "1 on the analyzer replica that runs the live analysis and the guard (it owns partition 0 of the events "
+    "topic), 0 on the others.", ["group"], registry=ANALYZER_REGISTRY)
+ANALYZER_PARTITIONS = Gauge(
+    "splitwatch_analyzer_partitions", "Partitions of the events topic this analyzer replica writes to the lake.",
+    ["group"], registry=ANALYZER_REGISTRY)
 ANALYZER_EVENTS_INGESTED = Counter(
     "splitwatch_analyzer_events_ingested", "Events written to the Parquet lake.", registry=ANALYZER_REGISTRY)
 ANALYZER_INVALID_EVENTS = Counter(

@@ -17,11 +17,11 @@ import pytest
 import sqlglot
 import yaml
 
-from splitwatch.service.analyzer.engines import bind, to_spark
+from splitwatch.service.analyzer.engines import attach_lake, bind, to_spark
 from splitwatch.service.analyzer.kpi_queries import load_experiment, prepare_events
 from splitwatch.service.analyzer.lake import Lake
 from splitwatch.service.config import parse_config
-from splitwatch.service.local.processes import splitwatch_command
+from splitwatch.service.local.processes import ObjectStore, splitwatch_command
 from splitwatch.service.local.synthetic_lake import (
     EXPERIMENT,
     report_differences,
@@ -68,25 +68,28 @@ def _flat(stats: object) -> list[float]:
     return out
 
 
-@pytest.mark.slow
-def test_spark_statistics_equal_duckdbs_for_every_rule(lake: tuple[Path, datetime]) -> None:
+def _statistics(location: str | Path, start: datetime) -> dict[str, object]:
+    """Return each engine's ExperimentData of the synthetic lake at ``location`` (a path or an s3 URI)."""
     import duckdb
 
     from splitwatch.service.analyzer.engines import connect
 
-    base, start = lake
-    cfg = parse_config(synthetic_config(base / "lake"), environ={})
+    cfg = parse_config(synthetic_config(location), environ={})
     exp = cfg.experiment(EXPERIMENT)
-    store = Lake(base / "lake")
+    store = Lake(location)
     found = {}
     for engine, con in (("duckdb", duckdb.connect()), ("spark", connect("spark", "local[2]"))):
+        attach_lake(con, store)
         try:
             prepare_events(con, store.glob(EXPERIMENT), exp.phase, store.glob("*"), EXPERIMENT)
             found[engine] = load_experiment(con, None, exp, cfg.analyzer, start, start + timedelta(days=3))
         finally:
             con.close()
-    d, s = found["duckdb"], found["spark"]
-    # every rule has something to count, and both engines count it the same
+    return found
+
+
+def _assert_equal_statistics(d: object, s: object) -> None:
+    """Every rule has something to count, and both engines count it the same (1e-9 relative)."""
     for field in ("multi_arm_units", "orphan_outcomes", "late_outcomes", "forced_requests", "early_outcomes",
                   "forced_only_outcomes"):
         assert getattr(d, field) > 0 and getattr(d, field) == getattr(s, field), field
@@ -107,11 +110,18 @@ def test_spark_statistics_equal_duckdbs_for_every_rule(lake: tuple[Path, datetim
             assert len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True)), (arm, metric, a, b)
 
 
-def _report(config: Path, engine: str, day: str, to: str) -> dict:
+@pytest.mark.slow
+def test_spark_statistics_equal_duckdbs_for_every_rule(lake: tuple[Path, datetime]) -> None:
+    base, start = lake
+    found = _statistics(base / "lake", start)
+    _assert_equal_statistics(found["duckdb"], found["spark"])
+
+
+def _report(config: Path, engine: str, day: str, to: str, env: dict[str, str] | None = None) -> dict:
     res = subprocess.run(splitwatch_command("report", "--config", str(config), "--experiment", EXPERIMENT, "--from",
                                             day, "--to", to, "--format", "json", "--engine", engine,
                                             "--spark-master", "local[2]"),
-                         capture_output=True, text=True, timeout=900)
+                         capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})})
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads(res.stdout)
 
@@ -125,3 +135,88 @@ def test_the_report_from_spark_equals_the_report_from_duckdb(lake: tuple[Path, d
     duck, spark = _report(config, "duckdb", day, to), _report(config, "spark", day, to)
     assert report_differences(duck, spark) == []  # the JSON report has no timing field
     assert sum(duck["units"].values()) > 400 and len(duck["results"]) >= 10
+
+
+@pytest.fixture(scope="module")
+def s3_lake(tmp_path_factory: pytest.TempPathFactory, lake: tuple[Path, datetime]):
+    """The same synthetic lake (same seed and day), written to an S3-protocol server on loopback through
+    pyarrow's S3 filesystem."""
+    start = lake[1]
+    server = ObjectStore(tmp_path_factory.mktemp("s3"))
+    saved = {k: os.environ.get(k) for k in ObjectStore.CREDENTIALS}
+    os.environ.update(ObjectStore.CREDENTIALS)  # pyarrow, boto3 and Spark's executors read the credentials here
+    server.start()
+    try:
+        uri = server.lake_uri("team's lake/events")  # a quote in the path: never pasted into SQL
+        write_synthetic_lake(uri, start.date(), units=500)
+        yield uri, start
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.mark.slow
+def test_a_lake_on_s3_is_read_by_both_engines_with_the_same_numbers(s3_lake: tuple[str, datetime],
+                                                                     lake: tuple[Path, datetime]) -> None:
+    uri, start = s3_lake
+    store = Lake(uri)
+    local_markers = Lake(lake[0] / "lake").markers()
+    assert store.storage.object_store and store.has_files(EXPERIMENT)
+    assert [m["files"] for m in store.markers()] == [m["files"] for m in local_markers]
+    assert not any(Path(".").glob("**/team's lake"))  # nothing written locally: it is all in the bucket
+    found = _statistics(uri, start)
+    _assert_equal_statistics(found["duckdb"], found["spark"])
+    local = _statistics(lake[0] / "lake", start)["duckdb"]  # the same events in a local lake
+    assert found["duckdb"].units == local.units
+    for arm, per_metric in local.stats.items():
+        for metric, stats in per_metric.items():
+            assert _flat(stats) == pytest.approx(_flat(found["duckdb"].stats[arm][metric]), rel=1e-12), metric
+
+
+@pytest.mark.slow
+def test_the_report_of_an_s3_lake_is_the_same_from_both_engines(s3_lake: tuple[str, datetime],
+                                                                 lake: tuple[Path, datetime]) -> None:
+    uri, start = s3_lake
+    config = lake[0] / "cfg-s3.yaml"
+    config.write_text(yaml.safe_dump(synthetic_config(uri)))
+    day, to = start.date().isoformat(), (start.date() + timedelta(days=1)).isoformat()
+    duck, spark = _report(config, "duckdb", day, to, ObjectStore.CREDENTIALS), _report(config, "spark", day, to,
+                                                                               ObjectStore.CREDENTIALS)
+    assert report_differences(duck, spark) == []
+    local_config = lake[0] / "cfg.yaml"
+    local_config.write_text(yaml.safe_dump(synthetic_config(lake[0] / "lake")))
+    assert report_differences(_report(local_config, "duckdb", day, to), duck) == []
+    assert sum(duck["units"].values()) > 400
+
+
+@pytest.mark.slow
+def test_spark_submit_of_the_charts_main_file_gives_the_same_report(s3_lake: tuple[str, datetime],
+                                                                    lake: tuple[Path, datetime]) -> None:
+    """The ScheduledSparkApplication's command, run by pyspark's own spark-submit (a local master here, a
+    cluster's in production): the session is spark-submit's, and the report equals DuckDB's."""
+    import shutil
+    import sys
+
+    uri, start = s3_lake
+    config = lake[0] / "cfg-submit.yaml"
+    config.write_text(yaml.safe_dump(synthetic_config(uri)))
+    day, to = start.date().isoformat(), (start.date() + timedelta(days=1)).isoformat()
+    main_file = Path(__file__).resolve().parent.parent / "service" / "analyzer" / "spark_report.py"
+    submit = shutil.which("spark-submit", path=str(Path(sys.executable).parent))
+    assert submit is not None, "pyspark's spark-submit is not beside this interpreter"
+    out = lake[0] / "weekly"
+    res = subprocess.run([submit, "--master", "local[2]", "--conf", "spark.sql.shuffle.partitions=3",
+                          "--conf", "spark.pyspark.driver.python=" + sys.executable, str(main_file),
+                          "--config", str(config), "--experiment", EXPERIMENT, "--from", day, "--to", to,
+                          "--format", "json", "--output", f"{out}/"],
+                         capture_output=True, text=True, timeout=900,
+                         env={**os.environ, **ObjectStore.CREDENTIALS, "PYSPARK_PYTHON": sys.executable})
+    assert res.returncode == 0, res.stderr[-3000:]
+    (written,) = out.iterdir()
+    assert written.name == f"{EXPERIMENT}-{day}-{to}.json"  # --output as a directory
+    duck = _report(config, "duckdb", day, to, ObjectStore.CREDENTIALS)
+    assert report_differences(duck, json.loads(written.read_text())) == []

@@ -45,7 +45,7 @@ class _Log:
                                         value=value).to_json())
 
     def write(self, root: Path) -> None:
-        lake = Lake(root, writer=True)
+        lake = Lake(root)
         try:
             lake.write_batch(0, [Record(0, i, v) for i, v in enumerate(self.events)])
         finally:

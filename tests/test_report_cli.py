@@ -35,7 +35,7 @@ def _config(tmp_path: Path) -> Path:
 
 
 def _write_lake(tmp_path: Path, day: date, units: int = 60, days: int = 1, skew: bool = False) -> None:
-    lake = Lake(tmp_path / "lake", writer=True)
+    lake = Lake(tmp_path / "lake")
     lake.recover()
     records, offset = [], 0
     start = datetime.combine(day, datetime.min.time(), tzinfo=UTC) + timedelta(hours=10)

@@ -50,7 +50,7 @@ def test_shadow_pairs_from_the_lake_match_references_on_the_raw_pairs(tmp_path: 
                          shadow=side(shad_lat[i], shad_tok[i], shad_err[i]), scores=scores,
                          json_requested=bool(json_asked[i]), ts=t0 + timedelta(seconds=i))
         records.append(Record(0, i, ev.to_json()))
-    lake = Lake(tmp_path, writer=True)
+    lake = Lake(tmp_path)
     assert lake.write_batch(0, records) == (n, 0)
     con = duckdb.connect()
     prepare_events(con, lake.glob("support-ft"), 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 
@@ -83,6 +84,14 @@ def live_verdict(data: ExperimentData, exp: ExperimentConfig, result: Experiment
     return with_state(decide(result, data.metrics, {a.name: data.units.get(a.name, 0) for a in exp.arms},
                              {a.name: a.weight for a in exp.arms}, exp.control.name,
                              multi_arm_units=data.multi_arm_units), state).decision
+
+
+def clear_gauges() -> None:
+    """Remove every experiment's series (an analyzer replica that stopped leading exports none)."""
+    for key in list(_exported):
+        for gauge, labels in _exported.pop(key):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
 
 
 def export_gauges(data: ExperimentData, result: ExperimentResult | None, verdict: str | None = None) -> None:

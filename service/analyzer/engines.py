@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import glob as globlib
 import hashlib
+import os
+import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -131,17 +133,36 @@ class SparkConnection:
         self.spark = spark
         self.tables: set[str] = set()
         self._views: dict[str, str] = {}
+        self.object_store: Any = None  # the lake's ObjectStorage, when it lives on one (attach_lake)
 
     def view_of(self, path: str) -> str:
         """Return the temporary view over the Parquet files matching ``path`` (created once per path)."""
         if path not in self._views:
             name = "lake_" + hashlib.sha1(path.encode()).hexdigest()[:12]
-            files = sorted(globlib.glob(path))
-            reader = self.spark.read.option("mergeSchema", "true").option("recursiveFileLookup", "true")
-            df = reader.parquet(*files) if files else self.spark.createDataFrame([], "event_id STRING")
+            store = self.object_store
+            if store is not None and path.startswith(store.uri("")):
+                df = self._object_store_files(store, path[len(store.uri("")):])
+            else:
+                files = sorted(globlib.glob(path))
+                reader = self.spark.read.option("mergeSchema", "true").option("recursiveFileLookup", "true")
+                df = reader.parquet(*files) if files else self.spark.createDataFrame([], "event_id STRING")
             df.createOrReplaceTempView(name)
             self._views[path] = name
         return self._views[path]
+
+    def _object_store_files(self, store: Any, pattern: str) -> Any:
+        """Return a DataFrame of the lake's files matching ``pattern`` on an object store (spark_lake_source)."""
+        import json
+
+        from .lake import SCHEMA
+        from .spark_lake_source import SOURCE_NAME, LakeFiles, spark_ddl
+
+        files = [store.key(rel) for rel in store.list(pattern)]
+        if not files:
+            return self.spark.createDataFrame([], "event_id STRING")
+        self.spark.dataSource.register(LakeFiles)
+        return (self.spark.read.format(SOURCE_NAME).option("location", store.location)
+                .option("files", json.dumps(files)).option("schema", spark_ddl(SCHEMA)).load())
 
     def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> SparkCursor:
         """Run one DuckDB-dialect statement on Spark; return its rows."""
@@ -197,15 +218,50 @@ class SparkConnection:
         self._views.clear()
 
 
+def attach_lake(con: Any, lake: Any) -> None:
+    """Let ``con`` read ``lake`` when it lives on an object store: DuckDB gets the lake's pyarrow filesystem
+    through fsspec (no httpfs extension to download), Spark a Python data source over pyarrow
+    (:mod:`.spark_lake_source`). A local lake needs nothing."""
+    store = lake.storage
+    if not store.object_store:
+        return
+    if isinstance(con, SparkConnection):
+        con.object_store = store
+        return
+    from fsspec.implementations.arrow import ArrowFSWrapper
+
+    class LakeFilesystem(ArrowFSWrapper):  # type: ignore[misc]
+        protocol = (store.scheme,)  # DuckDB routes ``s3://...`` paths to the filesystem of that protocol
+
+    con.register_filesystem(LakeFilesystem(store.fs))
+
+
+def submitted() -> bool:
+    """Return True when this process was started by ``spark-submit`` (which set the gateway's port)."""
+    return bool(os.environ.get("PYSPARK_GATEWAY_PORT"))
+
+
 def spark_session(master: str = "local[*]", conf: dict[str, str] | None = None) -> Any:
-    """Return a Spark session for the KPI queries: UTC, no UI, the given master and settings."""
+    """Return a Spark session for the KPI queries: UTC, no UI, the given master and settings.
+
+    Under ``spark-submit`` the master is spark-submit's, and a setting it was given is kept: ``master``
+    is ignored and ``conf`` and the defaults here fill in only what is not set.
+    """
+    from pyspark import SparkConf
     from pyspark.sql import SparkSession
 
-    builder = (SparkSession.builder.appName("splitwatch-report").master(master)
-               .config("spark.ui.showConsoleProgress", "false")
-               .config("spark.sql.session.timeZone", "UTC").config("spark.ui.enabled", "false")
-               .config("spark.sql.shuffle.partitions", "8"))
-    for key, value in (conf or {}).items():
+    # Python workers (the object-store lake's reader) import splitwatch: by default this interpreter, which
+    # has it (pyspark's own default is whatever ``python3`` is on the PATH; a cluster sets PYSPARK_PYTHON)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    settings = {"spark.ui.showConsoleProgress": "false", "spark.sql.session.timeZone": "UTC",
+                "spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "8", **(conf or {})}
+    builder = SparkSession.builder.appName("splitwatch-report")
+    if submitted():
+        given = SparkConf()  # what spark-submit set (its --conf, --master, spark-defaults.conf)
+        settings = {k: v for k, v in settings.items() if not given.contains(k)}
+    else:
+        builder = builder.master(master)
+    for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .. import metrics
 from ..config import Config
 from ..delivery.kafka_client import connect_with_retry, consumer_connected, ensure_topic, kafka_security_settings
-from .lake import Lake, Record
+from .lake import BatchConflictError, Lake, Record
 
 if TYPE_CHECKING:
     from ..status_server import Supervisor
@@ -39,9 +39,44 @@ class Ingestor:
                  on_batch: Callable[[list[bytes]], None] | None = None) -> None:
         self.cfg = cfg
         self.on_batch = on_batch  # sees every batch once it is in the lake (the guard's fast path)
-        self.lake = lake or Lake(cfg.analyzer.lake_dir, writer=True)
-        self.next_offsets = self.lake.recover()
+        self.lake = lake or Lake(cfg.analyzer.lake_dir)
+        self.next_offsets: dict[int, int] = {}  # of the partitions this analyzer owns, from the lake
+        self.assigned: frozenset[int] = frozenset()
+        self._pending: dict[int, list[Record]] = defaultdict(list)
+        self._stats = IngestStats()
         self._consumer: Any = None
+
+    def leads(self) -> bool:
+        """Return True when this analyzer owns partition 0 of the events topic: the replica that runs the
+        live analysis and the guard (exactly one per consumer group, as Kafka assigns partitions)."""
+        return 0 in self.assigned
+
+    def _take(self, consumer: Any, partitions: list[Any]) -> None:
+        """Start owning ``partitions``: recover them in the lake and seek each to the lake's position.
+
+        The lake, not Kafka's committed offsets, decides where a partition resumes; a partition the lake
+        has never seen starts at the beginning of the topic.
+        """
+        recovered = self.lake.recover(tp.partition for tp in partitions)
+        for tp in partitions:
+            self._pending.pop(tp.partition, None)
+            if tp.partition in recovered:
+                self.next_offsets[tp.partition] = recovered[tp.partition]
+                consumer.seek(tp, recovered[tp.partition])
+            else:
+                self.next_offsets.pop(tp.partition, None)
+                consumer.seek_to_beginning(tp)
+        self.assigned = frozenset(self.assigned | {tp.partition for tp in partitions})
+
+    def _give_up(self, partitions: list[Any]) -> None:
+        """Stop owning ``partitions``: write what was read of them first (another replica takes them next)."""
+        gone = {tp.partition for tp in partitions}
+        leaving = {p: self._pending.pop(p) for p in list(self._pending) if p in gone}
+        if leaving:
+            self._flush(leaving, self._stats)
+        self.assigned = frozenset(self.assigned - gone)
+        for p in gone:
+            self.next_offsets.pop(p, None)
 
     def _connect(self, manual: bool) -> Any:
         """Return a consumer: in the consumer group, or (``manual``) assigned every partition by hand.
@@ -59,31 +94,27 @@ class Ingestor:
             enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=min(a.batch_max_events, 10_000),
             max_poll_interval_ms=a.max_poll_interval_ms, session_timeout_ms=min(10_000, a.max_poll_interval_ms),
             heartbeat_interval_ms=min(3_000, a.max_poll_interval_ms // 3), **kafka_security_settings(k))
-        lake_offsets = self.next_offsets
+        ingestor = self
 
-        class SeekToLake(ConsumerRebalanceListener):
-            """The lake, not Kafka's committed offsets, decides where each partition resumes."""
+        class OwnPartitions(ConsumerRebalanceListener):
+            """Partitions come and go with the group's other replicas: see :meth:`_take` and :meth:`_give_up`."""
 
             def on_partitions_revoked(self, revoked: Any) -> None:
-                pass
+                ingestor._give_up(list(revoked))
 
             def on_partitions_assigned(self, assigned: Any) -> None:
-                for tp in assigned:
-                    if tp.partition in lake_offsets:
-                        consumer.seek(tp, lake_offsets[tp.partition])
-                log.info("analyzer assigned partitions %s", sorted(tp.partition for tp in assigned))
+                ingestor._take(consumer, list(assigned))
+                log.info("analyzer assigned partitions %s%s", sorted(tp.partition for tp in assigned),
+                         " (leader: runs the live analysis and the guard)" if ingestor.leads() else "")
 
+        self._consumer = consumer
         if manual:
             partitions = consumer.partitions_for_topic(k.topic) or set()
             tps = [TopicPartition(k.topic, p) for p in sorted(partitions)]
             consumer.assign(tps)
-            for tp in tps:
-                if tp.partition in lake_offsets:
-                    consumer.seek(tp, lake_offsets[tp.partition])
-                else:
-                    consumer.seek_to_beginning(tp)
+            self._take(consumer, tps)
         else:
-            consumer.subscribe([k.topic], listener=SeekToLake())
+            consumer.subscribe([k.topic], listener=OwnPartitions())
         return consumer
 
     def _flush(self, pending: dict[int, list[Record]], stats: IngestStats) -> None:
@@ -92,10 +123,20 @@ class Ingestor:
 
         commit: dict[Any, Any] = {}
         written_values: list[bytes] = []
-        for partition, records in pending.items():
+        for partition, records in list(pending.items()):
             if not records:
                 continue
-            written, invalid = self.lake.write_batch(partition, records)
+            tp = TopicPartition(self.cfg.kafka.topic, partition)
+            try:
+                written, invalid = self.lake.write_batch(partition, records)
+            except BatchConflictError as exc:
+                # another replica owned the partition meanwhile: its batch stands, read on from the lake
+                log.warning("%s; resuming partition %d from the lake", exc, partition)
+                position = self.lake.recover([partition]).get(partition, 0)
+                self.next_offsets[partition] = position
+                if partition in self.assigned:
+                    self._consumer.seek(tp, position)
+                continue
             stats.events += written
             stats.invalid += invalid
             metrics.ANALYZER_EVENTS_INGESTED.inc(written)
@@ -104,7 +145,7 @@ class Ingestor:
             written_values.extend(r.value for r in records)
             nxt = records[-1].offset + 1
             self.next_offsets[partition] = nxt
-            commit[TopicPartition(self.cfg.kafka.topic, partition)] = OffsetAndMetadata(nxt, "", -1)
+            commit[tp] = OffsetAndMetadata(nxt, "", -1)
         pending.clear()
         stats.batches += 1
         if self.on_batch is not None and written_values:
@@ -126,7 +167,7 @@ class Ingestor:
         progress and the connection state are reported to it; without one, the error is raised.
         """
         a = self.cfg.analyzer
-        stats = IngestStats()
+        stats = self._stats = IngestStats()
         t0 = time.perf_counter()
         consumer = connect_with_retry(lambda: self._connect(manual=until_caught_up), supervisor, stop,
                                       "analyzer ingest")
@@ -135,7 +176,7 @@ class Ingestor:
             return stats
         self._consumer = consumer
         targets: dict[int, int] | None = None
-        pending: dict[int, list[Record]] = defaultdict(list)
+        pending = self._pending
         batch_started = 0.0
         last_record = time.monotonic()
         count = 0
@@ -152,6 +193,7 @@ class Ingestor:
                             batch_started = time.monotonic()
                         pending[tp.partition].append(Record(tp.partition, m.offset, m.value))
                         count += 1
+                count = sum(len(r) for r in pending.values())  # a rebalance may have taken some
                 if count >= a.batch_max_events or (count and time.monotonic() - batch_started >= a.batch_max_seconds):
                     self._flush(pending, stats)
                     count = 0
@@ -170,6 +212,7 @@ class Ingestor:
             if count:
                 self._flush(pending, stats)
         finally:
+            self.assigned = frozenset()
             self._consumer.close(autocommit=False)
             self.lake.close()
         stats.seconds = time.perf_counter() - t0

@@ -1,16 +1,19 @@
 """The Parquet lake: events from Kafka, partitioned by date and experiment, written exactly once.
 
-Layout under ``analyzer.lake_dir``::
+Layout under ``analyzer.lake_dir`` (a directory, or an object store's prefix: :mod:`.lake_storage`)::
 
     date=2026-11-27/experiment=support-ft/p3-00000000000000001200-00000000000000001899.parquet
-    _commits/p3-00000000000000001200-00000000000000001899.json   files of that batch
-    _invalid/p3-....jsonl                                        messages that are not valid events
+    _commits/p3-00000000000000001200.json      files of the batch starting at offset 1200, and its last
+    _invalid/p3-....jsonl                      messages that are not valid events
 
 A batch of one Kafka partition becomes one file per (date, experiment), named by the partition
-and the batch's offset range, then a commit marker listing them. The marker is the commit: at
-start-up, files without a marker (a crash in mid-batch) are deleted, and the next offset of
-each partition is read from the markers, so the lake never holds an offset twice whatever Kafka's
-committed offsets say. Queries still deduplicate by ``event_id``: the proxy delivers at least once.
+and the batch's offset range, then a commit marker listing them. The marker is the commit: when a
+writer is assigned a partition, that partition's files without a marker (a crash in mid-batch)
+are deleted, and its next offset is read from the markers, so the lake never holds an offset twice
+whatever Kafka's committed offsets say. The marker is named by the batch's first offset and created
+only if absent: two analyzer replicas that both believe they own a partition (one of them paused
+past its session) cannot both commit it; the loser deletes its files and reads the partition's
+position again. Queries still deduplicate by ``event_id``: the proxy delivers at least once.
 Prompt and completion text never enter the lake.
 """
 
@@ -18,8 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +34,7 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from ..events import parse_event
-from ..files import DirectoryLockedError, fsync_dir, lock_directory, unlock_directory
+from .lake_storage import LocalStorage, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -97,53 +100,77 @@ def _name(partition: int, first: int, last: int) -> str:
     return f"p{partition}-{first:020d}-{last:020d}"
 
 
-class LakeLockedError(RuntimeError):
-    """Another process is writing to this lake."""
+def marker_name(partition: int, first: int) -> str:
+    """Return the commit marker of a batch: named by its partition and first offset only, so that two
+    writers of the same offsets race for one name (the fence between replicas)."""
+    return f"_commits/p{partition}-{first:020d}.json"
+
+
+class BatchConflictError(RuntimeError):
+    """Another writer committed a batch starting at these offsets first (this one's files were removed)."""
 
 
 class Lake:
     """Writes batches atomically and recovers the next offset of each Kafka partition.
 
-    One writer per lake (``writer=True`` takes a lock); readers (the report) need no lock.
+    Several writers share a lake, each writing only the partitions Kafka assigned it; the commit
+    marker, created exclusively, keeps any two of them from committing the same offsets. Readers
+    (the report) take no part in it.
     """
 
-    def __init__(self, root: str | Path, writer: bool = False) -> None:
-        self.root = Path(root)
-        self.commits = self.root / "_commits"
-        self.commits.mkdir(parents=True, exist_ok=True)
-        (self.root / "_invalid").mkdir(exist_ok=True)
-        self._lock_fd: int | None = None
-        if writer:
-            try:
-                self._lock_fd = lock_directory(self.root)
-            except DirectoryLockedError:
-                raise LakeLockedError(f"another analyzer is writing to the lake {self.root}") from None
+    def __init__(self, root: str | Path) -> None:
+        self.storage = open_storage(root)
+        self.location = str(self.storage)
+
+    @property
+    def root(self) -> Path:
+        """The local directory of the lake (a lake on an object store has none)."""
+        if isinstance(self.storage, LocalStorage):
+            return self.storage.root
+        raise ValueError(f"the lake {self.location} is on an object store, not in a directory")
 
     def close(self) -> None:
-        """Release the writer's lock."""
-        if self._lock_fd is not None:
-            unlock_directory(self._lock_fd)
-            self._lock_fd = None
+        """Nothing to release (kept for the writers' ``finally``)."""
 
-    def recover(self) -> dict[int, int]:
-        """Delete files of uncommitted batches; return the next offset to read per Kafka partition."""
+    def markers(self, partition: int | None = None) -> list[dict[str, Any]]:
+        """Return the commit markers (of one partition, or of all), each with its files and offsets."""
+        pattern = "_commits/*.json" if partition is None else f"_commits/p{partition}-*.json"
+        out = []
+        for rel in self.storage.list(pattern):
+            data = json.loads(self.storage.read(rel))
+            if partition is None or data["partition"] == partition:
+                out.append(data)
+        return out
+
+    def recover(self, partitions: Iterable[int] | None = None) -> dict[int, int]:
+        """Delete files of uncommitted batches (of ``partitions``, or of every partition); return the next
+        offset to read per Kafka partition.
+
+        A writer recovers only the partitions it was just assigned: another replica may be writing the
+        others right now.
+        """
+        wanted = None if partitions is None else set(partitions)
         committed: set[str] = set()
         next_offset: dict[int, int] = {}
-        for marker in self.commits.glob("*.json"):
-            data = json.loads(marker.read_text())
+        for data in self.markers() if wanted is None or len(wanted) != 1 else self.markers(next(iter(wanted))):
+            p = data["partition"]
+            if wanted is not None and p not in wanted:
+                continue
             committed.update(data["files"])
-            p, last = data["partition"], data["last"]
-            next_offset[p] = max(next_offset.get(p, 0), last + 1)
-        for f in self.root.glob("date=*/experiment=*/*.parquet"):
-            if str(f.relative_to(self.root)) not in committed:
-                log.warning("deleting %s: its batch was never committed (crash in mid-batch)", f)
-                f.unlink()
-        for f in self.root.glob("**/*.tmp"):
-            f.unlink()
+            next_offset[p] = max(next_offset.get(p, 0), data["last"] + 1)
+        for rel in self.storage.list("date=*/experiment=*/*.parquet"):
+            p = _partition_of(rel)
+            if rel not in committed and (wanted is None or p in wanted):
+                log.warning("deleting %s: its batch was never committed (crash in mid-batch)", rel)
+                self.storage.delete(rel)
         return next_offset
 
     def write_batch(self, partition: int, records: list[Record]) -> tuple[int, int]:
-        """Write one Kafka partition's batch (offsets in order); return (events written, invalid messages)."""
+        """Write one Kafka partition's batch (offsets in order); return (events written, invalid messages).
+
+        Raises :class:`BatchConflictError` when another writer committed a batch from the same first
+        offset (it owned the partition meanwhile): this batch's files are deleted, nothing is committed.
+        """
         if not records:
             return 0, 0
         first, last = records[0].offset, records[-1].offset
@@ -158,35 +185,41 @@ class Lake:
             groups[(row["ts"].strftime("%Y-%m-%d"), row["experiment"] or UNATTACHED)].append(row)
         files = []
         for (day, experiment), rows in sorted(groups.items()):
-            d = self.root / f"date={day}" / f"experiment={experiment}"
-            d.mkdir(parents=True, exist_ok=True)
-            path = d / f"{name}.parquet"
-            tmp = path.with_suffix(".parquet.tmp")
-            table = pa.Table.from_pylist(rows, schema=SCHEMA)
-            pq.write_table(table, tmp, compression="zstd")
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            fsync_dir(d)
-            files.append(str(path.relative_to(self.root)))
+            rel = f"date={day}/experiment={experiment}/{name}.parquet"
+            sink = pa.BufferOutputStream()
+            pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), sink, compression="zstd")
+            self.storage.write(rel, sink.getvalue().to_pybytes())
+            files.append(rel)
+        bad = f"_invalid/{name}.jsonl"
         if invalid:
-            bad = self.root / "_invalid" / f"{name}.jsonl"
-            bad.write_bytes(b"".join(orjson.dumps({"partition": r.partition, "offset": r.offset,
-                                                   "value": r.value.decode(errors="replace")}) + b"\n"
-                                     for r in invalid))
-            log.error("%d messages of partition %d are not valid events; kept in %s", len(invalid), partition, bad)
-        marker = self.commits / f"{name}.json"
-        tmp_marker = marker.with_suffix(".json.tmp")
-        tmp_marker.write_text(json.dumps({"partition": partition, "first": first, "last": last, "files": files,
-                                          "events": len(records) - len(invalid), "invalid": len(invalid),
-                                          "written_at": datetime.now(UTC).isoformat()}))
-        with open(tmp_marker, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_marker, marker)
-        fsync_dir(self.commits)
+            self.storage.write(bad, b"".join(orjson.dumps({"partition": r.partition, "offset": r.offset,
+                                                           "value": r.value.decode(errors="replace")}) + b"\n"
+                                             for r in invalid))
+        marker = json.dumps({"partition": partition, "first": first, "last": last, "files": files,
+                             "events": len(records) - len(invalid), "invalid": len(invalid),
+                             "written_at": datetime.now(UTC).isoformat()}).encode()
+        if not self.storage.create_exclusive(marker_name(partition, first), marker):
+            for rel in files + ([bad] if invalid else []):
+                self.storage.delete(rel)
+            raise BatchConflictError(f"offsets {first}-{last} of partition {partition} were committed by another "
+                                     "writer (this analyzer no longer owned the partition)")
+        if invalid:
+            log.error("%d messages of partition %d are not valid events; kept in %s/%s", len(invalid), partition,
+                      self.location, bad)
         return len(records) - len(invalid), len(invalid)
+
+    def has_files(self, experiment: str) -> bool:
+        """Return True when the lake holds Parquet files of ``experiment`` (``*``: of any)."""
+        return bool(self.storage.list(f"date=*/experiment={experiment}/*.parquet"))
 
     def glob(self, experiment: str) -> str:
         """Return the Parquet glob of one experiment (``*``: every experiment and the unattached
-        outcomes), for DuckDB's read_parquet."""
-        return str(self.root / "date=*" / f"experiment={experiment}" / "*.parquet")
+        outcomes), as the query engines read it (a path, or the object store's URI)."""
+        return self.storage.uri(f"date=*/experiment={experiment}/*.parquet")
+
+
+def _partition_of(rel: str) -> int | None:
+    """Return the Kafka partition in a data file's name (``p3-<first>-<last>.parquet``), or None."""
+    stem = rel.rsplit("/", 1)[-1]
+    head = stem.split("-", 1)[0]
+    return int(head[1:]) if head.startswith("p") and head[1:].isdigit() else None

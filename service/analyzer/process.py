@@ -15,7 +15,8 @@ from ..control.channel import KafkaControl
 from ..control.state import StateTable
 from ..delivery.shipper import KafkaSink
 from ..status_server import Supervisor, start_status_server
-from .analysis import analyze_data, export_gauges, live_verdict
+from .analysis import analyze_data, clear_gauges, export_gauges, live_verdict
+from .engines import attach_lake
 from .guard import RolloutGuard
 from .ingest import Ingestor
 from .kpi_queries import load_experiment
@@ -37,12 +38,13 @@ def analyze_all(cfg: Config, sequential: bool = True, guard: RolloutGuard | None
         guarded = guard is not None and exp.rollout is not None
         if guard is not None:
             guard.export(exp)
-        if not any(lake.root.glob(f"date=*/experiment={exp.key}/*.parquet")):
+        if not lake.has_files(exp.key):
             if guard is not None and guarded:
                 guard.review(exp, None)  # a ramp starts before the first event
             continue
         t0 = time.perf_counter()
         con = duckdb.connect()
+        attach_lake(con, lake)
         evidence = None
         try:
             data = load_experiment(con, lake.glob(exp.key), exp, cfg.analyzer,
@@ -94,25 +96,37 @@ def run_analyzer(cfg: Config, once: bool = False, host: str | None = None, port:
     """Run the analyzer until SIGTERM/SIGINT (or, with ``once``, ingest what is there, analyse, exit).
 
     The live analyzer serves /metrics, /healthz and /readyz (:mod:`..status_server`); its ingest
-    loop retries an unreachable Kafka with back-off and is restarted if it fails.
+    loop retries an unreachable Kafka with back-off and is restarted if it fails. Several replicas
+    may run in one consumer group over one lake: each writes the partitions Kafka assigns it, and
+    the one that owns partition 0 (:meth:`Ingestor.leads`) runs the live analysis, exports the KPI
+    gauges and runs the guard. When it dies, Kafka gives partition 0 to a survivor once the dead
+    one's session times out, and the survivor takes over at its next loop (docs/analyzer.md).
     """
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     guard = None if once else _start_guard(cfg)
-    on_batch = None if guard is None else guard.observe
-    first = [Ingestor(cfg, on_batch=on_batch)]  # made here, so that a locked lake is reported before anything starts
+    current: list[Ingestor] = []
+
+    def on_batch(values: list[bytes]) -> None:  # the guard's fast path, on the leader only
+        if guard is not None and current and current[-1].leads():
+            guard.observe(values)
+
+    current.append(Ingestor(cfg, on_batch=on_batch))
     if once:
-        stats = first[0].run(stop, until_caught_up=True)
+        stats = current[0].run(stop, until_caught_up=True)
         log.info("ingested %d events (%d invalid) in %d batches, %.1f s", stats.events, stats.invalid,
                  stats.batches, stats.seconds)
         analyze_all(cfg)
         return 0
     a = cfg.analyzer
+    runs = [0]
 
     def ingest(supervisor: Supervisor) -> None:
-        # after a failure, a new Ingestor: the failed run closed its lake writer
-        (first.pop() if first else Ingestor(cfg, on_batch=on_batch)).run(stop, supervisor=supervisor)
+        if runs[0]:  # after a failure, a new Ingestor with a new consumer
+            current[:] = [Ingestor(cfg, on_batch=on_batch)]
+        runs[0] += 1
+        current[-1].run(stop, supervisor=supervisor)
 
     supervisor = Supervisor("analyzer-ingest", ingest, stop, metrics.ANALYZER_KAFKA_CONNECTED.labels(a.group_id),
                             metrics.ANALYZER_LOOP_RESTARTS.labels(a.group_id)).start()
@@ -121,8 +135,18 @@ def run_analyzer(cfg: Config, once: bool = False, host: str | None = None, port:
     log.info("analyzer: lake %s, metrics on http://%s:%d/metrics", a.lake_dir, host or a.host,
              server.server_address[1])
     next_run = 0.0
+    leading = False
     while not stop.is_set():
-        if time.monotonic() >= next_run:
+        ingestor = current[-1]
+        metrics.ANALYZER_PARTITIONS.labels(a.group_id).set(len(ingestor.assigned))
+        if ingestor.leads() != leading:
+            leading = not leading
+            metrics.ANALYZER_LEADER.labels(a.group_id).set(1 if leading else 0)
+            log.info("analyzer %s the live analysis and the guard", "takes over" if leading else "hands over")
+            if not leading:
+                clear_gauges()  # the new leader exports them: never two replicas with the same series
+            next_run = 0.0
+        if leading and time.monotonic() >= next_run:
             analyze_all(cfg, guard=guard)
             next_run = time.monotonic() + a.interval_s
         stop.wait(0.5)

@@ -25,7 +25,7 @@ from splitwatch.stats.verdict import CONFIGURED_PAUSE
 
 from ..config import AnalyzerConfig, Config, ExperimentConfig
 from .analysis import analyze_data
-from .engines import connect
+from .engines import attach_lake, connect
 from .kpi_queries import ExperimentData, has_column, load_experiment, prepare_events, unit_definition
 from .lake import Lake
 from .report_format import fmt_chance, fmt_count, fmt_interval, fmt_margin, fmt_n, fmt_num, fmt_p, md_table
@@ -43,9 +43,10 @@ def exposure_days(cfg: Config, key: str) -> tuple[date, date] | None:
     """Return the first and last day with exposures of the experiment's current phase, or None (no data)."""
     exp = cfg.experiment(key)
     lake = Lake(cfg.analyzer.lake_dir)
-    if exp is None or not any(lake.root.glob(f"date=*/experiment={key}/*.parquet")):
+    if exp is None or not lake.has_files(key):
         return None
     con = duckdb.connect()
+    attach_lake(con, lake)
     try:
         first, last = con.execute(
             "SELECT min(ts), max(ts) FROM read_parquet(?, union_by_name = true) "
@@ -111,6 +112,7 @@ def build_report(cfg: Config, key: str, start: date, end: date, sequential: bool
     lake = Lake(cfg.analyzer.lake_dir)
     spark = cfg.analyzer.spark
     con = connect(cfg.analyzer.engine, spark.master, spark.conf)
+    attach_lake(con, lake)
     try:
         days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
         series: dict[tuple[str, str], list[SeriesPoint]] = {}

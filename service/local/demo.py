@@ -446,12 +446,14 @@ def _lake_events(cfg: Config) -> int:
     """Return how many events the lake holds (every experiment's, written by the analyzers)."""
     import duckdb
 
+    from ..analyzer.engines import attach_lake
     from ..analyzer.lake import Lake
 
     lake = Lake(cfg.analyzer.lake_dir)
-    if not any(lake.root.rglob("*.parquet")):
+    if not lake.has_files("*"):
         return 0
     con = duckdb.connect()
+    attach_lake(con, lake)
     try:
         return int(con.execute("SELECT count(*) FROM read_parquet(?, union_by_name = true)",
                                [lake.glob("*")]).fetchone()[0])

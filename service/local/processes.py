@@ -107,6 +107,44 @@ class Broker(ManagedProcess):
         wait_for_port(self.port, proc=self.proc)
 
 
+class ObjectStore(ManagedProcess):
+    """An S3-protocol server on loopback (moto's server mode; the ``test`` extra installs it), with a bucket.
+
+    ``lake_uri(prefix)`` is the ``analyzer.lake_dir`` of a lake in it; ``CREDENTIALS`` the credentials every
+    client (pyarrow, boto3, Spark's executors) reads. moto accepts any key.
+    """
+
+    CREDENTIALS = {"AWS_ACCESS_KEY_ID": "splitwatch-test", "AWS_SECRET_ACCESS_KEY": "splitwatch-test",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
+
+    def __init__(self, workdir: Path, bucket: str = "splitwatch-lake") -> None:
+        self.port = free_port()
+        self.bucket = bucket
+        super().__init__([sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(self.port)],
+                         workdir / f"moto-{self.port}.log")
+
+    @property
+    def endpoint(self) -> str:
+        """Return the server's URL."""
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def start(self) -> None:
+        """Start the server, wait for it, and create the bucket."""
+        import boto3
+
+        super().start()
+        wait_for_port(self.port, proc=self.proc)
+        boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                     aws_secret_access_key=self.CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                     region_name=self.CREDENTIALS["AWS_REGION"]).create_bucket(Bucket=self.bucket)
+
+    def lake_uri(self, prefix: str) -> str:
+        """Return the URI of a lake under ``prefix`` of the bucket, with this server as the endpoint."""
+        from urllib.parse import quote
+
+        return f"s3://{self.bucket}/{quote(prefix)}?endpoint_override={LOOPBACK}:{self.port}&scheme=http"
+
+
 def splitwatch_command(*args: str) -> list[str]:
     """Return the argv that runs ``splitwatch ARGS...`` with this interpreter (no PATH lookup)."""
     return [sys.executable, "-m", "splitwatch.service.cli", *args]

@@ -27,7 +27,7 @@ MODELS = {"base": "m-base", "finetuned": "m-ft"}
 WINDOW_HOURS = 24.0
 
 
-def synthetic_config(lake_dir: Path, engine: str = "duckdb") -> dict[str, Any]:
+def synthetic_config(lake_dir: Path | str, engine: str = "duckdb") -> dict[str, Any]:
     """Return the config whose metrics and rules the synthetic lake exercises."""
     arms = [{"name": a, "weight": 50, "upstream": {"base_url": "http://127.0.0.1:9/v1", "model": MODELS[a]}}
             for a in ARMS]
@@ -49,7 +49,7 @@ def synthetic_config(lake_dir: Path, engine: str = "duckdb") -> dict[str, Any]:
                              "metrics": metrics}]}
 
 
-def write_synthetic_lake(lake_dir: Path, first_day: date, units: int = 400, seed: int = 11) -> int:
+def write_synthetic_lake(lake_dir: Path | str, first_day: date, units: int = 400, seed: int = 11) -> int:
     """Write the lake (see the module) with ``units`` users starting on ``first_day``; return its events."""
     rng = random.Random(seed)
     events: list[Any] = []
@@ -121,7 +121,7 @@ def write_synthetic_lake(lake_dir: Path, first_day: date, units: int = 400, seed
                                     request_id=f"qa-{j}", requested_model="support-bot", upstream_model="m-base",
                                     forced=True, ts=start + timedelta(hours=j)))
         outcome(forced_unit, "resolved", 1.0, start + timedelta(hours=j, minutes=5), "base")
-    lake = Lake(lake_dir, writer=True)
+    lake = Lake(lake_dir)
     lake.recover()
     records = []
     for offset, ev in enumerate(events):
