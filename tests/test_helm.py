@@ -204,3 +204,89 @@ def test_the_proxy_can_scale_on_open_streams() -> None:
     assert not [d for d in off if d["kind"] == "HorizontalPodAutoscaler"]
     assert next(d for d in off if d["kind"] == "StatefulSet"
                 and d["metadata"]["name"] == "sw-splitwatch-proxy")["spec"]["replicas"] == 2
+
+
+# --- the lake's storage, analyzer replicas and the weekly report (issue 28) ------------------------
+
+EXPERIMENTS = OPTIONS[1]["config"]
+
+
+def _container(doc: dict[str, Any]) -> dict[str, Any]:
+    spec = doc["spec"]["jobTemplate"]["spec"]["template"]["spec"] if doc["kind"] == "CronJob" else doc["spec"][
+        "template"]["spec"]
+    (container,) = spec["containers"]
+    return container
+
+
+def test_the_weekly_report_is_a_cronjob_per_experiment_beside_the_lake() -> None:
+    docs = _render({"config": EXPERIMENTS})
+    (claim,) = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    (analyzer,) = [d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"].endswith("-analyzer")]
+    (job,) = [d for d in docs if d["kind"] == "CronJob"]
+    assert job["spec"]["schedule"] == "0 6 * * 1" and job["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    container = _container(job)
+    args = build_parser().parse_args(container["args"])  # the CLI accepts them
+    assert (args.command, args.experiment, args.format) == ("report", "support-ft", "html")
+    assert args.output.endswith("/") and Path(args.output).is_relative_to("/var/lib/splitwatch")  # a directory
+    env = {e["name"]: e["value"] for e in container["env"]}
+    analyzer_env = {e["name"]: e["value"] for e in _container(analyzer)["env"]}
+    cfg = parse_config(yaml.safe_load(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["config.yaml"]),
+                       environ={**_image_env(), **env})
+    assert cfg.analyzer.engine == "duckdb" and env["SPLITWATCH_ANALYZER__LAKE_DIR"] == analyzer_env[
+        "SPLITWATCH_ANALYZER__LAKE_DIR"]  # the lake the analyzer writes
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
+              if "persistentVolumeClaim" in v}
+    analyzer_claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
+                       for v in analyzer["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == analyzer_claims == {"lake": claim["metadata"]["name"]}
+    # ReadWriteOnce: the job is scheduled on the analyzer's node
+    term = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert _matches(term["labelSelector"]["matchLabels"], analyzer["spec"]["template"]["metadata"]["labels"])
+    assert container["image"].startswith(yaml.safe_load((CHART / "values.yaml").read_text())["image"]["full"][
+        "repository"] + ":")
+
+
+def test_analyzer_replicas_need_a_lake_they_can_all_write() -> None:
+    with pytest.raises(Exception, match=r"analyzer\.replicas > 1 needs a lake every replica can write"):
+        _render({"analyzer": {"replicas": 3}})
+    shared = _render({"analyzer": {"replicas": 3, "persistence": {"accessMode": "ReadWriteMany"}},
+                      "config": EXPERIMENTS})
+    (claim,) = [d for d in shared if d["kind"] == "PersistentVolumeClaim"]
+    (sts,) = [d for d in shared if d["kind"] == "StatefulSet" and d["metadata"]["name"].endswith("-analyzer")]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"] and sts["spec"]["replicas"] == 3
+    assert "volumeClaimTemplates" not in sts["spec"]  # one claim for all, not one each
+    (job,) = [d for d in shared if d["kind"] == "CronJob"]
+    assert "affinity" not in job["spec"]["jobTemplate"]["spec"]["template"]["spec"]  # any node can mount it
+    s3 = _render({"analyzer": {"replicas": 2, "lake": {"uri": "s3://lake-bucket/events"}}, "config": EXPERIMENTS})
+    assert not [d for d in s3 if d["kind"] == "PersistentVolumeClaim"]
+    for doc in s3:
+        if doc["kind"] in ("CronJob",) or (doc["kind"] == "StatefulSet" and "analyzer" in doc["metadata"]["name"]):
+            env = {e["name"]: e["value"] for e in _container(doc)["env"]}
+            assert env["SPLITWATCH_ANALYZER__LAKE_DIR"] == "s3://lake-bucket/events"
+
+
+def test_the_weekly_report_on_spark_is_a_scheduled_spark_application() -> None:
+    with pytest.raises(Exception, match=r"report\.spark\.image"):
+        _render({"report": {"engine": "spark"}, "config": EXPERIMENTS})
+    with pytest.raises(Exception, match=r"analyzer\.lake\.uri"):
+        _render({"report": {"engine": "spark", "spark": {"image": "reg/sw-spark:1"}}, "config": EXPERIMENTS})
+    with pytest.raises(Exception, match="choose duckdb or spark"):
+        _render({"report": {"engine": "trino"}, "config": EXPERIMENTS})
+    docs = _render({"report": {"engine": "spark", "spark": {"image": "reg/sw-spark:1"},
+                               "extraArgs": ["--mlflow", "http://mlflow:5000"]},
+                    "analyzer": {"lake": {"uri": "s3://lake-bucket/events"}}, "config": EXPERIMENTS})
+    assert not [d for d in docs if d["kind"] == "CronJob"]
+    (app,) = [d for d in docs if d["kind"] == "ScheduledSparkApplication"]
+    assert app["apiVersion"] == "sparkoperator.k8s.io/v1beta2"
+    spec = app["spec"]["template"]
+    assert spec["type"] == "Python" and spec["mode"] == "cluster" and spec["image"] == "reg/sw-spark:1"
+    # the main file is the package's spark_report.py, whose arguments are `splitwatch report`'s
+    main_file = CHART.parent.parent / "service" / "analyzer" / Path(spec["mainApplicationFile"]).name
+    assert main_file.is_file()
+    args = build_parser().parse_args(["report", *spec["arguments"]])
+    assert (args.experiment, args.mlflow) == ("support-ft", "http://mlflow:5000")
+    env = {e["name"]: e["value"] for e in spec["driver"]["env"]}
+    assert env == {"SPLITWATCH_ANALYZER__LAKE_DIR": "s3://lake-bucket/events", "SPLITWATCH_ANALYZER__ENGINE": "spark"}
+    mounts = {m["name"]: m["mountPath"] for m in spec["driver"]["volumeMounts"]}
+    assert mounts == {"config": "/etc/splitwatch"} and spec["volumes"][0]["name"] == "config"
