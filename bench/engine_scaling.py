@@ -1,13 +1,22 @@
-"""The weekly report's KPI SQL on DuckDB and on Spark, at growing lake sizes (docs/benchmarks.md,
-"Engine scaling").
+"""The weekly report's KPI SQL on DuckDB and on Spark, full and from daily rollups, at growing lake sizes
+(docs/benchmarks.md, "Engine scaling").
 
 For each size, a seeded lake (service/local/synthetic_lake.py: every counting rule, about 14 events a
-user) is written, then `splitwatch report --format json` runs on it once per engine, as a separate
-process: its wall time, and the peak resident memory of its whole process tree (the JVM included),
-sampled every 0.1 s from /proc. The two JSON reports must be equal to 1e-9 (the run stops otherwise). Prints
-a Markdown table; Spark's time as a ratio of DuckDB's in the same run.
+user) is written with the users' first exposures spread over ``--days`` days (two writer processes,
+one Kafka partition each), then `splitwatch report --format json` of the last 7 days runs as a
+separate process, measured for wall time and the peak resident memory of its whole process tree
+(the JVM included, sampled every 0.1 s from /proc):
 
-    python bench/engine_scaling.py [--events 1000000 10000000] [--master local[2]] [--keep DIR]
+1. full, on DuckDB and on Spark (every event of the phase, the whole lake for CUPED);
+2. ``--rollups`` the first time (the refresh rolls up every batch, then the report reads its days);
+3. ``--rollups`` again, on DuckDB and on Spark (nothing new: the report reads its days);
+4. ``--rollups`` after one more day of users is written (the refresh reads that day's batches).
+
+Every report of the same lake must equal the full DuckDB one to 1e-9 (the run stops otherwise);
+a run that fails (out of memory, say) is printed as such and the others go on. Prints a Markdown
+table; each time also as a ratio of the full DuckDB report's in the same run.
+
+    python bench/engine_scaling.py [--events 1000000 10000000] [--days 28] [--master local[2]] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import yaml
@@ -52,10 +61,12 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
-def run_report(config: Path, engine: str, day: str, to: str, master: str) -> tuple[float, int, dict]:
-    """Return (wall seconds, peak tree RSS in bytes, the JSON report) of one `splitwatch report`."""
+def run_report(config: Path, engine: str, day: str, to: str, master: str,
+               rollups: bool = False) -> tuple[float, int, dict | None]:
+    """Return (wall seconds, peak tree RSS in bytes, the JSON report or None if it failed) of one report."""
     cmd = splitwatch_command("report", "--config", str(config), "--experiment", EXPERIMENT, "--from", day, "--to", to,
-                             "--format", "json", "--engine", engine, "--spark-master", master)
+                             "--format", "json", "--engine", engine, "--spark-master", master,
+                             "--rollups" if rollups else "--no-rollups")
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -75,41 +86,69 @@ def run_report(config: Path, engine: str, day: str, to: str, master: str) -> tup
     sampler.join()
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise SystemExit(f"{engine} failed: {err.decode()[-2000:]}")
+        print(f"<!-- {engine}{' rollups' if rollups else ''} failed: {err.decode()[-600:]!r} -->", flush=True)
+        return seconds, peak, None
     return seconds, peak, json.loads(out)
 
 
+def write_lake(lake: Path, first_day: date, users: int, days: int, seed: int = 11) -> int:
+    """Write the lake with two processes (partitions 0 and 1, half the users each); return its events."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(2) as pool:
+        parts = [pool.submit(write_synthetic_lake, lake, first_day, users // 2, seed + p, days * 24.0, p, f"u{p}")
+                 for p in (0, 1)]
+        return sum(f.result() for f in parts)
+
+
 def main() -> None:
-    """Write each lake, run both engines, print the table."""
+    """Write each lake, run the reports, print the table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=float, nargs="+", default=[1e6])
+    ap.add_argument("--days", type=int, default=28, help="days over which users are first exposed")
     ap.add_argument("--master", default="local[2]")
     ap.add_argument("--keep", default=None, help="keep the lakes under this directory")
     args = ap.parse_args()
-    print(f"| events | users | engine | report wall time | peak memory (process tree) | time / DuckDB's |  "
-          f"(Spark {args.master}, {os.cpu_count()} cores)")
-    print("|---|---|---|---|---|---|")
+    print(f"| events | users | report | engine | wall time | peak memory (process tree) | time / full DuckDB's |  "
+          f"(Spark {args.master}, {os.cpu_count()} cores, users over {args.days} days, report of the last 7)")
+    print("|---|---|---|---|---|---|---|")
     for target in args.events:
         base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="engine-bench-"))
         lake = base / f"lake-{int(target)}"
-        day = datetime.now(UTC).date() - timedelta(days=3)
+        first_day = datetime.now(UTC).date() - timedelta(days=args.days + 1)
         users = int(target / EVENTS_PER_UNIT)
         t0 = time.perf_counter()
-        events = write_synthetic_lake(lake, day, units=users)
+        events = write_lake(lake, first_day, users, args.days)
         written = time.perf_counter() - t0
         config = base / f"cfg-{int(target)}.yaml"
         config.write_text(yaml.safe_dump(synthetic_config(lake)))
+        last = first_day + timedelta(days=args.days - 1)
+        week = ((last - timedelta(days=6)).isoformat(), last.isoformat())
+        runs = [("full", "duckdb", False), ("full", "spark", False), ("rollups, first (builds them)", "duckdb", True),
+                ("rollups", "duckdb", True), ("rollups", "spark", True)]
         results = {}
-        for engine in ("duckdb", "spark"):
-            results[engine] = run_report(config, engine, day.isoformat(), (day + timedelta(days=1)).isoformat(),
-                                         args.master)
-        differ = report_differences(results["duckdb"][2], results["spark"][2])
-        if differ:
-            raise SystemExit(f"the engines' reports differ: {differ[:5]}")
-        base_s = results["duckdb"][0]
-        for engine, (seconds, peak, _) in results.items():
-            print(f"| {events:,} | {users:,} | {engine} | {seconds:.1f} s | {peak / 2**20:,.0f} MiB | "
-                  f"{seconds / base_s:.2f}x |  (lake written in {written:.0f} s)", flush=True)
+        for label, engine, rollups in runs:
+            results[(label, engine)] = run_report(config, engine, *week, args.master, rollups)
+        # one more day of users (a third partition), then the refresh reads only its batches
+        t1 = time.perf_counter()
+        extra = write_synthetic_lake(lake, last + timedelta(days=1), users // args.days, 99, 24.0, 2, "v")
+        extra_s = time.perf_counter() - t1
+        results[(f"rollups after a new day ({extra:,} events)", "duckdb")] = run_report(
+            config, "duckdb", *week, args.master, True)
+        baseline = results[("full", "duckdb")]
+        for (label, engine), (seconds, peak, report) in results.items():
+            if report is None:
+                state = "failed"
+            elif baseline[2] is not None and not label.startswith("rollups after"):
+                differ = report_differences(baseline[2], report)
+                if differ:
+                    raise SystemExit(f"{label} on {engine} differs from the full DuckDB report: {differ[:5]}")
+                state = ""
+            else:
+                state = ""
+            ratio = f"{seconds / baseline[0]:.2f}x" if baseline[2] is not None else "-"
+            print(f"| {events:,} | {users:,} | {label} | {engine} | {seconds:.1f} s {state}| {peak / 2**20:,.0f} MiB | "
+                  f"{ratio} |  (lake written in {written:.0f} s; the new day in {extra_s:.0f} s)", flush=True)
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
 

@@ -131,9 +131,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .analyzer.report import RENDERERS, build_report, exposure_days
 
     cfg = load_config(args.config)
-    if args.engine or args.spark_master:  # the command line's choice over the config's
+    if args.engine or args.spark_master or args.rollups is not None:  # the command line's choice over the config's
         spark = cfg.analyzer.spark.model_copy(update={"master": args.spark_master or cfg.analyzer.spark.master})
-        analyzer = cfg.analyzer.model_copy(update={"engine": args.engine or cfg.analyzer.engine, "spark": spark})
+        analyzer = cfg.analyzer.model_copy(update={
+            "engine": args.engine or cfg.analyzer.engine, "spark": spark,
+            "rollups": cfg.analyzer.rollups if args.rollups is None else args.rollups})
         cfg = cfg.model_copy(update={"analyzer": analyzer})
     start, end, default = _report_period(args)  # a bad date is named first
     if cfg.experiment(args.experiment) is None:
@@ -348,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where the KPI SQL runs (default: analyzer.engine, duckdb); only aggregates come back")
     rp.add_argument("--spark-master", default=None, metavar="URL", help="with --engine spark: local[*] (default), "
                     "spark://host:7077, k8s://... (analyzer.spark.master)")
+    rp.add_argument("--rollups", action=argparse.BooleanOptionalAction, default=None,
+                    help="read the units' events from the lake's daily rollups, refreshed first with what changed "
+                    "(default: analyzer.rollups)")
     add_tracker_args(rp)
     rp.set_defaults(func=_cmd_report)
 

@@ -349,6 +349,9 @@ class AnalyzerConfig(_Strict):
     # where the report's KPI SQL runs: DuckDB in the process (default), or Spark (only aggregates come back)
     engine: Literal["duckdb", "spark"] = "duckdb"
     spark: SparkConfig = SparkConfig()
+    # the report reads each unit's events from daily rollups kept in the lake, refreshed with what was
+    # committed since the last report, instead of the whole phase (docs/analyzer.md, "Daily rollups")
+    rollups: bool = False
     group_id: str = "splitwatch-analyzer"
     batch_max_events: int = Field(50_000, ge=1)
     batch_max_seconds: float = Field(5.0, gt=0)

@@ -87,8 +87,9 @@ def to_spark(tree: exp.Expression, view_of: Any) -> str:
             # interpolates the same way and takes an array of q
             return exp.Anonymous(this="percentile", expressions=[node.this, node.args["expression"]])
         if isinstance(node, exp.Table) and isinstance(node.this, exp.ReadParquet):
-            path = node.this.expressions[0]  # bound: a string literal
-            return exp.Table(this=exp.to_identifier(view_of(path.name)), alias=node.args.get("alias"))
+            arg = node.this.expressions[0]  # bound: a string literal, or an array of them
+            paths = tuple(e.name for e in arg.expressions) if isinstance(arg, exp.Array) else arg.name
+            return exp.Table(this=exp.to_identifier(view_of(paths)), alias=node.args.get("alias"))
         return node
 
     def doubles(node: exp.Expression) -> exp.Expression:
@@ -135,29 +136,31 @@ class SparkConnection:
         self._views: dict[str, str] = {}
         self.object_store: Any = None  # the lake's ObjectStorage, when it lives on one (attach_lake)
 
-    def view_of(self, path: str) -> str:
-        """Return the temporary view over the Parquet files matching ``path`` (created once per path)."""
+    def view_of(self, path: str | tuple[str, ...]) -> str:
+        """Return the temporary view over the Parquet files matching ``path`` (a glob, or several), created once."""
         if path not in self._views:
-            name = "lake_" + hashlib.sha1(path.encode()).hexdigest()[:12]
+            paths = (path,) if isinstance(path, str) else path
+            name = "lake_" + hashlib.sha1("\n".join(paths).encode()).hexdigest()[:12]
             store = self.object_store
-            if store is not None and path.startswith(store.uri("")):
-                df = self._object_store_files(store, path[len(store.uri("")):])
+            if store is not None and all(p.startswith(store.uri("")) for p in paths):
+                df = self._object_store_files(store, [p[len(store.uri("")):] for p in paths])
             else:
-                files = sorted(globlib.glob(path))
+                files = sorted({f for p in paths for f in globlib.glob(p)})
                 reader = self.spark.read.option("mergeSchema", "true").option("recursiveFileLookup", "true")
                 df = reader.parquet(*files) if files else self.spark.createDataFrame([], "event_id STRING")
             df.createOrReplaceTempView(name)
             self._views[path] = name
         return self._views[path]
 
-    def _object_store_files(self, store: Any, pattern: str) -> Any:
-        """Return a DataFrame of the lake's files matching ``pattern`` on an object store (spark_lake_source)."""
+    def _object_store_files(self, store: Any, patterns: list[str]) -> Any:
+        """Return a DataFrame of the lake's files matching ``patterns`` on an object store (spark_lake_source)."""
         import json
 
         from .lake import SCHEMA
         from .spark_lake_source import SOURCE_NAME, LakeFiles, spark_ddl
 
-        files = [store.key(rel) for rel in store.list(pattern)]
+        files = sorted({store.key(rel) for pattern in patterns for rel in
+                        ([pattern] if "*" not in pattern else store.list(pattern))})
         if not files:
             return self.spark.createDataFrame([], "event_id STRING")
         self.spark.dataSource.register(LakeFiles)

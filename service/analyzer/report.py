@@ -29,6 +29,7 @@ from .engines import attach_lake, connect
 from .kpi_queries import ExperimentData, has_column, load_experiment, prepare_events, unit_definition
 from .lake import Lake
 from .report_format import fmt_chance, fmt_count, fmt_interval, fmt_margin, fmt_n, fmt_num, fmt_p, md_table
+from .rollups import Rollups
 from .shadow_stats import shadow_summaries
 
 
@@ -45,6 +46,10 @@ def exposure_days(cfg: Config, key: str) -> tuple[date, date] | None:
     lake = Lake(cfg.analyzer.lake_dir)
     if exp is None or not lake.has_files(key):
         return None
+    if cfg.analyzer.rollups:  # the rollups' index knows every unit's first exposure
+        rollups = Rollups(lake, exp, cfg.analyzer)
+        rollups.refresh()
+        return rollups.first_exposures()
     con = duckdb.connect()
     attach_lake(con, lake)
     try:
@@ -110,19 +115,28 @@ def build_report(cfg: Config, key: str, start: date, end: date, sequential: bool
     if end < start:
         raise ValueError(f"--to {end} is before --from {start}")
     lake = Lake(cfg.analyzer.lake_dir)
+    rollups = Rollups(lake, exp, cfg.analyzer) if cfg.analyzer.rollups else None
+    if rollups is not None:
+        rollups.refresh()  # what changed since the last refresh (docs/analyzer.md, "Daily rollups")
     spark = cfg.analyzer.spark
     con = connect(cfg.analyzer.engine, spark.master, spark.conf)
     attach_lake(con, lake)
+    period = (_day_start(start), _day_start(end + timedelta(days=1)))
     try:
         days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
         series: dict[tuple[str, str], list[SeriesPoint]] = {}
         data = result = None
-        prepare_events(con, lake.glob(key), exp.phase, lake.glob("*") if cfg.analyzer.cuped.enabled else None, key)
+        if rollups is not None:  # the period's files and its units' rollups, not the whole lake
+            rollups.prepare(con, *period)
+            files: str | list[str] = rollups.period_files(*period)
+        else:
+            prepare_events(con, lake.glob(key), exp.phase, lake.glob("*") if cfg.analyzer.cuped.enabled else None,
+                           key)
+            files = lake.glob(key)
         drift = _drift_events(con, start, end)
         answers = _answers(con, start, end)
         timeline = _timeline(con, end)
-        shadow = shadow_summaries(con, _day_start(start), _day_start(end + timedelta(days=1)), cfg.analyzer.alpha,
-                                  lake.glob(key))
+        shadow = shadow_summaries(con, *period, cfg.analyzer.alpha, files)
         looks: list[int] = []  # units at the end of each earlier day: a group design's looks so far
         for i, day in enumerate(days, 1):
             data = load_experiment(con, None, exp, cfg.analyzer, _day_start(start),

@@ -49,8 +49,11 @@ def synthetic_config(lake_dir: Path | str, engine: str = "duckdb") -> dict[str, 
                              "metrics": metrics}]}
 
 
-def write_synthetic_lake(lake_dir: Path | str, first_day: date, units: int = 400, seed: int = 11) -> int:
-    """Write the lake (see the module) with ``units`` users starting on ``first_day``; return its events."""
+def write_synthetic_lake(lake_dir: Path | str, first_day: date, units: int = 400, seed: int = 11,
+                         span_hours: float = 40.0, partition: int = 0, prefix: str = "u") -> int:
+    """Write the lake (see the module) with ``units`` users first exposed over the ``span_hours`` from
+    ``first_day``, as Kafka ``partition``'s batches (several calls: several partitions, each with its own
+    unit ``prefix``); return its events."""
     rng = random.Random(seed)
     events: list[Any] = []
     start = datetime.combine(first_day, datetime.min.time(), tzinfo=UTC) + timedelta(hours=1)
@@ -61,10 +64,10 @@ def write_synthetic_lake(lake_dir: Path | str, first_day: date, units: int = 400
                                    unit_id=unit, metric=metric, value=value, ts=ts))
 
     for i in range(units):
-        unit = f"u-{i:05d}"
+        unit = f"{prefix}-{i:05d}"
         arm = ARMS[i % 2]
         ft = arm == "finetuned"
-        first = start + timedelta(seconds=rng.uniform(0, 40 * 3600))
+        first = start + timedelta(seconds=rng.uniform(0, span_hours * 3600))
         # history: before the unit's first exposure (CUPED's pre-period), with and without an experiment
         if i % 3 == 0:
             outcome(unit, "resolved", float(rng.random() < 0.4), first - timedelta(days=3), None, exp=None)
@@ -72,17 +75,17 @@ def write_synthetic_lake(lake_dir: Path | str, first_day: date, units: int = 400
             outcome(unit, "revenue", rng.uniform(5, 50), first - timedelta(days=2), None, exp=None)
             outcome(unit, "orders", 1.0, first - timedelta(days=2), None, exp=None)
         if i % 5 == 0:
-            events.append(ExposureEvent(experiment="other-exp", phase=1, arm="a", unit_id=unit, request_id=f"o-{i}",
+            events.append(ExposureEvent(experiment="other-exp", phase=1, arm="a", unit_id=unit, request_id=f"o-{unit}",
                                         requested_model="x", upstream_model="x", ts=first - timedelta(days=1)))
         if i % 17 == 0:  # phase 1, left out of phase 2's analysis
-            events.append(ExposureEvent(experiment=EXPERIMENT, phase=1, arm=arm, unit_id=unit, request_id=f"p1-{i}",
+            events.append(ExposureEvent(experiment=EXPERIMENT, phase=1, arm=arm, unit_id=unit, request_id=f"p1-{unit}",
                                         requested_model="support-bot", upstream_model=MODELS[arm],
                                         ts=first - timedelta(days=5)))
         visits = [first] + ([first + timedelta(hours=rng.uniform(2, 20))] if i % 4 == 0 else []) \
             + ([first + timedelta(hours=30)] if i % 9 == 0 else [])  # a return after the window
         for v, ts in enumerate(visits):
             for k in range(rng.randint(1, 3)):
-                rid = f"r-{i}-{v}-{k}"
+                rid = f"r-{unit}-{v}-{k}"
                 t = ts + timedelta(seconds=k * 30)
                 forced = i % 23 == 0 and k == 0
                 common = {"experiment": EXPERIMENT, "phase": 2, "arm": arm, "unit_id": unit, "request_id": rid}
@@ -96,7 +99,7 @@ def write_synthetic_lake(lake_dir: Path | str, first_day: date, units: int = 400
         if i % 31 == 0 and i:  # seen in both arms: assignment broken, excluded
             other = ARMS[(i + 1) % 2]
             events.append(ExposureEvent(experiment=EXPERIMENT, phase=2, arm=other, unit_id=unit,
-                                        request_id=f"x-{i}", requested_model="support-bot",
+                                        request_id=f"x-{unit}", requested_model="support-bot",
                                         upstream_model=MODELS[other], ts=first + timedelta(hours=1)))
         t = first + timedelta(hours=rng.uniform(0.1, 20))
         outcome(unit, "resolved", float(rng.random() < (0.55 if ft else 0.45)), t, arm)
@@ -115,21 +118,23 @@ def write_synthetic_lake(lake_dir: Path | str, first_day: date, units: int = 400
         if i % 13 == 0:
             outcome(unit, "csat", 1.0, first - timedelta(minutes=5), arm)  # early
     for j in range(7):  # orphans, and outcomes of units only ever forced
-        outcome(f"ghost-{j}", "resolved", 1.0, start + timedelta(hours=j), "base")
-        forced_unit = f"qa-{j}"
+        tag = "" if prefix == "u" else prefix
+        outcome(f"ghost-{tag}{j}", "resolved", 1.0, start + timedelta(hours=j), "base")
+        forced_unit = f"qa-{tag}{j}"
         events.append(ExposureEvent(experiment=EXPERIMENT, phase=2, arm="base", unit_id=forced_unit,
-                                    request_id=f"qa-{j}", requested_model="support-bot", upstream_model="m-base",
+                                    request_id=f"qa-{forced_unit}", requested_model="support-bot",
+                                    upstream_model="m-base",
                                     forced=True, ts=start + timedelta(hours=j)))
         outcome(forced_unit, "resolved", 1.0, start + timedelta(hours=j, minutes=5), "base")
     lake = Lake(lake_dir)
-    lake.recover()
+    lake.recover([partition])
     records = []
     for offset, ev in enumerate(events):
-        records.append(Record(0, 2 * offset, ev.to_json()))
+        records.append(Record(partition, 2 * offset, ev.to_json()))
         if offset % 10 == 0:  # delivered twice
-            records.append(Record(0, 2 * offset + 1, ev.to_json()))
+            records.append(Record(partition, 2 * offset + 1, ev.to_json()))
     for k in range(0, len(records), 5000):
-        lake.write_batch(0, records[k:k + 5000])
+        lake.write_batch(partition, records[k:k + 5000])
     lake.close()
     return len(records)
 
