@@ -117,10 +117,11 @@ def test_spark_statistics_equal_duckdbs_for_every_rule(lake: tuple[Path, datetim
     _assert_equal_statistics(found["duckdb"], found["spark"])
 
 
-def _report(config: Path, engine: str, day: str, to: str, env: dict[str, str] | None = None) -> dict:
+def _report(config: Path, engine: str, day: str, to: str, env: dict[str, str] | None = None,
+            rollups: bool = False) -> dict:
     res = subprocess.run(splitwatch_command("report", "--config", str(config), "--experiment", EXPERIMENT, "--from",
                                             day, "--to", to, "--format", "json", "--engine", engine,
-                                            "--spark-master", "local[2]"),
+                                            "--spark-master", "local[2]", "--rollups" if rollups else "--no-rollups"),
                          capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})})
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads(res.stdout)
@@ -191,6 +192,9 @@ def test_the_report_of_an_s3_lake_is_the_same_from_both_engines(s3_lake: tuple[s
     local_config.write_text(yaml.safe_dump(synthetic_config(lake[0] / "lake")))
     assert report_differences(_report(local_config, "duckdb", day, to), duck) == []
     assert sum(duck["units"].values()) > 400
+    # the daily rollups, kept in the bucket beside the events, give the same report
+    assert report_differences(duck, _report(config, "duckdb", day, to, ObjectStore.CREDENTIALS, rollups=True)) == []
+    assert Lake(uri).storage.list(f"_rollups/experiment={EXPERIMENT}/phase=2/units/day=*.parquet")
 
 
 @pytest.mark.slow

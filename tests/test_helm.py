@@ -148,8 +148,8 @@ def test_dockerfile_has_a_slim_proxy_target_and_a_full_target() -> None:
     for target, wants_drift in (("proxy", False), ("full", True)):
         chain = _stage_chain(stages, target)
         runs = " ".join(rest for instruction, rest in chain if instruction == "RUN")
-        extras = {e for group in re.findall(r'"\.\[([a-z,]+)\]"', runs) for e in group.split(",")}
-        full = {"drift", "eval", "training", "data", "trackers"}  # the analyzer image: every report and tracker
+        extras = {e for group in re.findall(r'"\.\[([a-z0-9,]+)\]"', runs) for e in group.split(",")}
+        full = {"drift", "eval", "training", "data", "trackers", "s3"}  # the analyzer image: every report and lake
         assert extras == (full if wants_drift else set()), target
         assert "pip install" in runs and "--no-index" in runs  # only the wheels built in the image
         assert ("wordnet-base" in runs) == wants_drift  # METEOR's WordNet, from Debian, in the full image
@@ -227,7 +227,7 @@ def test_the_weekly_report_is_a_cronjob_per_experiment_beside_the_lake() -> None
     pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     container = _container(job)
     args = build_parser().parse_args(container["args"])  # the CLI accepts them
-    assert (args.command, args.experiment, args.format) == ("report", "support-ft", "html")
+    assert (args.command, args.experiment, args.format, args.rollups) == ("report", "support-ft", "html", True)
     assert args.output.endswith("/") and Path(args.output).is_relative_to("/var/lib/splitwatch")  # a directory
     env = {e["name"]: e["value"] for e in container["env"]}
     analyzer_env = {e["name"]: e["value"] for e in _container(analyzer)["env"]}
@@ -285,7 +285,7 @@ def test_the_weekly_report_on_spark_is_a_scheduled_spark_application() -> None:
     main_file = CHART.parent.parent / "service" / "analyzer" / Path(spec["mainApplicationFile"]).name
     assert main_file.is_file()
     args = build_parser().parse_args(["report", *spec["arguments"]])
-    assert (args.experiment, args.mlflow) == ("support-ft", "http://mlflow:5000")
+    assert (args.experiment, args.mlflow, args.rollups) == ("support-ft", "http://mlflow:5000", True)
     env = {e["name"]: e["value"] for e in spec["driver"]["env"]}
     assert env == {"SPLITWATCH_ANALYZER__LAKE_DIR": "s3://lake-bucket/events", "SPLITWATCH_ANALYZER__ENGINE": "spark"}
     mounts = {m["name"]: m["mountPath"] for m in spec["driver"]["volumeMounts"]}
