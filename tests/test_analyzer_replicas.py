@@ -164,3 +164,22 @@ def test_a_batch_committed_by_another_writer_is_refused_and_its_files_removed(tm
     in_flight.write_bytes(b"being written")
     assert Lake(tmp_path).recover([3]) == {3: 104} and in_flight.exists()
     assert Lake(tmp_path).recover([5]) == {} and not in_flight.exists()
+
+
+def test_a_committed_batch_whose_files_another_recovery_deleted_is_written_again(tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    """A zombie wins the marker race after the new owner's recovery deleted its files: it writes them again."""
+    lake = Lake(tmp_path)
+    original = lake.storage.create_exclusive
+
+    def recovery_then_commit(rel: str, data: bytes) -> bool:
+        Lake(tmp_path).recover([4])  # the new owner recovers partition 4 between the write and the marker
+        return original(rel, data)
+
+    monkeypatch.setattr(lake.storage, "create_exclusive", recovery_then_commit)
+    evs = [OutcomeEvent(experiment="x", phase=1, arm="a", unit_id=f"u{i}", metric="m", value=1.0) for i in range(3)]
+    assert lake.write_batch(4, [Record(4, i, e.to_json()) for i, e in enumerate(evs)]) == (3, 0)
+    (marker,) = Lake(tmp_path).markers(4)
+    assert all((tmp_path / rel).is_file() for rel in marker["files"])
+    con = duckdb.connect()
+    assert con.execute("SELECT count(*) FROM read_parquet(?)", [str(tmp_path / marker["files"][0])]).fetchone()[0] == 3

@@ -183,13 +183,14 @@ class Lake:
                 invalid.append(rec)
                 continue
             groups[(row["ts"].strftime("%Y-%m-%d"), row["experiment"] or UNATTACHED)].append(row)
-        files = []
+        written: dict[str, bytes] = {}
         for (day, experiment), rows in sorted(groups.items()):
             rel = f"date={day}/experiment={experiment}/{name}.parquet"
             sink = pa.BufferOutputStream()
             pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), sink, compression="zstd")
-            self.storage.write(rel, sink.getvalue().to_pybytes())
-            files.append(rel)
+            written[rel] = sink.getvalue().to_pybytes()
+            self.storage.write(rel, written[rel])
+        files = list(written)
         bad = f"_invalid/{name}.jsonl"
         if invalid:
             self.storage.write(bad, b"".join(orjson.dumps({"partition": r.partition, "offset": r.offset,
@@ -203,6 +204,12 @@ class Lake:
                 self.storage.delete(rel)
             raise BatchConflictError(f"offsets {first}-{last} of partition {partition} were committed by another "
                                      "writer (this analyzer no longer owned the partition)")
+        for rel, data in written.items():
+            # committed, but another replica's recovery (it took the partition while this one was paused)
+            # may have deleted the files before the marker existed: the marker is the truth, write them again
+            if not self.storage.exists(rel):
+                log.warning("%s was deleted before its batch was committed; written again", rel)
+                self.storage.write(rel, data)
         if invalid:
             log.error("%d messages of partition %d are not valid events; kept in %s/%s", len(invalid), partition,
                       self.location, bad)

@@ -81,6 +81,10 @@ class LocalStorage:
         """Delete ``rel`` if it exists."""
         (self.root / rel).unlink(missing_ok=True)
 
+    def exists(self, rel: str) -> bool:
+        """Return True when the file ``rel`` exists."""
+        return (self.root / rel).is_file()
+
     def list(self, pattern: str) -> list[str]:
         """Return the files matching the glob ``pattern`` (relative to the root), sorted."""
         return sorted(str(p.relative_to(self.root)) for p in self.root.glob(pattern) if p.is_file())
@@ -148,6 +152,10 @@ class ObjectStorage:
                 return False
             raise
         return True
+
+    def exists(self, rel: str) -> bool:
+        """Return True when the object ``rel`` exists."""
+        return self._exists(rel)
 
     def _exists(self, rel: str) -> bool:
         from pyarrow import fs as pafs
