@@ -128,6 +128,7 @@ def write_synthetic_lake(lake_dir: Path | str, first_day: date, units: int = 400
         outcome(forced_unit, "resolved", 1.0, start + timedelta(hours=j, minutes=5), "base")
     lake = Lake(lake_dir)
     lake.recover([partition])
+    events.sort(key=lambda e: e.ts)  # in the order they happen, as the analyzer writes them (a batch: a day or two)
     records = []
     for offset, ev in enumerate(events):
         records.append(Record(partition, 2 * offset, ev.to_json()))
