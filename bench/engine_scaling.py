@@ -34,6 +34,7 @@ from pathlib import Path
 
 import yaml
 
+from splitwatch.service.analyzer.lake import Lake
 from splitwatch.service.local.processes import splitwatch_command
 from splitwatch.service.local.synthetic_lake import (
     EXPERIMENT,
@@ -108,6 +109,12 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=28, help="days over which users are first exposed")
     ap.add_argument("--master", default="local[2]")
     ap.add_argument("--keep", default=None, help="keep the lakes under this directory")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["spark-full", "spark-rollups", "new-day"],
+                    help="leave out runs (the large sizes' Spark runs take long on two cores)")
+    ap.add_argument("--reuse", action="store_true", help="with --keep: use a lake already written there")
+    ap.add_argument("--spark-driver-memory", default="4g",
+                    help="spark.driver.memory (local mode: the driver is the executor; Spark's default, 1g, ran out "
+                    "at 10M events)")
     args = ap.parse_args()
     print(f"| events | users | report | engine | wall time | peak memory (process tree) | time / full DuckDB's |  "
           f"(Spark {args.master}, {os.cpu_count()} cores, users over {args.days} days, report of the last 7)")
@@ -118,23 +125,30 @@ def main() -> None:
         first_day = datetime.now(UTC).date() - timedelta(days=args.days + 1)
         users = int(target / EVENTS_PER_UNIT)
         t0 = time.perf_counter()
-        events = write_lake(lake, first_day, users, args.days)
+        if args.reuse and lake.exists():
+            events = sum(m["events"] + m["invalid"] for m in Lake(lake).markers())  # (written on the same day)
+        else:
+            events = write_lake(lake, first_day, users, args.days)
         written = time.perf_counter() - t0
         config = base / f"cfg-{int(target)}.yaml"
-        config.write_text(yaml.safe_dump(synthetic_config(lake)))
+        raw = synthetic_config(lake)
+        raw["analyzer"]["spark"] = {"conf": {"spark.driver.memory": args.spark_driver_memory}}
+        config.write_text(yaml.safe_dump(raw))
         last = first_day + timedelta(days=args.days - 1)
         week = ((last - timedelta(days=6)).isoformat(), last.isoformat())
         runs = [("full", "duckdb", False), ("full", "spark", False), ("rollups, first (builds them)", "duckdb", True),
                 ("rollups", "duckdb", True), ("rollups", "spark", True)]
+        runs = [r for r in runs if f"{r[1]}-{'rollups' if r[2] else 'full'}" not in args.skip]
         results = {}
         for label, engine, rollups in runs:
             results[(label, engine)] = run_report(config, engine, *week, args.master, rollups)
         # one more day of users (a third partition), then the refresh reads only its batches
         t1 = time.perf_counter()
-        extra = write_synthetic_lake(lake, last + timedelta(days=1), users // args.days, 99, 24.0, 2, "v")
+        if "new-day" not in args.skip:
+            extra = write_synthetic_lake(lake, last + timedelta(days=1), users // args.days, 99, 24.0, 2, "v")
+            results[(f"rollups after a new day ({extra:,} events)", "duckdb")] = run_report(
+                config, "duckdb", *week, args.master, True)
         extra_s = time.perf_counter() - t1
-        results[(f"rollups after a new day ({extra:,} events)", "duckdb")] = run_report(
-            config, "duckdb", *week, args.master, True)
         baseline = results[("full", "duckdb")]
         for (label, engine), (seconds, peak, report) in results.items():
             if report is None:

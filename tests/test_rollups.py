@@ -149,3 +149,17 @@ def test_the_report_from_rollups_on_spark_equals_duckdbs_full_recomputation(lake
     start, end = day, day + timedelta(days=1)
     full = _report(lake_dir, start, end, False)
     assert report_differences(full, _report(lake_dir, start, end, True, engine="spark")) == []
+
+
+def test_a_first_refresh_in_chunks_gives_the_same_reports(tmp_path: Path, monkeypatch) -> None:
+    """A large lake is rolled up a chunk of batches at a time (bounded memory); here one batch per chunk."""
+    from splitwatch.service.analyzer import rollups as rollups_module
+
+    day = datetime.now(UTC).date() - timedelta(days=4)
+    write_synthetic_lake(tmp_path / "lake", day, units=400, partition=0, prefix="a")
+    write_synthetic_lake(tmp_path / "lake", day, units=150, seed=5, partition=1, prefix="b")
+    monkeypatch.setattr(rollups_module, "REFRESH_CHUNK_EVENTS", 1)
+    cfg = parse_config(synthetic_config(tmp_path / "lake"), environ={})
+    stats = Rollups(Lake(tmp_path / "lake"), cfg.experiment(EXPERIMENT), cfg.analyzer).refresh()
+    assert stats.batches == len(Lake(tmp_path / "lake").markers()) >= 3
+    _assert_same_reports(tmp_path / "lake", day)

@@ -61,6 +61,8 @@ HISTORY_SCHEMA = pa.schema([("event_id", pa.string()), ("unit_id", pa.string()),
 INDEX_SCHEMA = pa.schema([("unit_id", pa.string()), ("first_ts", pa.timestamp("us", tz="UTC"))])
 _SQL_TYPES = {pa.string(): "VARCHAR", pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.float64(): "DOUBLE",
               pa.bool_(): "BOOLEAN"}
+REFRESH_CHUNK_EVENTS = 2_000_000
+"""Batches are rolled up this many events at a time at most (a first refresh of a large lake)."""
 DEDUP = "QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY kafka_partition, kafka_offset) = 1"
 
 
@@ -152,18 +154,26 @@ class Rollups:
         if not new:
             stats.seconds = time.perf_counter() - t0
             return stats
-        con = duckdb.connect()
-        con.execute("SET TimeZone = 'UTC'")  # days are UTC days, as the lake's partitions
-        attach_lake(con, self.lake)
-        try:
-            self._refresh(con, new, stats)
-        finally:
-            con.close()
+        # a chunk of batches at a time, its progress saved: a first refresh of a large lake holds one chunk's
+        # events in memory, not the lake's, and an interrupted one resumes after the last chunk done
+        chunks: list[list[dict[str, Any]]] = [[]]
         for m in new:
-            done[m["partition"]] = max(done.get(m["partition"], 0), m["last"] + 1)
-        state["next_offsets"] = {str(p): o for p, o in sorted(done.items())}
-        state["refreshed_at"] = datetime.now(UTC).isoformat()
-        self.lake.storage.write(f"{self.base}/state.json", json.dumps(state, indent=1).encode())
+            if chunks[-1] and sum(c["events"] for c in chunks[-1]) + m["events"] > REFRESH_CHUNK_EVENTS:
+                chunks.append([])
+            chunks[-1].append(m)
+        for chunk in chunks:
+            con = duckdb.connect()
+            con.execute("SET TimeZone = 'UTC'")  # days are UTC days, as the lake's partitions
+            attach_lake(con, self.lake)
+            try:
+                self._refresh(con, chunk, stats)
+            finally:
+                con.close()
+            for m in chunk:
+                done[m["partition"]] = max(done.get(m["partition"], 0), m["last"] + 1)
+            state["next_offsets"] = {str(p): o for p, o in sorted(done.items())}
+            state["refreshed_at"] = datetime.now(UTC).isoformat()
+            self.lake.storage.write(f"{self.base}/state.json", json.dumps(state, indent=1).encode())
         stats.batches = len(new)
         stats.seconds = time.perf_counter() - t0
         log.info("rollups of %s phase %d: %d batches, %d events, %d new and %d moved units; rewrote %d unit days, "
@@ -193,7 +203,7 @@ class Rollups:
         cols = ", ".join(COLUMNS)
         # the new events of the phase
         self._read_into(con, "n", [f for f in new_files if mine in f], ROW_SCHEMA, "phase = ?", [phase])
-        stats.events = con.execute("SELECT count(*) FROM n").fetchone()[0]
+        stats.events += con.execute("SELECT count(*) FROM n").fetchone()[0]
         # the index: each unit's first non-forced exposure, old and new
         index_rels = self.lake.storage.list(f"{self.base}/index.parquet")
         self._read_into(con, "idx_old", index_rels, INDEX_SCHEMA)
@@ -211,8 +221,10 @@ class Rollups:
                    o.unit_id IS NULL AS is_new
             FROM idx i LEFT JOIN idx_old o USING (unit_id)
             WHERE o.unit_id IS NULL OR o.first_ts <> i.first_ts""")
-        stats.new_units, stats.moved_units = (int(v or 0) for v in con.execute(
+        new_units, moved_units = (int(v or 0) for v in con.execute(
             "SELECT count(*) FILTER (WHERE is_new), count(*) FILTER (WHERE NOT is_new) FROM changed").fetchone())
+        stats.new_units += new_units
+        stats.moved_units += moved_units
         unit_days, pool_days = self._days("units"), self._days("pool")
         # the pool's rows of units that now have an exposure move to their unit's day
         self._read_into(con, "pool_old", list(pool_days.values()), ROW_SCHEMA)
@@ -237,7 +249,7 @@ class Rollups:
             table = _arrow(con, f"SELECT {cols} FROM old_day UNION ALL SELECT {cols} FROM placed WHERE day = ? "
                            "ORDER BY unit_id, ts", [day])
             self._store("units", day, table, ROW_SCHEMA)
-        stats.unit_days = len(dirty)
+        stats.unit_days += len(dirty)
         # the pool: what belongs to no unit's day, by its own day
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE pooled AS
@@ -252,9 +264,9 @@ class Rollups:
                 SELECT {cols} FROM pool_old WHERE CAST(ts AS DATE) = ? AND NOT ({is_unit_row})
                 UNION ALL SELECT {cols} FROM pooled WHERE day = ? ORDER BY ts""", [day, day])
             self._store("pool", day, table, ROW_SCHEMA)
-        stats.pool_days = len(pool_dirty)
+        stats.pool_days += len(pool_dirty)
         if self.cfg.cuped.enabled:
-            stats.history_days = self._refresh_history(con, new_files)
+            stats.history_days += self._refresh_history(con, new_files)
         self._write(f"{self.base}/index.parquet", _conform(
             _arrow(con, "SELECT unit_id, first_ts FROM idx ORDER BY unit_id"), INDEX_SCHEMA))
 
