@@ -102,6 +102,24 @@ def write_lake(lake: Path, first_day: date, users: int, days: int, seed: int = 1
         return sum(f.result() for f in parts)
 
 
+def show(results: dict[tuple[str, str], tuple[float, int, dict | None]], key: tuple[str, str],
+         size: tuple[int, int, float]) -> None:
+    """Print one run's row as soon as it is measured (the large sizes take hours); stop if its report
+    differs from the full DuckDB one."""
+    label, engine = key
+    seconds, peak, report = results[key]
+    baseline = results.get(("full", "duckdb"))
+    usable = baseline is not None and baseline[2] is not None
+    if report is not None and usable and not label.startswith("rollups after"):
+        differ = report_differences(baseline[2], report)  # type: ignore[index]
+        if differ:
+            raise SystemExit(f"{label} on {engine} differs from the full DuckDB report: {differ[:5]}")
+    ratio = f"{seconds / baseline[0]:.2f}x" if usable else "-"  # type: ignore[index]
+    events, users, written = size
+    print(f"| {events:,} | {users:,} | {label} | {engine} | {seconds:.1f} s {'failed ' if report is None else ''}| "
+          f"{peak / 2**20:,.0f} MiB | {ratio} |  (lake written in {written:.0f} s)", flush=True)
+
+
 def main() -> None:
     """Write each lake, run the reports, print the table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -139,30 +157,18 @@ def main() -> None:
         runs = [("full", "duckdb", False), ("full", "spark", False), ("rollups, first (builds them)", "duckdb", True),
                 ("rollups", "duckdb", True), ("rollups", "spark", True)]
         runs = [r for r in runs if f"{r[1]}-{'rollups' if r[2] else 'full'}" not in args.skip]
-        results = {}
+        results: dict[tuple[str, str], tuple[float, int, dict | None]] = {}
+
         for label, engine, rollups in runs:
             results[(label, engine)] = run_report(config, engine, *week, args.master, rollups)
+            show(results, (label, engine), (events, users, written))
         # one more day of users (a third partition), then the refresh reads only its batches
         t1 = time.perf_counter()
         if "new-day" not in args.skip:
             extra = write_synthetic_lake(lake, last + timedelta(days=1), users // args.days, 99, 24.0, 2, "v")
-            results[(f"rollups after a new day ({extra:,} events)", "duckdb")] = run_report(
-                config, "duckdb", *week, args.master, True)
-        extra_s = time.perf_counter() - t1
-        baseline = results[("full", "duckdb")]
-        for (label, engine), (seconds, peak, report) in results.items():
-            if report is None:
-                state = "failed"
-            elif baseline[2] is not None and not label.startswith("rollups after"):
-                differ = report_differences(baseline[2], report)
-                if differ:
-                    raise SystemExit(f"{label} on {engine} differs from the full DuckDB report: {differ[:5]}")
-                state = ""
-            else:
-                state = ""
-            ratio = f"{seconds / baseline[0]:.2f}x" if baseline[2] is not None else "-"
-            print(f"| {events:,} | {users:,} | {label} | {engine} | {seconds:.1f} s {state}| {peak / 2**20:,.0f} MiB | "
-                  f"{ratio} |  (lake written in {written:.0f} s; the new day in {extra_s:.0f} s)", flush=True)
+            label = f"rollups after a new day ({extra:,} events, written in {time.perf_counter() - t1:.0f} s)"
+            results[(label, "duckdb")] = run_report(config, "duckdb", *week, args.master, True)
+            show(results, (label, "duckdb"), (events, users, written))
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
 
