@@ -25,6 +25,8 @@ EXPERIMENT = "support-ft"
 ARMS = ("base", "finetuned")
 MODELS = {"base": "m-base", "finetuned": "m-ft"}
 WINDOW_HOURS = 24.0
+CHUNK_UNITS = 100_000
+"""Users generated, then written, at a time (about 1.4M events)."""
 
 
 def synthetic_config(lake_dir: Path | str, engine: str = "duckdb") -> dict[str, Any]:
@@ -53,21 +55,45 @@ def write_synthetic_lake(lake_dir: Path | str, first_day: date, units: int = 400
                          span_hours: float = 40.0, partition: int = 0, prefix: str = "u") -> int:
     """Write the lake (see the module) with ``units`` users first exposed over the ``span_hours`` from
     ``first_day``, as Kafka ``partition``'s batches (several calls: several partitions, each with its own
-    unit ``prefix``); return its events."""
+    unit ``prefix``); return its events.
+
+    Streamed: the users in order of their first exposure, ``CHUNK_UNITS`` at a time, each chunk's events
+    written in the order they happen, so that memory holds one chunk (50M events need no more than 10M)
+    and a batch covers a few days, as the analyzer's do."""
     rng = random.Random(seed)
+    draw = random.Random(seed + 7919)
+    firsts = [draw.uniform(0, span_hours * 3600) for _ in range(units)]
     events: list[Any] = []
     start = datetime.combine(first_day, datetime.min.time(), tzinfo=UTC) + timedelta(hours=1)
+    lake = Lake(lake_dir)
+    lake.recover([partition])
+    written = [0, 0]  # events, next offset
+
+    def flush() -> None:
+        events.sort(key=lambda e: e.ts)  # in the order they happen (a batch: a few days)
+        records = []
+        for ev in events:
+            records.append(Record(partition, written[1], ev.to_json()))
+            if written[1] % 20 == 0:  # every tenth event delivered twice
+                records.append(Record(partition, written[1] + 1, ev.to_json()))
+            written[1] += 2
+        for k in range(0, len(records), 5000):
+            lake.write_batch(partition, records[k:k + 5000])
+        written[0] += len(records)
+        events.clear()
 
     def outcome(unit: str, metric: str, value: float, ts: datetime, arm: str | None, exp: str | None = EXPERIMENT,
                 phase: int | None = 2) -> None:
         events.append(OutcomeEvent(experiment=exp, phase=phase if exp else None, arm=arm if exp else None,
                                    unit_id=unit, metric=metric, value=value, ts=ts))
 
-    for i in range(units):
+    for n, i in enumerate(sorted(range(units), key=firsts.__getitem__)):
+        if n and n % CHUNK_UNITS == 0:
+            flush()
         unit = f"{prefix}-{i:05d}"
         arm = ARMS[i % 2]
         ft = arm == "finetuned"
-        first = start + timedelta(seconds=rng.uniform(0, span_hours * 3600))
+        first = start + timedelta(seconds=firsts[i])
         # history: before the unit's first exposure (CUPED's pre-period), with and without an experiment
         if i % 3 == 0:
             outcome(unit, "resolved", float(rng.random() < 0.4), first - timedelta(days=3), None, exp=None)
@@ -126,18 +152,9 @@ def write_synthetic_lake(lake_dir: Path | str, first_day: date, units: int = 400
                                     upstream_model="m-base",
                                     forced=True, ts=start + timedelta(hours=j)))
         outcome(forced_unit, "resolved", 1.0, start + timedelta(hours=j, minutes=5), "base")
-    lake = Lake(lake_dir)
-    lake.recover([partition])
-    events.sort(key=lambda e: e.ts)  # in the order they happen, as the analyzer writes them (a batch: a day or two)
-    records = []
-    for offset, ev in enumerate(events):
-        records.append(Record(partition, 2 * offset, ev.to_json()))
-        if offset % 10 == 0:  # delivered twice
-            records.append(Record(partition, 2 * offset + 1, ev.to_json()))
-    for k in range(0, len(records), 5000):
-        lake.write_batch(partition, records[k:k + 5000])
+    flush()
     lake.close()
-    return len(records)
+    return written[0]
 
 
 def report_differences(a: Any, b: Any, rel: float = 1e-9, path: str = "") -> list[str]:
