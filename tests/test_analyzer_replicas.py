@@ -164,6 +164,12 @@ def test_a_batch_committed_by_another_writer_is_refused_and_its_files_removed(tm
     in_flight.write_bytes(b"being written")
     assert Lake(tmp_path).recover([3]) == {3: 104} and in_flight.exists()
     assert Lake(tmp_path).recover([5]) == {} and not in_flight.exists()
+    # a local write cut short before its rename is cleared with its partition, and only then
+    cut_short = in_flight.with_name("p5-00000000000000000010-00000000000000000019.parquet.1a2b3c4d.tmp")
+    cut_short.write_bytes(b"half")
+    assert Lake(tmp_path).recover([3]) == {3: 104} and cut_short.exists()
+    Lake(tmp_path).recover([5])
+    assert not cut_short.exists()
 
 
 def test_a_committed_batch_whose_files_another_recovery_deleted_is_written_again(tmp_path: Path,

@@ -46,10 +46,7 @@ class _Log:
 
     def write(self, root: Path) -> None:
         lake = Lake(root)
-        try:
-            lake.write_batch(0, [Record(0, i, v) for i, v in enumerate(self.events)])
-        finally:
-            lake.close()
+        lake.write_batch(0, [Record(0, i, v) for i, v in enumerate(self.events)])
 
 
 def _config(root: Path) -> object:

@@ -60,7 +60,6 @@ def _write_lake(tmp_path: Path, day: date, units: int = 60, days: int = 1, skew:
                               value=1.0, ts=start)
         records.append(Record(0, offset, orphan.to_json()))
     lake.write_batch(0, records)
-    lake.close()
 
 
 def _report(config: Path, *args: str) -> subprocess.CompletedProcess[str]:

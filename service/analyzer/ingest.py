@@ -172,7 +172,6 @@ class Ingestor:
         consumer = connect_with_retry(lambda: self._connect(manual=until_caught_up), supervisor, stop,
                                       "analyzer ingest")
         if consumer is None:  # stopped while waiting for Kafka
-            self.lake.close()
             return stats
         self._consumer = consumer
         targets: dict[int, int] | None = None
@@ -214,7 +213,6 @@ class Ingestor:
         finally:
             self.assigned = frozenset()
             self._consumer.close(autocommit=False)
-            self.lake.close()
         stats.seconds = time.perf_counter() - t0
         return stats
 

@@ -100,6 +100,16 @@ def has_column(con: duckdb.DuckDBPyConnection, column: str) -> bool:
                             "AND column_name = ?", [column]).fetchone()[0])
 
 
+FIRST_DELIVERY = "QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY kafka_partition, kafka_offset) = 1"
+"""Keeps one row per ``event_id``: the proxy delivers at least once."""
+
+
+def drop_derived_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Drop the tables built from ``ev`` and ``hist`` (stale once those are made again)."""
+    for derived in ("unit_facts", "hist", "pre_unit"):
+        con.execute(f"DROP TABLE IF EXISTS {derived}")
+
+
 def prepare_events(con: duckdb.DuckDBPyConnection, glob: str, phase: int, history_glob: str | None = None,
                    experiment: str | None = None) -> None:
     """Materialise the phase's events, deduplicated by event_id, as the temp table ``ev``.
@@ -109,14 +119,13 @@ def prepare_events(con: duckdb.DuckDBPyConnection, glob: str, phase: int, histor
     posted without an experiment), from which CUPED reads each unit's pre-period values.
     Once per analysis (once per report, however many days it plots): the KPI queries all read them.
     """
-    for derived in ("unit_facts", "hist", "pre_unit"):  # built from the events: stale once they change
-        con.execute(f"DROP TABLE IF EXISTS {derived}")
+    drop_derived_tables(con)
     # the globs are parameters, never pasted into the SQL: a lake path may hold a quote
-    con.execute("""
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE ev AS
         SELECT * EXCLUDE (features) FROM read_parquet(?, union_by_name = true)
         WHERE phase = ?
-        QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY kafka_partition, kafka_offset) = 1
+        {FIRST_DELIVERY}
     """, [glob, int(phase)])
     if history_glob is None:
         return
@@ -127,7 +136,7 @@ def prepare_events(con: duckdb.DuckDBPyConnection, glob: str, phase: int, histor
         SELECT unit_id, ts, type, metric, value FROM read_parquet(?, union_by_name = true)
         WHERE (type = 'outcome' OR (type = 'exposure' AND NOT forced {own}))
           AND unit_id IN (SELECT unit_id FROM ev WHERE type = 'exposure' AND NOT forced)
-        QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY kafka_partition, kafka_offset) = 1
+        {FIRST_DELIVERY}
     """, [history_glob, *([experiment, int(phase)] if experiment else [])])
 
 

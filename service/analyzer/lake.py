@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from ..events import parse_event
-from .lake_storage import LocalStorage, open_storage
+from .lake_storage import open_storage
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,14 @@ def _row(rec: Record) -> dict[str, Any] | None:
     return row
 
 
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Return ``table`` with exactly ``schema``'s columns, in order (missing ones as nulls): files written
+    before a column existed read as DuckDB's ``union_by_name`` and Spark's ``mergeSchema`` read them."""
+    columns = [table.column(f.name).cast(f.type) if f.name in table.column_names
+               else pa.nulls(table.num_rows, f.type) for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
 def _name(partition: int, first: int, last: int) -> str:
     return f"p{partition}-{first:020d}-{last:020d}"
 
@@ -122,47 +131,48 @@ class Lake:
         self.storage = open_storage(root)
         self.location = str(self.storage)
 
-    @property
-    def root(self) -> Path:
-        """The local directory of the lake (a lake on an object store has none)."""
-        if isinstance(self.storage, LocalStorage):
-            return self.storage.root
-        raise ValueError(f"the lake {self.location} is on an object store, not in a directory")
-
-    def close(self) -> None:
-        """Nothing to release (kept for the writers' ``finally``)."""
-
-    def markers(self, partition: int | None = None) -> list[dict[str, Any]]:
-        """Return the commit markers (of one partition, or of all), each with its files and offsets."""
+    def markers(self, partition: int | None = None, since: dict[int, int] | None = None) -> list[dict[str, Any]]:
+        """Return the commit markers (of one partition, or of all), each with its files and offsets; with
+        ``since`` (partition -> offset), only the batches from that offset on (the others are not read:
+        a marker's name says where its batch starts)."""
         pattern = "_commits/*.json" if partition is None else f"_commits/p{partition}-*.json"
         out = []
         for rel in self.storage.list(pattern):
-            data = json.loads(self.storage.read(rel))
-            if partition is None or data["partition"] == partition:
-                out.append(data)
+            start = _batch_start(rel)
+            if since and start is not None and start[1] < since.get(start[0], 0):
+                continue
+            out.append(json.loads(self.storage.read(rel)))
         return out
 
     def recover(self, partitions: Iterable[int] | None = None) -> dict[int, int]:
-        """Delete files of uncommitted batches (of ``partitions``, or of every partition); return the next
-        offset to read per Kafka partition.
+        """Delete files of uncommitted batches and writes left half done (of ``partitions``, or of every
+        partition); return the next offset to read per Kafka partition.
 
         A writer recovers only the partitions it was just assigned: another replica may be writing the
         others right now.
         """
         wanted = None if partitions is None else set(partitions)
+        only = next(iter(wanted)) if wanted is not None and len(wanted) == 1 else None
         committed: set[str] = set()
         next_offset: dict[int, int] = {}
-        for data in self.markers() if wanted is None or len(wanted) != 1 else self.markers(next(iter(wanted))):
+        for data in self.markers(only):
             p = data["partition"]
             if wanted is not None and p not in wanted:
                 continue
             committed.update(data["files"])
             next_offset[p] = max(next_offset.get(p, 0), data["last"] + 1)
+        def mine(rel: str) -> bool:
+            start = _batch_start(rel)
+            return wanted is None or (start is not None and start[0] in wanted)
+
         for rel in self.storage.list("date=*/experiment=*/*.parquet"):
-            p = _partition_of(rel)
-            if rel not in committed and (wanted is None or p in wanted):
+            if rel not in committed and mine(rel):
                 log.warning("deleting %s: its batch was never committed (crash in mid-batch)", rel)
                 self.storage.delete(rel)
+        for pattern in ("date=*/experiment=*/*.tmp", "_commits/*.tmp", "_invalid/*.tmp"):
+            for rel in self.storage.list(pattern):  # local writes cut short before their rename
+                if mine(rel):
+                    self.storage.delete(rel)
         return next_offset
 
     def write_batch(self, partition: int, records: list[Record]) -> tuple[int, int]:
@@ -215,6 +225,11 @@ class Lake:
                       self.location, bad)
         return len(records) - len(invalid), len(invalid)
 
+    def files(self, experiment: str, days: Iterable[date]) -> list[str]:
+        """Return the Parquet files of ``experiment`` (``*``: of every one) dated on ``days``, sorted."""
+        return sorted(rel for day in set(days)
+                      for rel in self.storage.list(f"date={day.isoformat()}/experiment={experiment}/*.parquet"))
+
     def has_files(self, experiment: str) -> bool:
         """Return True when the lake holds Parquet files of ``experiment`` (``*``: of any)."""
         return bool(self.storage.list(f"date=*/experiment={experiment}/*.parquet"))
@@ -225,8 +240,8 @@ class Lake:
         return self.storage.uri(f"date=*/experiment={experiment}/*.parquet")
 
 
-def _partition_of(rel: str) -> int | None:
-    """Return the Kafka partition in a data file's name (``p3-<first>-<last>.parquet``), or None."""
-    stem = rel.rsplit("/", 1)[-1]
-    head = stem.split("-", 1)[0]
-    return int(head[1:]) if head.startswith("p") and head[1:].isdigit() else None
+def _batch_start(rel: str) -> tuple[int, int] | None:
+    """Return the Kafka partition and first offset in a lake file's name (``p3-<first>[-<last>]...``),
+    or None."""
+    m = re.match(r"p(\d+)-(\d+)", rel.rsplit("/", 1)[-1])
+    return None if m is None else (int(m.group(1)), int(m.group(2)))

@@ -130,7 +130,7 @@ class ObjectStorage:
         """
         if self.scheme == "s3":
             return self._s3_put_if_absent(rel, data)
-        if self._exists(rel):
+        if self.exists(rel):
             return False
         self.write(rel, data)
         return True
@@ -155,9 +155,6 @@ class ObjectStorage:
 
     def exists(self, rel: str) -> bool:
         """Return True when the object ``rel`` exists."""
-        return self._exists(rel)
-
-    def _exists(self, rel: str) -> bool:
         from pyarrow import fs as pafs
 
         return self.fs.get_file_info(self.key(rel)).type != pafs.FileType.NotFound
@@ -176,8 +173,8 @@ class ObjectStorage:
         """Return the objects matching the glob ``pattern`` (relative to the prefix), sorted."""
         from pyarrow import fs as pafs
 
-        fixed = pattern.split("*", 1)[0].rsplit("/", 1)[0] if "/" in pattern.split("*", 1)[0] else ""
-        base = self.key(fixed).rstrip("/")
+        head = pattern.split("*", 1)[0]  # the directory before the first wildcard: all that is listed
+        base = self.key(head.rsplit("/", 1)[0] if "/" in head else "").rstrip("/")
         infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
         rels = (i.path[len(self.prefix) + 1:] for i in infos if i.type == pafs.FileType.File)
         return sorted(r for r in rels if fnmatch.fnmatchcase(r, pattern) and _same_depth(r, pattern))

@@ -109,10 +109,10 @@ def run_analyzer(cfg: Config, once: bool = False, host: str | None = None, port:
     current: list[Ingestor] = []
 
     def on_batch(values: list[bytes]) -> None:  # the guard's fast path, on the leader only
-        if guard is not None and current and current[-1].leads():
+        if guard is not None and current[0].leads():
             guard.observe(values)
 
-    current.append(Ingestor(cfg, on_batch=on_batch))
+    current.append(Ingestor(cfg, on_batch=on_batch))  # owns nothing until its first run: not the leader
     if once:
         stats = current[0].run(stop, until_caught_up=True)
         log.info("ingested %d events (%d invalid) in %d batches, %.1f s", stats.events, stats.invalid,
@@ -120,13 +120,10 @@ def run_analyzer(cfg: Config, once: bool = False, host: str | None = None, port:
         analyze_all(cfg)
         return 0
     a = cfg.analyzer
-    runs = [0]
-
     def ingest(supervisor: Supervisor) -> None:
-        if runs[0]:  # after a failure, a new Ingestor with a new consumer
-            current[:] = [Ingestor(cfg, on_batch=on_batch)]
-        runs[0] += 1
-        current[-1].run(stop, supervisor=supervisor)
+        # a new Ingestor on every (re)start: nothing read by a failed run is left pending
+        current[:] = [Ingestor(cfg, on_batch=on_batch)]
+        current[0].run(stop, supervisor=supervisor)
 
     supervisor = Supervisor("analyzer-ingest", ingest, stop, metrics.ANALYZER_KAFKA_CONNECTED.labels(a.group_id),
                             metrics.ANALYZER_LOOP_RESTARTS.labels(a.group_id)).start()
@@ -137,7 +134,7 @@ def run_analyzer(cfg: Config, once: bool = False, host: str | None = None, port:
     next_run = 0.0
     leading = False
     while not stop.is_set():
-        ingestor = current[-1]
+        ingestor = current[0]
         metrics.ANALYZER_PARTITIONS.labels(a.group_id).set(len(ingestor.assigned))
         if ingestor.leads() != leading:
             leading = not leading

@@ -48,7 +48,8 @@ import pyarrow.parquet as pq
 
 from ..config import AnalyzerConfig, ExperimentConfig
 from .engines import attach_lake
-from .lake import SCHEMA, Lake
+from .kpi_queries import FIRST_DELIVERY, drop_derived_tables
+from .lake import SCHEMA, Lake, conform
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,6 @@ _SQL_TYPES = {pa.string(): "VARCHAR", pa.int32(): "INTEGER", pa.int64(): "BIGINT
               pa.bool_(): "BOOLEAN"}
 REFRESH_CHUNK_EVENTS = 2_000_000
 """Batches are rolled up this many events at a time at most (a first refresh of a large lake)."""
-DEDUP = "QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY kafka_partition, kafka_offset) = 1"
 
 
 @dataclass
@@ -89,15 +89,14 @@ def _day(value: datetime) -> date:
     return value.astimezone(UTC).date()
 
 
+def _days(first: date, last: date) -> list[date]:
+    """Return the days from ``first`` to ``last``, both included."""
+    return [first + timedelta(days=k) for k in range((last - first).days + 1)]
+
+
 def _arrow(con: Any, sql: str, params: list[Any] | None = None) -> pa.Table:
     """Return the rows of a DuckDB query as an Arrow table."""
     return con.sql(sql, params=params).to_arrow_table()
-
-
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    columns = [table.column(f.name).cast(f.type) if f.name in table.column_names
-               else pa.nulls(table.num_rows, f.type) for f in schema]
-    return pa.Table.from_arrays(columns, schema=schema)
 
 
 class Rollups:
@@ -137,7 +136,6 @@ class Rollups:
     def refresh(self) -> RefreshStats:
         """Roll up the batches committed since the last refresh (all of them the first time, or when the
         settings changed); return what was done."""
-        import duckdb
 
         t0 = time.perf_counter()
         stats = RefreshStats()
@@ -149,7 +147,7 @@ class Rollups:
                 self.lake.storage.delete(rel)
             state = {"settings": self.settings, "next_offsets": {}}
         done = {int(p): o for p, o in state["next_offsets"].items()}
-        new = sorted((m for m in self.lake.markers() if m["last"] >= done.get(m["partition"], 0)),
+        new = sorted((m for m in self.lake.markers(since=done) if m["last"] >= done.get(m["partition"], 0)),
                      key=lambda m: (m["partition"], m["first"]))
         if not new:
             stats.seconds = time.perf_counter() - t0
@@ -162,9 +160,7 @@ class Rollups:
                 chunks.append([])
             chunks[-1].append(m)
         for chunk in chunks:
-            con = duckdb.connect()
-            con.execute("SET TimeZone = 'UTC'")  # days are UTC days, as the lake's partitions
-            attach_lake(con, self.lake)
+            con = self._connect()
             try:
                 self._refresh(con, chunk, stats)
             finally:
@@ -181,6 +177,15 @@ class Rollups:
                  stats.new_units, stats.moved_units, stats.unit_days, stats.pool_days, stats.history_days,
                  stats.seconds)
         return stats
+
+    def _connect(self) -> Any:
+        """Return a DuckDB connection that reads the lake, in UTC (days are UTC days, as the lake's partitions)."""
+        import duckdb
+
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        attach_lake(con, self.lake)
+        return con
 
     def _empty(self, con: Any, name: str, schema: pa.Schema) -> None:
         cols = ", ".join(f"{f.name} {_sql_type(f.type)}" for f in schema)
@@ -267,13 +272,13 @@ class Rollups:
         stats.pool_days += len(pool_dirty)
         if self.cfg.cuped.enabled:
             stats.history_days += self._refresh_history(con, new_files)
-        self._write(f"{self.base}/index.parquet", _conform(
+        self._write(f"{self.base}/index.parquet", conform(
             _arrow(con, "SELECT unit_id, first_ts FROM idx ORDER BY unit_id"), INDEX_SCHEMA))
 
     def _store(self, kind: str, day: date, table: pa.Table, schema: pa.Schema) -> None:
         rel = self._rel(kind, day)
         if table.num_rows:
-            self._write(rel, _conform(table, schema))
+            self._write(rel, conform(table, schema))
         else:
             self.lake.storage.delete(rel)
 
@@ -292,10 +297,7 @@ class Rollups:
                            "(SELECT unit_id FROM changed)").fetchone()
         refetch: list[str] = []
         if span[0] is not None:
-            first, last = _day(span[0] - lookback), _day(span[1])
-            days = {(first + timedelta(days=k)).isoformat() for k in range((last - first).days + 1)}
-            refetch = [r for r in self.lake.storage.list("date=*/experiment=*/*.parquet")
-                       if r.split("/", 1)[0].removeprefix("date=") in days]
+            refetch = self.lake.files("*", _days(_day(span[0] - lookback), _day(span[1])))
         self._read_into(con, "h_fetch", refetch, ROW_SCHEMA,
                         f"unit_id IN (SELECT unit_id FROM changed) AND {pre}", [key, phase])
         # the others: the new batches' rows, from every experiment and the outcomes without one
@@ -321,14 +323,11 @@ class Rollups:
     # -- reading ------------------------------------------------------------------------------
     def first_exposures(self) -> tuple[date, date] | None:
         """Return the first and last day on which units were first exposed, from the index (None: none)."""
-        import duckdb
 
         rels = self.lake.storage.list(f"{self.base}/index.parquet")
         if not rels:
             return None
-        con = duckdb.connect()
-        con.execute("SET TimeZone = 'UTC'")
-        attach_lake(con, self.lake)
+        con = self._connect()
         try:
             lo, hi = con.execute("SELECT min(first_ts), max(first_ts) FROM read_parquet(?)",
                                  [self.lake.storage.uri(rels[0])]).fetchone()
@@ -338,17 +337,13 @@ class Rollups:
 
     def period_files(self, start: datetime, end: datetime) -> list[str]:
         """Return the URIs of the experiment's event files of the days of [start, end)."""
-        last = _day(end - timedelta(microseconds=1))
-        days = {(_day(start) + timedelta(days=k)).isoformat() for k in range((last - _day(start)).days + 1)}
-        rels = self.lake.storage.list(f"date=*/experiment={self.exp.key}/*.parquet")
-        return self._uris([r for r in rels if r.split("/", 1)[0].removeprefix("date=") in days])
+        return self._uris(self.lake.files(self.exp.key, _days(_day(start), _day(end - timedelta(microseconds=1)))))
 
     def prepare(self, con: Any, start: datetime, end: datetime) -> None:
         """Create the tables ``ev`` (and, with CUPED, ``hist``) of the period [start, end) from the period's
         own files and the rollups (see the module): what :func:`.kpi_queries.prepare_events` makes from
         the whole lake, for every unit first exposed in the period."""
-        for derived in ("unit_facts", "hist", "pre_unit"):
-            con.execute(f"DROP TABLE IF EXISTS {derived}")
+        drop_derived_tables(con)
         first_day, last_day = _day(start), _day(end - timedelta(microseconds=1))
         unit_days = [rel for day, rel in self._days("units").items() if first_day <= day <= last_day]
         sources = self.period_files(start, end) + self._uris(unit_days + list(self._days("pool").values()))
@@ -368,14 +363,14 @@ class Rollups:
                  firsts AS (SELECT {first_cols} FROM read_parquet(?) i
                             WHERE (i.first_ts < ? OR i.first_ts >= ?) AND i.unit_id IN (SELECT unit_id FROM src))
             SELECT * FROM (SELECT * FROM src UNION ALL SELECT * FROM firsts) u
-            {DEDUP}
+            {FIRST_DELIVERY}
         """, [sources, self.exp.phase, self.exp.key, self.exp.phase, self.lake.storage.uri(index[0]), start, end])
         if not self.cfg.cuped.enabled:
             return
         history = [rel for day, rel in self._days("history").items() if first_day <= day <= last_day]
         if history:
             con.execute(f"CREATE OR REPLACE TEMP TABLE hist AS SELECT unit_id, ts, type, metric, value FROM "
-                        f"read_parquet(?, union_by_name = true) {DEDUP}", [self._uris(history)])
+                        f"read_parquet(?, union_by_name = true) {FIRST_DELIVERY}", [self._uris(history)])
         else:
             con.execute("CREATE OR REPLACE TEMP TABLE hist (unit_id VARCHAR, ts TIMESTAMPTZ, type VARCHAR, "
                         "metric VARCHAR, value DOUBLE)")

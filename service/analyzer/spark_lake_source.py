@@ -4,9 +4,8 @@ Spark reads ``s3a://`` itself only with the hadoop-aws connector and the AWS SDK
 (jars from Maven, not in pyspark's wheel). The lake is already read and written through pyarrow's
 filesystems, so Spark's executors read its files the same way: one input partition per file, each
 read by pyarrow in the executor (credentials from the executor's ``AWS_*`` variables, options from the
-lake's URI) and handed to Spark as Arrow record batches. Files written before a column existed get it
-as nulls, as DuckDB's ``union_by_name`` and Spark's ``mergeSchema`` do. Clusters that have the
-connector can point ``analyzer.lake_dir`` at ``s3a://`` paths instead (docs/analyzer.md).
+lake's URI) and handed to Spark as Arrow record batches, in the lake's schema (:func:`.lake.conform`).
+Clusters that have the connector can point ``analyzer.lake_dir`` at ``s3a://`` paths instead (docs/analyzer.md).
 """
 
 from __future__ import annotations
@@ -30,13 +29,6 @@ def spark_ddl(schema: pa.Schema) -> str:
         return "TIMESTAMP" if pa.types.is_timestamp(t) else _SPARK_TYPES[t]
 
     return ", ".join(f"`{f.name}` {kind(f.type)}" for f in schema)
-
-
-def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Return ``table`` with exactly ``schema``'s columns, in order (missing ones as nulls)."""
-    columns = [table.column(f.name).cast(f.type) if f.name in table.column_names
-               else pa.nulls(table.num_rows, f.type) for f in schema]
-    return pa.Table.from_arrays(columns, schema=schema)
 
 
 class LakeFiles(DataSource):
@@ -73,7 +65,7 @@ class LakeFilesReader(DataSourceReader):
         import pyarrow.parquet as pq
         from pyarrow import fs as pafs
 
-        from .lake import SCHEMA
+        from .lake import SCHEMA, conform
 
         filesystem, _ = pafs.FileSystem.from_uri(self.location)
         with filesystem.open_input_file(partition.value) as f:  # the file alone: no partition columns from its path

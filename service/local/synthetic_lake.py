@@ -153,7 +153,6 @@ def write_synthetic_lake(lake_dir: Path | str, first_day: date, units: int = 400
                                     forced=True, ts=start + timedelta(hours=j)))
         outcome(forced_unit, "resolved", 1.0, start + timedelta(hours=j, minutes=5), "base")
     flush()
-    lake.close()
     return written[0]
 
 
