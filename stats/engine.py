@@ -203,7 +203,8 @@ def _plain_effect(metric: MetricDefinition, c: ArmEstimate, t: ArmEstimate, sc: 
     return compare(c, t, options.alpha, "z")
 
 
-def _deciding_p(metric: MetricDefinition, effect: Effect, scale: str) -> float:
+def _deciding_p(effect: Effect, scale: str) -> float:
+    """Return the p-value on the deciding scale (absolute or relative)."""
     if scale == "absolute":
         return effect.p_value
     if effect.relative_p_value is None:
@@ -224,6 +225,77 @@ def check_srm(units: Mapping[str, int], weights: Mapping[str, float], options: A
     return (tests[1] if options.srm_sequential else tests[0]), tests
 
 
+@dataclass(frozen=True)
+class _Comparison:
+    """One metric, one treatment arm: the estimates compared, the effect, and the arms' shown values."""
+
+    metric: MetricDefinition
+    arm: str
+    control: ArmEstimate  # as compared (CUPED-adjusted where it applies)
+    treatment: ArmEstimate
+    effect: Effect
+    p_value: float  # on the deciding scale, before correction
+    variance_reduction: float | None
+    control_shown: ArmEstimate  # the arms' own (unadjusted) values
+    treatment_shown: ArmEstimate
+
+
+def _compare_metric(metric: MetricDefinition, per_arm: Mapping[str, Stats], control: str,
+                    treatments: Sequence[str], options: AnalysisOptions, look_units: int) -> list[_Comparison]:
+    """Return one metric's comparison for every treatment arm (raises InvalidStatistics when untestable)."""
+    est, plain = _estimates(metric, per_arm)
+    shown = plain or est  # arms show their own (unadjusted) values; the effect is adjusted
+    rows = []
+    for arm in treatments:
+        eff = _effect(metric, est[control], est[arm], per_arm[control], per_arm[arm], options,
+                      look_units or est[control].n + est[arm].n)
+        reduction = None
+        if plain is not None:
+            before = plain[control].variance + plain[arm].variance
+            reduction = 1 - (est[control].variance + est[arm].variance) / before if before > 0 else None
+        rows.append(_Comparison(metric, arm, est[control], est[arm], eff, _deciding_p(eff, options.decision_scale),
+                                reduction, shown[control], shown[arm]))
+    return rows
+
+
+def _adjusted(pending: Sequence[_Comparison], correction: str) -> dict[int, float]:
+    """Return the corrected p-values by position: primaries x arms together, secondaries x arms together."""
+    adjusted: dict[int, float] = {}
+    for role in ("primary", "secondary"):
+        family = [i for i, row in enumerate(pending) if row.metric.role == role]
+        adjusted.update(zip(family, adjust_p_values([pending[i].p_value for i in family], correction),
+                            strict=True))
+    return adjusted
+
+
+def _guardrail(row: _Comparison, per_arm: Mapping[str, Stats], control: str, options: AnalysisOptions,
+               look_units: int) -> GuardrailResult | None:
+    """Return a guardrail metric's non-inferiority result (None for other roles)."""
+    metric, c, t = row.metric, row.control, row.treatment
+    if not metric.guardrail:
+        return None
+    group_z = (options.group.bound(look_units or c.n + t.n, options.guardrail_alpha, options.earlier_looks)
+               if options.sequential and options.group is not None else None)
+    spec = GuardrailSpec(metric.direction, metric.margin or 0.0, metric.relative_margin,
+                         options.guardrail_alpha, options.sequential, options.n_star,
+                         options.min_units_per_arm, group_z)
+    counts = _binary_view(metric, per_arm[control], per_arm[row.arm])
+    return check_guardrail(spec, row.effect, c, t, *(counts or (None, None)), binary=counts is not None)
+
+
+def _result(row: _Comparison, p_adj: float, guard: GuardrailResult | None, control: str,
+            options: AnalysisOptions) -> MetricResult:
+    metric, eff = row.metric, row.effect
+    point = eff.absolute if options.decision_scale == "absolute" else (eff.relative or 0.0)
+    good = point if metric.direction == "increase" else -point
+    return MetricResult(
+        metric.name, metric.kind, metric.role, row.arm,
+        ArmValue(control, row.control.n, row.control_shown.mean, row.control_shown.se),
+        ArmValue(row.arm, row.treatment.n, row.treatment_shown.mean, row.treatment_shown.se), eff, row.p_value,
+        p_adj, summarise(row.control, row.treatment, metric.direction, options.alpha),
+        guard, _decision(good, p_adj, options.alpha), row.variance_reduction)
+
+
 def analyze(metrics: Sequence[MetricDefinition], arm_stats: Mapping[str, Mapping[str, Stats]], control: str,
             weights: Mapping[str, float] | None = None, units: Mapping[str, int] | None = None,
             options: AnalysisOptions | None = None) -> ExperimentResult:
@@ -242,60 +314,26 @@ def analyze(metrics: Sequence[MetricDefinition], arm_stats: Mapping[str, Mapping
     treatments = [a for a in arm_stats if a != control]
     if not treatments:
         raise InvalidSpecification("need at least one treatment arm besides the control")
-    pending = []
+    pending: list[_Comparison] = []
     skipped: dict[str, str] = {}
     # a group design's information fraction is the experiment's, shared by its metrics: units at this look
     look_units = sum(units.values()) if units else 0
     for metric in metrics:
-        per_arm = {}
-        for arm in arm_stats:
-            if metric.name not in arm_stats[arm]:
-                raise InvalidSpecification(f"arm {arm!r} has no statistics for metric {metric.name!r}")
-            per_arm[arm] = arm_stats[arm][metric.name]
+        missing = [arm for arm in arm_stats if metric.name not in arm_stats[arm]]
+        if missing:
+            raise InvalidSpecification(f"arm {missing[0]!r} has no statistics for metric {metric.name!r}")
+        per_arm = {arm: arm_stats[arm][metric.name] for arm in arm_stats}
         # Degenerate data (every value equal, too few units) makes one metric untestable: it is
         # reported with the reason, and the other metrics are still analysed.
         try:
-            est, plain = _estimates(metric, per_arm)
-            rows = []
-            for arm in treatments:
-                eff = _effect(metric, est[control], est[arm], per_arm[control], per_arm[arm], options,
-                              look_units or est[control].n + est[arm].n)
-                reduction = None
-                if plain is not None:
-                    before = plain[control].variance + plain[arm].variance
-                    reduction = 1 - (est[control].variance + est[arm].variance) / before if before > 0 else None
-                shown = plain or est  # arms show their own (unadjusted) values; the effect is adjusted
-                rows.append((metric, arm, est[control], est[arm], eff,
-                             _deciding_p(metric, eff, options.decision_scale), reduction, shown[control],
-                             shown[arm]))
+            pending.extend(_compare_metric(metric, per_arm, control, treatments, options, look_units))
         except InvalidStatistics as exc:
             skipped[metric.name] = str(exc)
-            continue
-        pending.extend(rows)
-    adjusted: dict[int, float] = {}
-    for role in ("primary", "secondary"):
-        family = [i for i, row in enumerate(pending) if row[0].role == role]
-        adjusted.update(zip(family, adjust_p_values([pending[i][5] for i in family], options.correction),
-                            strict=True))
-    results = []
-    for i, (metric, arm, c, t, eff, p, reduction, c_shown, t_shown) in enumerate(pending):
-        guard = None
-        if metric.guardrail:
-            group_z = (options.group.bound(look_units or c.n + t.n, options.guardrail_alpha, options.earlier_looks)
-                       if options.sequential and options.group is not None else None)
-            spec = GuardrailSpec(metric.direction, metric.margin or 0.0, metric.relative_margin,
-                                 options.guardrail_alpha, options.sequential, options.n_star,
-                                 options.min_units_per_arm, group_z)
-            counts = _binary_view(metric, arm_stats[control][metric.name], arm_stats[arm][metric.name])
-            guard = check_guardrail(spec, eff, c, t, *(counts or (None, None)), binary=counts is not None)
-        p_adj = adjusted.get(i, p)
-        point = eff.absolute if options.decision_scale == "absolute" else (eff.relative or 0.0)
-        good = point if metric.direction == "increase" else -point
-        results.append(MetricResult(
-            metric.name, metric.kind, metric.role, arm, ArmValue(control, c.n, c_shown.mean, c_shown.se),
-            ArmValue(arm, t.n, t_shown.mean, t_shown.se), eff, p, p_adj,
-            summarise(c, t, metric.direction, options.alpha),
-            guard, _decision(good, p_adj, options.alpha), reduction))
+    adjusted = _adjusted(pending, options.correction)
+    results = [_result(row, adjusted.get(i, row.p_value),
+                       _guardrail(row, {a: arm_stats[a][row.metric.name] for a in arm_stats}, control, options,
+                                  look_units), control, options)
+               for i, row in enumerate(pending)]
     srm, srm_tests = (None, ())
     if units is not None and weights is not None:
         srm, srm_tests = check_srm(units, weights, options)
