@@ -1,9 +1,11 @@
 # splitwatch images. Two targets from one file:
 #   docker build --target proxy -t splitwatch-proxy .   slim: the routing proxy, without the drift extra
-#   docker build --target full  -t splitwatch .         analyzer, report and drift detector (alibi-detect)
-# The proxy image leaves out alibi-detect and what it pulls in (opencv, transformers, numba: about a
-# gigabyte) and its Business Source License. tests/test_helm.py checks the targets and that the Helm
-# chart gives each workload the image that can run it.
+#   docker build --target full  -t splitwatch .         analyzer, report and drift detector
+# The full image's drift engine is scipy (`drift.engine: scipy`, the default; the drift extra adds
+# scikit-learn for the domain classifier): BSD-licensed, numpy 2. alibi-detect (`drift.engine: alibi`,
+# Business Source License 1.1, about a gigabyte with opencv, transformers and numba, numpy < 2) is in
+# neither image: build one with the `alibi` extra (docs/deployment.md). tests/test_helm.py checks the
+# targets and that the Helm chart gives each workload the image that can run it.
 
 FROM python:3.11-slim AS source
 WORKDIR /src
@@ -32,6 +34,7 @@ STOPSIGNAL SIGTERM
 ENTRYPOINT ["splitwatch"]
 
 FROM runtime AS full
+LABEL io.splitwatch.drift-engine="scipy"
 # WordNet 3.0 for the eval's METEOR (nltk reads it from /usr/share/wordnet; nothing is downloaded)
 RUN apt-get update && apt-get install -y --no-install-recommends wordnet-base && rm -rf /var/lib/apt/lists/*
 COPY --from=wheels-full /wheels /wheels

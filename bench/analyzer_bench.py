@@ -32,7 +32,8 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from splitwatch.service.analyzer.ingest import CATCH_UP_IDLE_S, Ingestor
-from splitwatch.service.analyzer.report import build_report, to_html
+from splitwatch.service.analyzer.report import build_report
+from splitwatch.service.analyzer.report_html import to_html
 from splitwatch.service.config import parse_config
 from splitwatch.service.delivery.kafka_client import ensure_topic
 from splitwatch.service.events import ExposureEvent, OutcomeEvent, ResponseEvent

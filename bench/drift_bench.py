@@ -29,8 +29,8 @@ from splitwatch.drift.columns import _chi_square
 from splitwatch.drift.detector import DriftDetector, DriftSettings
 from splitwatch.drift.reference import Reference, feature_row, features_of_text
 from splitwatch.drift.topics import reference_mass, topic_test, word_mass
-from splitwatch.service.answer_features import answer_features
-from splitwatch.service.features import PROMPT_FEATURES, prompt_features, shipper_features
+from splitwatch.service.features.answer import answer_features
+from splitwatch.service.features.prompt import PROMPT_FEATURES, prompt_features, shipper_features
 from tests.test_drift import corpus
 
 
@@ -100,8 +100,8 @@ def main() -> None:
                       lambda t: prompt_features({"messages": [{"role": "user", "content": t}]})),
                      ("shipper: all its prompt features", shipper_features)):
         print(f"| {name} | {per_item_us(fn, short):.0f} | {per_item_us(fn, long):.0f} |")
-    from splitwatch.service.text_features import text_features
-    from splitwatch.service.topic_sketch import topic_sketch
+    from splitwatch.service.features.text import text_features
+    from splitwatch.service.features.topic_sketch import topic_sketch
     for name, fn in (("  of which text_features (code, traces, sentences, counts)", text_features),
                      ("  of which topic_sketch", topic_sketch)):
         print(f"| {name} | {per_item_us(fn, short):.0f} | {per_item_us(fn, long):.0f} |")

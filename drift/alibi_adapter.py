@@ -1,4 +1,4 @@
-"""The only module that talks to alibi-detect: swap this file to change the drift engine.
+"""The ``alibi`` drift engine (:mod:`.engines`): the only module that talks to alibi-detect.
 
 alibi-detect 0.12+ is under the Business Source License 1.1: production use needs a licence from
 Seldon (see README). Only its numpy/scipy/sklearn detectors are used (no torch, no TensorFlow).
@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
+
+from .engines import UnivariateResult
 
 # alibi-detect imports transformers, whose import prints "None of PyTorch, TensorFlow >= 2.0, or Flax have
 # been found": an advisory that is true and beside the point (only numpy/scipy/sklearn detectors run here),
@@ -19,39 +20,16 @@ import numpy as np
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
-@dataclass(frozen=True)
-class UnivariateResult:
-    """Per-feature p-values and test distances, and which features drift after the correction."""
-
-    p_values: np.ndarray
-    distances: np.ndarray
-    drifted: np.ndarray
-    threshold: float
-
-
-def univariate(reference: np.ndarray, window: np.ndarray, test: str = "ks", p_val: float = 0.05,
-               correction: str = "fdr") -> UnivariateResult:
-    """Return the per-feature Kolmogorov-Smirnov ("ks") or Cramér-von Mises ("cvm") tests of a window.
-
-    ``correction`` across features: "bonferroni" (family-wise) or "fdr" (Benjamini-Hochberg).
-    """
+def univariate(reference: np.ndarray, window: np.ndarray, test: str = "ks", p_val: float = 0.05) -> UnivariateResult:
+    """Return the per-feature Kolmogorov-Smirnov ("ks") or Cramér-von Mises ("cvm") tests of a window
+    (uncorrected p-values: the caller corrects across every column)."""
     from alibi_detect.cd import CVMDrift, KSDrift
 
     cls = {"ks": KSDrift, "cvm": CVMDrift}[test]
-    detector = cls(reference.astype(np.float32), p_val=p_val, correction=correction)
+    detector = cls(reference.astype(np.float32), p_val=p_val)
     out = detector.predict(window.astype(np.float32), drift_type="feature", return_p_val=True,
                            return_distance=True)["data"]
-    return UnivariateResult(np.asarray(out["p_val"], dtype=float), np.asarray(out["distance"], dtype=float),
-                            np.asarray(out["is_drift"], dtype=bool), float(out["threshold"]))
-
-
-def categorical(reference: np.ndarray, window: np.ndarray, n_categories: int, p_val: float = 0.05) -> float:
-    """Return the chi-square test's p-value for a categorical feature coded 0..n_categories-1."""
-    from alibi_detect.cd import ChiSquareDrift
-
-    detector = ChiSquareDrift(reference.reshape(-1, 1), p_val=p_val, categories_per_feature={0: n_categories})
-    out = detector.predict(window.reshape(-1, 1), drift_type="feature", return_p_val=True)["data"]
-    return float(np.asarray(out["p_val"]).ravel()[0])
+    return UnivariateResult(np.asarray(out["p_val"], dtype=float), np.asarray(out["distance"], dtype=float))
 
 
 def categorical_many(reference: np.ndarray, window: np.ndarray, categories: list[int],

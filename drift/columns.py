@@ -19,8 +19,8 @@ import numpy as np
 
 from splitwatch.stats.multiple_testing import adjust_p_values
 
-from . import alibi_adapter
 from .effect import psi, total_variation
+from .engines import engine
 
 Describe = Callable[[np.ndarray, np.ndarray], str]
 
@@ -98,10 +98,11 @@ class ExternalTest:
 
 def test_columns(columns: Sequence[Column], reference: Mapping[str, np.ndarray], window: Mapping[str, np.ndarray],
                  test: Literal["ks", "cvm"] = "ks", p_val: float = 0.05, correction: str = "bh",
-                 external: Mapping[str, ExternalTest] | None = None) -> ColumnReport:
+                 external: Mapping[str, ExternalTest] | None = None, drift_engine: str = "scipy") -> ColumnReport:
     """Return the report of a window against the reference, column by column (see the module docstring).
 
     ``external`` holds the results of the ``external`` columns; one without a result is left out.
+    ``drift_engine`` computes the tests (:mod:`.engines`: scipy or alibi, the same p-values).
     """
     external = external or {}
     columns = [c for c in columns if c.kind != "external" or c.name in external]
@@ -109,11 +110,11 @@ def test_columns(columns: Sequence[Column], reference: Mapping[str, np.ndarray],
     raw: dict[str, float] = {}
     statistic: dict[str, float] = {}
     if continuous:
-        uni = alibi_adapter.univariate(np.column_stack([reference[c.name] for c in continuous]),
-                                       np.column_stack([window[c.name] for c in continuous]), test, p_val)
+        uni = engine(drift_engine).univariate(np.column_stack([reference[c.name] for c in continuous]),
+                                              np.column_stack([window[c.name] for c in continuous]), test, p_val)
         for i, c in enumerate(continuous):
             raw[c.name], statistic[c.name] = float(uni.p_values[i]), float(uni.distances[i])
-    raw.update(_chi_square([c for c in columns if c.kind == "categorical"], reference, window, p_val))
+    raw.update(_chi_square([c for c in columns if c.kind == "categorical"], reference, window, p_val, drift_engine))
     for c in columns:
         if c.kind == "categorical":
             statistic[c.name] = total_variation(reference[c.name], window[c.name], c.categories)
@@ -139,7 +140,7 @@ def test_columns(columns: Sequence[Column], reference: Mapping[str, np.ndarray],
 
 
 def _chi_square(columns: list[Column], reference: Mapping[str, np.ndarray], window: Mapping[str, np.ndarray],
-                p_val: float) -> dict[str, float]:
+                p_val: float, drift_engine: str) -> dict[str, float]:
     """Return the chi-square p-value of each categorical column, over the categories seen in either
     sample (an empty category makes the test undefined); 1 for a column with one category seen."""
     out: dict[str, float] = {}
@@ -157,8 +158,8 @@ def _chi_square(columns: list[Column], reference: Mapping[str, np.ndarray], wind
     for t in tested:  # one call per shape: the reference of every column has the same rows in practice
         by_length.setdefault((len(t[1]), len(t[2])), []).append(t)
     for group in by_length.values():
-        p = alibi_adapter.categorical_many(np.column_stack([t[1] for t in group]),
-                                           np.column_stack([t[2] for t in group]), [t[3] for t in group], p_val)
+        p = engine(drift_engine).categorical_many(np.column_stack([t[1] for t in group]),
+                                                  np.column_stack([t[2] for t in group]), [t[3] for t in group], p_val)
         out.update({t[0]: float(v) for t, v in zip(group, p, strict=True)})
     return out
 

@@ -20,9 +20,8 @@ from typing import Literal
 
 import numpy as np
 
-from splitwatch.service.features import PROMPT_FEATURES, FeatureSpec
+from splitwatch.service.features.prompt import PROMPT_FEATURES, FeatureSpec
 
-from . import alibi_adapter
 from .columns import (
     Column,
     ColumnReport,
@@ -34,6 +33,7 @@ from .columns import (
     describe_shares,
     test_columns,
 )
+from .engines import engine
 from .reference import Reference
 from .topics import reference_mass, topic_test, word_mass
 
@@ -53,6 +53,7 @@ class DriftSettings:
     min_language_tvd: float = 0.1
     min_topic_excess: float = 0.04
     classifier: bool = False
+    engine: Literal["scipy", "alibi"] = "scipy"  # which library computes the tests (drift.engines)
 
 
 @dataclass
@@ -139,10 +140,11 @@ class DriftDetector:
         topic = topic_test(self._topic_reference, word_mass(topics)) if topics is not None else None
         if topic is not None:
             external["topic"] = ExternalTest("permutation", topic.p_value, topic.tvd, topic.excess, topic.describe())
-        base = test_columns(self.columns, self._reference_columns, window, s.test, s.p_val, s.correction, external)
+        base = test_columns(self.columns, self._reference_columns, window, s.test, s.p_val, s.correction, external,
+                            s.engine)
         report = DriftReport(base.window_size, base.features, base.groups,
                              language_shares=self._window_language_shares)
         if s.classifier:
-            report.classifier_p, report.classifier_distance = alibi_adapter.classifier(self.reference.numeric,
-                                                                                       numeric, s.p_val)
+            report.classifier_p, report.classifier_distance = engine(s.engine).classifier(self.reference.numeric,
+                                                                                          numeric, s.p_val)
         return report

@@ -15,7 +15,7 @@ import numpy as np
 from splitwatch.service import metrics
 from splitwatch.service.config import DriftConfig
 from splitwatch.service.events import DriftEvent
-from splitwatch.service.features import LANGUAGES
+from splitwatch.service.features.prompt import LANGUAGES
 
 from .columns import Column, ColumnReport
 from .detector import OTHER, DriftDetector, DriftReport, DriftSettings
@@ -39,7 +39,7 @@ STAGE_COLLECTING, STAGE_FILLING, STAGE_JUDGING = 0, 1, 2
 def settings_of(cfg: DriftConfig) -> DriftSettings:
     """Return the detector settings of the config."""
     return DriftSettings(cfg.test, cfg.p_val, cfg.correction, cfg.min_psi, cfg.min_tvd, cfg.min_language_tvd,
-                         cfg.min_topic_excess, cfg.classifier)
+                         cfg.min_topic_excess, cfg.classifier, cfg.engine)
 
 
 def reference_from_file(path: str | Path, languages: tuple[str, ...] = LANGUAGES) -> Reference:
@@ -205,7 +205,8 @@ class ExperimentMonitor:
 
     def _use_output(self, arm: str, reference: OutputReference) -> None:
         c = self.cfg
-        detector = self.outputs[arm] = OutputDetector(reference, c.min_psi, c.min_tvd, c.test, c.p_val, c.correction)
+        detector = self.outputs[arm] = OutputDetector(reference, c.min_psi, c.min_tvd, c.test, c.p_val, c.correction,
+                                                            c.engine)
         metrics.OUTPUT_REFERENCE_SIZE.labels(self.experiment, arm).set(len(reference.rows))
         self._export_thresholds(detector.columns)
 

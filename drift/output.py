@@ -107,13 +107,13 @@ class OutputDetector:
     """Tests windows of an arm's answers against its reference."""
 
     def __init__(self, reference: OutputReference, min_psi: float = 0.1, min_tvd: float = 0.1,
-                 test: str = "ks", p_val: float = 0.05, correction: str = "bh") -> None:
+                 test: str = "ks", p_val: float = 0.05, correction: str = "bh", drift_engine: str = "scipy") -> None:
         self.reference = reference
         self.columns = output_columns(min_psi, min_tvd)
         self._reference = as_columns(reference.rows)
-        self.test_name, self.p_val, self.correction = test, p_val, correction
+        self.test_name, self.p_val, self.correction, self.engine = test, p_val, correction, drift_engine
 
     def test(self, window: Mapping[str, np.ndarray]) -> ColumnReport:
         """Return the verdict on a window of output rows, given as columns (:func:`as_columns`)."""
         return test_columns(self.columns, self._reference, window, self.test_name,  # type: ignore[arg-type]
-                            self.p_val, self.correction)
+                            self.p_val, self.correction, drift_engine=self.engine)

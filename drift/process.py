@@ -30,7 +30,7 @@ from splitwatch.service.delivery.kafka_client import (
     kafka_security_settings,
     wait_for_partitions,
 )
-from splitwatch.service.delivery.shipper import EventOutbox, KafkaSink
+from splitwatch.service.delivery.kafka_sink import EventOutbox, KafkaSink
 from splitwatch.service.status_server import Supervisor, start_status_server
 
 from .monitor import ExperimentMonitor

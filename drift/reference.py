@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from splitwatch.service.features import LANGUAGES, NUMERIC_FEATURES, prompt_features, shipper_features
-from splitwatch.service.topic_sketch import SKETCH_DIMS, decode_sketch
+from splitwatch.service.features.prompt import LANGUAGES, NUMERIC_FEATURES, prompt_features, shipper_features
+from splitwatch.service.features.topic_sketch import SKETCH_DIMS, decode_sketch
 
 FORMAT = 2  # 2: topic sketches and the shipper's features (format 1 had ten numeric features only)
 

@@ -1,8 +1,8 @@
 """Topic drift without a model: a permutation test on the prompts' hashed word distributions.
 
 Each exposure carries a sketch of its last user message: its words and word pairs hashed into
-:data:`~splitwatch.service.topic_sketch.SKETCH_DIMS` signed buckets, L2-normalised
-(:mod:`splitwatch.service.topic_sketch`). Squared, a sketch's components sum to 1: they are the
+:data:`~splitwatch.service.features.topic_sketch.SKETCH_DIMS` signed buckets, L2-normalised
+(:mod:`splitwatch.service.features.topic_sketch`). Squared, a sketch's components sum to 1: they are the
 prompt's words spread over the buckets (its "word mass"). A sample's topic profile is the mean of
 its prompts' word masses, and the statistic is the total variation distance between the window's
 profile and the reference's: the share of word weight that moved to other buckets.

@@ -7,9 +7,12 @@ import sys
 from datetime import UTC, date, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
+from .cli_args import PORT, number_in, whole_number
 from .cli_evidence import TrackerFailed, add_evidence_parsers, add_tracker_args, send, tracker_options
 from .config import Config, ConfigError, load_config
+from .local import stub_model
 from .logs import configure_logging
 
 
@@ -97,12 +100,16 @@ def _cmd_analyzer(args: argparse.Namespace) -> int:
 
 
 def _cmd_drift(args: argparse.Namespace) -> int:
+    from splitwatch.drift.engines import EngineUnavailable, require
+    from splitwatch.drift.process import run_drift
+
+    cfg = load_config(args.config)
     try:
-        from splitwatch.drift.process import run_drift
-    except ImportError as exc:
-        print(f"splitwatch drift needs alibi-detect: pip install 'splitwatch[drift]' ({exc})", file=sys.stderr)
+        require(cfg.drift.engine, cfg.drift.classifier)
+    except EngineUnavailable as exc:
+        print(f"splitwatch drift: {exc}", file=sys.stderr)
         return 2
-    return run_drift(load_config(args.config), host=args.host, port=args.port)
+    return run_drift(cfg, host=args.host, port=args.port)
 
 
 def _parse_day(value: str, field: str) -> date:
@@ -128,7 +135,8 @@ def _report_period(args: argparse.Namespace) -> tuple[date, date, bool]:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .analyzer.report import RENDERERS, build_report, exposure_days
+    from .analyzer.report import build_report, exposure_days
+    from .analyzer.report_formats import RENDERERS
 
     cfg = load_config(args.config)
     if args.engine or args.spark_master or args.rollups is not None:  # the command line's choice over the config's
@@ -138,9 +146,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             "rollups": cfg.analyzer.rollups if args.rollups is None else args.rollups})
         cfg = cfg.model_copy(update={"analyzer": analyzer})
     start, end, default = _report_period(args)  # a bad date is named first
-    if cfg.experiment(args.experiment) is None:
-        raise ConfigError(f"--experiment: no experiment {args.experiment!r} in {args.config}; experiments: "
-                          f"{[e.key for e in cfg.experiments]}")
+    cfg.require_experiment(args.experiment, args.config, "--experiment")
     into_dir = bool(args.output) and (args.output.endswith("/") or Path(args.output).is_dir())
     fmt = args.format or ("md" if into_dir else
                           FORMAT_OF_SUFFIX.get(Path(args.output).suffix.lower() if args.output else "", "md"))
@@ -214,16 +220,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation.store import RunMismatch
 
     cfg = load_config(args.config)
-    exp = cfg.experiment(args.experiment)
-    if exp is None:
-        raise ConfigError(f"--experiment: no experiment {args.experiment!r} in {args.config}; experiments: "
-                          f"{[e.key for e in cfg.experiments]}")
-    for name, value, low in (("--repeats", args.repeats, 1), ("--concurrency", args.concurrency, 1),
-                             ("--bootstrap", args.bootstrap, 100)):
-        if value is not None and value < low:
-            raise ConfigError(f"{name} must be at least {low}, got {value}")
-    if not 0 < args.alpha < 1:
-        raise ConfigError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    exp = cfg.require_experiment(args.experiment, args.config, "--experiment")
     try:
         dataset = load_dataset(args.dataset, args.task)
     except DatasetError as exc:
@@ -234,8 +231,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             raise ConfigError(f"--judge: no judge {args.judge!r} under eval.judges in {args.config}; judges: "
                               f"{sorted(cfg.eval.judges)}")
         judge = (args.judge, cfg.eval.judges[args.judge])
-    if args.code_timeout is not None and not 0 < args.code_timeout <= 600:
-        raise ConfigError(f"--code-timeout must be between 0 and 600 seconds, got {args.code_timeout}")
     if args.human is not None and not Path(args.human).is_file():
         raise ConfigError(f"--human: no file {args.human}")
     if args.train_data:
@@ -282,6 +277,11 @@ def _warn_contamination(dataset: object, train_files: list[str]) -> None:
               "(splitwatch data --eval lists them all)", file=sys.stderr)
 
 
+def _cmd_stub_model(args: argparse.Namespace) -> int:
+    stub_model.serve(args)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .local.demo import run_demo
 
@@ -314,26 +314,42 @@ def build_parser() -> argparse.ArgumentParser:
     proxy = sub.add_parser("proxy", help="run the routing proxy")
     proxy.add_argument("--config", required=True, help=CONFIG_HELP)
     proxy.add_argument("--host", default=None, help="listen address (default: proxy.host)")
-    proxy.add_argument("--port", type=int, default=None, help="listen port (default: proxy.port)")
-    proxy.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    proxy.add_argument("--port", type=PORT, default=None, help="listen port (default: proxy.port)")
+    proxy.add_argument("--workers", type=whole_number(1), default=1, help="worker processes (default 1)")
     proxy.set_defaults(func=_cmd_proxy)
 
-    sub.add_parser("stub-model", help="run a stub OpenAI-compatible model server (tests, demos); "
-                   "see splitwatch stub-model --help", add_help=False)
+    stub = sub.add_parser("stub-model", help="run a stub OpenAI-compatible model server (tests, demos)",
+                          description=stub_model.DESCRIPTION)
+    stub_model.add_arguments(stub)
+    stub.set_defaults(func=_cmd_stub_model)
 
     an = sub.add_parser("analyzer", help="consume events into the Parquet lake and export live KPI gauges")
     an.add_argument("--config", required=True, help=CONFIG_HELP)
     an.add_argument("--once", action="store_true", help="ingest what is in Kafka, analyse once, exit")
     an.add_argument("--host", default=None, help="metrics listen address (default: analyzer.host)")
-    an.add_argument("--port", type=int, default=None, help="metrics port (default: analyzer.port)")
+    an.add_argument("--port", type=PORT, default=None, help="metrics port (default: analyzer.port)")
     an.set_defaults(func=_cmd_analyzer)
 
     dr = sub.add_parser("drift", help="watch the prompts' features for drift against a reference")
     dr.add_argument("--config", required=True, help=CONFIG_HELP)
     dr.add_argument("--host", default=None, help="metrics listen address (default: drift.host)")
-    dr.add_argument("--port", type=int, default=None, help="metrics port (default: drift.port)")
+    dr.add_argument("--port", type=PORT, default=None, help="metrics port (default: drift.port)")
     dr.set_defaults(func=_cmd_drift)
 
+    _add_report_parser(sub)
+    _add_eval_parser(sub)
+    add_evidence_parsers(sub)
+
+    demo = sub.add_parser("demo", help="run the whole loop locally on embedded defaults")
+    demo.add_argument("--units", type=whole_number(1), default=2000, help="simulated users (default 2000)")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--workdir", "--output", dest="workdir", default=None,
+                      help="where to keep the demo's files: reports, lake, logs (default: ./splitwatch-demo)")
+    demo.set_defaults(func=_cmd_demo)
+    return p
+
+
+def _add_report_parser(sub: Any) -> None:
     rp = sub.add_parser("report", help="the KPI significance report of one experiment")
     rp.add_argument("--config", required=True, help=CONFIG_HELP)
     rp.add_argument("--experiment", required=True)
@@ -356,20 +372,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_tracker_args(rp)
     rp.set_defaults(func=_cmd_report)
 
+
+def _add_eval_parser(sub: Any) -> None:
     ev = sub.add_parser("eval", help="offline evaluation: every arm on a fixed test set, with paired significance")
     ev.add_argument("--config", required=True, help=CONFIG_HELP)
     ev.add_argument("--experiment", required=True, help="the experiment whose arms are compared (its first arm "
                     "is the control)")
     ev.add_argument("--dataset", required=True, help="JSONL test set: {\"id\"?, \"messages\": [...]} or "
                     "{\"prompt\": ...}, optional \"reference\" or \"label\" (docs/eval.md)")
-    ev.add_argument("--repeats", type=int, default=1, help="calls per case and arm; 2 or more measures output "
-                    "stability (default 1)")
+    ev.add_argument("--repeats", type=whole_number(1), default=1,
+                    help="calls per case and arm; 2 or more measures output stability (default 1)")
     ev.add_argument("--output", default=None, help="directory for results and reports; an interrupted run "
                     "continues there (default: ./splitwatch-eval/<experiment>)")
     ev.add_argument("--task", choices=["classification", "regression", "generation", "code", "open"], default=None,
                     help="default: inferred (label on every line: classification, or regression when the labels "
                          "are numbers; reference: generation; code_tests: code)")
-    ev.add_argument("--concurrency", type=int, default=8, help="calls in flight at once (default 8)")
+    ev.add_argument("--concurrency", type=whole_number(1), default=8, help="calls in flight at once (default 8)")
     ev.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="a request parameter for every call, e.g. --param temperature=0 (repeatable)")
     ev.add_argument("--retry-failed", action="store_true", help="on a resumed run, send failed calls again")
@@ -382,40 +400,24 @@ def build_parser() -> argparse.ArgumentParser:
                     "fluency, factual_accuracy, diversity): compared per arm, and against the judge's rubric")
     ev.add_argument("--generalisation-key", default="split", metavar="KEY",
                     help="the metadata key whose in_domain and out_of_domain values are compared (default: split)")
-    ev.add_argument("--code-timeout", type=float, default=None, metavar="SECONDS",
+    ev.add_argument("--code-timeout", type=number_in(0, 600, high_inclusive=True, unit=" seconds"), default=None,
+                    metavar="SECONDS",
                     help="code tasks: wall-clock seconds per test run (default 10; CPU seconds: half, at least 1)")
-    ev.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
-    ev.add_argument("--bootstrap", type=int, default=None,
+    ev.add_argument("--alpha", type=number_in(0, 1), default=0.05, help="significance level (default 0.05)")
+    ev.add_argument("--bootstrap", type=whole_number(100), default=None,
                     help="paired bootstrap resamples (default: enough that the smallest p-value it can give, "
                          "corrected over every comparison, is a tenth of alpha; at least 1000)")
     ev.add_argument("--train-data", action="append", default=None, metavar="FILE",
                     help="a tuning file: warn when test cases share most of their n-grams with it (repeatable)")
     add_tracker_args(ev)
     ev.set_defaults(func=_cmd_eval)
-    add_evidence_parsers(sub)
-
-    demo = sub.add_parser("demo", help="run the whole loop locally on embedded defaults")
-    demo.add_argument("--units", type=int, default=2000, help="simulated users (default 2000)")
-    demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--workdir", "--output", dest="workdir", default=None,
-                      help="where to keep the demo's files: reports, lake, logs (default: ./splitwatch-demo)")
-    demo.set_defaults(func=_cmd_demo)
-    return p
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the ``splitwatch`` command line; exit 2 with a message naming the bad field on config errors."""
     configure_logging()
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["stub-model"]:
-        from .local.stub_model import main as stub_main
-
-        stub_main(argv[1:])
-        return
     args = build_parser().parse_args(argv)
-    if args.command == "proxy" and args.workers < 1:
-        print("splitwatch: --workers must be at least 1", file=sys.stderr)
-        sys.exit(2)
     try:
         sys.exit(args.func(args))
     except ConfigError as exc:

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from splitwatch.stats.metric import MetricDefinition
 
-from .features import LANGUAGES, supported_languages
+from .features.prompt import LANGUAGES, supported_languages
 from .metric_catalog import builtin_defaults, complete_builtin
 
 ENV_PREFIX = "SPLITWATCH_"
@@ -385,6 +385,9 @@ class DriftConfig(_Strict):
     reference_size: int = Field(2_000, ge=50)  # without a file: the first N exposures of the experiment
     window_size: int = Field(1_000, ge=50)
     window_step: int = Field(250, ge=1)
+    # which library computes the tests: scipy (BSD; the default) or alibi (alibi-detect, Business Source
+    # License 1.1: production use needs Seldon's licence; pip install 'splitwatch[alibi]'). Same p-values.
+    engine: Literal["scipy", "alibi"] = "scipy"
     test: Literal["ks", "cvm"] = "ks"
     p_val: float = Field(0.05, gt=0, lt=1)
     correction: Literal["bh", "holm", "bonferroni"] = "bh"
@@ -445,6 +448,15 @@ class Config(_Strict):
     def experiment(self, key: str) -> ExperimentConfig | None:
         """Return the experiment with this key, or None."""
         return next((e for e in self.experiments if e.key == key), None)
+
+    def require_experiment(self, key: str, source: str = "the config", field: str | None = None) -> ExperimentConfig:
+        """Return the experiment with this key; raise ConfigError naming the known keys when there is none
+        (``source``: where the config came from, ``field``: the option that named the key)."""
+        exp = self.experiment(key)
+        if exp is None:
+            raise ConfigError(f"{f'{field}: ' if field else ''}no experiment {key!r} in {source}; experiments: "
+                              f"{[e.key for e in self.experiments]}")
+        return exp
 
 
 def _parse_env_value(raw: str) -> Any:

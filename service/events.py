@@ -47,6 +47,20 @@ class _Event(BaseModel):
         """Return the Kafka message key: the unit id (request id when there is no unit)."""
         return (self.unit_id or self.request_id or self.event_id).encode()
 
+    # The start of the event's text (a kind byte, see TEXT_KIND_*, then the prompt's or the answer's
+    # start): kept in memory only, handed to the event shipper (which turns it into features: language,
+    # topic, refusal, a shadow pair's similarity...), never serialised.
+    _text_sample: bytes = PrivateAttr(default=b"")
+
+    def attach_text_sample(self, sample: bytes) -> None:
+        """Keep the start of the event's text for the event shipper (never serialised, never logged)."""
+        self._text_sample = sample
+
+    @property
+    def text_sample(self) -> bytes:
+        """Return the text sample attached for the event shipper (b"" when there is none)."""
+        return self._text_sample
+
 
 TEXT_KIND_PROMPT, TEXT_KIND_ANSWER, TEXT_KIND_STREAM, TEXT_KIND_PAIR = b"P", b"A", b"S", b"D"
 """The first byte of a text sample handed to the event shipper: what the rest of it is (a pair: the
@@ -72,9 +86,6 @@ class ExposureEvent(_Event):
     forced: bool = False
     features: dict[str, float | str] = Field(default_factory=dict)
     text: str | None = None
-    # The start of the last user message (TEXT_KIND_PROMPT + UTF-8): kept in memory only, handed to
-    # the event shipper (which adds the shipper's features: language, topic, code...), never serialised.
-    _text_sample: bytes = PrivateAttr(default=b"")
 
 
 class ResponseEvent(_Event):
@@ -91,9 +102,6 @@ class ResponseEvent(_Event):
     finish_reason: str | None = None  # of the first choice, as the upstream said it
     # added by the event shipper from the answer's start (docs/features.md): refusal, empty, truncated, chars
     answer: dict[str, float] | None = None
-    # The start of the answer (TEXT_KIND_ANSWER + text, or TEXT_KIND_STREAM + SSE bytes): in memory
-    # only, handed to the event shipper, never serialised.
-    _text_sample: bytes = PrivateAttr(default=b"")
 
 
 class ShadowSide(BaseModel):
@@ -129,7 +137,6 @@ class ShadowEvent(_Event):
     scores: dict[str, float] | None = None
     text: str | None = None  # the control's answer, only with proxy.log_text
     shadow_text: str | None = None  # the candidate's answer, only with proxy.log_text
-    _text_sample: bytes = PrivateAttr(default=b"")
 
 
 class OutcomeEvent(_Event):

@@ -245,7 +245,7 @@ def test_gauges_of_a_metric_that_became_untestable_are_removed() -> None:
 def test_latency_quantile_sql_matches_the_clustered_reference() -> None:
     import numpy as np
 
-    from splitwatch.service.analyzer.kpi_queries import latency_quantile_stats
+    from splitwatch.service.analyzer.metric_statements import latency_quantile_stats
     from splitwatch.stats.quantile import clustered_quantile_stats
 
     rng = np.random.default_rng(3)

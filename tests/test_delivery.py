@@ -166,7 +166,7 @@ def test_full_spool_drops_and_counts(stubs, tmp_path: Path) -> None:
 
 def test_orphaned_spools_of_removed_workers_are_delivered(broker, stubs, tmp_path: Path) -> None:
     # A previous run had more workers and left events in worker-3's spool; this run has one worker.
-    from splitwatch.service.delivery.shipper import META_FILE
+    from splitwatch.service.delivery.shipper_process import META_FILE
     from splitwatch.service.delivery.spool import Spool
     from splitwatch.service.events import OutcomeEvent
 

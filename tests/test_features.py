@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from splitwatch.service.features import prompt_features
-from splitwatch.service.text_features import text_features
+from splitwatch.service.features.prompt import prompt_features
+from splitwatch.service.features.text import text_features
 
 
 def test_chat_features() -> None:
@@ -54,7 +54,7 @@ def test_empty_and_odd_bodies() -> None:
 
 
 def test_language_identifier_is_offline_and_bounded() -> None:
-    from splitwatch.service.features import LANGUAGE_SAMPLE_CHARS, detect_language, language_sample, prompt_text
+    from splitwatch.service.features.prompt import LANGUAGE_SAMPLE_CHARS, detect_language, language_sample, prompt_text
 
     assert detect_language("Where is my parcel? I ordered it last week.") == "en"
     assert detect_language("Wo ist mein Paket? Ich habe es letzte Woche bestellt.") == "de"
@@ -70,7 +70,7 @@ SWAHILI = "Kifurushi changu kiko wapi? Nimekuwa nikikisubiri kwa wiki nzima sasa
 
 def test_languages_outside_the_default_list_can_be_configured() -> None:
     from splitwatch.service.config import ConfigError, parse_config
-    from splitwatch.service.features import LANGUAGES, detect_language, supported_languages
+    from splitwatch.service.features.prompt import LANGUAGES, detect_language, supported_languages
 
     assert "sw" not in LANGUAGES and detect_language(SWAHILI) != "sw"  # attributed to the closest of the 30
     assert detect_language(SWAHILI, ("en", "sw")) == "sw"
@@ -84,7 +84,7 @@ def test_languages_outside_the_default_list_can_be_configured() -> None:
         assert "drift.languages" in str(info.value)
 
 
-# -- the event shipper's features (service/text_features.py, topic_sketch.py, answer_features.py) ------
+# -- the event shipper's features (service/features/text.py, topic_sketch.py, answer_features.py) ------
 def _real_tracebacks() -> list[str]:
     """Return tracebacks raised for real by the standard library, each as a user would paste it."""
     import importlib
@@ -150,7 +150,7 @@ def test_links_numbers_and_personal_data_are_counted_not_kept() -> None:
 def test_topic_sketch_keeps_subject_not_words() -> None:
     import numpy as np
 
-    from splitwatch.service.topic_sketch import SKETCH_DIMS, decode_sketch, sketch_vector, topic_sketch
+    from splitwatch.service.features.topic_sketch import SKETCH_DIMS, decode_sketch, sketch_vector, topic_sketch
 
     a = "My invoice shows a double charge for the premium subscription this month"
     b = "The premium subscription invoice has a double charge, please refund it"
@@ -176,13 +176,13 @@ def test_topic_sketch_keeps_subject_not_words() -> None:
     ("You can't return opened items after 30 days, but I can help you with an exchange.", False),
 ])
 def test_refusal_detector(answer: str, refusal: bool) -> None:
-    from splitwatch.service.answer_features import is_refusal
+    from splitwatch.service.features.answer import is_refusal
 
     assert is_refusal(answer) is refusal
 
 
 def test_answer_features_of_json_and_streamed_answers() -> None:
-    from splitwatch.service.answer_features import answer_features, stream_content
+    from splitwatch.service.features.answer import answer_features, stream_content
 
     ok = {"status_code": 200, "stream": False, "finish_reason": "stop"}
     assert answer_features(ok, "I can't help with that.") == {"refusal": 1.0, "empty": 0.0, "truncated": 0.0,
@@ -204,7 +204,7 @@ def test_answer_features_of_json_and_streamed_answers() -> None:
 def test_the_shipper_adds_features_and_drops_the_text() -> None:
     import orjson
 
-    from splitwatch.service.delivery.shipper import with_text_features
+    from splitwatch.service.delivery.text_enrichment import with_text_features
     from splitwatch.service.events import TEXT_KIND_ANSWER, TEXT_KIND_PROMPT
 
     secret = "Traceback (most recent call last):\n  File \"app.py\", line 3, in <module>\nKeyError: 'token-XYZ'"

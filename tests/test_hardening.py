@@ -387,7 +387,9 @@ def test_a_record_the_broker_refuses_is_isolated_and_set_aside(broker, tmp_path:
     from kafka.errors import MessageSizeTooLargeError
 
     from splitwatch.service.config import KafkaConfig
-    from splitwatch.service.delivery.shipper import STATUS_SLOTS, KafkaSink, Shipper
+    from splitwatch.service.delivery.kafka_sink import KafkaSink
+    from splitwatch.service.delivery.shipper import Shipper
+    from splitwatch.service.delivery.shipper_status import STATUS_SLOTS
     from splitwatch.service.delivery.spool import Spool
     from splitwatch.service.events import OutcomeEvent
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from splitwatch.service.analyzer.lake import Lake, Record
-from splitwatch.service.analyzer.report import build_report, to_dict
+from splitwatch.service.analyzer.report import build_report
+from splitwatch.service.analyzer.report_json import to_dict
 from splitwatch.service.config import parse_config
 from splitwatch.service.events import ExposureEvent, OutcomeEvent, ResponseEvent
 
@@ -122,7 +123,7 @@ def test_a_mean_of_a_million_with_a_spread_of_a_hundredth_keeps_its_variance() -
     import numpy as np
     from scipy import stats as st
 
-    from splitwatch.service.analyzer.kpi_queries import _metric_stats
+    from splitwatch.service.analyzer.metric_statements import metric_stats as _metric_stats
     from splitwatch.stats import MetricDefinition, analyze
 
     rng = np.random.default_rng(12)

@@ -130,6 +130,7 @@ ALLOWED_STAGES = {
 # The CLI starts every process and the package re-exports its public names: they may import any stage.
 # Every other shared module is a contract and imports no stage.
 ENTRY_POINTS = {"splitwatch.service.cli", "splitwatch.service.cli_evidence", "splitwatch.service"}
+# (the feature extractors in service/features/ are contracts too: see the test below)
 
 
 def _stage_of(module: str) -> str | None:
@@ -168,6 +169,39 @@ def test_stages_import_only_upstream_stages_and_the_contracts() -> None:
                 if theirs and theirs != mine and theirs not in ALLOWED_STAGES.get(mine or "", set()):
                     wrong.append(f"{rel}:{node.lineno} ({mine or 'contract'}) imports {t} ({theirs})")
     assert sorted(set(wrong)) == []
+
+
+# What drift/ imports from the service (docs/architecture.md, "What drift/ really depends on"): a
+# top-level folder, but not independent of the service.
+DRIFT_DEPENDS_ON = {"splitwatch.service.config", "splitwatch.service.events", "splitwatch.service.metrics",
+                    "splitwatch.service.status_server", "splitwatch.service.delivery.kafka_client",
+                    "splitwatch.service.delivery.kafka_sink", "splitwatch.service.features.prompt",
+                    "splitwatch.service.features.topic_sketch"}
+
+
+def test_drift_depends_on_the_service_modules_the_architecture_names() -> None:
+    used = set()
+    for rel in _sources():
+        if rel.parts[0] != "drift":
+            continue
+        for node in ast.walk(ast.parse((ROOT / rel).read_text())):
+            if isinstance(node, ast.ImportFrom) and _resolve(rel, node).startswith("splitwatch.service"):
+                target = _resolve(rel, node)
+                used |= {f"{target}.{a.name}" if target == "splitwatch.service" else target for a in node.names}
+    assert used == DRIFT_DEPENDS_ON
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    assert all(f"`{m.removeprefix('splitwatch.')}`" in doc for m in DRIFT_DEPENDS_ON)
+
+
+def test_the_feature_extractors_import_no_stage() -> None:
+    wrong = []
+    for rel in _sources():
+        if rel.parts[:2] != ("service", "features"):
+            continue
+        for node in ast.walk(ast.parse((ROOT / rel).read_text())):
+            if isinstance(node, ast.ImportFrom) and _stage_of(_resolve(rel, node)):
+                wrong.append(f"{rel}:{node.lineno} imports {_resolve(rel, node)}")
+    assert wrong == []
 
 
 def test_make_test_names_a_missing_prerequisite_in_one_line(tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ import duckdb
 import pytest
 
 from splitwatch.service.analyzer.lake import Lake, Record
-from splitwatch.service.analyzer.report import RENDERERS, build_report
+from splitwatch.service.analyzer.report import build_report
+from splitwatch.service.analyzer.report_formats import RENDERERS
 from splitwatch.service.analyzer.rollups import Rollups
 from splitwatch.service.config import parse_config
 from splitwatch.service.events import ExposureEvent, OutcomeEvent

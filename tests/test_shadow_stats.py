@@ -82,7 +82,7 @@ def test_shadow_pairs_from_the_lake_match_references_on_the_raw_pairs(tmp_path: 
     # the report's row of it
     from types import SimpleNamespace
 
-    from splitwatch.service.analyzer.report import SHADOW_HEADER, shadow_rows
+    from splitwatch.service.analyzer.report_tables import SHADOW_HEADER, shadow_rows
 
     (row,) = shadow_rows(SimpleNamespace(shadow=[s]))
     assert len(row) == len(SHADOW_HEADER) and row[0] == "finetuned" and row[1] == "300"
@@ -106,7 +106,7 @@ def test_shadow_pairs_from_the_lake_match_references_on_the_raw_pairs(tmp_path: 
 
 
 def test_compare_answers_scores_a_pair() -> None:
-    from splitwatch.service.answer_comparison import compare_answers, is_json
+    from splitwatch.service.features.answer_comparison import compare_answers, is_json
 
     same = compare_answers("Your order ships today.", "Your order ships today.", False, "stop", "stop")
     assert same["similarity"] == 100.0 and same["length_ratio"] == 1.0 and same["same_finish"] == 1.0

@@ -23,7 +23,7 @@ from .. import metrics
 from ..config import AnalyzerConfig, Config, ExperimentConfig
 from ..control.channel import Control, ControlUnavailable
 from ..control.state import ExperimentState
-from ..delivery.shipper import EventOutbox, KafkaSink
+from ..delivery.kafka_sink import EventOutbox, KafkaSink
 from .analysis import analyze_data
 from .fast_path import FailureMonitor, decode
 from .guard_policy import Evidence, GuardAction, GuardMemory, decide, evidence_from_result, step_index

@@ -184,14 +184,8 @@ class Ingestor:
                 polled = self._consumer.poll(timeout_ms=200, max_records=a.batch_max_events)
                 if supervisor is not None:
                     supervisor.polled(lambda: consumer_connected(consumer))
-                for tp, msgs in polled.items():
-                    for m in msgs:
-                        if m.offset < self.next_offsets.get(tp.partition, 0):
-                            continue  # already in the lake
-                        if count == 0:
-                            batch_started = time.monotonic()
-                        pending[tp.partition].append(Record(tp.partition, m.offset, m.value))
-                        count += 1
+                if self._add_polled(polled) and count == 0:
+                    batch_started = time.monotonic()
                 count = sum(len(r) for r in pending.values())  # a rebalance may have taken some
                 if count >= a.batch_max_events or (count and time.monotonic() - batch_started >= a.batch_max_seconds):
                     self._flush(pending, stats)
@@ -199,14 +193,8 @@ class Ingestor:
                 if polled:
                     last_record = time.monotonic()
                 if until_caught_up:
-                    if targets is None and self._consumer.assignment():
-                        assigned = list(self._consumer.assignment())
-                        targets = {tp.partition: end for tp, end in self._consumer.end_offsets(assigned).items()}
-                    # Caught up: every partition at its end offset *and* a quiet second. The end offsets
-                    # alone are not enough: Tansu answers ListOffsets(latest) with the base offset of the
-                    # last record batch, short of the high watermark (seen in tests/test_analyzer.py).
-                    if (targets is not None and time.monotonic() - last_record >= CATCH_UP_IDLE_S
-                            and all(self._position(p) >= end for p, end in targets.items())):
+                    targets = targets or self._end_offsets()
+                    if self._caught_up(targets, last_record):
                         break
             if count:
                 self._flush(pending, stats)
@@ -215,6 +203,31 @@ class Ingestor:
             self._consumer.close(autocommit=False)
         stats.seconds = time.perf_counter() - t0
         return stats
+
+    def _add_polled(self, polled: dict[Any, list[Any]]) -> bool:
+        """Add the polled records not yet in the lake to the pending batch; return True when any was added."""
+        added = False
+        for tp, msgs in polled.items():
+            for m in msgs:
+                if m.offset < self.next_offsets.get(tp.partition, 0):
+                    continue  # already in the lake
+                self._pending[tp.partition].append(Record(tp.partition, m.offset, m.value))
+                added = True
+        return added
+
+    def _end_offsets(self) -> dict[int, int] | None:
+        """Return the end offset of each assigned partition (None before the assignment)."""
+        assigned = list(self._consumer.assignment())
+        if not assigned:
+            return None
+        return {tp.partition: end for tp, end in self._consumer.end_offsets(assigned).items()}
+
+    def _caught_up(self, targets: dict[int, int] | None, last_record: float) -> bool:
+        """Return True when every partition is at its end offset *and* a quiet second has passed. The end
+        offsets alone are not enough: Tansu answers ListOffsets(latest) with the base offset of the last
+        record batch, short of the high watermark (seen in tests/test_analyzer.py)."""
+        return (targets is not None and time.monotonic() - last_record >= CATCH_UP_IDLE_S
+                and all(self._position(p) >= end for p, end in targets.items()))
 
     def _position(self, partition: int) -> int:
         from kafka import TopicPartition

@@ -13,7 +13,7 @@ from .. import metrics
 from ..config import Config
 from ..control.channel import KafkaControl
 from ..control.state import StateTable
-from ..delivery.shipper import KafkaSink
+from ..delivery.kafka_sink import KafkaSink
 from ..status_server import Supervisor, start_status_server
 from .analysis import analyze_data, clear_gauges, export_gauges, live_verdict
 from .engines import attach_lake

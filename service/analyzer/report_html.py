@@ -16,7 +16,11 @@ from collections.abc import Iterable
 
 from splitwatch.stats import ROLES, MetricResult
 
-from .report import (
+from .daily_series import SeriesPoint
+from .report import Report
+from .report_content import TITLES, banners, metric_vocabulary, power_line, sections, summary_lines, vocabulary_lines
+from .report_format import fmt_chance, fmt_interval, fmt_margin, fmt_n, fmt_num, fmt_p
+from .report_tables import (
     ANSWERS_HEADER,
     ANSWERS_NOTE,
     DRIFT_HEADER,
@@ -24,19 +28,12 @@ from .report import (
     SHADOW_HEADER,
     SHADOW_NOTE,
     TIMELINE_HEADER,
-    TITLES,
-    Report,
-    SeriesPoint,
     answer_rows,
-    banners,
     drift_rows,
-    metric_vocabulary,
-    power_line,
     shadow_category_rows,
     shadow_rows,
     timeline_rows,
 )
-from .report_format import fmt_chance, fmt_interval, fmt_margin, fmt_n, fmt_num, fmt_p
 
 esc = html.escape
 COLOURS = {"better": "#1e8e3e", "worse": "#d93025", "inconclusive": "#5f6368", "non_inferior": "#1e8e3e",
@@ -220,7 +217,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
             + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows) + "</table>")
 
 
-def render_html(rep: Report, summary_lines: list[str], notes: dict[str, str], vocabulary_lines: list[str]) -> str:
+def render_html(rep: Report, summary: list[str], notes: dict[str, str], vocabulary: list[str]) -> str:
     """Return the report as one self-contained HTML page."""
     v = rep.verdict
     decision = v.decision if v else "invalid"
@@ -237,7 +234,7 @@ def render_html(rep: Report, summary_lines: list[str], notes: dict[str, str], vo
     banner_html = "".join(f'<div class="banner {level}">{esc(text)}</div>' for level, text in banners(rep))
     vocab = {m["metric"]: m for m in metric_vocabulary(rep)}
     results = rep.result.results if rep.result else []
-    sections = "".join(_section(rep, role, [r for r in results if r.role == role], vocab, notes.get(role, ""))
+    by_role = "".join(_section(rep, role, [r for r in results if r.role == role], vocab, notes.get(role, ""))
                        for role in ROLES if any(r.role == role for r in results))
     plots = "".join(
         f'<figure><img alt="{esc(m)}, {esc(a)} vs control" '
@@ -259,12 +256,18 @@ def render_html(rep: Report, summary_lines: list[str], notes: dict[str, str], vo
 <h1>{esc(rep.experiment.key)}: <span class="headline" style="color:{fg}">{esc(headline)}</span></h1>
 <p class="sub">Phase {rep.experiment.phase}, units first exposed {rep.start} to {rep.end}, {tests}</p>
 {verdict}{banner_html}
-<ul class="summary">{"".join(f"<li>{esc(line)}</li>" for line in summary_lines)}</ul>
-{sections}
+<ul class="summary">{"".join(f"<li>{esc(line)}</li>" for line in summary)}</ul>
+{by_role}
 <h2>Effects over time</h2>
 <p class="note">Cumulative relative effect at the end of each day, with its interval as a band.</p>
 <div class="grid">{plots}</div>
 {drift}{rollout}
-<h2>Metric definitions</h2><ul>{"".join(f"<li>{esc(line)}</li>" for line in vocabulary_lines)}</ul>
+<h2>Metric definitions</h2><ul>{"".join(f"<li>{esc(line)}</li>" for line in vocabulary)}</ul>
 </body></html>
 """
+
+
+def to_html(rep: Report) -> str:
+    """Return the report as one self-contained HTML results page."""
+    notes = {role: note for role in ROLES for title, _, _, note in sections(rep) if title == TITLES[role]}
+    return render_html(rep, summary_lines(rep), notes, vocabulary_lines(rep))

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from ..config import KafkaConfig
 from ..delivery.kafka_client import consumer_connected, ensure_topic, kafka_security_settings
-from ..delivery.shipper import KafkaSink
+from ..delivery.kafka_sink import KafkaSink
 from .state import ExperimentState, StateTable, parse_state
 
 log = logging.getLogger(__name__)

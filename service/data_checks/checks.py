@@ -144,41 +144,52 @@ def _duplicates(examples: list[Example], opts: DataOptions, f: DataFindings) -> 
             f.conflicts.append({"examples": [examples[i].key for i in group], "labels": len(labels)})
 
 
+def _label_balance(examples: list[Example], f: DataFindings) -> None:
+    """Set the label counts, the imbalance ratio and the normalised label entropy."""
+    counts = Counter(ex.label for ex in examples if ex.label is not None)
+    if not counts:
+        return
+    f.labels = dict(counts.most_common())
+    f.imbalance_ratio = max(counts.values()) / min(counts.values())
+    total = sum(counts.values())
+    entropy = -sum(c / total * math.log(c / total) for c in counts.values())
+    f.label_entropy = entropy / math.log(len(counts)) if len(counts) > 1 else 0.0
+
+
+def _contamination(tuning: list[Example], evals: list[Example], opts: DataOptions, f: DataFindings) -> None:
+    """Add the eval cases whose question shares at least ``opts.overlap`` of its n-grams with the tuning set."""
+    seen_grams: set[str] = set()
+    texts = []
+    for ex in tuning:
+        for text in (ex.input, ex.target or ""):
+            texts.append(normalise(text))
+            seen_grams |= _ngrams(texts[-1], opts.ngram, normalised=True)
+    corpus = " " + " | ".join(texts) + " "
+    for ex in evals:
+        words = normalise(ex.asked).split()  # the case's own question, not a system prompt all cases share
+        if not words:
+            continue
+        if len(words) < opts.ngram:  # shorter than one n-gram: the whole question, found in a tuning text
+            share = float(f" {' '.join(words)} " in corpus)
+        else:
+            grams = _ngrams(" ".join(words), opts.ngram, normalised=True)
+            share = len(grams & seen_grams) / len(grams)
+        if share >= opts.overlap:
+            f.contaminated.append({"case": ex.key, "overlap": share})
+
+
 def check(tuning: list[Example], evals: list[Example], bad_lines: list[str], files: dict[str, int],
           opts: DataOptions) -> DataFindings:
     """Return the findings of every check (see the module) on the tuning examples and the eval cases."""
     f = DataFindings(files, bad_lines, eval_cases=len(evals), options=asdict(opts))
     for group in (tuning, evals):  # within each set; between them is contamination (below)
         _duplicates(group, opts, f)
-    counts = Counter(ex.label for ex in (tuning or evals) if ex.label is not None)  # the tuning set's, if any
-    if counts:
-        f.labels = dict(counts.most_common())
-        f.imbalance_ratio = max(counts.values()) / min(counts.values())
-        total = sum(counts.values())
-        entropy = -sum(c / total * math.log(c / total) for c in counts.values())
-        f.label_entropy = entropy / math.log(len(counts)) if len(counts) > 1 else 0.0
+    _label_balance(tuning or evals, f)  # the tuning set's, if any
     for ex in tuning + evals:
         if not ex.input.strip() or (ex.target is not None and not ex.target.strip()):
             f.empty.append(ex.key)
         if len(ex.input.split()) + len((ex.target or "").split()) > opts.max_words:
             f.over_long.append(ex.key)
     if evals and tuning:
-        seen_grams: set[str] = set()
-        texts = []
-        for ex in tuning:
-            for text in (ex.input, ex.target or ""):
-                texts.append(normalise(text))
-                seen_grams |= _ngrams(texts[-1], opts.ngram, normalised=True)
-        corpus = " " + " | ".join(texts) + " "
-        for ex in evals:
-            words = normalise(ex.asked).split()  # the case's own question, not a system prompt all cases share
-            if not words:
-                continue
-            if len(words) < opts.ngram:  # shorter than one n-gram: the whole question, found in a tuning text
-                share = float(f" {' '.join(words)} " in corpus)
-            else:
-                grams = _ngrams(" ".join(words), opts.ngram, normalised=True)
-                share = len(grams & seen_grams) / len(grams)
-            if share >= opts.overlap:
-                f.contaminated.append({"case": ex.key, "overlap": share})
+        _contamination(tuning, evals, opts, f)
     return f

@@ -31,12 +31,13 @@ from pydantic import BaseModel
 
 from .. import metrics
 from ..config import KafkaConfig
-from ..features import LANGUAGES
+from ..features.prompt import LANGUAGES
 from .dead_letters import DeadLetters, dead_letters_for
-from .shipper import (
+from .pipe_frames import MAX_SAMPLE_BYTES, PipeRecord, encode_batch, frame_error
+from .shipper_process import shipper_main
+from .shipper_status import (
     CONNECTED,
     ERROR_BYTES,
-    MAX_SAMPLE_BYTES,
     PENDING_EVENTS,
     SENT,
     SPOOL_DROPPED,
@@ -45,10 +46,6 @@ from .shipper import (
     STATE_RUNNING,
     STATE_STARTING,
     STATUS_SLOTS,
-    PipeRecord,
-    encode_batch,
-    frame_error,
-    shipper_main,
 )
 from .spool import SpoolLockedError
 
@@ -219,7 +216,7 @@ class EventPublisher:
         key, value = b"", b""
         try:
             key, value = ev.key(), ev.to_json()  # type: ignore[attr-defined]
-            sample = getattr(ev, "_text_sample", b"")
+            sample = getattr(ev, "text_sample", b"")
         except Exception as exc:  # e.g. a string orjson refuses (lone surrogates)
             value = value or repr(ev).encode("utf-8", "replace")
             self.dead_letters.add("unserialisable", key, value, f"{type(exc).__name__}: {exc}")

@@ -166,7 +166,8 @@ def _messages(value: Any, line: int) -> tuple[tuple[dict[str, Any], ...] | None,
     return tuple(value), None
 
 
-def _parse_line(raw: bytes, line: int) -> EvalCase | BadLine:
+def _object(raw: bytes, line: int) -> dict[str, Any] | BadLine:
+    """Return the line's JSON object with known fields only, or why it is not one."""
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -176,11 +177,26 @@ def _parse_line(raw: bytes, line: int) -> EvalCase | BadLine:
     unknown = sorted(set(obj) - set(FIELDS))
     if unknown:
         return BadLine(line, unknown[0], f"unknown field; expected {', '.join(FIELDS)}")
+    return obj
+
+
+def _case_id(obj: dict[str, Any], line: int) -> str | BadLine:
+    """Return the case's id (``line-N`` when absent; a number as text), or why it is not valid."""
     case_id = obj.get("id", f"line-{line}")
     if isinstance(case_id, int) and not isinstance(case_id, bool):
         case_id = str(case_id)
     if not isinstance(case_id, str) or not case_id or len(case_id) > MAX_ID_CHARS:
         return BadLine(line, "id", f"must be a string of 1 to {MAX_ID_CHARS} characters")
+    return case_id
+
+
+def _parse_line(raw: bytes, line: int) -> EvalCase | BadLine:
+    obj = _object(raw, line)
+    if isinstance(obj, BadLine):
+        return obj
+    case_id = _case_id(obj, line)
+    if isinstance(case_id, BadLine):
+        return case_id
     has_messages, has_prompt = "messages" in obj, "prompt" in obj
     if has_messages == has_prompt:
         return BadLine(line, "messages", "a line needs exactly one of messages or prompt")

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import orjson
 
-from ..answer_features import completion_content, finish_reason_of
 from ..config import ArmConfig, ExperimentConfig, UpstreamConfig
+from ..features.answer import completion_content, finish_reason_of
 from ..proxy.upstream import UpstreamClients, build_request, usage_of
 from .dataset import EvalCase
 from .store import CallResult, ResultStore

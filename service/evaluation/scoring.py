@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..answer_comparison import chrf, chrf_metric
+from ..features.answer_comparison import chrf, chrf_metric
 
 OTHER_LABEL = "(other)"
 """The predicted class of an answer that is none of the dataset's labels."""

@@ -239,7 +239,9 @@ class StubModelApp:
                     "headers": [(b"content-type", ctype), (b"content-length", str(len(data)).encode())]})
         await send({"type": "http.response.body", "body": data})
 
-    async def _complete(self, scope: ASGIScope, receive: Any, send: Any, body: dict[str, Any], chat: bool) -> None:
+    # Past the size limits on purpose (pyproject.toml):
+    # test tooling; each branch is one knob a test turns (status, failures, refusals, logprobs...)
+    async def _complete(self, scope: ASGIScope, receive: Any, send: Any, body: dict[str, Any], chat: bool) -> None:  # noqa: C901
         s = self.settings
         meta = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
         self.stats.requests += 1
@@ -377,11 +379,11 @@ class StubModelApp:
             gone.cancel()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run a stub model server (``python -m splitwatch.service.local.stub_model --port P``)."""
-    import uvicorn
+DESCRIPTION = __doc__.split("\n\n")[0]
 
-    p = argparse.ArgumentParser(prog="splitwatch stub-model", description=__doc__.split("\n\n")[0])
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the stub server's options to ``p`` (``splitwatch stub-model`` and this module's own main)."""
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8001)
     p.add_argument("--name", default="stub")
@@ -406,7 +408,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--number-noise", type=float, default=0.0, help="numeric labels: answer label + N(0, X)")
     p.add_argument("--accuracy-on", action="append", default=[], metavar="KEY=VALUE:ACCURACY",
                    help="another accuracy on the cases whose metadata KEY is VALUE (repeatable)")
-    a = p.parse_args(argv)
+
+
+def serve(a: argparse.Namespace) -> None:
+    """Run the stub model server with the parsed options until interrupted."""
+    import uvicorn
+
     accuracy_on = {spec.rsplit(":", 1)[0]: float(spec.rsplit(":", 1)[1]) for spec in a.accuracy_on}
     app = StubModelApp(StubSettings(a.name, a.latency_ms, a.token_delay_ms, a.completion_tokens, a.status,
                                     a.fail_rate, a.refusal_rate, a.words, a.diverge_on, a.diverge_tokens,
@@ -414,6 +421,13 @@ def main(argv: list[str] | None = None) -> None:
                                     a.refuse_echo, a.label_confidence, a.number_noise, accuracy_on))
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning", access_log=False, lifespan="on",
                 timeout_keep_alive=a.keep_alive_s)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run a stub model server (``python -m splitwatch.service.local.stub_model --port P``)."""
+    p = argparse.ArgumentParser(prog="splitwatch stub-model", description=DESCRIPTION)
+    add_arguments(p)
+    serve(p.parse_args(argv))
 
 
 if __name__ == "__main__":

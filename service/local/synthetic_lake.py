@@ -51,7 +51,9 @@ def synthetic_config(lake_dir: Path | str, engine: str = "duckdb") -> dict[str, 
                              "metrics": metrics}]}
 
 
-def write_synthetic_lake(lake_dir: Path | str, first_day: date, units: int = 400, seed: int = 11,
+# Past the size limits on purpose (pyproject.toml):
+# test data; each branch plants one counting rule the engines must agree on (listed in the module)
+def write_synthetic_lake(lake_dir: Path | str, first_day: date, units: int = 400, seed: int = 11,  # noqa: C901, PLR0915
                          span_hours: float = 40.0, partition: int = 0, prefix: str = "u") -> int:
     """Write the lake (see the module) with ``units`` users first exposed over the ``span_hours`` from
     ``first_day``, as Kafka ``partition``'s batches (several calls: several partitions, each with its own

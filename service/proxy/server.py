@@ -81,7 +81,9 @@ def _worker_main(config_path: str, sock: socket.socket, index: int, proxy: Proxy
     uvicorn.Server(cfg).run(sockets=[sock])
 
 
-def serve_workers(config_path: str, host: str, port: int, workers: int) -> None:
+# Past the size limits on purpose (pyproject.toml):
+# the supervisor's one loop (start, watch, restart, stop N workers and their signals)
+def serve_workers(config_path: str, host: str, port: int, workers: int) -> None:  # noqa: C901
     """Run ``workers`` proxy processes on one socket under this supervising process."""
     from ..config import load_config
 

@@ -20,15 +20,15 @@ import httpx
 import orjson
 
 from .. import metrics
-from ..answer_features import (
+from ..config import ArmConfig, ShadowConfig
+from ..events import TEXT_KIND_ANSWER, TEXT_KIND_STREAM, ShadowEvent, ShadowSide, pair_sample
+from ..features.answer import (
     ANSWER_SAMPLE_CHARS,
     STREAM_SAMPLE_BYTES,
     completion_content,
     finish_reason_of,
     stream_content,
 )
-from ..config import ArmConfig, ShadowConfig
-from ..events import TEXT_KIND_ANSWER, TEXT_KIND_STREAM, ShadowEvent, ShadowSide, pair_sample
 from .assignment import Assignment
 from .upstream import SSEUsageScanner, build_request, status_error_kind, usage_of
 
@@ -113,7 +113,7 @@ class ShadowPair:
             control=self.control.side, shadow=self.shadow.side,
             text=self.control.text if self.log_text else None,
             shadow_text=self.shadow.text if self.log_text else None)
-        event._text_sample = pair_sample(self.control.sample, self.shadow.sample)
+        event.attach_text_sample(pair_sample(self.control.sample, self.shadow.sample))
         self.publish(event)
 
 

@@ -23,8 +23,8 @@ from typing import Any
 import httpx
 from starlette.responses import Response
 
-from ..answer_features import STREAM_SAMPLE_BYTES
 from ..events import TEXT_KIND_STREAM
+from ..features.answer import STREAM_SAMPLE_BYTES
 from .upstream import SSEUsageScanner, UsageChunkFilter
 from .upstream_stream import UpstreamResponse
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from .answer_features import is_refusal
+from .answer import is_refusal
 
 
 @cache

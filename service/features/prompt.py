@@ -162,7 +162,7 @@ def language_sample(last_user: str) -> str:
 def shipper_features(last_user: str, languages: tuple[str, ...] = LANGUAGES) -> dict[str, Any]:
     """Return the features the event shipper adds from the last user message: ``language``, ``topic``
     (:mod:`.topic_sketch`) and those of :func:`.text_features.text_features`."""
-    from .text_features import TEXT_SAMPLE_CHARS, text_features
+    from .text import TEXT_SAMPLE_CHARS, text_features
     from .topic_sketch import topic_sketch
 
     sample = last_user[:TEXT_SAMPLE_CHARS]
