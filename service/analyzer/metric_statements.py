@@ -61,6 +61,12 @@ def _note_cap(rows: list[dict[str, Any]], caps: dict[str, float], name: str) -> 
 _RATIO_NAMES = ["arm", "day", "n", "num_sum", "num_ss", "den_sum", "den_ss", "cross", "cap"]
 
 
+def _ratio_stats(rows: list[dict[str, Any]], by_day: bool) -> dict[Key, Stats]:
+    """Return the RatioStats of rows named by _RATIO_NAMES, per key (rows with no unit left out)."""
+    return {_key(r, by_day): RatioStats(int(r["n"]), float(r["num_sum"]), float(r["num_ss"]), float(r["den_sum"]),
+                                        float(r["den_ss"]), float(r["cross"])) for r in rows if r["n"]}
+
+
 def _ratio(con: Any, per_unit: str, m: MetricDefinition, caps: dict[str, float], by_day: bool) -> dict[Key, Stats]:
     """Return ratio statistics from a per-unit CTE body with columns arm, day, unit_id, num, den."""
     rows = _named(con, f"""
@@ -71,8 +77,7 @@ def _ratio(con: Any, per_unit: str, m: MetricDefinition, caps: dict[str, float],
                sum(num * den), any_value(c.cap)
         FROM pc, c GROUP BY {_keys(by_day)}""", _RATIO_NAMES)
     _note_cap(rows, caps, m.name)
-    return {_key(r, by_day): RatioStats(int(r["n"]), float(r["num_sum"]), float(r["num_ss"]), float(r["den_sum"]),
-                                        float(r["den_ss"]), float(r["cross"])) for r in rows if r["n"]}
+    return _ratio_stats(rows, by_day)
 
 
 def _per_request(name: str, by_day: bool) -> str:
@@ -160,8 +165,7 @@ def _outcome_ratio(con: Any, m: MetricDefinition, values: str, caps: dict[str, f
                any_value(cap)
         FROM pu GROUP BY {_keys(by_day)}""", _RATIO_NAMES)
     _note_cap(rows, caps, m.name)
-    return {_key(r, by_day): RatioStats(int(r["n"]), float(r["num_sum"]), float(r["num_ss"]), float(r["den_sum"]),
-                                        float(r["den_ss"]), float(r["cross"])) for r in rows if r["n"]}
+    return _ratio_stats(rows, by_day)
 
 
 def covariates(m: MetricDefinition) -> tuple[str, list[tuple[str, str]]]:
