@@ -250,7 +250,7 @@ class ExperimentConfig(_Strict):
         """Return the outcome metric names clients may post: the metrics and the parts of ratio metrics."""
         parts = {p for m in self.metrics for p in (m.numerator, m.denominator) if p and p != "requests"}
         # built-ins (latency, error rate, tokens, cost) come from response events, never from clients
-        return {m.name for m in self.metrics if builtin_defaults(m.name) is None} | parts
+        return {m.name for m in self.metrics if builtin_defaults(m.name) is None and m.activity is None} | parts
 
 
 class SpoolConfig(_Strict):
@@ -321,6 +321,45 @@ class ProxyConfig(_Strict):
     keep_alive_s: int = Field(5, ge=1)
     # at start, how long a worker reads the control topic before it serves with its cached state
     control_startup_timeout_s: float = Field(5.0, ge=0)
+    # segment attributes a request may carry (X-Splitwatch-Attributes: plan=pro, or the body's metadata),
+    # logged on its exposure; and the client's name, from X-Splitwatch-Client or the API key it sends
+    # (name -> the environment variable holding that key). docs/segments.md
+    attributes: list[AttributeName] = Field(default_factory=list)
+    client_keys: dict[Name, str] = Field(default_factory=dict)
+
+    @field_validator("attributes")
+    @classmethod
+    def _attribute_names(cls, v: list[str]) -> list[str]:
+        _require_unique(v, "proxy.attributes must be unique")
+        reserved = sorted(set(v) & set(RESERVED_DIMENSIONS))
+        if reserved:
+            raise ValueError(f"{reserved} are segment dimensions of every request, not attributes")
+        return v
+
+
+AttributeName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+RESERVED_DIMENSIONS = ("language", "client")
+"""Segment dimensions every request has: the prompt's language (a prompt feature) and its client."""
+
+
+class SegmentsConfig(_Strict):
+    """Results by segment in the report (docs/segments.md): which dimensions, the correction's scope, and
+    whether a segment may change the verdict."""
+
+    # language (the prompt's, from its first request), client, or a name in proxy.attributes
+    dimensions: list[AttributeName] = Field(default_factory=lambda: ["language"])
+    # the family each correction runs over: one dimension's values of one metric, every segment of one
+    # metric, or every segment result of the report (analyzer.correction's method)
+    correction_scope: Literal["per_dimension", "per_metric", "global"] = "per_metric"
+    max_values: int = Field(10, ge=1, le=100)  # the most common values of a dimension; the rest are "(other)"
+    min_units_per_arm: int = Field(30, ge=2)  # a segment with fewer units in an arm is shown, not tested
+    affect_verdict: bool = False  # true: a segment's breached guardrail or worse primary rolls back
+
+    @field_validator("dimensions")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        _require_unique(v, "segment dimensions must be unique")
+        return v
 
 
 class PriceConfig(_Strict):
@@ -373,6 +412,7 @@ class AnalyzerConfig(_Strict):
     guardrail_alpha: float = Field(0.05, gt=0, lt=0.5)
     min_units_per_arm: int = Field(100, ge=2)
     cuped: CupedConfig = CupedConfig()
+    segments: SegmentsConfig = SegmentsConfig()
     latency_quantiles: list[float] = Field(default_factory=lambda: [0.5, 0.95])
     prices: dict[str, PriceConfig] = Field(default_factory=dict)  # by upstream model name
 
@@ -438,6 +478,15 @@ class Config(_Strict):
     def _unique(self) -> Config:
         _require_unique([e.key for e in self.experiments], "experiment keys must be unique")
         _require_unique([e.model for e in self.experiments], "two experiments match the same requested model")
+        # one salt for two experiments would put a unit in the same bucket of both: their arms confounded
+        _require_unique([e.effective_salt for e in self.experiments],
+                        "two experiments hash units with the same salt (their assignments would be confounded; "
+                        "give each its own salt)")
+        allowed = set(RESERVED_DIMENSIONS) | set(self.proxy.attributes)
+        unknown = [d for d in self.analyzer.segments.dimensions if d not in allowed]
+        if unknown:
+            raise ValueError(f"analyzer.segments.dimensions {unknown} are not language, client or one of "
+                             f"proxy.attributes {self.proxy.attributes}")
         if self.analyzer.sequential == "group":
             unplanned = [f"experiments.{i}.plan ({e.key})" for i, e in enumerate(self.experiments) if e.plan is None]
             if unplanned:

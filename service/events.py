@@ -40,7 +40,7 @@ class _Event(BaseModel):
 
     def to_json(self) -> bytes:
         """Return the event as compact JSON bytes (``ts`` in RFC 3339 UTC, ``text`` only when logged)."""
-        exclude = {k for k in ("text", "shadow_text") if getattr(self, k, "") is None} or None
+        exclude = {k for k in ("text", "shadow_text", "attributes") if getattr(self, k, "") is None} or None
         return self.model_dump_json(by_alias=True, exclude=exclude).encode()
 
     def key(self) -> bytes:
@@ -85,6 +85,8 @@ class ExposureEvent(_Event):
     upstream_model: str
     forced: bool = False
     features: dict[str, float | str] = Field(default_factory=dict)
+    # the request's segment attributes: its client and the attributes proxy.segments allows (docs/segments.md)
+    attributes: dict[str, str] | None = None
     text: str | None = None
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 _LATENCY = re.compile(r"latency_p(\d{1,2})_ms")
+_RETENTION = re.compile(r"retention_d([1-9]\d{0,2})")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,19 @@ LATENCY_OK_SQL = "status_code = 200 AND latency_ms IS NOT NULL"
 """The responses whose latency the latency quantiles (``latency_pNN_ms``) are computed from."""
 
 
+ACTIVITY: dict[str, tuple[str, str]] = {
+    "requests_per_unit": ("requests", "requests per user within the attribution window"),
+    "active_days": ("active_days", "days with a request within the attribution window, per user"),
+    "sessions_per_unit": ("sessions", "sessions per user within the attribution window (a pause of "
+                                      "session_gap_minutes, default 30, starts a new one)"),
+    "turns_per_session": ("turns_per_session", "conversation length: the most user turns a request of the session "
+                                               "carried, per session"),
+}
+"""Activity built-ins by name: their ``activity`` and description. ``retention_dN`` (N = 1..999) is the
+day-N retention. Computed from the unit's own requests (exposures), only when an experiment names them
+(docs/analyzer.md, "Activity metrics")."""
+
+
 def latency_metric_name(quantile: float) -> str:
     """Return the built-in latency quantile's name: ``latency_p95_ms`` for 0.95."""
     return f"latency_p{round(quantile * 100):d}_ms"
@@ -67,6 +81,22 @@ def builtin_defaults(name: str) -> dict[str, Any] | None:
                 "description": f"p{q} upstream latency of successful responses, ms"}
     if name in PER_REQUEST:
         return PER_REQUEST[name].defaults()
+    return activity_defaults(name)
+
+
+def activity_defaults(name: str) -> dict[str, Any] | None:
+    """Return the definition fields of the activity built-in called ``name`` (``retention_dN``,
+    ``requests_per_unit``, ...), or None if it is not one."""
+    m = _RETENTION.fullmatch(name)
+    if m is not None:
+        day = int(m.group(1))
+        return {"activity": "retention", "day": day, "kind": "binary", "direction": "increase",
+                "description": f"day-{day} retention: the user made a request on day {day} after the first "
+                               "exposure (or within window_days from it)"}
+    if name in ACTIVITY:
+        activity, description = ACTIVITY[name]
+        kind = "ratio" if activity == "turns_per_session" else "continuous"
+        return {"activity": activity, "kind": kind, "direction": "increase", "description": description}
     return None
 
 
@@ -77,17 +107,20 @@ def is_latency_quantile(name: str) -> bool:
 
 
 def complete_builtin(metric: Any) -> Any:
-    """Return a config metric (a mapping) with a built-in's kind, direction and quantile filled in.
+    """Return a config metric (a mapping) with a built-in's kind, direction and quantile (an activity's
+    activity and day) filled in.
 
     A field the config sets must agree with the built-in's (a built-in's SQL is fixed); the
-    description may be replaced.
+    description may be replaced, and an activity's direction and window.
     """
     if not isinstance(metric, dict) or not isinstance(metric.get("name"), str):
         return metric
     defaults = builtin_defaults(metric["name"])
     if defaults is None:
         return metric
-    for key in ("kind", "quantile", "direction"):
+    # an activity's direction is the experiment's to say (longer conversations: better or worse?)
+    fixed = ("kind", "activity", "day") if "activity" in defaults else ("kind", "quantile", "direction")
+    for key in fixed:
         if key in metric and key in defaults and metric[key] != defaults[key]:
             raise ValueError(f"metric {metric['name']!r} is a built-in: its {key} is {defaults[key]!r}, "
                              f"not {metric[key]!r}")

@@ -32,7 +32,8 @@ _EXPORTS = {
     "SRMResult": "srm", "srm_arm_counts": "srm", "srm_checks": "srm", "srm_chi_square": "srm",
     "srm_sequential": "srm",
     "Reason": "verdict", "StateInForce": "verdict", "Verdict": "verdict", "decide": "verdict",
-    "json_safe": "verdict", "with_state": "verdict",
+    "json_safe": "verdict", "with_state": "verdict", "SegmentFinding": "verdict_rules",
+    "Heterogeneity": "segments", "heterogeneity": "segments", "agreeing_interval": "segments",
     "QuantileStats": "statistics", "RatioStats": "statistics", "RegressionStats": "statistics",
     "SampleStats": "statistics",
 }

@@ -9,6 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 MetricKind = Literal["binary", "continuous", "ratio", "quantile"]
 MetricRole = Literal["primary", "secondary", "guardrail", "diagnostic"]
 ROLES: tuple[MetricRole, ...] = ("primary", "secondary", "guardrail", "diagnostic")
+Activity = Literal["retention", "requests", "active_days", "sessions", "turns_per_session"]
+ACTIVITY_KINDS: dict[str, MetricKind] = {"retention": "binary", "requests": "continuous", "active_days": "continuous",
+                                         "sessions": "continuous", "turns_per_session": "ratio"}
+"""The kind of each activity metric (computed from a unit's exposures, docs/analyzer.md)."""
+DEFAULT_RETENTION_WINDOW_DAYS = 1.0
+DEFAULT_SESSION_GAP_MINUTES = 30.0
 
 
 class MetricCap(BaseModel):
@@ -53,6 +59,25 @@ class MetricDefinition(BaseModel):
     description: str | None = None
     # continuous metrics: each unit's value, ratio metrics: each unit's numerator, capped before summing
     cap: MetricCap | None = None
+    # activity metrics, read from the unit's own requests (exposures) instead of posted outcomes: day-N
+    # retention (``day``, ``window_days``), requests, active days, sessions and turns per session
+    # (``session_gap_minutes``); the kind follows from the activity
+    activity: Activity | None = None
+    day: int | None = Field(None, ge=1, le=366)  # retention: the unit made a request on day N after its first
+    window_days: float | None = Field(None, gt=0, le=366)  # retention: ... or within this many days from day N
+    session_gap_minutes: float | None = Field(None, gt=0, le=7 * 24 * 60)  # a longer pause starts a new session
+
+    @model_validator(mode="before")
+    @classmethod
+    def _activity_kind(cls, data: Any) -> Any:
+        """An activity metric's kind follows from its activity (a kind given must agree)."""
+        if isinstance(data, dict) and data.get("activity") in ACTIVITY_KINDS:
+            kind = ACTIVITY_KINDS[data["activity"]]
+            if data.get("kind", kind) != kind:
+                raise ValueError(f"an activity metric of activity {data['activity']!r} is of kind {kind!r}, "
+                                 f"not {data['kind']!r}")
+            data = {**data, "kind": kind}
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -88,7 +113,29 @@ class MetricDefinition(BaseModel):
             raise ValueError("'cap' is for continuous and ratio metrics (a unit's value, a ratio's numerator)")
         if self.role != "guardrail" and (self.margin is not None or self.relative_margin):
             raise ValueError("'margin' and 'relative_margin' are only for guardrails (role: guardrail)")
+        self._check_activity()
         return self
+
+    def _check_activity(self) -> None:
+        if self.activity == "retention" and self.day is None:
+            raise ValueError("a retention metric needs 'day': the day after the first exposure it asks about")
+        if self.activity != "retention" and (self.day is not None or self.window_days is not None):
+            raise ValueError("'day' and 'window_days' are only for retention metrics (activity: retention)")
+        if self.activity not in ("sessions", "turns_per_session") and self.session_gap_minutes is not None:
+            raise ValueError("'session_gap_minutes' is only for activity: sessions or turns_per_session")
+        if self.activity is not None and self.numerator is not None:
+            raise ValueError("an activity metric has no 'numerator' or 'denominator': its activity defines it")
+
+    @property
+    def retention_window_days(self) -> float:
+        """Return a retention metric's window in days (``window_days``, default 1: day N only)."""
+        return self.window_days if self.window_days is not None else DEFAULT_RETENTION_WINDOW_DAYS
+
+    @property
+    def session_gap_s(self) -> float:
+        """Return the pause, in seconds, after which a unit's next request starts a new session."""
+        return 60 * (self.session_gap_minutes if self.session_gap_minutes is not None
+                     else DEFAULT_SESSION_GAP_MINUTES)
 
     @property
     def guardrail(self) -> bool:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from .engine import ExperimentResult
 from .metric import MetricDefinition
 from .power_plan import PLANNED_POWER
-from .verdict_rules import BROKEN_ASSIGNMENT_SHARE, VerdictDecision, judge
+from .verdict_rules import BROKEN_ASSIGNMENT_SHARE, SegmentFinding, VerdictDecision, judge
 from .verdict_text import at_time, message, sentence, which_test_acted
 
 __all__ = ["BROKEN_ASSIGNMENT_SHARE", "CONFIGURED_PAUSE", "PLANNED_POWER", "Reason", "StateInForce", "Verdict",
@@ -120,14 +120,15 @@ def json_safe(value: Any) -> Any:
 
 def decide(result: ExperimentResult, metrics: Sequence[MetricDefinition], units: Mapping[str, int],
            weights: Mapping[str, float], control: str, units_per_day: float | None = None,
-           multi_arm_units: int = 0) -> Verdict:
+           multi_arm_units: int = 0, segments: Sequence[SegmentFinding] = (),
+           segments_decide: bool = False) -> Verdict:
     """Return the verdict of an analysed experiment: the rules' judgement (:func:`.verdict_rules.judge`)
     in words (:mod:`.verdict_text`).
 
     ``metrics`` gives each metric's role (and planned ``mde``); ``units`` and ``weights`` the split;
     ``units_per_day`` the current traffic (new units per day, all arms), for the days to power.
     """
-    j = judge(result, metrics, units, weights, control, units_per_day, multi_arm_units)
+    j = judge(result, metrics, units, weights, control, units_per_day, multi_arm_units, segments, segments_decide)
     text, plan = sentence(j)
     reasons = [Reason(f.code, message(f, j), f.metric, f.arm, f.data) for f in j.findings + j.notes]
     if j.decision == "keep_running":

@@ -5,7 +5,8 @@ Policy (design, "Metric roles and the verdict"):
 
 - ``invalid``: a sample ratio check failed (chi-square, sequential, or arm counts), or more than
   1% of units were seen in several arms (assignment broken). Overrides the rest.
-- ``roll_back``: a guardrail breached, or a primary metric significantly worse, for any arm.
+- ``roll_back``: a guardrail breached, or a primary metric significantly worse, for any arm (in a
+  segment too, when the config lets segments decide; otherwise a segment's is named, not acted on).
 - ``ship``: for a treatment arm, a primary better, no primary worse, every guardrail
   non-inferior, and every arm at the minimum sample.
 - ``keep_running``: otherwise, with what is missing and the units and days that reach the planned
@@ -43,6 +44,21 @@ class Finding:
     result: MetricResult | None = None
     srm: SRMResult | None = None
     why: str = ""
+
+
+@dataclass(frozen=True)
+class SegmentFinding:
+    """A segment where a guardrail is breached or a primary is worse, after the segments' correction
+    (``stats.segments``): named in the verdict's sentence, deciding only when the config says so."""
+
+    dimension: str
+    value: str
+    metric: str
+    arm: str
+    role: str
+    effect: float
+    p_adjusted: float  # a guardrail's: the adjusted p-value of its breach; a primary's: of its effect
+    units: int
 
 
 @dataclass(frozen=True)
@@ -144,10 +160,21 @@ class _Rules:
         return f
 
 
+def segment_findings(segments: Sequence[SegmentFinding]) -> list[Finding]:
+    """Return the findings of segments where a guardrail is breached or a primary is worse."""
+    return [Finding("segment_guardrail_breached" if s.role == "guardrail" else "segment_primary_worse", s.metric,
+                    s.arm, {"dimension": s.dimension, "value": s.value, "effect": s.effect,
+                            "p_value_adjusted": s.p_adjusted, "units": s.units}) for s in segments]
+
+
 def judge(result: ExperimentResult, metrics: Sequence[MetricDefinition], units: Mapping[str, int],
           weights: Mapping[str, float], control: str, units_per_day: float | None = None,
-          multi_arm_units: int = 0) -> Judgement:
-    """Return what the rules decide for an analysed experiment, with every finding behind it."""
+          multi_arm_units: int = 0, segments: Sequence[SegmentFinding] = (),
+          segments_decide: bool = False) -> Judgement:
+    """Return what the rules decide for an analysed experiment, with every finding behind it.
+
+    ``segments``: segments where a guardrail is breached or a primary is worse. They are named whatever
+    the decision; with ``segments_decide`` they roll back like the same finding over all units."""
     context = {"units": units, "weights": weights}
     invalid = srm_findings(result, units, multi_arm_units)
     if invalid:
@@ -169,6 +196,11 @@ def judge(result: ExperimentResult, metrics: Sequence[MetricDefinition], units: 
             ship.append((arm, f.better))
         elif not (f.worse or f.breached):
             missing += f.better + f.open_primaries
+    by_segment = segment_findings(segments)
+    if segments_decide:
+        back += by_segment
+    else:
+        notes += by_segment
     if not rules.primaries:
         missing.insert(0, Finding("no_primary"))
     if short:

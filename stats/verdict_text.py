@@ -88,6 +88,14 @@ def _min_sample(f: Finding, j: Judgement) -> str:
     return f"below the minimum sample of {f.data['min_units_per_arm']} units per arm ({short})"
 
 
+def _segment(f: Finding, j: Judgement) -> str:
+    d = f.data
+    what = "breached its margin" if f.code == "segment_guardrail_breached" else "worse"
+    kind = "guardrail" if f.code == "segment_guardrail_breached" else "primary"
+    return (f"{kind} {f.metric} {what} for {f.arm} among {d['dimension']} = {d['value']} ({_num(d['effect'])}, "
+            f"adjusted {p_text(d['p_value_adjusted'])}, {d['units']:,} units)")
+
+
 _MESSAGES: dict[str, Callable[[Finding, Judgement], str]] = {
     "srm": _srm,
     "broken_assignment": _broken,
@@ -101,6 +109,8 @@ _MESSAGES: dict[str, Callable[[Finding, Judgement], str]] = {
                                           f"({effect_text(_row(f))}{_power_text(f.data)})"),
     "no_primary": lambda f, j: "no metric has role: primary, so nothing can ship",
     "min_sample": _min_sample,
+    "segment_guardrail_breached": _segment,
+    "segment_primary_worse": _segment,
 }
 
 

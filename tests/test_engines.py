@@ -98,10 +98,13 @@ def _assert_equal_statistics(d: object, s: object) -> None:
     assert set(d.history_share) == {"resolved", "csat", "revenue_per_order", "messages_per_request"}
     for metric, share in d.history_share.items():
         assert 0 < share < 1 and _close(share, s.history_share[metric]), metric
-    assert d.caps.keys() == s.caps.keys() == {"csat"} and _close(d.caps["csat"], s.caps["csat"])
+    assert d.caps.keys() == s.caps.keys() == {"csat", "requests_per_unit"}
+    assert all(_close(d.caps[m], s.caps[m]) for m in d.caps)
+    assert d.censored == s.censored and 0 < d.censored["retention_d1"] < sum(d.units.values())
     names = {m.name for m in d.metrics}
     assert {"latency_p50_ms", "latency_p95_ms", "error_rate", "completion_tokens_per_request",
-            "cost_per_request"} <= names
+            "cost_per_request", "retention_d1", "sessions_per_unit", "turns_per_session", "active_days",
+            "requests_per_unit"} <= names
     for arm, per_metric in d.stats.items():
         for metric, stats in per_metric.items():
             other = s.stats[arm][metric]

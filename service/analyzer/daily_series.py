@@ -83,10 +83,10 @@ def _per_day(con: Any, data: ExperimentData) -> list[_Cumulative]:
         if m.kind == "quantile":
             out.append(_Cumulative(m, daily_latency_quantiles(con, m.quantile or 0.5), None, True))
         elif data.history_share.get(m.name, 0) > 0:  # adjusted in the report's analysis
-            stats, history = adjusted_stats(con, m, {}, by_day=True)
+            stats, history = adjusted_stats(con, m, {}, by="day")
             out.append(_Cumulative(m, stats, history, False))
         else:
-            out.append(_Cumulative(m, metric_stats(con, m, {}, by_day=True), None, False))
+            out.append(_Cumulative(m, metric_stats(con, m, {}, by="day"), None, False))
     return out
 
 

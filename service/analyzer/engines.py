@@ -86,6 +86,8 @@ def to_spark(tree: exp.Expression, view_of: Any) -> str:
             # DuckDB's quantile_cont(x, q): Spark's percentile_cont wants WITHIN GROUP; percentile(x, q)
             # interpolates the same way and takes an array of q
             return exp.Anonymous(this="percentile", expressions=[node.this, node.args["expression"]])
+        if isinstance(node, exp.Anonymous) and node.name.lower() == "epoch_us":
+            return exp.Anonymous(this="unix_micros", expressions=node.expressions)  # whole microseconds, both
         if isinstance(node, exp.Table) and isinstance(node.this, exp.ReadParquet):
             arg = node.this.expressions[0]  # bound: a string literal, or an array of them
             paths = tuple(e.name for e in arg.expressions) if isinstance(arg, exp.Array) else arg.name

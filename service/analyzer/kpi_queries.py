@@ -23,7 +23,7 @@ Every event is deduplicated by ``event_id`` first: delivery is at least once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
@@ -32,7 +32,9 @@ from splitwatch.stats import MetricDefinition
 
 from ..config import AnalyzerConfig, ExperimentConfig
 from ..metric_catalog import PER_REQUEST, builtin_defaults, latency_metric_name
+from .activity_statements import activity_definition, censored_sql
 from .engines import SparkConnection
+from .lake import SCHEMA, analysis_columns, file_columns
 from .metric_statements import Stats, adjusted_stats, history_share, metric_stats
 
 
@@ -58,6 +60,8 @@ class ExperimentData:
     caps: dict[str, float] = field(default_factory=dict)  # metric -> the cap applied to its per-unit values
     # metric -> the share of units with pre-period data, for the metrics adjusted by CUPED
     history_share: dict[str, float] = field(default_factory=dict)
+    # retention metric -> the period's units left out because their window ends after the data does
+    censored: dict[str, int] = field(default_factory=dict)
 
 
 def builtin_metrics(cfg: AnalyzerConfig, with_cost: bool) -> list[MetricDefinition]:
@@ -70,6 +74,8 @@ def builtin_metrics(cfg: AnalyzerConfig, with_cost: bool) -> list[MetricDefiniti
 def unit_definition(m: MetricDefinition, cfg: AnalyzerConfig) -> str:
     """Return what a metric's value is, unit by unit, as the queries below compute it (the report's vocabulary)."""
     window = f"{cfg.attribution_window_hours:g} h"
+    if m.activity is not None:
+        return activity_definition(m, window)
     if m.kind == "quantile":
         return (f"p{m.quantile * 100:g} of the upstream latency (ms) of all successful responses of the arm's "  # type: ignore[operator]
                 "users; its variance widened for requests clustered in users (design effect)")
@@ -103,7 +109,7 @@ FIRST_DELIVERY = "QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY kafk
 
 def drop_derived_tables(con: duckdb.DuckDBPyConnection) -> None:
     """Drop the tables built from ``ev`` and ``hist`` (stale once those are made again)."""
-    for derived in ("unit_facts", "hist", "pre_unit"):
+    for derived in ("unit_facts", "hist", "pre_unit", "expo_all"):
         con.execute(f"DROP TABLE IF EXISTS {derived}")
 
 
@@ -117,10 +123,12 @@ def prepare_events(con: duckdb.DuckDBPyConnection, glob: str, phase: int, histor
     Once per analysis (once per report, however many days it plots): the KPI queries all read them.
     """
     drop_derived_tables(con)
+    # Spark reads every file in the lake's schema (lake.conform); DuckDB reads the files' own columns
+    present = [f.name for f in SCHEMA] if isinstance(con, SparkConnection) else file_columns(con, glob)
     # the globs are parameters, never pasted into the SQL: a lake path may hold a quote
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE ev AS
-        SELECT * EXCLUDE (features) FROM read_parquet(?, union_by_name = true)
+        SELECT {analysis_columns(present)} FROM read_parquet(?, union_by_name = true)
         WHERE phase = ?
         {FIRST_DELIVERY}
     """, [glob, int(phase)])
@@ -149,6 +157,8 @@ def load_experiment(con: duckdb.DuckDBPyConnection, glob: str | None, exp: Exper
         prepare_events(con, glob, exp.phase, history_glob, exp.key)
     if not _has_table(con, "unit_facts"):
         _build_unit_facts(con, cfg)
+    if any(m.activity for m in exp.metrics) and not _has_table(con, "expo_all"):
+        _build_exposures(con, cfg)
     counts = _period_tables(con, start, end)
     with_cost = bool(cfg.prices)
     con.execute("CREATE OR REPLACE TEMP TABLE prices (model VARCHAR, p_in DOUBLE, p_out DOUBLE)")
@@ -162,34 +172,50 @@ def load_experiment(con: duckdb.DuckDBPyConnection, glob: str | None, exp: Exper
     caps: dict[str, float] = {}
     history: dict[str, float] = {}
     cuped = cfg.cuped.enabled and _has_table(con, "pre_unit")
+    censored = {m.name: int(con.execute(censored_sql(m)).fetchone()[0]) for m in metrics if m.activity == "retention"}
     for m in metrics:
         why = _unpriced(con, m) if with_cost else None
         if why:  # a missing price makes the cost unknown, never zero
             skipped[m.name] = why
             continue
-        if cuped_applies(m, cuped):
-            per_arm, by_arm = adjusted_stats(con, m, caps)
-            history[m.name] = history_share(by_arm)
-            if history[m.name] == 0:  # nothing to adjust for: the kind's own test (unpooled z, Welch t)
-                per_arm = metric_stats(con, m, caps)
-        else:
-            per_arm = metric_stats(con, m, caps)
-        missing = [a for a in units if a not in per_arm]
-        if missing:
-            skipped[m.name] = f"no data in arm(s) {missing}"
+        per_arm = _statistics(con, m, cuped, caps, history)
+        why = _missing(units, per_arm, censored.get(m.name, 0))
+        if why:
+            skipped[m.name] = why
             continue
         for arm, s in per_arm.items():
             if arm in stats:
                 stats[arm][m.name] = s
     metrics = [m for m in metrics if m.name not in skipped]
     return ExperimentData(exp.key, exp.phase, start, end, units, counts.pop("requests"), metrics, stats,
-                          skipped=skipped, caps=caps, history_share=history, **counts)
+                          skipped=skipped, caps=caps, history_share=history, censored=censored, **counts)
+
+
+def _statistics(con: duckdb.DuckDBPyConnection, m: MetricDefinition, cuped: bool, caps: dict[str, float],
+                history: dict[str, float]) -> dict[str, Stats]:
+    """Return one metric's statistics per arm: CUPED's moments where it applies and some unit has history."""
+    if not cuped_applies(m, cuped):
+        return metric_stats(con, m, caps)
+    per_arm, by_arm = adjusted_stats(con, m, caps)
+    history[m.name] = history_share(by_arm)
+    if history[m.name] == 0:  # nothing to adjust for: the kind's own test (unpooled z, Welch t)
+        return metric_stats(con, m, caps)
+    return per_arm
+
+
+def _missing(units: dict[str, int], per_arm: dict[str, Stats], censored: int) -> str | None:
+    """Return why a metric has no statistics in some arm, or None when every arm has them."""
+    missing = [a for a in units if a not in per_arm]
+    if missing and not per_arm and censored:
+        return f"every user's window ends after the data ({censored} left out)"
+    return f"no data in arm(s) {missing}" if missing else None
 
 
 def cuped_applies(m: MetricDefinition, cuped: bool) -> bool:
     """Return True when the metric's effect is adjusted by CUPED (a primary or secondary outcome metric,
     CUPED on and its pre-period tables built)."""
-    outcome_metric = m.kind in ("binary", "continuous") or m.numerator is not None  # not a built-in
+    # outcomes posted by clients, not a built-in (response events) nor an activity metric (exposures)
+    outcome_metric = (m.kind in ("binary", "continuous") or m.numerator is not None) and m.activity is None
     return cuped and m.role in ("primary", "secondary") and outcome_metric
 
 
@@ -221,6 +247,11 @@ def _period_tables(con: duckdb.DuckDBPyConnection, start: datetime | None, end: 
     orphan_rows = dict(con.execute(f"SELECT forced_only, count(*) FROM stray_outcomes WHERE {' AND '.join(period_ts)} "
                                    "GROUP BY 1", params).fetchall())
     con.execute("CREATE OR REPLACE TEMP TABLE resp AS SELECT r.* FROM resp_all r SEMI JOIN units u USING (unit_id)")
+    # the last instant the data covers (retention's censoring): the period's end, or the newest request
+    # before it (a report on a week not over yet); exposures only, stamped by the proxy's clock
+    bound = ", ?" if end is not None else ""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE horizon AS SELECT least(max(epoch_us(ts)){bound}) AS h FROM ev "
+                "WHERE type = 'exposure'", [_epoch_us(end)] if end is not None else [])
     return {"units": units, "requests": {a: int(v) for a, v in requests.items()}, "multi_arm_units": int(multi),
             "orphan_outcomes": int(orphan_rows.get(False, 0)), "late_outcomes": int(late),
             "forced_requests": int(forced), "early_outcomes": int(early),
@@ -314,6 +345,25 @@ def _build_unit_facts(con: duckdb.DuckDBPyConnection, cfg: AnalyzerConfig) -> No
         SELECT unit_id, metric, max(value) AS mx, avg(value) AS mean, sum(value) AS total
         FROM pre_ev WHERE type = 'outcome' GROUP BY unit_id, metric
     """)
+
+
+def _build_exposures(con: duckdb.DuckDBPyConnection, cfg: AnalyzerConfig) -> None:
+    """Build ``expo_all``, what the activity metrics read: every non-forced exposure of the phase's units
+    (seen in one arm), its offset from the unit's first exposure in whole microseconds, whether it is
+    within the attribution window (as the unit's ``requests`` count it), and the request's user turns."""
+    window_us = round(cfg.attribution_window_hours * 3600 * 1_000_000)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE expo_all AS
+        SELECT e.unit_id, e.event_id, epoch_us(e.ts) - epoch_us(u.first_ts) AS since_us,
+               epoch_us(e.ts) - epoch_us(u.first_ts) <= {window_us} AS in_window, e.user_turns
+        FROM ev e JOIN unit_facts u ON u.unit_id = e.unit_id
+        WHERE e.type = 'exposure' AND NOT e.forced AND u.arms = 1
+    """)
+
+
+def _epoch_us(t: datetime) -> int:
+    """Return a time as whole microseconds since 1970 (exact: no float)."""
+    return (t - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 
 def _interval(seconds: float) -> str:

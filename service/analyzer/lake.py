@@ -59,6 +59,8 @@ SCHEMA = pa.schema([
     ("shadow_status_code", pa.int32()), ("shadow_latency_ms", pa.float64()), ("shadow_ttft_ms", pa.float64()),
     ("shadow_prompt_tokens", pa.int64()), ("shadow_completion_tokens", pa.int64()), ("shadow_error", pa.string()),
     ("shadow_finish_reason", pa.string()),
+    # exposures: the request's segment attributes (client, allowed attributes; docs/segments.md), JSON
+    ("attributes", pa.string()),
 ])
 SHADOW_SIDE_FIELDS = ("status_code", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens", "error",
                       "finish_reason")
@@ -90,11 +92,58 @@ def _row(rec: Record) -> dict[str, Any] | None:
             d[k], d[f"shadow_{k}"] = d["control"][k], d["shadow"][k]
     row = {k: d.get(k) for k in _FIELDS}
     row["ts"] = ev.ts.astimezone(UTC)
-    for col in ("features", "drifted_features", "evidence", "answer", "changes", "scores"):
+    for col in ("features", "drifted_features", "evidence", "answer", "changes", "scores", "attributes"):
         if row.get(col) is not None:
             row[col] = orjson.dumps(row[col]).decode()
     row["kafka_partition"], row["kafka_offset"] = rec.partition, rec.offset
     return row
+
+
+DERIVED_COLUMNS: dict[str, tuple[str, pa.DataType]] = {
+    "language": ("json_extract_string(features, '$.language')", pa.string()),
+    "user_turns": ("CAST(json_extract_string(features, '$.user_turns') AS DOUBLE)", pa.float64()),
+}
+"""The prompt features the analyzer reads (segments, conversation length), as columns of their own: the
+lake keeps them inside the ``features`` JSON, the rollups (which drop ``features``) as columns."""
+
+ANALYSIS_SCHEMA = pa.schema([f for f in SCHEMA if f.name != "features"]
+                            + [pa.field(name, t) for name, (_, t) in DERIVED_COLUMNS.items()])
+"""The columns the analyzer reads an event with (the table ``ev``, a rollup's rows)."""
+
+_SQL_TYPES = {pa.string(): "VARCHAR", pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.float64(): "DOUBLE",
+              pa.bool_(): "BOOLEAN"}
+
+
+def sql_type(t: pa.DataType) -> str:
+    """Return the SQL type of a lake column's Arrow type."""
+    return "TIMESTAMPTZ" if pa.types.is_timestamp(t) else _SQL_TYPES[t]
+
+
+def analysis_columns(present: Iterable[str], schema: pa.Schema = ANALYSIS_SCHEMA) -> str:
+    """Return the SELECT list that reads lake or rollup files (whose columns are ``present``) as ``schema``.
+
+    A derived column comes from the file's own column where it has one (a rollup) and from
+    ``features`` otherwise (the lake); a column the files predate reads as NULL, as DuckDB's
+    ``union_by_name`` reads a file without it next to one with it.
+    """
+    have = set(present)
+    out = []
+    for f in schema:
+        sources = [f.name] if f.name in have else []
+        if f.name in DERIVED_COLUMNS and "features" in have:
+            sources.append(DERIVED_COLUMNS[f.name][0])
+        if sources == [f.name]:
+            out.append(f.name)
+            continue
+        expr = sources[0] if len(sources) == 1 else f"coalesce({', '.join(sources)})" if sources else "NULL"
+        out.append(f"CAST({expr} AS {sql_type(f.type)}) AS {f.name}")
+    return ", ".join(out)
+
+
+def file_columns(con: Any, uris: str | list[str]) -> list[str]:
+    """Return the columns of Parquet files as DuckDB reads them together (``union_by_name``)."""
+    return [row[0] for row in con.execute("DESCRIBE SELECT * FROM read_parquet(?, union_by_name = true)",
+                                          [uris]).fetchall()]
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -12,7 +12,7 @@ import duckdb
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from splitwatch.stats import ExperimentResult, StateInForce, Verdict, decide, with_state
+from splitwatch.stats import ExperimentResult, SegmentFinding, StateInForce, Verdict, decide, with_state
 from splitwatch.stats.verdict import CONFIGURED_PAUSE
 
 from ..config import AnalyzerConfig, Config, ExperimentConfig
@@ -23,6 +23,7 @@ from .kpi_queries import ExperimentData, load_experiment, prepare_events
 from .lake import Lake
 from .report_queries import answers, drift_events, timeline
 from .rollups import Rollups
+from .segments import SegmentAnalysis, analyze_segments
 from .shadow_stats import shadow_summaries
 
 __all__ = ["Report", "SeriesPoint", "build_report", "exposure_days", "last_full_iso_week", "state_in_force",
@@ -79,6 +80,7 @@ class Report:
     timeline: list[dict[str, Any]] = field(default_factory=list)
     # shadow traffic: each candidate's paired figures against the control (shadow_stats)
     shadow: list[dict[str, Any]] = field(default_factory=list)
+    segments: SegmentAnalysis | None = None  # results by segment (analyzer.segments)
 
 @contextmanager
 def _steps(label: str, total: int, shown: bool) -> Iterator[Any]:
@@ -109,7 +111,7 @@ def build_report(cfg: Config, key: str, start: date, end: date, sequential: bool
     spark = cfg.analyzer.spark
     period = (_day_start(start), _day_start(end + timedelta(days=1)))
     days = [(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
-    with _steps(f"report {key}", 5, progress) as step:
+    with _steps(f"report {key}", 6, progress) as step:
         if rollups is not None:
             rollups.refresh()  # what changed since the last refresh (docs/analyzer.md, "Daily rollups")
         con = connect(cfg.analyzer.engine, spark.master, spark.conf)
@@ -134,6 +136,9 @@ def build_report(cfg: Config, key: str, start: date, end: date, sequential: bool
             step("analysis")
             rep.series = daily_series(con, rep.data, rep.result, exp, cfg.analyzer, sequential, days, units)
             step("daily series")
+            if rep.result.results:
+                rep.segments = analyze_segments(con, rep.data, exp, cfg.analyzer, rep.result.options)
+            step("segments")
         finally:
             con.close()
     rep.verdict = verdict(rep)
@@ -154,7 +159,12 @@ def verdict(rep: Report) -> Verdict:
     assert res is not None
     days = max(1, (rep.end - rep.start).days + 1)
     total = sum(d.units.values())
+    seg = rep.segments
+    found = [] if seg is None else [
+        SegmentFinding(r.dimension, r.value, r.metric, r.arm, r.role, r.effect or 0.0, r.p_adjusted or 0.0,
+                       r.control_units + r.treatment_units) for r in seg.findings()]
     return with_state(decide(res, d.metrics, {a.name: d.units.get(a.name, 0) for a in rep.experiment.arms},
                              {a.name: a.weight for a in rep.experiment.arms}, rep.experiment.control.name,
-                             units_per_day=total / days if total else None, multi_arm_units=d.multi_arm_units),
+                             units_per_day=total / days if total else None, multi_arm_units=d.multi_arm_units,
+                             segments=found, segments_decide=seg is not None and seg.affect_verdict),
                       state_in_force(rep))

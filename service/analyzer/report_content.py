@@ -47,10 +47,15 @@ def metric_vocabulary(rep: Report) -> list[dict[str, Any]]:
                            " days before its first exposure (CUPED; units without history keep theirs)")
         elif m.name in rep.data.history_share:
             definition += "; not adjusted: no unit has pre-period data (CUPED)"
+        censored = rep.data.censored.get(m.name)
+        if censored:
+            definition += (f"; {censored:,} user{'s' if censored != 1 else ''} left out: their window ends after "
+                           "the data")
         out.append({"metric": m.name, "role": m.role, "kind": m.kind, "direction": m.direction,
                     "definition": definition, "description": m.description,
                     "margin": m.margin, "relative_margin": m.relative_margin if m.guardrail else None,
-                    "mde": m.mde, "cap": m.cap.model_dump() if m.cap else None, "cap_value": cap})
+                    "mde": m.mde, "cap": m.cap.model_dump() if m.cap else None, "cap_value": cap,
+                    "censored_units": rep.data.censored.get(m.name)})
     return out
 
 

@@ -20,6 +20,7 @@ from .daily_series import SeriesPoint
 from .report import Report
 from .report_content import TITLES, banners, metric_vocabulary, power_line, sections, summary_lines, vocabulary_lines
 from .report_format import fmt_chance, fmt_interval, fmt_margin, fmt_n, fmt_num, fmt_p
+from .report_segments import SEGMENT_HEADER, heterogeneity_lines, segment_note, segment_rows
 from .report_tables import (
     ANSWERS_HEADER,
     ANSWERS_NOTE,
@@ -217,6 +218,17 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
             + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows) + "</table>")
 
 
+def _segments_html(rep: Report) -> str:
+    seg = rep.segments
+    if seg is None:
+        return ""
+    tables = "".join(f'<h3>By {esc(d)}</h3>{_table(SEGMENT_HEADER, segment_rows(seg, d))}' for d in seg.dimensions)
+    lines = heterogeneity_lines(seg)
+    het = (f'<p class="note">Heterogeneity (arm x segment interaction):</p><ul>'
+           f'{"".join(f"<li>{esc(x)}</li>" for x in lines)}</ul>') if lines else ""
+    return f'<h2 id="segments">Segments</h2><p class="note">{esc(segment_note(seg))}</p>{tables}{het}'
+
+
 def render_html(rep: Report, summary: list[str], notes: dict[str, str], vocabulary: list[str]) -> str:
     """Return the report as one self-contained HTML page."""
     v = rep.verdict
@@ -240,7 +252,8 @@ def render_html(rep: Report, summary: list[str], notes: dict[str, str], vocabula
         f'<figure><img alt="{esc(m)}, {esc(a)} vs control" '
         f'src="data:image/png;base64,{_plot(pts, f"{m}: {a} vs control (cumulative)")}"></figure>'
         for (m, a), pts in rep.series.items() if any(p.relative is not None for p in pts))
-    drift = f"<h2>Drift timeline</h2>{_table(DRIFT_HEADER, drift_rows(rep))}" if rep.drift else ""
+    drift = _segments_html(rep)
+    drift += f"<h2>Drift timeline</h2>{_table(DRIFT_HEADER, drift_rows(rep))}" if rep.drift else ""
     if rep.answers:
         drift += (f"<h2>Answers per arm</h2>{_table(ANSWERS_HEADER, answer_rows(rep))}"
                   f'<p class="note">{esc(ANSWERS_NOTE)}</p>')

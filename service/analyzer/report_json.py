@@ -9,6 +9,7 @@ from splitwatch.stats import ExperimentResult, json_safe
 
 from .report import Report
 from .report_content import banners, design_of, metric_vocabulary
+from .report_segments import segments_json
 
 
 def _srm_dict(res: ExperimentResult | None) -> dict[str, Any] | None:
@@ -40,7 +41,7 @@ def to_dict(rep: Report) -> dict[str, Any]:
         "verdict": rep.verdict.as_dict() if rep.verdict else None, "srm": _srm_dict(res),
         "banners": [{"level": level, "text": text} for level, text in banners(rep)],
         "metrics": metric_vocabulary(rep), "drift": rep.drift, "answers": rep.answers, "shadow": rep.shadow,
-        "timeline": rep.timeline, "results": []}
+        "timeline": rep.timeline, "segments": segments_json(rep), "results": []}
     for r in res.results if res else []:
         g = r.guardrail
         out["results"].append({

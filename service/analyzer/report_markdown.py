@@ -5,6 +5,7 @@ from __future__ import annotations
 from .report import Report
 from .report_content import banners, power_line, sections, summary_lines, vocabulary_lines
 from .report_format import md_table
+from .report_segments import SEGMENT_HEADER, heterogeneity_lines, segment_note, segment_rows
 from .report_tables import (
     ANSWERS_HEADER,
     ANSWERS_NOTE,
@@ -33,9 +34,22 @@ def _verdict_lines(rep: Report) -> list[str]:
     return out + ([f"- {line}"] if line else []) + [""]
 
 
+def _segment_tables(rep: Report) -> list[str]:
+    seg = rep.segments
+    if seg is None:
+        return []
+    out = ["", "## Segments", "", segment_note(seg)]
+    for dim in seg.dimensions:
+        out += ["", f"### By {dim}", "", *md_table(SEGMENT_HEADER, segment_rows(seg, dim))]
+    lines = heterogeneity_lines(seg)
+    if lines:
+        out += ["", "Heterogeneity (arm x segment interaction):", ""] + [f"- {line}" for line in lines]
+    return out
+
+
 def _other_tables(rep: Report) -> list[str]:
-    """Return the drift, answers, shadow and rollout sections (those with data)."""
-    out: list[str] = []
+    """Return the segments, drift, answers, shadow and rollout sections (those with data)."""
+    out: list[str] = _segment_tables(rep)
     if rep.drift:
         out += ["", "## Drift timeline", "", *md_table(DRIFT_HEADER, drift_rows(rep))]
     if rep.answers:

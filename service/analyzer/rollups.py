@@ -49,19 +49,17 @@ import pyarrow.parquet as pq
 from ..config import AnalyzerConfig, ExperimentConfig
 from .engines import attach_lake
 from .kpi_queries import FIRST_DELIVERY, drop_derived_tables
-from .lake import SCHEMA, Lake, conform
+from .lake import ANALYSIS_SCHEMA, Lake, analysis_columns, conform, file_columns, sql_type
 
 log = logging.getLogger(__name__)
 
-ROLLUP_VERSION = 1
-COLUMNS = [f.name for f in SCHEMA if f.name != "features"]
-ROW_SCHEMA = pa.schema([f for f in SCHEMA if f.name != "features"])
+ROLLUP_VERSION = 2  # 2: the derived feature columns (language, user_turns) and attributes
+COLUMNS = [f.name for f in ANALYSIS_SCHEMA]
+ROW_SCHEMA = ANALYSIS_SCHEMA
 HISTORY_SCHEMA = pa.schema([("event_id", pa.string()), ("unit_id", pa.string()), ("ts", pa.timestamp("us", tz="UTC")),
                             ("type", pa.string()), ("metric", pa.string()), ("value", pa.float64()),
                             ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64())])
 INDEX_SCHEMA = pa.schema([("unit_id", pa.string()), ("first_ts", pa.timestamp("us", tz="UTC"))])
-_SQL_TYPES = {pa.string(): "VARCHAR", pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.float64(): "DOUBLE",
-              pa.bool_(): "BOOLEAN"}
 REFRESH_CHUNK_EVENTS = 2_000_000
 """Batches are rolled up this many events at a time at most (a first refresh of a large lake)."""
 
@@ -79,10 +77,6 @@ class RefreshStats:
     history_days: int = 0
     seconds: float = 0.0
     rebuilt: bool = False
-
-
-def _sql_type(t: pa.DataType) -> str:
-    return "TIMESTAMPTZ" if pa.types.is_timestamp(t) else _SQL_TYPES[t]
 
 
 def _day(value: datetime) -> date:
@@ -188,7 +182,7 @@ class Rollups:
         return con
 
     def _empty(self, con: Any, name: str, schema: pa.Schema) -> None:
-        cols = ", ".join(f"{f.name} {_sql_type(f.type)}" for f in schema)
+        cols = ", ".join(f"{f.name} {sql_type(f.type)}" for f in schema)
         con.execute(f"CREATE OR REPLACE TEMP TABLE {name} ({cols})")
 
     def _read_into(self, con: Any, name: str, rels: list[str], schema: pa.Schema, where: str = "TRUE",
@@ -197,9 +191,11 @@ class Rollups:
         if not rels:
             self._empty(con, name, schema)
             return
-        cols = ", ".join(f.name for f in schema)
+        uris = self._uris(rels)
+        cols = analysis_columns(file_columns(con, uris), schema) if schema is ROW_SCHEMA else \
+            ", ".join(f.name for f in schema)
         con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT {cols} FROM read_parquet(?, union_by_name = true) "
-                    f"WHERE {where}", [self._uris(rels), *(params or [])])
+                    f"WHERE {where}", [uris, *(params or [])])
 
     def _refresh(self, con: Any, new: list[dict[str, Any]], stats: RefreshStats) -> None:
         key, phase = self.exp.key, self.exp.phase
@@ -350,12 +346,12 @@ class Rollups:
         index = self.lake.storage.list(f"{self.base}/index.parquet")
         if not sources or not index:
             raise ValueError(f"no rolled-up events of {self.exp.key} phase {self.exp.phase}: refresh the rollups")
-        cols = ", ".join(COLUMNS)
+        cols = analysis_columns(file_columns(con, sources))
         # a unit of another day seen in the period: its first exposure, so that it counts on its own day
         synthetic = {"event_id": "'first:' || i.unit_id", "type": "'exposure'", "ts": "i.first_ts",
                      "experiment": "?", "phase": "?", "unit_id": "i.unit_id", "forced": "FALSE",
                      "kafka_partition": "-1", "kafka_offset": "-1"}
-        first_cols = ", ".join(f"CAST({synthetic.get(f.name, 'NULL')} AS {_sql_type(f.type)}) AS {f.name}"
+        first_cols = ", ".join(f"CAST({synthetic.get(f.name, 'NULL')} AS {sql_type(f.type)}) AS {f.name}"
                                for f in ROW_SCHEMA)
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE ev AS

@@ -5,7 +5,7 @@ One experiment (``support-ft``, now in phase 2, with phase 1's events still in t
 days, and what each rule must handle: binary, continuous (capped at a quantile) and ratio outcomes
 (per order and per request), latency quantiles, error rate, tokens and cost; CUPED history
 (outcomes posted without an experiment, and another experiment's exposures, before each unit's first
-exposure); returning units (exposed again on the second day); outcomes after the attribution
+exposure); returning units (exposed again on the second day: day-1 retention, sessions); outcomes after the attribution
 window (late), before the first exposure (early), of units never exposed (orphans), of units only
 served by forced requests; forced exposures; units seen in both arms; and every tenth event written
 twice at another offset (delivery is at least once).
@@ -43,6 +43,13 @@ def synthetic_config(lake_dir: Path | str, engine: str = "duckdb") -> dict[str, 
          "direction": "decrease", "role": "secondary"},
         {"name": "escalated", "kind": "binary", "direction": "decrease", "role": "guardrail", "margin": 0.05},
         {"name": "latency_p95_ms", "role": "guardrail", "margin": 0.2, "relative_margin": True},
+        # activity metrics, from the exposures alone (returns on the second day: day-1 retention, censored
+        # for the units whose day 1 ends after the data)
+        {"name": "retention_d1", "role": "secondary"},
+        {"name": "sessions_per_unit", "role": "diagnostic", "session_gap_minutes": 60},
+        {"name": "turns_per_session", "role": "diagnostic", "direction": "decrease"},
+        {"name": "active_days", "role": "diagnostic"},
+        {"name": "requests_per_unit", "role": "diagnostic", "cap": {"quantile": 0.99}},
     ]
     return {"analyzer": {"lake_dir": str(lake_dir), "engine": engine, "attribution_window_hours": WINDOW_HOURS,
                          "cuped": {"enabled": True, "lookback_days": 14},
@@ -117,8 +124,10 @@ def write_synthetic_lake(lake_dir: Path | str, first_day: date, units: int = 400
                 t = ts + timedelta(seconds=k * 30)
                 forced = i % 23 == 0 and k == 0
                 common = {"experiment": EXPERIMENT, "phase": 2, "arm": arm, "unit_id": unit, "request_id": rid}
+                # the conversation grows by a user turn a request; a third of the users write in Spanish
+                features = {"user_turns": float(k + 1), "language": "es" if i % 3 == 0 else "en"}
                 events.append(ExposureEvent(**common, requested_model="support-bot", upstream_model=MODELS[arm],
-                                            forced=forced, ts=t))
+                                            forced=forced, ts=t, features=features))
                 failed = rng.random() < (0.02 if ft else 0.04)
                 events.append(ResponseEvent(**common, status_code=500 if failed else 200, forced=forced,
                                             latency_ms=rng.lognormvariate(6.7 if ft else 6.8, 0.4),

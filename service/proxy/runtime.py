@@ -14,6 +14,7 @@ from ..control.channel import Control, FileControl, KafkaControl
 from ..control.state import ExperimentState, StateTable
 from ..delivery.publisher import EventPublisher
 from .assignment import Assignment, CompiledExperiment, ExperimentTable
+from .segment_attributes import AttributeRules
 from .shadow import ShadowGate
 from .upstream import UpstreamClients
 
@@ -26,6 +27,12 @@ class Snapshot:
 
     config: Config
     table: ExperimentTable
+    attributes: AttributeRules  # what a request may say about its segments
+
+    @classmethod
+    def of(cls, config: Config) -> Snapshot:
+        """Return the snapshot of ``config`` (its experiments and attribute rules compiled)."""
+        return cls(config, ExperimentTable(config), AttributeRules(config.proxy))
 
 
 class Runtime:
@@ -35,7 +42,7 @@ class Runtime:
                  publisher: EventPublisher | None = None) -> None:
         self.config_path = Path(config_path) if config_path else None
         self._loaded_mtime = self._mtime()
-        self.snapshot = Snapshot(config, ExperimentTable(config))
+        self.snapshot = Snapshot.of(config)
         self.control: Control = self._open_control(config)
         self.publisher = publisher
         self.clients = UpstreamClients()
@@ -100,7 +107,7 @@ class Runtime:
                 or new.drift.languages != old.drift.languages):
             log.warning("config reload: kafka, proxy.state_dir and drift.languages changes take effect at the "
                         "next restart")
-        self.snapshot = Snapshot(new, ExperimentTable(new))
+        self.snapshot = Snapshot.of(new)
         self.export_state()
         metrics.CONFIG_RELOADS.labels("applied").inc()
         log.info("config reloaded from %s: %d experiments", self.config_path, len(new.experiments))

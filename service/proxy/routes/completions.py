@@ -198,6 +198,7 @@ async def _proxy(request: Request, kind: Kind) -> Response:  # noqa: C901
     if unit_id is None and forced is None and config.proxy.require_unit:
         raise InvalidRequest("an experiment unit is required: set 'user' in the body or the "
                              "X-Splitwatch-Unit header", param="user", code="missing_unit")
+    attributes = snap.attributes.of_request(request.headers, body)
     stream = body.get("stream") is True
     limit = limits.max_concurrent_streams
     if stream and limit and runtime.open_streams >= limit:
@@ -217,7 +218,7 @@ async def _proxy(request: Request, kind: Kind) -> Response:  # noqa: C901
         metrics.OPEN_STREAMS.inc()
     try:
         if a.logged:
-            _publish_exposure(runtime, config, a, arm, body, model, unit_id, request_id)
+            _publish_exposure(runtime, config, a, arm, body, model, unit_id, request_id, attributes)
         elif a.excluded_reason:
             metrics.UNASSIGNED_REQUESTS.labels(a.experiment, a.excluded_reason).inc()
         body["model"] = arm.upstream.model
@@ -239,14 +240,15 @@ async def _proxy(request: Request, kind: Kind) -> Response:  # noqa: C901
 
 
 def _publish_exposure(runtime: Runtime, config: Config, a: Assignment, arm: ArmConfig, body: dict[str, Any],
-                      model: str, unit_id: str | None, request_id: str) -> None:
+                      model: str, unit_id: str | None, request_id: str, attributes: dict[str, str] | None) -> None:
     if runtime.publisher is None:
         return
     parts = prompt_text(body)  # once: it joins every message of a possibly long history
     event = ExposureEvent(
         experiment=a.experiment, phase=a.phase, arm=a.arm, unit_id=unit_id, request_id=request_id,
         requested_model=model, upstream_model=arm.upstream.model, forced=a.forced,
-        features=features_of_prompt(*parts), text=parts[0] if config.proxy.log_text else None)
+        features=features_of_prompt(*parts), attributes=attributes,
+        text=parts[0] if config.proxy.log_text else None)
     event.attach_text_sample(TEXT_KIND_PROMPT + parts[1][:TEXT_SAMPLE_CHARS].encode("utf-8", "replace"))
     runtime.publisher.publish(event)
 
