@@ -183,7 +183,14 @@ def kpi_dashboard() -> db.Dashboard:
          .with_variable(_label_variable("metric", "Metric", 'label_values(splitwatch_metric_mean{experiment=~'
                                                              '"$experiment"}, metric)', multi=False))
          .with_variable(_label_variable("arm", "Treatment arm", 'label_values(splitwatch_effect_relative'
-                                                                '{experiment=~"$experiment"}, arm)', multi=False)))
+                                                                '{experiment=~"$experiment"}, arm)', multi=False))
+         .with_variable(_label_variable("dimension", "Segment dimension", 'label_values(splitwatch_segment_units'
+                                                                        '{experiment=~"$experiment"}, dimension)',
+                                        multi=False))
+         .with_variable(_label_variable("segment", "Segment", 'label_values(splitwatch_segment_units'
+                                                              '{experiment=~"$experiment", dimension=~"$dimension"}, '
+                                                              'segment)')))
+    seg = 'dimension=~"$dimension",segment=~"$segment"'
     panels = [
         status("Verdict", f"splitwatch_verdict{{{EXP}}}", "{{experiment}}",
                {2: ("ship", "green"), 1: ("keep running", "orange"), 0: ("roll back", "red"),
@@ -207,6 +214,15 @@ def kpi_dashboard() -> db.Dashboard:
              "sequential): the band excludes 0 exactly when the effect is significant."),
         graph("p-value (adjusted, always valid)", "short", [(
             f"min by (arm, metric) (splitwatch_p_value{{{EXP},{metric}}})", "{{arm}} {{metric}}")]),
+        graph("By segment: $metric's effect (primary) or harm (guardrail) per $dimension value", "short", [(
+            f"splitwatch_segment_effect{{{EXP},{metric},{seg}}}", "{{segment}}: {{arm}}")],
+            "Each segment's effect against the control (a guardrail: its harm), users counted in the segment of "
+            "their first request (docs/segments.md). Segments never change the verdict unless "
+            "analyzer.segments.affect_verdict says so."),
+        graph("By segment: adjusted p-value (correction within the configured scope)", "short", [(
+            f"splitwatch_segment_p_value{{{EXP},{metric},{seg}}}", "{{segment}}: {{arm}}")]),
+        graph("By segment: users per arm", "short", [(
+            f"splitwatch_segment_units{{{EXP},{seg}}}", "{{segment}}: {{arm}}")]),
         graph("Sample ratio mismatch p-value (alert below 0.001)", "short", [(
             f"splitwatch_srm_p_value{{{EXP}}}", "{{experiment}}")]),
         graph("Events ingested into the lake per second", "short", [(

@@ -19,6 +19,7 @@ import os
 import types
 import typing
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -362,6 +363,33 @@ class SegmentsConfig(_Strict):
         return v
 
 
+class HoldoutConfig(_Strict):
+    """A long-term holdout (docs/holdout.md): a share of units, hashed on its own salt, kept on the control
+    of every experiment on the proxy from ``start`` to ``end``; the report compares them with everyone
+    exposed."""
+
+    share: float = Field(gt=0, le=0.5)
+    salt: str = Field("splitwatch-holdout", min_length=1)
+    start: datetime
+    end: datetime
+
+    @field_validator("start", "end")
+    @classmethod
+    def _utc(cls, v: datetime) -> datetime:
+        return v if v.tzinfo is not None else v.replace(tzinfo=UTC)  # a time without a zone is UTC
+
+    @model_validator(mode="after")
+    def _order(self) -> HoldoutConfig:
+        if self.end <= self.start:
+            raise ValueError(f"holdout.end ({self.end.isoformat()}) must be after holdout.start "
+                             f"({self.start.isoformat()})")
+        return self
+
+    def active(self, at: datetime) -> bool:
+        """Return True while the holdout holds (``start`` <= ``at`` < ``end``)."""
+        return self.start <= at < self.end
+
+
 class PriceConfig(_Strict):
     """Price of an upstream model, per 1,000 tokens, for cost KPIs."""
 
@@ -473,6 +501,7 @@ class Config(_Strict):
     drift: DriftConfig = DriftConfig()
     eval: EvalConfig = EvalConfig()
     experiments: list[ExperimentConfig] = Field(default_factory=list)
+    holdout: HoldoutConfig | None = None
 
     @model_validator(mode="after")
     def _unique(self) -> Config:
@@ -482,6 +511,9 @@ class Config(_Strict):
         _require_unique([e.effective_salt for e in self.experiments],
                         "two experiments hash units with the same salt (their assignments would be confounded; "
                         "give each its own salt)")
+        if self.holdout is not None and self.holdout.salt in {e.effective_salt for e in self.experiments}:
+            raise ValueError(f"holdout.salt {self.holdout.salt!r} is an experiment's salt: the holdout would take "
+                             "one arm's units; give it its own")
         allowed = set(RESERVED_DIMENSIONS) | set(self.proxy.attributes)
         unknown = [d for d in self.analyzer.segments.dimensions if d not in allowed]
         if unknown:

@@ -40,8 +40,10 @@ class _Event(BaseModel):
 
     def to_json(self) -> bytes:
         """Return the event as compact JSON bytes (``ts`` in RFC 3339 UTC, ``text`` only when logged)."""
-        exclude = {k for k in ("text", "shadow_text", "attributes") if getattr(self, k, "") is None} or None
-        return self.model_dump_json(by_alias=True, exclude=exclude).encode()
+        exclude = {k for k in ("text", "shadow_text", "attributes") if getattr(self, k, "") is None}
+        if getattr(self, "holdout", True) is False:
+            exclude.add("holdout")
+        return self.model_dump_json(by_alias=True, exclude=exclude or None).encode()
 
     def key(self) -> bytes:
         """Return the Kafka message key: the unit id (request id when there is no unit)."""
@@ -84,6 +86,7 @@ class ExposureEvent(_Event):
     requested_model: str
     upstream_model: str
     forced: bool = False
+    holdout: bool = False  # kept on the control by the long-term holdout (docs/holdout.md); not in the experiment
     features: dict[str, float | str] = Field(default_factory=dict)
     # the request's segment attributes: its client and the attributes proxy.segments allows (docs/segments.md)
     attributes: dict[str, str] | None = None

@@ -162,6 +162,17 @@ VERDICT = Gauge(
     ["experiment"], registry=ANALYZER_REGISTRY)
 SRM_P_VALUE = Gauge("splitwatch_srm_p_value", "p-value of the sample ratio mismatch test.", ["experiment"],
                     registry=ANALYZER_REGISTRY)
+# results by segment (analyzer.segments; docs/segments.md): a dimension keeps its max_values most common
+# values, the rest "(other)", so the label sets stay bounded
+SEGMENT_UNITS = Gauge("splitwatch_segment_units", "Units of an arm in one segment of a dimension.",
+                      ["experiment", "arm", "dimension", "segment"], registry=ANALYZER_REGISTRY)
+SEGMENT_EFFECT = Gauge(
+    "splitwatch_segment_effect", "In one segment: a primary's effect against the control (the decision scale), "
+    "or a guardrail's harm.", ["experiment", "arm", "metric", "dimension", "segment"], registry=ANALYZER_REGISTRY)
+SEGMENT_P_VALUE = Gauge(
+    "splitwatch_segment_p_value", "In one segment: the adjusted p-value of a primary's effect, or of a guardrail's "
+    "harm beyond its margin (the configured correction scope).",
+    ["experiment", "arm", "metric", "dimension", "segment"], registry=ANALYZER_REGISTRY)
 SHADOW_PAIRS_ANALYZED = Gauge(
     "splitwatch_shadow_pairs_analyzed", "Shadow pairs of the current phase in the lake (docs/shadow.md).",
     ["experiment", "candidate"], registry=ANALYZER_REGISTRY)

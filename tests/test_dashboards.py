@@ -116,7 +116,7 @@ def _panel_queries(name: str = "splitwatch-proxy.json") -> list[tuple[str, str]]
 
 def _query(prom_url: str, expr: str) -> list[dict]:
     expr = (expr.replace('arm="$arm"', 'arm=~".*"').replace("$experiment", ".*").replace("$metric", ".*")
-            .replace("$__rate_interval", "1m"))
+            .replace("$dimension", ".*").replace("$segment", ".*").replace("$__rate_interval", "1m"))
     r = httpx.get(prom_url + "/api/v1/query", params={"query": expr}, timeout=10).json()
     assert r["status"] == "success", (expr, r)
     return r["data"]["result"]

@@ -55,6 +55,16 @@ def test_the_demo_tours_the_product_and_leaves_nothing_running(tmp_path: Path) -
     truth = dict(re.findall(r"^\| (base|finetuned) \| (0\.\d+) \| 0\.3", text, re.M))
     # per user, at least once in 1-3 conversations at 0.30 (0.36) each: 1 - mean(0.7^k) = 0.489
     assert truth == {"base": "0.489", "finetuned": "0.563"}, truth
+    # issue 30: the primary by the language of each user's first prompt, and day-1 retention (today's users
+    # censored and counted; the replayed cohort's returns measured)
+    flat_text = " ".join(text.split())
+    assert re.search(r"resolved for finetuned, language en \(\d+ / \d+ users\)", flat_text), text
+    assert re.search(r"resolved for finetuned, language es \(\d+ / \d+ users\)", flat_text), text
+    assert "Day-1 retention: today's 400 users cannot have come back yet" in flat_text
+    cohort = re.search(r"The cohort replayed from (\S+) \(600 users, 3 days ago\): base (\d+\.\d)%, finetuned "
+                       r"(\d+\.\d)% came back the next day", flat_text)
+    assert cohort, text
+    assert re.search(rf"report --config \S+ --experiment support-ft --from {cohort.group(1)} --to ", text)
     report_md = (out / "report.md").read_text()
     for section in ("## Primary metrics", "## Secondary metrics", "## Guardrails", "## Diagnostics",
                     "## Drift timeline", "## Metric definitions"):
@@ -121,6 +131,8 @@ def test_the_demo_tours_the_product_and_leaves_nothing_running(tmp_path: Path) -
     # the kept output directory: the reports, the config, the lake, the logs
     report = json.loads((out / "report.json").read_text())
     assert report["experiment"] == "support-ft" and report["drift"] and report["verdict"]["decision"]
+    assert set(report["segments"]["units"]["language"]) == {"en", "es"}
+    assert report["skipped_metrics"]["retention_d1"].startswith("every user's window ends after the data")
     assert (out / "report.html").read_text().startswith("<!doctype html>")
     assert (out / "report.md").read_text().startswith("# splitwatch report: support-ft")
     assert (out / "splitwatch.yaml").exists() and any((out / "lake").rglob("*.parquet"))

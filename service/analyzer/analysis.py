@@ -22,6 +22,7 @@ from splitwatch.stats.group_sequential import GroupDesign
 from .. import metrics
 from ..config import AnalyzerConfig, ExperimentConfig
 from .kpi_queries import ExperimentData
+from .segments import SegmentAnalysis
 
 
 def n_star_of(exp: ExperimentConfig, cfg: AnalyzerConfig) -> int:
@@ -94,39 +95,60 @@ def clear_gauges() -> None:
                 gauge.remove(*labels)
 
 
-def export_gauges(data: ExperimentData, result: ExperimentResult | None, verdict: str | None = None) -> None:
-    """Set the analyzer's gauges for one experiment, and remove its series that went stale."""
-    key = data.experiment
-    now: set[tuple[Gauge, tuple[str, ...]]] = set()
+def _segment_series(key: str, segments: SegmentAnalysis | None) -> list[tuple[Gauge, tuple[str, ...], float]]:
+    """Return the segment gauges' series of one experiment: units per segment and arm, and each tested
+    segment's effect (a guardrail's harm) and adjusted p-value."""
+    if segments is None:
+        return []
+    out: list[tuple[Gauge, tuple[str, ...], float]] = [
+        (metrics.SEGMENT_UNITS, (key, arm, dim, value), n)
+        for dim, values in segments.units.items() for value, per_arm in values.items() for arm, n in per_arm.items()]
+    for r in segments.results:
+        if r.status == "tested" and r.effect is not None and math.isfinite(r.effect) and r.p_adjusted is not None:
+            labels = (key, r.arm, r.metric, r.dimension, r.value)
+            out += [(metrics.SEGMENT_EFFECT, labels, r.effect), (metrics.SEGMENT_P_VALUE, labels, r.p_adjusted)]
+    return out
 
-    def put(gauge: Gauge, labels: tuple[str, ...], value: float) -> None:
+
+def _result_series(key: str, result: ExperimentResult) -> list[tuple[Gauge, tuple[str, ...], float]]:
+    """Return the series of one experiment's analysis: the SRM p-value, each metric's arm values, relative
+    effect with its interval, p-value, and each guardrail's breach."""
+    out: list[tuple[Gauge, tuple[str, ...], float]] = []
+    if result.srm is not None:
+        # an arm without units (or units in an arm of weight 0) is a mismatch whatever the test says
+        counts_fail = any(t.method == "arm_counts" and t.mismatch for t in result.srm_tests)
+        out.append((metrics.SRM_P_VALUE, (key,), 0.0 if counts_fail else result.srm.p_value))
+    breached: dict[str, bool] = {}
+    for r in result.results:
+        out += [(metrics.METRIC_MEAN, (key, r.control.arm, r.metric), r.control.estimate),
+                (metrics.METRIC_MEAN, (key, r.arm, r.metric), r.treatment.estimate)]
+        if r.effect.relative is not None and math.isfinite(r.effect.relative):
+            out.append((metrics.EFFECT_RELATIVE, (key, r.arm, r.metric), r.effect.relative))
+            ci = r.effect.relative_ci
+            if ci is not None and all(math.isfinite(v) for v in ci):
+                out += [(metrics.EFFECT_RELATIVE_LOWER, (key, r.arm, r.metric), ci[0]),
+                        (metrics.EFFECT_RELATIVE_UPPER, (key, r.arm, r.metric), ci[1])]
+        out.append((metrics.P_VALUE, (key, r.arm, r.metric, re.split(r"[(;]", r.method)[0]), r.p_value_adjusted))
+        if r.guardrail is not None:
+            breached[r.metric] = breached.get(r.metric, False) or r.guardrail.status == "breached"
+    out += [(metrics.GUARDRAIL_BREACHED, (key, metric), 1 if b else 0) for metric, b in breached.items()]
+    return out
+
+
+def export_gauges(data: ExperimentData, result: ExperimentResult | None, verdict: str | None = None,
+                  segments: SegmentAnalysis | None = None) -> None:
+    """Set the analyzer's gauges for one experiment (and its segments), and remove its series that went stale."""
+    key = data.experiment
+    series = [(metrics.UNITS, (key, arm), float(n)) for arm, n in data.units.items()]
+    if result is not None:
+        series += _result_series(key, result)
+    if verdict is not None:
+        series.append((metrics.VERDICT, (key,), VERDICT_CODES[verdict]))
+    series += _segment_series(key, segments)
+    now: set[tuple[Gauge, tuple[str, ...]]] = set()
+    for gauge, labels, value in series:
         gauge.labels(*labels).set(value)
         now.add((gauge, labels))
-
-    for arm, n in data.units.items():
-        put(metrics.UNITS, (key, arm), n)
-    if result is not None:
-        if result.srm is not None:
-            # an arm without units (or units in an arm of weight 0) is a mismatch whatever the test says
-            counts_fail = any(t.method == "arm_counts" and t.mismatch for t in result.srm_tests)
-            put(metrics.SRM_P_VALUE, (key,), 0.0 if counts_fail else result.srm.p_value)
-        breached: dict[str, bool] = {}
-        for r in result.results:
-            put(metrics.METRIC_MEAN, (key, r.control.arm, r.metric), r.control.estimate)
-            put(metrics.METRIC_MEAN, (key, r.arm, r.metric), r.treatment.estimate)
-            if r.effect.relative is not None and math.isfinite(r.effect.relative):
-                put(metrics.EFFECT_RELATIVE, (key, r.arm, r.metric), r.effect.relative)
-                ci = r.effect.relative_ci
-                if ci is not None and all(math.isfinite(v) for v in ci):
-                    put(metrics.EFFECT_RELATIVE_LOWER, (key, r.arm, r.metric), ci[0])
-                    put(metrics.EFFECT_RELATIVE_UPPER, (key, r.arm, r.metric), ci[1])
-            put(metrics.P_VALUE, (key, r.arm, r.metric, re.split(r"[(;]", r.method)[0]), r.p_value_adjusted)
-            if r.guardrail is not None:
-                breached[r.metric] = breached.get(r.metric, False) or r.guardrail.status == "breached"
-        for metric, b in breached.items():
-            put(metrics.GUARDRAIL_BREACHED, (key, metric), 1 if b else 0)
-    if verdict is not None:
-        put(metrics.VERDICT, (key,), VERDICT_CODES[verdict])
     for gauge, labels in _exported.get(key, set()) - now:
         gauge.remove(*labels)
     _exported[key] = now

@@ -62,6 +62,8 @@ class ExperimentData:
     history_share: dict[str, float] = field(default_factory=dict)
     # retention metric -> the period's units left out because their window ends after the data does
     censored: dict[str, int] = field(default_factory=dict)
+    holdout_units: int = 0  # kept on the control by the long-term holdout (not in the experiment)
+    holdout_crossed_units: int = 0  # held out at one time and in the experiment at another: excluded
 
 
 def builtin_metrics(cfg: AnalyzerConfig, with_cost: bool) -> list[MetricDefinition]:
@@ -102,6 +104,9 @@ def has_column(con: duckdb.DuckDBPyConnection, column: str) -> bool:
     return bool(con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'ev' "
                             "AND column_name = ?", [column]).fetchone()[0])
 
+
+HOLDOUT_ARM = "(holdout)"
+"""The arm of a unit the long-term holdout kept on the control (``unit_facts``, the holdout's comparison)."""
 
 FIRST_DELIVERY = "QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY kafka_partition, kafka_offset) = 1"
 """Keeps one row per ``event_id``: the proxy delivers at least once."""
@@ -232,21 +237,29 @@ def _period_tables(con: duckdb.DuckDBPyConnection, start: datetime | None, end: 
             params.append(bound)
     where = " AND ".join(in_period)
     day = "CAST(floor((epoch(first_ts) - ?) / 86400) AS INTEGER)" if start is not None else "0"
+    day_params = [start.timestamp()] if start is not None else []
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE units AS
-        SELECT unit_id, arm, first_ts, requests, {day} AS day FROM unit_facts WHERE arms = 1 AND {where}
-    """, ([start.timestamp()] if start is not None else []) + params)
+        SELECT unit_id, arm, first_ts, requests, {day} AS day FROM unit_facts WHERE arms = 1 AND held = 0 AND {where}
+    """, day_params + params)
+    # the long-term holdout's units of the period (docs/holdout.md), and those held out at another time
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE holdout_units AS
+        SELECT unit_id, arm, first_ts, requests, {day} AS day FROM unit_facts WHERE arms = 0 AND held = 1 AND {where}
+    """, day_params + params)
     multi = con.execute(f"SELECT count(*) FROM unit_facts WHERE arms > 1 AND {where}", params).fetchone()[0]
+    crossed = con.execute(f"SELECT count(*) FROM unit_facts WHERE arms = 1 AND held = 1 AND {where}",
+                          params).fetchone()[0]
+    held = con.execute("SELECT count(*) FROM holdout_units").fetchone()[0]
     units = dict(con.execute("SELECT arm, count(*) FROM units GROUP BY arm").fetchall())
     requests = dict(con.execute("SELECT arm, sum(requests) FROM units GROUP BY arm").fetchall())
     forced = con.execute(f"SELECT count(*) FROM ev WHERE type = 'exposure' AND forced AND {' AND '.join(period_ts)}",
                          params).fetchone()[0]
-    con.execute("CREATE OR REPLACE TEMP TABLE outc AS SELECT o.* FROM outc_all o SEMI JOIN units u USING (unit_id)")
+    restrict_to_units(con)
     early = con.execute("SELECT count(*) FROM outc WHERE early").fetchone()[0]
     late = con.execute("SELECT count(*) FROM outc WHERE NOT attributed AND NOT early").fetchone()[0]
     orphan_rows = dict(con.execute(f"SELECT forced_only, count(*) FROM stray_outcomes WHERE {' AND '.join(period_ts)} "
                                    "GROUP BY 1", params).fetchall())
-    con.execute("CREATE OR REPLACE TEMP TABLE resp AS SELECT r.* FROM resp_all r SEMI JOIN units u USING (unit_id)")
     # the last instant the data covers (retention's censoring): the period's end, or the newest request
     # before it (a report on a week not over yet); exposures only, stamped by the proxy's clock
     bound = ", ?" if end is not None else ""
@@ -255,7 +268,19 @@ def _period_tables(con: duckdb.DuckDBPyConnection, start: datetime | None, end: 
     return {"units": units, "requests": {a: int(v) for a, v in requests.items()}, "multi_arm_units": int(multi),
             "orphan_outcomes": int(orphan_rows.get(False, 0)), "late_outcomes": int(late),
             "forced_requests": int(forced), "early_outcomes": int(early),
-            "forced_only_outcomes": int(orphan_rows.get(True, 0))}
+            "forced_only_outcomes": int(orphan_rows.get(True, 0)), "holdout_units": int(held),
+            "holdout_crossed_units": int(crossed)}
+
+
+def restrict_to_units(con: duckdb.DuckDBPyConnection) -> None:
+    """Build ``outc`` and ``resp``, the outcomes and responses of the units in ``units``, each response
+    with its unit's arm there (the holdout's comparison groups units under arms of its own)."""
+    con.execute("CREATE OR REPLACE TEMP TABLE outc AS SELECT o.* FROM outc_all o SEMI JOIN units u USING (unit_id)")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE resp AS
+        SELECT r.unit_id, u.arm, r.status_code, r.error, r.latency_ms, r.prompt_tokens, r.completion_tokens,
+               r.upstream_model
+        FROM resp_all r JOIN units u ON u.unit_id = r.unit_id""")
 
 
 def _unpriced(con: duckdb.DuckDBPyConnection, m: MetricDefinition) -> str | None:
@@ -292,13 +317,19 @@ def _build_unit_facts(con: duckdb.DuckDBPyConnection, cfg: AnalyzerConfig) -> No
     outcomes alike.
     """
     window = _interval(cfg.attribution_window_hours * 3600)
+    # arm and arms count the experiment's arms only; a unit the long-term holdout kept on the control has
+    # arm '(holdout)' and arms 0 (held = 1), one held out and in the experiment at other times arms >= 1
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE unit_facts AS
-        WITH f AS (SELECT unit_id, min(arm) AS arm, count(DISTINCT arm) AS arms, min(ts) AS first_ts
+        WITH f AS (SELECT unit_id,
+                          coalesce(min(arm) FILTER (WHERE NOT coalesce(holdout, FALSE)), '{HOLDOUT_ARM}') AS arm,
+                          count(DISTINCT arm) FILTER (WHERE NOT coalesce(holdout, FALSE)) AS arms,
+                          max(CASE WHEN coalesce(holdout, FALSE) THEN 1 ELSE 0 END) AS held, min(ts) AS first_ts
                    FROM ev WHERE type = 'exposure' AND NOT forced AND unit_id IS NOT NULL GROUP BY unit_id)
-        SELECT f.unit_id, f.arm, f.arms, f.first_ts, count(*) FILTER (WHERE e.ts <= f.first_ts + {window}) AS requests
+        SELECT f.unit_id, f.arm, f.arms, f.held, f.first_ts,
+               count(*) FILTER (WHERE e.ts <= f.first_ts + {window}) AS requests
         FROM f JOIN ev e ON e.unit_id = f.unit_id AND e.type = 'exposure' AND NOT e.forced
-        GROUP BY f.unit_id, f.arm, f.arms, f.first_ts
+        GROUP BY f.unit_id, f.arm, f.arms, f.held, f.first_ts
     """)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE outc_all AS
@@ -306,7 +337,7 @@ def _build_unit_facts(con: duckdb.DuckDBPyConnection, cfg: AnalyzerConfig) -> No
                o.ts >= u.first_ts AND o.ts <= u.first_ts + {window} AS attributed,
                o.ts < u.first_ts AS early
         FROM ev o JOIN unit_facts u ON u.unit_id = o.unit_id
-        WHERE o.type = 'outcome' AND u.arms = 1
+        WHERE o.type = 'outcome' AND u.arms <= 1
     """)
     # outcomes whose unit has no exposure in the phase: orphans, or forced-only when the unit was only
     # ever served by a forced (QA) request; a period counts those timestamped in it
@@ -324,7 +355,7 @@ def _build_unit_facts(con: duckdb.DuckDBPyConnection, cfg: AnalyzerConfig) -> No
                x.upstream_model
         FROM ev r JOIN unit_facts u ON u.unit_id = r.unit_id
         LEFT JOIN (SELECT request_id, upstream_model FROM ev WHERE type = 'exposure') x ON x.request_id = r.request_id
-        WHERE r.type = 'response' AND NOT r.forced AND u.arms = 1
+        WHERE r.type = 'response' AND NOT r.forced AND u.arms <= 1
           AND r.ts >= u.first_ts AND r.ts <= u.first_ts + {window}
     """)
     if not (cfg.cuped.enabled and _has_table(con, "hist")):
@@ -357,7 +388,7 @@ def _build_exposures(con: duckdb.DuckDBPyConnection, cfg: AnalyzerConfig) -> Non
         SELECT e.unit_id, e.event_id, epoch_us(e.ts) - epoch_us(u.first_ts) AS since_us,
                epoch_us(e.ts) - epoch_us(u.first_ts) <= {window_us} AS in_window, e.user_turns
         FROM ev e JOIN unit_facts u ON u.unit_id = e.unit_id
-        WHERE e.type = 'exposure' AND NOT e.forced AND u.arms = 1
+        WHERE e.type = 'exposure' AND NOT e.forced AND u.arms <= 1
     """)
 
 

@@ -61,6 +61,7 @@ SCHEMA = pa.schema([
     ("shadow_finish_reason", pa.string()),
     # exposures: the request's segment attributes (client, allowed attributes; docs/segments.md), JSON
     ("attributes", pa.string()),
+    ("holdout", pa.bool_()),  # exposures of units the long-term holdout kept on the control (docs/holdout.md)
 ])
 SHADOW_SIDE_FIELDS = ("status_code", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens", "error",
                       "finish_reason")

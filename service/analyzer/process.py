@@ -6,11 +6,14 @@ import logging
 import signal
 import threading
 import time
+from typing import Any
 
 import duckdb
 
+from splitwatch.stats import ExperimentResult
+
 from .. import metrics
-from ..config import Config
+from ..config import Config, ExperimentConfig
 from ..control.channel import KafkaControl
 from ..control.state import StateTable
 from ..delivery.kafka_sink import KafkaSink
@@ -19,10 +22,24 @@ from .analysis import analyze_data, clear_gauges, export_gauges, live_verdict
 from .engines import attach_lake
 from .guard import RolloutGuard
 from .ingest import Ingestor
-from .kpi_queries import load_experiment
+from .kpi_queries import ExperimentData, load_experiment
+from .segments import SegmentAnalysis, analyze_segments
 from .shadow_stats import export_shadow_gauges, shadow_summaries
 
 log = logging.getLogger(__name__)
+
+
+def _live_segments(con: Any, data: ExperimentData, exp: ExperimentConfig, cfg: Config,
+                   result: ExperimentResult) -> SegmentAnalysis | None:
+    """Return the live results by segment (the dashboards' segment variable), or None: none to compute, or
+    they failed (logged: the experiment's own gauges matter more)."""
+    if not result.results:
+        return None
+    try:
+        return analyze_segments(con, data, exp, cfg.analyzer, result.options)
+    except Exception:
+        log.exception("the segments of %s failed", exp.key)
+        return None
 
 
 def analyze_all(cfg: Config, sequential: bool = True, guard: RolloutGuard | None = None) -> dict[str, object]:
@@ -50,6 +67,7 @@ def analyze_all(cfg: Config, sequential: bool = True, guard: RolloutGuard | None
             data = load_experiment(con, lake.glob(exp.key), exp, cfg.analyzer,
                                    history_glob=lake.glob("*") if cfg.analyzer.cuped.enabled else None)
             result = analyze_data(data, exp, cfg.analyzer, sequential)
+            segments = _live_segments(con, data, exp, cfg, result)
             if exp.shadow is not None:
                 try:  # the phase's shadow pairs, all of them (they are in the ev table load_experiment made)
                     export_shadow_gauges(exp.key, shadow_summaries(con, alpha=cfg.analyzer.alpha))
@@ -72,7 +90,7 @@ def analyze_all(cfg: Config, sequential: bool = True, guard: RolloutGuard | None
         except Exception:  # the gauges matter more than the verdict
             log.exception("the live verdict of %s failed", exp.key)
             verdict = None
-        export_gauges(data, result, verdict)
+        export_gauges(data, result, verdict, segments)
         if guard is not None and guarded:
             guard.review(exp, evidence)
         metrics.ANALYSIS_SECONDS.labels(exp.key).observe(time.perf_counter() - t0)

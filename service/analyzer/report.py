@@ -19,6 +19,8 @@ from ..config import AnalyzerConfig, Config, ExperimentConfig
 from .analysis import analyze_data
 from .daily_series import Series, SeriesPoint, daily_series, looks_before, units_by_day
 from .engines import attach_lake, connect
+from .holdout import HoldoutComparison, compare_holdout
+from .interactions import InteractionResult, interactions
 from .kpi_queries import ExperimentData, load_experiment, prepare_events
 from .lake import Lake
 from .report_queries import answers, drift_events, timeline
@@ -81,6 +83,9 @@ class Report:
     # shadow traffic: each candidate's paired figures against the control (shadow_stats)
     shadow: list[dict[str, Any]] = field(default_factory=list)
     segments: SegmentAnalysis | None = None  # results by segment (analyzer.segments)
+    holdout: HoldoutComparison | None = None  # the long-term holdout against everyone exposed (config holdout)
+    # arm x arm interactions with the other experiments that took some of the period's units
+    interactions: list[InteractionResult] = field(default_factory=list)
 
 @contextmanager
 def _steps(label: str, total: int, shown: bool) -> Iterator[Any]:
@@ -111,7 +116,7 @@ def build_report(cfg: Config, key: str, start: date, end: date, sequential: bool
     spark = cfg.analyzer.spark
     period = (_day_start(start), _day_start(end + timedelta(days=1)))
     days = [(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
-    with _steps(f"report {key}", 6, progress) as step:
+    with _steps(f"report {key}", 8, progress) as step:
         if rollups is not None:
             rollups.refresh()  # what changed since the last refresh (docs/analyzer.md, "Daily rollups")
         con = connect(cfg.analyzer.engine, spark.master, spark.conf)
@@ -139,6 +144,10 @@ def build_report(cfg: Config, key: str, start: date, end: date, sequential: bool
             if rep.result.results:
                 rep.segments = analyze_segments(con, rep.data, exp, cfg.analyzer, rep.result.options)
             step("segments")
+            rep.holdout = compare_holdout(con, rep.data, exp, cfg.analyzer, cfg.holdout, rep.result.options, *period)
+            step("holdout")
+            rep.interactions = interactions(con, rep.data, exp, cfg, lake, rep.result.options)
+            step("interactions")
         finally:
             con.close()
     rep.verdict = verdict(rep)

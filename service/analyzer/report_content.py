@@ -10,6 +10,8 @@ from splitwatch.stats import ROLES, MetricResult, Reason, Verdict
 from .kpi_queries import unit_definition
 from .report import Report
 from .report_format import fmt_chance, fmt_count, fmt_interval, fmt_margin, fmt_n, fmt_num, fmt_p
+from .report_holdout import holdout_banner, holdout_line
+from .report_interactions import interaction_banners
 
 
 def power_line(v: Verdict) -> str | None:
@@ -188,7 +190,11 @@ def summary_lines(rep: Report) -> list[str]:
             t.method, "Sample ratio, sequential (valid when watched)")
         value = "" if t.method == "arm_counts" else f"p = {fmt_p(t.p_value)}, "
         lines.append(f"{what}: {value}{'MISMATCH' if t.mismatch else 'ok'}")
-    lines.append(f"Excluded: {d.multi_arm_units} units seen in several arms, {d.forced_requests} forced requests; "
+    if rep.holdout is not None:
+        lines.append(holdout_line(rep.holdout))
+    crossed = (f", {d.holdout_crossed_units} units held out at another time" if d.holdout_crossed_units else "")
+    lines.append(f"Excluded: {d.multi_arm_units} units seen in several arms{crossed}, {d.forced_requests} forced "
+                 "requests; "
                  f"outcomes: {d.orphan_outcomes} of units never exposed, {d.forced_only_outcomes} of units only "
                  f"served by forced requests, {d.early_outcomes} before the unit's first exposure, "
                  f"{d.late_outcomes} after its attribution window")
@@ -211,6 +217,10 @@ def banners(rep: Report) -> list[tuple[str, str]]:
         failed = ", ".join(t.method for t in res.srm_tests if t.mismatch)
         out.append(("error", f"Sample ratio mismatch ({failed}): units are not split as the weights say. "
                              "Assignment or logging is broken; no result below can be trusted until it is fixed."))
+    held = holdout_banner(rep)
+    if held is not None:
+        out.append(held)
+    out += interaction_banners(rep)
     total = sum(d.units.values()) or 1
     quality = [(d.multi_arm_units, "units seen in several arms (excluded)", total),
                (d.orphan_outcomes, "outcomes of units never exposed", None),

@@ -20,6 +20,8 @@ from .daily_series import SeriesPoint
 from .report import Report
 from .report_content import TITLES, banners, metric_vocabulary, power_line, sections, summary_lines, vocabulary_lines
 from .report_format import fmt_chance, fmt_interval, fmt_margin, fmt_n, fmt_num, fmt_p
+from .report_holdout import HOLDOUT_HEADER, HOLDOUT_NOTE, holdout_rows
+from .report_interactions import INTERACTION_HEADER, INTERACTION_NOTE, interaction_rows
 from .report_segments import SEGMENT_HEADER, heterogeneity_lines, segment_note, segment_rows
 from .report_tables import (
     ANSWERS_HEADER,
@@ -229,6 +231,21 @@ def _segments_html(rep: Report) -> str:
     return f'<h2 id="segments">Segments</h2><p class="note">{esc(segment_note(seg))}</p>{tables}{het}'
 
 
+def _holdout_html(rep: Report) -> str:
+    h = rep.holdout
+    if h is None:
+        return ""
+    body = _table(HOLDOUT_HEADER, holdout_rows(h)) if h.result else f"<p>Not compared: {esc(h.why)}.</p>"
+    return f'<h2 id="holdout">Long-term holdout</h2><p class="note">{esc(HOLDOUT_NOTE)}</p>{body}'
+
+
+def _interactions_html(rep: Report) -> str:
+    if not rep.interactions:
+        return ""
+    return (f'<h2 id="interactions">Interactions with concurrent experiments</h2>'
+            f'<p class="note">{esc(INTERACTION_NOTE)}</p>{_table(INTERACTION_HEADER, interaction_rows(rep))}')
+
+
 def render_html(rep: Report, summary: list[str], notes: dict[str, str], vocabulary: list[str]) -> str:
     """Return the report as one self-contained HTML page."""
     v = rep.verdict
@@ -252,7 +269,7 @@ def render_html(rep: Report, summary: list[str], notes: dict[str, str], vocabula
         f'<figure><img alt="{esc(m)}, {esc(a)} vs control" '
         f'src="data:image/png;base64,{_plot(pts, f"{m}: {a} vs control (cumulative)")}"></figure>'
         for (m, a), pts in rep.series.items() if any(p.relative is not None for p in pts))
-    drift = _segments_html(rep)
+    drift = _segments_html(rep) + _holdout_html(rep) + _interactions_html(rep)
     drift += f"<h2>Drift timeline</h2>{_table(DRIFT_HEADER, drift_rows(rep))}" if rep.drift else ""
     if rep.answers:
         drift += (f"<h2>Answers per arm</h2>{_table(ANSWERS_HEADER, answer_rows(rep))}"

@@ -9,6 +9,8 @@ from splitwatch.stats import ExperimentResult, json_safe
 
 from .report import Report
 from .report_content import banners, design_of, metric_vocabulary
+from .report_holdout import holdout_json
+from .report_interactions import interactions_json
 from .report_segments import segments_json
 
 
@@ -36,12 +38,14 @@ def to_dict(rep: Report) -> dict[str, Any]:
         "units": d.units, "requests": d.requests, "excluded": {
             "units_in_several_arms": d.multi_arm_units, "orphan_outcomes": d.orphan_outcomes,
             "forced_only_outcomes": d.forced_only_outcomes, "early_outcomes": d.early_outcomes,
-            "late_outcomes": d.late_outcomes, "forced_requests": d.forced_requests},
+            "late_outcomes": d.late_outcomes, "forced_requests": d.forced_requests,
+            "holdout_units": d.holdout_units, "units_held_out_at_another_time": d.holdout_crossed_units},
         "skipped_metrics": {**d.skipped, **(res.skipped if res is not None else {})},
         "verdict": rep.verdict.as_dict() if rep.verdict else None, "srm": _srm_dict(res),
         "banners": [{"level": level, "text": text} for level, text in banners(rep)],
         "metrics": metric_vocabulary(rep), "drift": rep.drift, "answers": rep.answers, "shadow": rep.shadow,
-        "timeline": rep.timeline, "segments": segments_json(rep), "results": []}
+        "timeline": rep.timeline, "segments": segments_json(rep), "holdout": holdout_json(rep),
+        "interactions": interactions_json(rep), "results": []}
     for r in res.results if res else []:
         g = r.guardrail
         out["results"].append({

@@ -5,6 +5,8 @@ from __future__ import annotations
 from .report import Report
 from .report_content import banners, power_line, sections, summary_lines, vocabulary_lines
 from .report_format import md_table
+from .report_holdout import HOLDOUT_HEADER, HOLDOUT_NOTE, holdout_rows
+from .report_interactions import INTERACTION_HEADER, INTERACTION_NOTE, interaction_rows
 from .report_segments import SEGMENT_HEADER, heterogeneity_lines, segment_note, segment_rows
 from .report_tables import (
     ANSWERS_HEADER,
@@ -48,8 +50,15 @@ def _segment_tables(rep: Report) -> list[str]:
 
 
 def _other_tables(rep: Report) -> list[str]:
-    """Return the segments, drift, answers, shadow and rollout sections (those with data)."""
+    """Return the segments, holdout, drift, answers, shadow and rollout sections (those with data)."""
     out: list[str] = _segment_tables(rep)
+    h = rep.holdout
+    if h is not None:
+        out += ["", "## Long-term holdout", "", HOLDOUT_NOTE]
+        out += ["", *md_table(HOLDOUT_HEADER, holdout_rows(h))] if h.result else ["", f"Not compared: {h.why}."]
+    if rep.interactions:
+        out += ["", "## Interactions with concurrent experiments", "", INTERACTION_NOTE, "",
+                *md_table(INTERACTION_HEADER, interaction_rows(rep))]
     if rep.drift:
         out += ["", "## Drift timeline", "", *md_table(DRIFT_HEADER, drift_rows(rep))]
     if rep.answers:

@@ -53,7 +53,7 @@ from .lake import ANALYSIS_SCHEMA, Lake, analysis_columns, conform, file_columns
 
 log = logging.getLogger(__name__)
 
-ROLLUP_VERSION = 2  # 2: the derived feature columns (language, user_turns) and attributes
+ROLLUP_VERSION = 3  # 2: the derived feature columns (language, user_turns) and attributes; 3: holdout
 COLUMNS = [f.name for f in ANALYSIS_SCHEMA]
 ROW_SCHEMA = ANALYSIS_SCHEMA
 HISTORY_SCHEMA = pa.schema([("event_id", pa.string()), ("unit_id", pa.string()), ("ts", pa.timestamp("us", tz="UTC")),

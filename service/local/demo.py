@@ -8,7 +8,9 @@
 4. The events are read back from Kafka and summarised per arm next to the true values; the drift
    detector runs over the exposures and says when it noticed the shift.
 5. The analyzer ingests everything into a Parquet lake, and the tour ends with the significance
-   report (report.md, report.html, report.json in the kept output directory) and what to run next.
+   report (report.md, report.html, report.json in the kept output directory), the primary by the
+   language of each user's first prompt, day-1 retention (today's users are too recent: a cohort from
+   three days ago is replayed onto the topic, its report shows who came back), and what to run next.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from statistics import mean
 from typing import Any
@@ -38,7 +40,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from ..analyzer.ingest import Ingestor
 from ..analyzer.report import build_report
 from ..analyzer.report_content import power_line
-from ..analyzer.report_format import fmt_count, fmt_interval, fmt_num, md_table
+from ..analyzer.report_format import fmt_count, fmt_interval, fmt_num, fmt_p, md_table
 from ..analyzer.report_formats import RENDERERS
 from ..config import Config, parse_config
 from ..delivery.kafka_sink import KafkaSink
@@ -49,6 +51,8 @@ from ..evaluation.report import write_reports
 from ..evaluation.run import EvalOptions, run_description
 from ..evaluation.runner import plan_jobs, run_jobs
 from ..evaluation.store import ResultStore
+from ..events import ExposureEvent
+from ..proxy.assignment import CompiledExperiment
 from ..training.analysis import RunFindings, analyse
 from ..training.report import write_reports as write_training_reports
 from ..training.sources import load_run
@@ -78,6 +82,12 @@ SHIFTED_PROMPTS = [
     "¿Puedo cambiar la dirección de entrega del pedido {n}? Me mudé la semana pasada a otra ciudad.",
     "La aplicación se cierra cada vez que abro la configuración. ¿Cómo lo soluciono?",
 ]
+# Day-1 retention needs a day: the demo replays a cohort of users first seen three days ago (their
+# exposures, with their own timestamps, onto the events topic, as a replay of proxy logs would), some of
+# whom came back the next day. Today's users are too recent: the report leaves them out, and counts them.
+COHORT_USERS = 600
+COHORT_DAYS_AGO = 3
+RETURN_RATES = {"base": 0.30, "finetuned": 0.40}
 DEFAULT_OUTPUT = "splitwatch-demo"
 ROLLBACK_KEY = "support-ft-v2"
 # What an earlier run left in the output directory: moved to previous/ when a new run starts, and
@@ -124,6 +134,8 @@ def demo_config(broker: Broker, base: StubModel, ft: StubModel, workdir: Path, f
              "margin": 0.03, "description": "the user was handed to a human at least once"},
             {"name": "latency_p95_ms", "role": "guardrail", "margin": 0.20, "relative_margin": True,
              "description": "p95 upstream latency must not grow by more than 20%"},
+            {"name": "retention_d1", "role": "secondary",
+             "description": "the user came back the day after their first conversation"},
         ],
     }]
     if failing is not None:
@@ -337,6 +349,30 @@ def _table(summary: dict[str, dict[str, float]], cols: list[str]) -> list[str]:
 
 # Past the size limits on purpose (pyproject.toml):
 # the demo's tour, step by step in the order the README tells it; each step is a call
+def _cohort(cfg: Config, seed: int) -> tuple[list[ExposureEvent], date]:
+    """Return the replayed cohort's exposures (first visits three days ago, returns a day later) and its day."""
+    exp = cfg.require_experiment("support-ft")
+    compiled = CompiledExperiment(exp)
+    models = {a.name: a.upstream.model for a in exp.arms}
+    day = datetime.now(UTC).date() - timedelta(days=COHORT_DAYS_AGO)
+    start = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+    rng = random.Random(f"{seed}:cohort")
+    events = []
+    for i in range(COHORT_USERS):
+        unit = f"cohort-{i:05d}"
+        arm = compiled.bucketed_arm(unit)[1].name
+        language = "es" if i % 2 else "en"
+        visits = [start + timedelta(hours=rng.uniform(0, 20))]
+        if rng.random() < RETURN_RATES[arm]:
+            visits.append(visits[0] + timedelta(hours=rng.uniform(24, 47)))
+        for k, ts in enumerate(visits):
+            events.append(ExposureEvent(experiment=exp.key, phase=exp.phase, arm=arm, unit_id=unit,
+                                        request_id=f"{unit}-{k}", ts=ts, requested_model=exp.model,
+                                        upstream_model=models[arm],
+                                        features={"language": language, "user_turns": 1.0}))
+    return events, day
+
+
 def run_demo(units: int = 2000, seed: int = 7, workdir: str | None = None) -> int:  # noqa: PLR0915
     """Run the tour end to end, write the reports into the output directory, print where things are."""
     try:
@@ -423,12 +459,16 @@ def run_demo(units: int = 2000, seed: int = 7, workdir: str | None = None) -> in
                 KafkaSink(cfg.kafka).send([(e.key(), e.to_json()) for e in drift["events"]])
 
             task = progress.add_task(STEPS["report"], total=None)
+            cohort, cohort_day = _cohort(cfg, seed)
+            KafkaSink(cfg.kafka).send([(e.key(), e.to_json()) for e in cohort])
             analyzer.stop()
             procs.remove(analyzer)
             Ingestor(cfg).run(threading.Event(), until_caught_up=True)  # what the live analyzer had not written
             lake_events = _lake_events(cfg)
             today = datetime.now(UTC).date()
             rep = build_report(cfg, "support-ft", today, today, progress=False)
+            # the cohort's own report: its days, up to the end of its first users' day 1
+            returns = build_report(cfg, "support-ft", cohort_day, cohort_day + timedelta(days=2), progress=False)
             for fmt in ("md", "html", "json"):
                 (out / f"report.{fmt}").write_text(RENDERERS[fmt](rep), encoding="utf-8")
             progress.update(task, total=1, completed=1)
@@ -442,7 +482,7 @@ def run_demo(units: int = 2000, seed: int = 7, workdir: str | None = None) -> in
     rollback["guard"] = next((e for e in events if e.get("experiment") == ROLLBACK_KEY and e["type"] == "control"
                               and e.get("actor") == "guard"), None)
     _print_tour(console, out, units, events, main, outcomes, summary, lake_events, drift, rollback, rep,
-                training, offline, time.monotonic() - t0)
+                training, offline, time.monotonic() - t0, returns)
     _drop_previous(out)
     return 0
 
@@ -552,6 +592,39 @@ def _rollback_lines(rollback: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _segment_lines(rep: Any) -> list[str]:
+    """Return the primary's result per language (the report's Segments section, in a few lines)."""
+    seg = rep.segments
+    rows = [r for r in (seg.results if seg else []) if r.dimension == "language" and r.role == "primary"]
+    if not rows:
+        return []
+    lines = ["\nBy the language of each user's first prompt (the report's Segments; Holm within each metric):"]
+    for r in rows:
+        what = (f"{r.effect:+.3g}, adjusted p {fmt_p(r.p_adjusted)}: {r.decision}" if r.status == "tested"
+                else r.why)
+        lines.append(f"  {r.metric} for {r.arm}, language {r.value} ({fmt_count(r.control_units)} / "
+                     f"{fmt_count(r.treatment_units)} users): {what}")
+    het = [h for h in seg.heterogeneity if h.dimension == "language" and h.metric in {r.metric for r in rows}]
+    for h in het:
+        lines.append(f"  does the effect differ between languages? Cochran's Q p {fmt_p(h.p_value)}")
+    return lines
+
+
+def _retention_lines(rep: Any, returns: Any) -> list[str]:
+    """Return day-1 retention: today's users left out (too recent), the replayed cohort's result."""
+    censored = rep.data.censored.get("retention_d1")
+    lines = [f"\nDay-1 retention: today's {fmt_count(censored or 0)} users cannot have come back yet, so the "
+             "report leaves them out (and says so)."]
+    found = [r for r in (returns.result.results if returns and returns.result else []) if r.metric == "retention_d1"]
+    if found:
+        r = found[0]
+        lines.append(f"  The cohort replayed from {returns.start} ({fmt_count(r.control.n + r.treatment.n)} users, "
+                     f"{COHORT_DAYS_AGO} days ago): {r.control.arm} {r.control.estimate:.1%}, {r.arm} "
+                     f"{r.treatment.estimate:.1%} came back the next day ({r.effect.absolute:+.3g}, "
+                     f"p {fmt_p(r.p_value)}: {r.decision}); its report is the first command below.")
+    return lines
+
+
 def _digest(rep: Any) -> list[str]:
     """Return the report's verdict and each metric's result in a few lines (the full report is in files)."""
     v = rep.verdict
@@ -589,7 +662,7 @@ def _results_table(rep: Any) -> Any:
 def _print_tour(console: Console, out: Path, units: int, events: list[dict[str, Any]], main: list[dict[str, Any]],
                 outcomes: list[dict[str, Any]], summary: dict[str, dict[str, float]], lake_events: int,
                 drift: dict[str, Any], rollback: dict[str, Any], rep: Any, training: list[RunFindings],
-                offline: EvalResult, seconds: float) -> None:
+                offline: EvalResult, seconds: float, returns: Any = None) -> None:
     """Print what the tour measured, the report's verdict and results, where everything is and what to run next."""
     say = console.print
     say(f"\nTraining runs before the checkpoint was chosen ({len(training)} runs, training/report.html):")
@@ -638,6 +711,8 @@ def _print_tour(console: Console, out: Path, units: int, events: list[dict[str, 
         say(line)
     say(_results_table(rep))
     say(f"[dim]{WALL_CLOCK_NOTE}[/dim]")
+    for line in _segment_lines(rep) + _retention_lines(rep, returns):
+        say(line)
     cli = _command_name()
     where = _short_path(out)
     say(f"\n[bold]Done in {seconds:.0f} s.[/bold] Everything is in {where}:")
@@ -651,8 +726,12 @@ def _print_tour(console: Console, out: Path, units: int, events: list[dict[str, 
         say(f"  {name:<23} {what}")
     say("Next (each command on one line; copy it whole):")
     today = datetime.now(UTC).date()
-    for command in (f"{cli} report --config {where}/splitwatch.yaml --experiment {ROLLBACK_KEY} --from {today}",
-                    f"{cli} config check {where}/splitwatch.yaml"):
+    commands = [f"{cli} report --config {where}/splitwatch.yaml --experiment {ROLLBACK_KEY} --from {today}",
+                f"{cli} config check {where}/splitwatch.yaml"]
+    if returns is not None:
+        commands.insert(0, f"{cli} report --config {where}/splitwatch.yaml --experiment support-ft --from "
+                           f"{returns.start} --to {returns.end}")
+    for command in commands:
         say(f"  {command}", soft_wrap=True)  # never folded: a pasted command must stay whole
     if cli != "splitwatch":
         say(f"  ({cli} is not on your PATH: `source {Path(cli).parent}/activate` puts `splitwatch` there)",

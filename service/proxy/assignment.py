@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
 
-from ..config import Config, ExperimentConfig
+from ..config import Config, ExperimentConfig, HoldoutConfig
 
 BUCKETS = 10_000
 
-ExclusionReason = Literal["no_unit", "not_covered", "paused", "forced"]
+ExclusionReason = Literal["no_unit", "not_covered", "paused", "forced", "holdout"]
 
 
 def bucket_of(salt: str, unit_id: str) -> int:
@@ -71,11 +72,13 @@ class Assignment:
     in_experiment: bool
     forced: bool = False
     excluded_reason: ExclusionReason | None = None
+    holdout: bool = False  # kept on the control by the long-term holdout (logged, not in the experiment)
 
     @property
     def logged(self) -> bool:
-        """Return True when the request produces exposure and response events (in experiment, or forced)."""
-        return self.in_experiment or self.forced
+        """Return True when the request produces exposure and response events (in experiment, forced, or
+        held out: the holdout's users are measured too)."""
+        return self.in_experiment or self.forced or self.holdout
 
 
 class CompiledExperiment:
@@ -97,8 +100,9 @@ class CompiledExperiment:
         raise AssertionError("bucket ranges do not cover [0, 10000)")  # pragma: no cover
 
     def assign(self, unit_id: str | None, forced_arm: str | None = None, paused: bool | None = None,
-               coverage: float | None = None) -> Assignment:
-        """Return the assignment of ``unit_id``; ``paused``/``coverage`` override the config (admin)."""
+               coverage: float | None = None, holdout: Holdout | None = None) -> Assignment:
+        """Return the assignment of ``unit_id``; ``paused``/``coverage`` override the config (admin). A unit
+        the experiment would take that ``holdout`` holds gets the control, flagged (docs/holdout.md)."""
         cfg = self.config
         control = cfg.arms[0].name
         if forced_arm is not None:
@@ -112,15 +116,38 @@ class CompiledExperiment:
         cov = cfg.coverage if coverage is None else coverage
         if not r.admits(b, cov):
             return Assignment(cfg.key, cfg.phase, control, b, False, False, "not_covered")
+        if holdout is not None and holdout.holds(unit_id):
+            return Assignment(cfg.key, cfg.phase, control, b, False, False, "holdout", holdout=True)
         return Assignment(cfg.key, cfg.phase, r.name, b, True)
 
 
+class Holdout:
+    """The long-term holdout on the request path: its own salt's buckets below ``share``, while it holds.
+
+    Applied after coverage, to the units an experiment would take, so that the holdout's share of the
+    logged units is ``share`` whatever the coverage (the report's SRM check of the holdout reads that).
+    """
+
+    __slots__ = ("end", "limit", "salt", "start")
+
+    def __init__(self, config: HoldoutConfig) -> None:
+        self.salt = config.salt
+        self.limit = config.share * BUCKETS
+        self.start, self.end = config.start.timestamp(), config.end.timestamp()
+
+    def holds(self, unit_id: str, now: float | None = None) -> bool:
+        """Return True when the unit is in the holdout and the holdout is in force ``now`` (epoch seconds)."""
+        t = time.time() if now is None else now
+        return self.start <= t < self.end and bucket_of(self.salt, unit_id) < self.limit
+
+
 class ExperimentTable:
-    """Look-up of running experiments by requested model name and by key."""
+    """Look-up of running experiments by requested model name and by key, and the holdout in force."""
 
     def __init__(self, config: Config) -> None:
         self.by_key = {e.key: CompiledExperiment(e) for e in config.experiments}
         self.by_model = {c.config.model: c for c in self.by_key.values()}
+        self.holdout = Holdout(config.holdout) if config.holdout is not None else None
 
     def for_model(self, model: str) -> CompiledExperiment | None:
         """Return the experiment that matches a requested model name, or None."""

@@ -116,6 +116,7 @@ class Runtime:
     def assign(self, exp: CompiledExperiment, unit_id: str | None, forced_arm: str | None = None) -> Assignment:
         """Return the assignment of a unit under the state in force (control topic, else config)."""
         st = self.control.table.get(exp.config.key, exp.config.phase)
+        holdout = self.snapshot.table.holdout
         if st is None:  # nobody changed this phase: the config (and the first rollout step) rule
-            return exp.assign(unit_id, forced_arm, coverage=exp.config.initial_coverage)
-        return exp.assign(unit_id, forced_arm, paused=st.status == "paused", coverage=st.coverage)
+            return exp.assign(unit_id, forced_arm, coverage=exp.config.initial_coverage, holdout=holdout)
+        return exp.assign(unit_id, forced_arm, paused=st.status == "paused", coverage=st.coverage, holdout=holdout)

@@ -21,5 +21,5 @@ async def get_assignments(unit_id: str, request: Request) -> dict[str, Any]:
     for exp in runtime.snapshot.table.by_key.values():
         a = runtime.assign(exp, unit_id)
         out.append({"experiment": a.experiment, "phase": a.phase, "arm": a.arm, "bucket": a.bucket,
-                    "in_experiment": a.in_experiment, "excluded_reason": a.excluded_reason})
+                    "in_experiment": a.in_experiment, "excluded_reason": a.excluded_reason, "holdout": a.holdout})
     return {"unit_id": unit_id, "assignments": out}

@@ -224,7 +224,7 @@ async def _proxy(request: Request, kind: Kind) -> Response:  # noqa: C901
         body["model"] = arm.upstream.model
         strip_usage = call.stream and _request_stream_usage(body, arm.upstream)
         shadow = exp.config.shadow
-        if (shadow is not None and a.logged and not a.forced and a.arm == exp.config.control.name
+        if (shadow is not None and a.in_experiment and a.arm == exp.config.control.name
                 and runtime.control.table.effective(exp.config).shadow_enabled(exp.config)):
             candidate = exp.config.arm(shadow.arm)
             assert candidate is not None  # the config checks it
@@ -246,7 +246,7 @@ def _publish_exposure(runtime: Runtime, config: Config, a: Assignment, arm: ArmC
     parts = prompt_text(body)  # once: it joins every message of a possibly long history
     event = ExposureEvent(
         experiment=a.experiment, phase=a.phase, arm=a.arm, unit_id=unit_id, request_id=request_id,
-        requested_model=model, upstream_model=arm.upstream.model, forced=a.forced,
+        requested_model=model, upstream_model=arm.upstream.model, forced=a.forced, holdout=a.holdout,
         features=features_of_prompt(*parts), attributes=attributes,
         text=parts[0] if config.proxy.log_text else None)
     event.attach_text_sample(TEXT_KIND_PROMPT + parts[1][:TEXT_SAMPLE_CHARS].encode("utf-8", "replace"))
