@@ -385,10 +385,6 @@ class HoldoutConfig(_Strict):
                              f"({self.start.isoformat()})")
         return self
 
-    def active(self, at: datetime) -> bool:
-        """Return True while the holdout holds (``start`` <= ``at`` < ``end``)."""
-        return self.start <= at < self.end
-
 
 class PriceConfig(_Strict):
     """Price of an upstream model, per 1,000 tokens, for cost KPIs."""

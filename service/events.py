@@ -88,7 +88,7 @@ class ExposureEvent(_Event):
     forced: bool = False
     holdout: bool = False  # kept on the control by the long-term holdout (docs/holdout.md); not in the experiment
     features: dict[str, float | str] = Field(default_factory=dict)
-    # the request's segment attributes: its client and the attributes proxy.segments allows (docs/segments.md)
+    # the request's segment attributes: its client and the attributes proxy.attributes allows (docs/segments.md)
     attributes: dict[str, str] | None = None
     text: str | None = None
 

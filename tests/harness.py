@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from splitwatch.service.delivery.topic_reader import read_events, unique_by_event_id
-from splitwatch.service.local.processes import LOOPBACK, Broker, Proxy, StubModel, free_port, wait_delivered
+from splitwatch.service.local.processes import (
+    LOOPBACK,
+    Broker,
+    Proxy,
+    StubModel,
+    free_port,
+    splitwatch_command,
+    wait_delivered,
+)
 
 __all__ = ["Broker", "Proxy", "StubModel", "free_port", "read_events", "unique_by_event_id", "wait_delivered"]
 
@@ -187,3 +198,20 @@ class Traffic:
         self._stop.set()
         for w in self._workers:
             w.join(15)
+
+
+def ingest_once(proxy: Proxy) -> None:
+    """Run ``splitwatch analyzer --once`` on the proxy's config (the topic into the lake), and check it succeeded."""
+    res = subprocess.run(splitwatch_command("analyzer", "--config", str(proxy.config_path), "--once"),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+
+
+def todays_report(proxy: Proxy, experiment: str = "support-ft", fmt: str = "json") -> Any:
+    """Return ``splitwatch report`` of today for the proxy's config: parsed JSON, or the text of another format."""
+    today = datetime.now(UTC).date().isoformat()
+    res = subprocess.run(splitwatch_command("report", "--config", str(proxy.config_path), "--experiment", experiment,
+                                            "--from", today, "--to", today, "--format", fmt),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout) if fmt == "json" else res.stdout

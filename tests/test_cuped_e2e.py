@@ -10,9 +10,7 @@ missing-covariate indicator keeps the users without history at their own value).
 
 from __future__ import annotations
 
-import json
 import random
-import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,9 +18,8 @@ import httpx
 import numpy as np
 import pytest
 
-from splitwatch.service.local.processes import splitwatch_command
 from splitwatch.stats import AnalysisOptions, MetricDefinition, MomentStats, analyze
-from tests.harness import wait_delivered
+from tests.harness import ingest_once, todays_report, wait_delivered
 
 EFFECT = {"base": 0.0, "finetuned": 0.3}
 
@@ -55,17 +52,10 @@ def test_cuped_narrows_the_interval_by_what_theory_predicts(start_proxy) -> None
             for i in range(0, len(batch), 500):
                 assert c.post(proxy.url + "/v1/outcomes", json=batch[i:i + 500]).status_code == 202
     wait_delivered(proxy.url)
-    res = subprocess.run(splitwatch_command("analyzer", "--config", str(proxy.config_path), "--once"),
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
+    ingest_once(proxy)
     lake = Path(proxy.config["analyzer"]["lake_dir"])
     assert list(lake.glob("date=*/experiment=_unattached/*.parquet"))  # history has its own partition
-    today = datetime.now(UTC).date().isoformat()
-    rep = subprocess.run(splitwatch_command("report", "--config", str(proxy.config_path), "--experiment",
-                                            "support-ft", "--from", today, "--to", today, "--format", "json"),
-                         capture_output=True, text=True, timeout=300)
-    assert rep.returncode == 0, rep.stderr
-    report = json.loads(rep.stdout)
+    report = todays_report(proxy)
     csat = next(r for r in report["results"] if r["metric"] == "csat")
     assert csat["history_share"] == pytest.approx(history / units, abs=1e-9)
     # theory: share * rho^2 = 0.51; the estimate from 1,500 users has a standard error near 0.03

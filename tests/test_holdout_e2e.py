@@ -10,18 +10,15 @@ control's 50%, so everyone exposed (half on each arm) resolves about 65% against
 
 from __future__ import annotations
 
-import json
 import random
-import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
-from splitwatch.service.local.processes import splitwatch_command
 from splitwatch.service.proxy.assignment import bucket_of
-from tests.harness import base_config, experiment_config, wait_delivered
+from tests.harness import base_config, experiment_config, ingest_once, todays_report, wait_delivered
 
 SALT = "holdout-2026q4"
 SHARE = 0.1
@@ -57,22 +54,9 @@ def run(start_proxy, broker, stubs, topic, tmp_path: Path) -> dict:
         for k in range(0, len(outcomes), 500):
             assert c.post(proxy.url + "/v1/outcomes", json=outcomes[k:k + 500]).status_code == 202
     wait_delivered(proxy.url)
-    res = subprocess.run(splitwatch_command("analyzer", "--config", str(proxy.config_path), "--once"),
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    today = datetime.now(UTC).date().isoformat()
-    reports = {}
-    for key in ("support-ft", "tone-ft"):
-        out = subprocess.run(splitwatch_command("report", "--config", str(proxy.config_path), "--experiment", key,
-                                                "--from", today, "--to", today, "--format", "json"),
-                             capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stderr
-        reports[key] = json.loads(out.stdout)
-    md = subprocess.run(splitwatch_command("report", "--config", str(proxy.config_path), "--experiment",
-                                           "support-ft", "--from", today, "--to", today, "--format", "md"),
-                        capture_output=True, text=True, timeout=300)
-    assert md.returncode == 0, md.stderr
-    return {"arms": arms, "api": api, "reports": reports, "markdown": md.stdout}
+    ingest_once(proxy)
+    reports = {key: todays_report(proxy, key) for key in ("support-ft", "tone-ft")}
+    return {"arms": arms, "api": api, "reports": reports, "markdown": todays_report(proxy, fmt="md")}
 
 
 def test_the_holdout_gets_its_share_and_the_control_of_every_experiment(run: dict) -> None:

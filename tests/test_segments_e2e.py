@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
-from splitwatch.service.local.processes import splitwatch_command
-from tests.harness import base_config, experiment_config, wait_delivered
+from tests.harness import base_config, experiment_config, ingest_once, todays_report, wait_delivered
 
 PROMPTS = {
     "en": ["My order has not arrived yet, can you help me track the package please?",
@@ -75,15 +72,8 @@ def report(start_proxy, broker, stubs, topic, tmp_path: Path) -> dict:
         for k in range(0, len(outcomes), 500):
             assert c.post(proxy.url + "/v1/outcomes", json=outcomes[k:k + 500]).status_code == 202
     wait_delivered(proxy.url)
-    res = subprocess.run(splitwatch_command("analyzer", "--config", str(proxy.config_path), "--once"),
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    today = datetime.now(UTC).date().isoformat()
-    out = subprocess.run(splitwatch_command("report", "--config", str(proxy.config_path), "--experiment",
-                                            "support-ft", "--from", today, "--to", today, "--format", "json"),
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
+    ingest_once(proxy)
+    return todays_report(proxy)
 
 
 def _row(report: dict, dimension: str, segment: str, metric: str) -> dict:

@@ -18,7 +18,7 @@ from typing import Any
 from splitwatch.stats import AnalysisOptions, ExperimentResult, SRMResult, analyze, srm_chi_square
 
 from ..config import AnalyzerConfig, ExperimentConfig, HoldoutConfig
-from .kpi_queries import HOLDOUT_ARM, ExperimentData, restrict_to_units
+from .kpi_queries import HOLDOUT_ARM, ExperimentData, restrict_to_units, units_regrouped
 from .metric_statements import metric_stats
 
 EXPOSED_ARM = "(exposed)"
@@ -55,24 +55,23 @@ def compare_holdout(con: Any, data: ExperimentData, exp: ExperimentConfig, cfg: 
     if held < 2 or not data.units or not metrics:
         out.why = "no holdout users in the period" if held < 2 else "no configured metric to compare"
         return out
-    con.execute("CREATE OR REPLACE TEMP TABLE units_base AS SELECT unit_id, arm, first_ts, requests, day FROM units")
+    stats: dict[str, dict[str, Any]] = {HOLDOUT_ARM: {}, EXPOSED_ARM: {}}
+    compared = []
     try:
-        con.execute(f"""
-            CREATE OR REPLACE TEMP TABLE units AS
-            SELECT unit_id, '{EXPOSED_ARM}' AS arm, first_ts, requests, day FROM units_base
-            UNION ALL SELECT unit_id, '{HOLDOUT_ARM}' AS arm, first_ts, requests, day FROM holdout_units""")
-        restrict_to_units(con)
-        stats: dict[str, dict[str, Any]] = {HOLDOUT_ARM: {}, EXPOSED_ARM: {}}
-        compared = []
-        for m in metrics:
-            per_arm = metric_stats(con, m, {})
-            if all(a in per_arm for a in stats):
-                compared.append(m)
-                for a in stats:
-                    stats[a][m.name] = per_arm[a]
+        with units_regrouped(con):
+            con.execute(f"""
+                CREATE OR REPLACE TEMP TABLE units AS
+                SELECT unit_id, '{EXPOSED_ARM}' AS arm, first_ts, requests, day FROM units_base
+                UNION ALL SELECT unit_id, '{HOLDOUT_ARM}' AS arm, first_ts, requests, day FROM holdout_units""")
+            restrict_to_units(con)
+            for m in metrics:
+                per_arm = metric_stats(con, m, {})
+                if all(a in per_arm for a in stats):
+                    compared.append(m)
+                    for a in stats:
+                        stats[a][m.name] = per_arm[a]
     finally:
-        con.execute("CREATE OR REPLACE TEMP TABLE units AS SELECT * FROM units_base")
-        restrict_to_units(con)
+        restrict_to_units(con)  # the period's outcomes and responses again
     if compared:
         out.result = analyze(compared, stats, HOLDOUT_ARM, options=replace(options, group=None, earlier_looks=()))
     else:

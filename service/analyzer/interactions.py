@@ -20,7 +20,7 @@ from splitwatch.stats import AnalysisOptions, adjust_p_values
 from splitwatch.stats.interaction import interaction_test
 
 from ..config import Config, ExperimentConfig
-from .kpi_queries import ExperimentData
+from .kpi_queries import ExperimentData, units_regrouped
 from .lake import Lake
 from .metric_statements import metric_stats
 
@@ -63,8 +63,7 @@ def interactions(con: Any, data: ExperimentData, exp: ExperimentConfig, cfg: Con
     if not primaries or not others or not data.units:
         return []
     raw: list[tuple[str, str, int, Any]] = []
-    con.execute("CREATE OR REPLACE TEMP TABLE units_base AS SELECT unit_id, arm, first_ts, requests, day FROM units")
-    try:
+    with units_regrouped(con):
         for other in others:
             _other_arms(con, lake, other)
             con.execute("""
@@ -79,8 +78,6 @@ def interactions(con: Any, data: ExperimentData, exp: ExperimentConfig, cfg: Con
                 test = interaction_test(cells, exp.arm_names, other.arm_names)  # type: ignore[arg-type]
                 if test is not None:
                     raw.append((other.key, m.name, int(both), test))
-    finally:
-        con.execute("CREATE OR REPLACE TEMP TABLE units AS SELECT * FROM units_base")
     adjusted = adjust_p_values([t.p_value for *_, t in raw], options.correction)
     return [InteractionResult(other, metric, both, t.statistic, t.df, t.p_value, p_adj, t.contrasts, options.alpha)
             for (other, metric, both, t), p_adj in zip(raw, adjusted, strict=True)]

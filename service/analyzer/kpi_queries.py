@@ -22,6 +22,8 @@ Every event is deduplicated by ``event_id`` first: delivery is at least once.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -270,6 +272,17 @@ def _period_tables(con: duckdb.DuckDBPyConnection, start: datetime | None, end: 
             "forced_requests": int(forced), "early_outcomes": int(early),
             "forced_only_outcomes": int(orphan_rows.get(True, 0)), "holdout_units": int(held),
             "holdout_crossed_units": int(crossed)}
+
+
+@contextmanager
+def units_regrouped(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Keep the period's ``units`` as ``units_base`` while the caller rebuilds ``units`` grouped its own way
+    (segments, the holdout's comparison, interactions); give the period's units back afterwards."""
+    con.execute("CREATE OR REPLACE TEMP TABLE units_base AS SELECT unit_id, arm, first_ts, requests, day FROM units")
+    try:
+        yield
+    finally:
+        con.execute("CREATE OR REPLACE TEMP TABLE units AS SELECT * FROM units_base")
 
 
 def restrict_to_units(con: duckdb.DuckDBPyConnection) -> None:

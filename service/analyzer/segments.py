@@ -26,7 +26,7 @@ from splitwatch.stats.segments import (
 )
 
 from ..config import AnalyzerConfig, ExperimentConfig
-from .kpi_queries import ExperimentData
+from .kpi_queries import ExperimentData, units_regrouped
 from .metric_statements import Stats, adjusted_stats, ident, latency_quantiles_by, metric_stats
 
 OTHER = "(other)"
@@ -110,9 +110,8 @@ def _dimension_sql(dimension: str) -> str:
 
 
 def _first_exposures(con: Any) -> None:
-    """Keep the period's units as ``units_base``, and build ``unit_first``: each one's language and attributes
-    at its first non-forced exposure (several at that same instant: the smallest value of each)."""
-    con.execute("CREATE OR REPLACE TEMP TABLE units_base AS SELECT unit_id, arm, first_ts, requests, day FROM units")
+    """Build ``unit_first``: each of the period's units' (``units_base``) language and attributes at its first
+    non-forced exposure (several at that same instant: the smallest value of each)."""
     # a join on the first instant, not a window over every exposure: 2.5x faster on a million units
     con.execute("""
         CREATE OR REPLACE TEMP TABLE unit_first AS
@@ -165,17 +164,15 @@ def analyze_segments(con: Any, data: ExperimentData, exp: ExperimentConfig, cfg:
     arms = exp.arm_names
     control = exp.control.name
     each = replace(options, correction="none")  # corrected afterwards, within the scope's families
-    _first_exposures(con)
-    try:
+    with units_regrouped(con):
+        _first_exposures(con)
         for dim in seg_cfg.dimensions:
             units = _set_dimension(con, dim, seg_cfg.max_values)
             out.units[dim] = units
             stats = {m.name: _stats_by_segment(con, m, data) for m in metrics}
             for value, per_arm in units.items():
                 out.results += segment_results(dim, value, per_arm, metrics, stats, arms, control, each,
-                                        seg_cfg.min_units_per_arm)
-    finally:
-        con.execute("CREATE OR REPLACE TEMP TABLE units AS SELECT * FROM units_base")
+                                               seg_cfg.min_units_per_arm)
     correct(out)
     out.heterogeneity = heterogeneity_tests(out)
     return out

@@ -44,11 +44,6 @@ class AttributeRules:
         # keys whose variable is unset name no client (the proxy still serves: the report says "(unknown)")
         self.client_names = {_digest(env[var]): name for name, var in proxy.client_keys.items() if env.get(var)}
 
-    @property
-    def active(self) -> bool:
-        """Return True when a request can carry anything beyond the client header."""
-        return bool(self.allowed or self.client_names)
-
     def of_request(self, headers: Mapping[str, str], body: dict[str, Any]) -> dict[str, str] | None:
         """Return the request's segment attributes (None when it has none); raise InvalidRequest naming
         the field when one is malformed, not allowed, or too long."""
