@@ -314,7 +314,7 @@ def _drift_phase(cfg: Config, exposures: list[dict[str, Any]], shift_at: str | N
                  progress: Progress) -> dict[str, Any]:
     """Run the drift detector over the experiment's exposures in time order; return when it noticed."""
     from splitwatch.drift.engines import EngineUnavailable, require
-    from splitwatch.drift.monitor import ExperimentMonitor
+    from splitwatch.drift.monitor import ALL_ARMS, ExperimentMonitor
 
     try:
         require(cfg.drift.engine, cfg.drift.classifier)
@@ -329,15 +329,27 @@ def _drift_phase(cfg: Config, exposures: list[dict[str, Any]], shift_at: str | N
     shift_index = next((i for i, e in enumerate(ordered) if shift_at is not None and e["unit_id"] >= shift_at),
                        len(ordered))
     task = progress.add_task(STEPS["drift"], total=len(ordered))
+    # The first alarm can come from a window the shift has only begun to fill, naming what moved first
+    # (often the digits); a drift event is published only when the verdict changes, so the window that
+    # first names the language is read from the monitor's reports over all arms.
+    language: tuple[int, str] | None = None
+    last_report = None
     for i, e in enumerate(ordered):
         current.update(i=i, ts=datetime.fromisoformat(e["ts"].replace("Z", "+00:00")))
         monitor.add(e["arm"], e.get("features") or {})
+        report = monitor.reports.get(ALL_ARMS)
+        if language is None and report is not None and report is not last_report:
+            last_report = report
+            named = [c for c in report.changes() if c.startswith("language:")] if report.detected else []
+            if named:
+                language = (i, named[0])
         progress.advance(task)
     detections = [(i, ev) for i, ev in found if ev.detected]
     first = detections[0] if detections else None
     return {"exposures": len(ordered), "reference": cfg.drift.reference_size, "shift_index": shift_index,
             "detected_index": first[0] if first else None,
             "features": (first[1].changes or first[1].drifted_features) if first else [],
+            "language_index": language[0] if language else None, "language": language[1] if language else None,
             "false_alarms": sum(1 for i, _ in detections if i < shift_index), "events": [ev for _, ev in found]}
 
 
@@ -659,6 +671,23 @@ def _results_table(rep: Any) -> Any:
     return table
 
 
+def _drift_lines(drift: dict[str, Any]) -> list[str]:
+    """Return the tour's lines on the drift detector: when it noticed the shift, and what it named."""
+    if "skipped" in drift:
+        return [f"Drift: skipped; {drift['skipped']}"]
+    if drift["detected_index"] is None:
+        return [f"Drift: not detected in {fmt_count(drift['exposures'])} exposures (the shift began at exposure "
+                f"{fmt_count(drift['shift_index'])})"]
+    lines = [f"Drift: the prompt mix shifted at exposure {fmt_count(drift['shift_index'])} of "
+             f"{fmt_count(drift['exposures'])}; the detector (reference: the first {fmt_count(drift['reference'])}) "
+             f"noticed at exposure {fmt_count(drift['detected_index'])}: {'; '.join(drift['features'])}; "
+             f"{drift['false_alarms']} alarms before the shift"]
+    if drift["language_index"] is not None and drift["language"] not in drift["features"]:
+        lines.append(f"Drift: the language was named from exposure {fmt_count(drift['language_index'])}: "
+                     f"{drift['language']}")
+    return lines
+
+
 def _print_tour(console: Console, out: Path, units: int, events: list[dict[str, Any]], main: list[dict[str, Any]],
                 outcomes: list[dict[str, Any]], summary: dict[str, dict[str, float]], lake_events: int,
                 drift: dict[str, Any], rollback: dict[str, Any], rep: Any, training: list[RunFindings],
@@ -693,16 +722,8 @@ def _print_tour(console: Console, out: Path, units: int, events: list[dict[str, 
     say("\nunits per arm (expected 50/50): " + ", ".join(
         f"{arm} {r['units'] / total:.1%}" for arm, r in summary.items()))
     say()
-    if "skipped" in drift:
-        say(f"Drift: skipped; {drift['skipped']}")
-    elif drift["detected_index"] is None:
-        say(f"Drift: not detected in {fmt_count(drift['exposures'])} exposures (the shift began at exposure "
-            f"{fmt_count(drift['shift_index'])})")
-    else:
-        say(f"Drift: the prompt mix shifted at exposure {fmt_count(drift['shift_index'])} of "
-            f"{fmt_count(drift['exposures'])}; the detector (reference: the first {fmt_count(drift['reference'])}) "
-            f"noticed at exposure {fmt_count(drift['detected_index'])}: {'; '.join(drift['features'])}; "
-            f"{drift['false_alarms']} alarms before the shift")
+    for line in _drift_lines(drift):
+        say(line)
     for line in _rollback_lines(rollback):
         say(line)
     say(f"\nThe lake holds {fmt_count(lake_events)} events, written by the analyzer as they arrived. "
