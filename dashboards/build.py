@@ -23,6 +23,8 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as dm
 
+from splitwatch.service.serving.promql import SERIES, model_size_expr
+
 HERE = Path(__file__).resolve().parent
 DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 EXP = 'experiment=~"$experiment"'
@@ -297,7 +299,28 @@ def drift_dashboard() -> db.Dashboard:
     return d
 
 
+def serving_dashboard() -> db.Dashboard:
+    """Return the serving side per arm: GPU memory and utilisation, KV cache, queue, decoding speed, model size
+    (the model servers' and DCGM's own series, joined through splitwatch_upstream_info: docs/serving.md)."""
+    d = _dashboard("splitwatch-serving", "splitwatch serving", "30s", "now-6h",
+                   "What each arm costs to serve, from its model servers' (vLLM, TGI) and GPUs' (DCGM exporter) own "
+                   "metrics, joined per arm through splitwatch_upstream_info (docs/serving.md).")
+    d = d.with_variable(_label_variable("experiment", "Experiment", "label_values(splitwatch_upstream_info, "
+                                                                    "experiment)"))
+    panels = [graph(f"{s.title} by arm", s.unit, [(s.expr(EXP), "{{arm}} ({{role}})")], f"From {s.sources}.")
+              for s in SERIES]
+    panels.append(graph("Model size by arm (parameters, as configured)", "short", [
+        (model_size_expr("parameters", EXP), "{{arm}} {{model}} ({{dtype}})")],
+        "upstream.serving.model_size in the config; the report also reads the servers' /v1/models."))
+    panels.append(graph("Model weights by arm (bytes, as configured)", "bytes", [
+        (model_size_expr("bytes", EXP), "{{arm}} {{model}} ({{dtype}})")]))
+    for p in panels:
+        d = d.with_panel(p)
+    return d
+
+
 DASHBOARDS = {"splitwatch-proxy.json": proxy_dashboard, "splitwatch-kpis.json": kpi_dashboard,
+              "splitwatch-serving.json": serving_dashboard,
               "splitwatch-drift.json": drift_dashboard}
 
 

@@ -55,6 +55,41 @@ class _Strict(BaseModel):
 Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 
 
+PromLabelValue = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\"\\\\]+$")]
+"""A Prometheus label value as written in the config (a scrape target, a GPU index): printable, no quote."""
+
+
+class GpuConfig(_Strict):
+    """One GPU that serves an arm, as NVIDIA's DCGM exporter labels it (docs/serving.md)."""
+
+    target: PromLabelValue  # the instance label under which Prometheus scrapes that GPU's DCGM exporter
+    gpu: PromLabelValue  # DCGM's own ``gpu`` label: the GPU's index on its host ("0", "1", ...)
+
+
+class ModelSizeConfig(_Strict):
+    """How large the arm's model is, as its owner states it (docs/serving.md, "Model size")."""
+
+    parameters: float | None = Field(None, gt=0)  # 8.03e9
+    dtype: str | None = Field(None, min_length=1, max_length=32)  # bfloat16, float16, int4 (awq), ...
+    bytes: int | None = Field(None, gt=0)  # the weights, on disk or in GPU memory
+
+
+class ServingConfig(_Strict):
+    """Where the servers behind an upstream export their own metrics: the join of docs/serving.md."""
+
+    # the instance labels under which Prometheus scrapes the model server(s) of this upstream (vLLM, TGI):
+    # one per replica; splitwatch_upstream_info carries each as its ``target`` label
+    targets: list[PromLabelValue] = Field(default_factory=list)
+    gpus: list[GpuConfig] = Field(default_factory=list)  # the GPUs of those servers (DCGM exporter series)
+    model_size: ModelSizeConfig | None = None
+
+    @model_validator(mode="after")
+    def _unique(self) -> ServingConfig:
+        _require_unique(self.targets, "serving.targets must be unique")
+        _require_unique([f"{g.target} gpu {g.gpu}" for g in self.gpus], "serving.gpus must be unique")
+        return self
+
+
 class UpstreamConfig(_Strict):
     """An OpenAI-compatible endpoint that serves one arm (or passthrough traffic)."""
 
@@ -72,6 +107,7 @@ class UpstreamConfig(_Strict):
     # token counts, and drop that extra chunk before the client sees it. Off for a server that
     # refuses stream_options.
     stream_usage: bool = True
+    serving: ServingConfig | None = None  # its model servers' own metrics and its model's size (docs/serving.md)
 
     @field_validator("base_url")
     @classmethod
@@ -407,6 +443,21 @@ class SparkConfig(_Strict):
     conf: dict[str, str] = Field(default_factory=dict)  # any Spark setting (spark.executor.memory, ...)
 
 
+class PrometheusConfig(_Strict):
+    """The Prometheus the report reads the serving side from (docs/serving.md, "The report's Serving section")."""
+
+    url: str = Field(pattern=r"^https?://")  # its HTTP API's base, e.g. http://prometheus:9090
+    timeout_s: float = Field(10.0, gt=0)
+    step_s: float = Field(60.0, gt=0)  # the resolution of the means and maxima (raised to keep 10,000 points)
+    rate_window: str = Field("5m", pattern=r"^[0-9]+(ms|s|m|h|d)$")  # rate() window: 4 scrape intervals or more
+    bearer_token_env: str | None = None  # an environment variable holding a token for its API, if it needs one
+
+    @field_validator("url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
+
 class AnalyzerConfig(_Strict):
     lake_dir: str = ".splitwatch/lake"
     # where the report's KPI SQL runs: DuckDB in the process (default), or Spark (only aggregates come back)
@@ -439,6 +490,7 @@ class AnalyzerConfig(_Strict):
     segments: SegmentsConfig = SegmentsConfig()
     latency_quantiles: list[float] = Field(default_factory=lambda: [0.5, 0.95])
     prices: dict[str, PriceConfig] = Field(default_factory=dict)  # by upstream model name
+    prometheus: PrometheusConfig | None = None  # the report's Serving section reads the model servers' metrics
 
 
 class DriftConfig(_Strict):
@@ -490,6 +542,25 @@ class EvalConfig(_Strict):
     judges: dict[Name, ArmUpstreamConfig] = Field(default_factory=dict)
 
 
+class TracingConfig(_Strict):
+    """OpenTelemetry traces of the proxy's requests (docs/tracing.md). Unset fields fall back to the standard
+    ``OTEL_*`` environment variables, then to the SDK's defaults."""
+
+    enabled: bool = True
+    # OTLP over HTTP/protobuf: the collector's base URL (``/v1/traces`` is appended), like
+    # OTEL_EXPORTER_OTLP_ENDPOINT; unset: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or _ENDPOINT, else localhost:4318
+    endpoint: str | None = Field(None, pattern=r"^https?://")
+    # head sampling of the traces this proxy starts (a parent's decision is followed); unset:
+    # OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG, else every trace
+    sample_ratio: float | None = Field(None, ge=0, le=1)
+    service_name: str | None = Field(None, min_length=1)  # unset: OTEL_SERVICE_NAME, else splitwatch-proxy
+    headers_env: dict[str, str] = Field(default_factory=dict)  # header name -> environment variable (auth tokens)
+    # prompt and completion text in spans (gen_ai.input.messages, gen_ai.output.messages): needs proxy.log_text
+    capture_text: bool = False
+    max_queue_size: int = Field(2048, ge=1)  # spans waiting for the exporter; past it new spans are dropped
+    export_timeout_s: float = Field(10.0, gt=0)
+
+
 class Config(_Strict):
     kafka: KafkaConfig = KafkaConfig()
     proxy: ProxyConfig = ProxyConfig()
@@ -498,6 +569,7 @@ class Config(_Strict):
     eval: EvalConfig = EvalConfig()
     experiments: list[ExperimentConfig] = Field(default_factory=list)
     holdout: HoldoutConfig | None = None
+    tracing: TracingConfig | None = None
 
     @model_validator(mode="after")
     def _unique(self) -> Config:
@@ -515,6 +587,9 @@ class Config(_Strict):
         if unknown:
             raise ValueError(f"analyzer.segments.dimensions {unknown} are not language, client or one of "
                              f"proxy.attributes {self.proxy.attributes}")
+        if self.tracing is not None and self.tracing.capture_text and not self.proxy.log_text:
+            raise ValueError("tracing.capture_text: true needs proxy.log_text: true, the privacy setting that lets "
+                             "prompt and completion text leave the proxy")
         if self.analyzer.sequential == "group":
             unplanned = [f"experiments.{i}.plan ({e.key})" for i, e in enumerate(self.experiments) if e.plan is None]
             if unplanned:

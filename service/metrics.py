@@ -78,6 +78,22 @@ SHADOW_SKIPPED = Counter(
     "splitwatch_shadow_skipped", "Control requests drawn for shadowing but not mirrored, by reason "
     "(concurrency: shadow.max_concurrency calls in flight; rate: over shadow.max_per_second).",
     ["experiment", "reason"])
+# The serving side's join (docs/serving.md): 1 for every upstream in force, 0 once a reload took it away
+# (multiprocess files cannot forget a label set; the shipped queries keep the series equal to 1).
+UPSTREAM_INFO = Gauge(
+    "splitwatch_upstream_info", "1 for each scrape target of a model server behind an arm: joins the server's "
+    "own metrics (vLLM, TGI) to the experiment and arm. target: the server's instance label in Prometheus.",
+    ["experiment", "arm", "role", "upstream", "model", "target"], multiprocess_mode="livemax")
+UPSTREAM_GPU_INFO = Gauge(
+    "splitwatch_upstream_gpu_info", "1 for each GPU serving an arm: joins NVIDIA DCGM exporter series (target: "
+    "the exporter's instance label; gpu: DCGM's gpu label) to the experiment and arm.",
+    ["experiment", "arm", "role", "upstream", "target", "gpu"], multiprocess_mode="livemax")
+UPSTREAM_MODEL_PARAMETERS = Gauge(
+    "splitwatch_upstream_model_parameters", "Parameters of an arm's model, as the config states them (dtype: as "
+    "stated, or unknown).", ["experiment", "arm", "model", "dtype"], multiprocess_mode="livemax")
+UPSTREAM_MODEL_BYTES = Gauge(
+    "splitwatch_upstream_model_bytes", "Bytes of an arm's model weights, as the config states them.",
+    ["experiment", "arm", "model", "dtype"], multiprocess_mode="livemax")
 SHADOW_IN_FLIGHT = Gauge(
     "splitwatch_shadow_in_flight", "Shadow calls in flight now, summed over workers.", multiprocess_mode="livesum")
 CLIENT_DISCONNECTS = Counter(

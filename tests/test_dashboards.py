@@ -27,8 +27,26 @@ def test_alert_rules_pass_promtool() -> None:
     assert unit.returncode == 0, unit.stdout + unit.stderr
 
 
-def _alerts() -> list[dict]:
+def _rules() -> list[dict]:
     return [r for g in yaml.safe_load((DASHBOARDS / "alerts.yaml").read_text())["groups"] for r in g["rules"]]
+
+
+def _alerts() -> list[dict]:
+    return [r for r in _rules() if "alert" in r]
+
+
+def test_the_serving_rules_record_the_dashboards_expressions() -> None:
+    # issue 31: one definition of each serving measure per arm (service/serving/promql.py) for the Serving
+    # dashboard, the report's Serving section and the recorded series the alerts compare
+    from splitwatch.service.serving.promql import BY_KEY
+
+    recorded = {r["record"]: r["expr"] for r in _rules() if "record" in r}
+    for key in ("kv_cache_usage", "kv_cache_per_running_request", "queue_time_seconds"):
+        assert recorded[f"splitwatch:serving_{key}:by_arm"] == BY_KEY[key].expr("", "5m"), key
+    serving = json.loads((DASHBOARDS / "splitwatch-serving.json").read_text())
+    exprs = [t["expr"] for p in serving["panels"] for t in p["targets"]]
+    for series in BY_KEY.values():
+        assert series.expr('experiment=~"$experiment"') in exprs, series.key
 
 
 def test_every_alert_links_its_runbook_section_and_keeps_the_pod() -> None:

@@ -119,7 +119,8 @@ ALLOWED_STAGES = {
     "proxy": {"delivery", "control"},
     "delivery": set(),
     "control": {"delivery"},
-    "analyzer": {"delivery", "control"},
+    "analyzer": {"delivery", "control", "serving"},  # the report's Serving section
+    "serving": set(),  # the model servers' metrics per arm, from Prometheus' API (docs/serving.md)
     "drift": {"delivery"},
     "evaluation": {"proxy", "analyzer"},  # the proxy's upstream clients, the report's number formats
     "training": {"analyzer"},  # the report's number formats and page style

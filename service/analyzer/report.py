@@ -16,6 +16,7 @@ from splitwatch.stats import ExperimentResult, SegmentFinding, StateInForce, Ver
 from splitwatch.stats.verdict import CONFIGURED_PAUSE
 
 from ..config import AnalyzerConfig, Config, ExperimentConfig
+from ..serving.summary import ServingSummary, serving_summary
 from .analysis import analyze_data
 from .daily_series import Series, SeriesPoint, daily_series, looks_before, units_by_day
 from .engines import attach_lake, connect
@@ -23,7 +24,7 @@ from .holdout import HoldoutComparison, compare_holdout
 from .interactions import InteractionResult, interactions
 from .kpi_queries import ExperimentData, load_experiment, prepare_events
 from .lake import Lake
-from .report_queries import answers, drift_events, timeline
+from .report_queries import answers, drift_events, first_exposure, timeline
 from .rollups import Rollups
 from .segments import SegmentAnalysis, analyze_segments
 from .shadow_stats import shadow_summaries
@@ -86,6 +87,7 @@ class Report:
     holdout: HoldoutComparison | None = None  # the long-term holdout against everyone exposed (config holdout)
     # arm x arm interactions with the other experiments that took some of the period's units
     interactions: list[InteractionResult] = field(default_factory=list)
+    serving: ServingSummary | None = None  # the model servers' own metrics per arm (analyzer.prometheus)
 
 @contextmanager
 def _steps(label: str, total: int, shown: bool) -> Iterator[Any]:
@@ -116,7 +118,7 @@ def build_report(cfg: Config, key: str, start: date, end: date, sequential: bool
     spark = cfg.analyzer.spark
     period = (_day_start(start), _day_start(end + timedelta(days=1)))
     days = [(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
-    with _steps(f"report {key}", 8, progress) as step:
+    with _steps(f"report {key}", 9, progress) as step:
         if rollups is not None:
             rollups.refresh()  # what changed since the last refresh (docs/analyzer.md, "Daily rollups")
         con = connect(cfg.analyzer.engine, spark.master, spark.conf)
@@ -148,8 +150,13 @@ def build_report(cfg: Config, key: str, start: date, end: date, sequential: bool
             step("holdout")
             rep.interactions = interactions(con, rep.data, exp, cfg, lake, rep.result.options)
             step("interactions")
+            first = first_exposure(con)
         finally:
             con.close()
+        # the serving side from the period's first exposure (before it, the servers served no arm) to its end
+        served_from = max(period[0], first) if first is not None else period[0]
+        rep.serving = serving_summary(cfg.analyzer.prometheus, exp, served_from, min(period[1], datetime.now(UTC)))
+        step("serving")
     rep.verdict = verdict(rep)
     return rep
 

@@ -12,6 +12,7 @@ from .report import Report
 from .report_format import fmt_chance, fmt_count, fmt_interval, fmt_margin, fmt_n, fmt_num, fmt_p
 from .report_holdout import holdout_banner, holdout_line
 from .report_interactions import interaction_banners
+from .report_serving import serving_lines
 
 
 def power_line(v: Verdict) -> str | None:
@@ -192,6 +193,8 @@ def summary_lines(rep: Report) -> list[str]:
         lines.append(f"{what}: {value}{'MISMATCH' if t.mismatch else 'ok'}")
     if rep.holdout is not None:
         lines.append(holdout_line(rep.holdout))
+    if rep.serving is not None and rep.serving.prometheus is not None:  # configured: figures, or why none
+        lines += serving_lines(rep.serving)
     crossed = (f", {d.holdout_crossed_units} units held out at another time" if d.holdout_crossed_units else "")
     lines.append(f"Excluded: {d.multi_arm_units} units seen in several arms{crossed}, {d.forced_requests} forced "
                  "requests; "

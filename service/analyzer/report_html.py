@@ -23,6 +23,7 @@ from .report_format import fmt_chance, fmt_interval, fmt_margin, fmt_n, fmt_num,
 from .report_holdout import HOLDOUT_HEADER, HOLDOUT_NOTE, holdout_rows
 from .report_interactions import INTERACTION_HEADER, INTERACTION_NOTE, interaction_rows
 from .report_segments import SEGMENT_HEADER, heterogeneity_lines, segment_note, segment_rows
+from .report_serving import SERVING_HEADER, SIZE_HEADER, missing_measures, serving_note, serving_rows, size_rows
 from .report_tables import (
     ANSWERS_HEADER,
     ANSWERS_NOTE,
@@ -231,6 +232,19 @@ def _segments_html(rep: Report) -> str:
     return f'<h2 id="segments">Segments</h2><p class="note">{esc(segment_note(seg))}</p>{tables}{het}'
 
 
+def _serving_html(rep: Report) -> str:
+    s = rep.serving
+    if s is None:
+        return ""
+    rows = serving_rows(s)
+    missing = missing_measures(s)
+    body = _table(SERVING_HEADER, rows) if rows else ""
+    if missing and not s.why:
+        body += f'<p class="note">No server exported: {esc(", ".join(missing))}.</p>'
+    return (f'<h2 id="serving">Serving</h2><p class="note">{esc(serving_note(s))}</p>{body}'
+            f"<h3>Model size</h3>{_table(SIZE_HEADER, size_rows(s))}")
+
+
 def _holdout_html(rep: Report) -> str:
     h = rep.holdout
     if h is None:
@@ -269,7 +283,7 @@ def render_html(rep: Report, summary: list[str], notes: dict[str, str], vocabula
         f'<figure><img alt="{esc(m)}, {esc(a)} vs control" '
         f'src="data:image/png;base64,{_plot(pts, f"{m}: {a} vs control (cumulative)")}"></figure>'
         for (m, a), pts in rep.series.items() if any(p.relative is not None for p in pts))
-    drift = _segments_html(rep) + _holdout_html(rep) + _interactions_html(rep)
+    drift = _segments_html(rep) + _holdout_html(rep) + _interactions_html(rep) + _serving_html(rep)
     drift += f"<h2>Drift timeline</h2>{_table(DRIFT_HEADER, drift_rows(rep))}" if rep.drift else ""
     if rep.answers:
         drift += (f"<h2>Answers per arm</h2>{_table(ANSWERS_HEADER, answer_rows(rep))}"

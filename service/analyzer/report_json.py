@@ -12,6 +12,7 @@ from .report_content import banners, design_of, metric_vocabulary
 from .report_holdout import holdout_json
 from .report_interactions import interactions_json
 from .report_segments import segments_json
+from .report_serving import serving_json
 
 
 def _srm_dict(res: ExperimentResult | None) -> dict[str, Any] | None:
@@ -45,7 +46,7 @@ def to_dict(rep: Report) -> dict[str, Any]:
         "banners": [{"level": level, "text": text} for level, text in banners(rep)],
         "metrics": metric_vocabulary(rep), "drift": rep.drift, "answers": rep.answers, "shadow": rep.shadow,
         "timeline": rep.timeline, "segments": segments_json(rep), "holdout": holdout_json(rep),
-        "interactions": interactions_json(rep), "results": []}
+        "interactions": interactions_json(rep), "serving": serving_json(rep), "results": []}
     for r in res.results if res else []:
         g = r.guardrail
         out["results"].append({

@@ -8,6 +8,7 @@ from .report_format import md_table
 from .report_holdout import HOLDOUT_HEADER, HOLDOUT_NOTE, holdout_rows
 from .report_interactions import INTERACTION_HEADER, INTERACTION_NOTE, interaction_rows
 from .report_segments import SEGMENT_HEADER, heterogeneity_lines, segment_note, segment_rows
+from .report_serving import SERVING_HEADER, SIZE_HEADER, missing_measures, serving_note, serving_rows, size_rows
 from .report_tables import (
     ANSWERS_HEADER,
     ANSWERS_NOTE,
@@ -49,8 +50,22 @@ def _segment_tables(rep: Report) -> list[str]:
     return out
 
 
+def _serving_tables(rep: Report) -> list[str]:
+    s = rep.serving
+    if s is None:
+        return []
+    out = ["", "## Serving", "", serving_note(s)]
+    rows = serving_rows(s)
+    if rows:
+        out += ["", *md_table(SERVING_HEADER, rows)]
+    missing = missing_measures(s)
+    if missing and not s.why:
+        out += ["", f"No server exported: {', '.join(missing)}."]
+    return [*out, "", "Model size:", "", *md_table(SIZE_HEADER, size_rows(s))]
+
+
 def _other_tables(rep: Report) -> list[str]:
-    """Return the segments, holdout, drift, answers, shadow and rollout sections (those with data)."""
+    """Return the segments, holdout, serving, drift, answers, shadow and rollout sections (those with data)."""
     out: list[str] = _segment_tables(rep)
     h = rep.holdout
     if h is not None:
@@ -59,6 +74,7 @@ def _other_tables(rep: Report) -> list[str]:
     if rep.interactions:
         out += ["", "## Interactions with concurrent experiments", "", INTERACTION_NOTE, "",
                 *md_table(INTERACTION_HEADER, interaction_rows(rep))]
+    out += _serving_tables(rep)
     if rep.drift:
         out += ["", "## Drift timeline", "", *md_table(DRIFT_HEADER, drift_rows(rep))]
     if rep.answers:

@@ -4,12 +4,21 @@ the rollout's state changes, from the period's events (the ``ev`` table)."""
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
 
 from .kpi_queries import has_column
+
+
+def first_exposure(con: duckdb.DuckDBPyConnection) -> datetime | None:
+    """Return the first exposure of the period's units (the ``units`` table), or None without units."""
+    row = con.execute("SELECT min(first_ts) FROM units").fetchone()
+    if not row or row[0] is None:
+        return None
+    first: datetime = row[0]
+    return first.astimezone(UTC) if first.tzinfo else first.replace(tzinfo=UTC)  # Spark: naive, in UTC
 
 
 def drift_events(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ from .assignment import Assignment, CompiledExperiment, ExperimentTable
 from .segment_attributes import AttributeRules
 from .shadow import ShadowGate
 from .upstream import UpstreamClients
+from .upstream_info import UpstreamInfo
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class Runtime:
         self.config_path = Path(config_path) if config_path else None
         self._loaded_mtime = self._mtime()
         self.snapshot = Snapshot.of(config)
+        self.upstream_info = UpstreamInfo()  # the serving side's join (docs/serving.md)
         self.control: Control = self._open_control(config)
         self.publisher = publisher
         self.clients = UpstreamClients()
@@ -70,7 +72,9 @@ class Runtime:
             self.export_state()
 
     def export_state(self) -> None:
-        """Set the coverage and paused gauges of every configured experiment from the state in force."""
+        """Set the coverage and paused gauges of every configured experiment from the state in force, and the
+        upstreams' info series of the config in force."""
+        self.upstream_info.export(self.snapshot.config)
         for exp in self.snapshot.config.experiments:
             st = self.control.table.effective(exp)
             metrics.EXPERIMENT_COVERAGE.labels(exp.key).set(st.coverage)
