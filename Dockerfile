@@ -1,5 +1,5 @@
 # splitwatch images. Two targets from one file:
-#   docker build --target proxy -t splitwatch-proxy .   slim: the routing proxy, without the drift extra
+#   docker build --target proxy -t splitwatch-proxy .   slim: the routing proxy (and its tracing), no drift extra
 #   docker build --target full  -t splitwatch .         analyzer, report and drift detector
 # The full image's drift engine is scipy (`drift.engine: scipy`, the default; the drift extra adds
 # scikit-learn for the domain classifier): BSD-licensed, numpy 2. alibi-detect (`drift.engine: alibi`,
@@ -15,10 +15,11 @@ COPY stats ./stats
 COPY drift ./drift
 
 FROM source AS wheels-proxy
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# the tracing extra: OpenTelemetry's SDK and OTLP/HTTP exporter, for `tracing:` (docs/tracing.md)
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[tracing]"
 
 FROM source AS wheels-full
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[drift,eval,training,data,trackers,s3]"
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[drift,eval,training,data,trackers,s3,tracing]"
 
 # What both images share: an unprivileged user, the data volume and the paths on it.
 FROM python:3.11-slim AS runtime

@@ -12,7 +12,13 @@ single-worker proxies, one with Kafka logging on and one with it off. Then measu
    the medians on/off is the cost of logging;
 4. that every event of the logging-on run reached the broker's spool/Kafka with none dropped.
 
-Usage: python bench/proxy_overhead.py [--quick] [--pin] [--rate R]
+With --tracing, instead: three single-worker proxies, tracing off, tracing at 1%
+(``tracing.sample_ratio: 0.01``) and at 100%, exporting to an OTLP/HTTP sink on loopback that reads and
+discards; concurrency-1 p50 and p99 added over the stub, and wrk's req/s in rounds whose order rotates,
+each against tracing off. Kafka logging is off in all three: a logging proxy's shipper goes on sending
+its events after its run, into the next proxy's (the first version of this bench measured that).
+
+Usage: python bench/proxy_overhead.py [--quick] [--pin] [--rate R] [--tracing]
 
 To compare two versions of the code in one session, run this script with each version's interpreter
 (an editable install of each), interleaved; docs/benchmarks.md shows how.
@@ -109,6 +115,100 @@ def wrk_rate(url: str, seconds: int, connections: int = 32) -> float:
     return float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))
 
 
+class OtlpSink:
+    """An OTLP/HTTP endpoint on loopback that counts the spans' export requests and bytes, then discards them
+    (decoding is the collector's cost, not the proxy's)."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        sink = self
+        self.exports = 0
+        self.bytes = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                n = int(self.headers.get("content-length", "0"))
+                sink.bytes += len(self.rfile.read(n))
+                sink.exports += 1
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+def tracing_bench(args: argparse.Namespace) -> None:
+    """Measure the proxy with tracing off, at 1% and at 100% (see the module docstring); print the table."""
+    n1, wrk_s, rounds = (300, 3, 1) if args.quick else (3000, 10, 6)
+    work = Path(tempfile.mkdtemp(prefix="splitwatch-bench-"))
+    broker = Broker(work)
+    stub = StubModel(work, "base")
+    stub2 = StubModel(work, "ft")
+    sink = OtlpSink()
+    topic = new_topic()
+    exp = experiment_config(stub, stub2)
+    modes = {"off": None, "1%": 0.01, "100%": 1.0}
+    proxies = {}
+    for mode, ratio in modes.items():
+        cfg = base_config(broker.bootstrap, topic, work / mode.rstrip("%"), [exp])
+        cfg["kafka"]["enabled"] = False
+        if ratio is not None:
+            cfg["tracing"] = {"endpoint": sink.url, "sample_ratio": ratio}
+        proxies[mode] = Proxy(work / mode.rstrip("%"), cfg)
+        if args.pin:
+            proxies[mode].args = ["taskset", "-c", "0", *proxies[mode].args]
+    procs = [broker, stub, stub2, *proxies.values()]
+    r: dict[str, dict] = {"c1": {}, "rps_runs": {m: [] for m in modes}}
+    try:
+        for p in procs:
+            p.start()
+        direct = stub.base_url + "/chat/completions"
+        d1 = closed_loop_latencies(direct, n1)
+        r["c1"]["direct"] = (pct(d1, 50), pct(d1, 99))
+        for mode, p in proxies.items():
+            lat = closed_loop_latencies(p.url + "/v1/chat/completions", n1)
+            r["c1"][mode] = (pct(lat, 50), pct(lat, 99))
+        order = list(proxies)
+        for i in range(rounds):
+            for mode in order[i % 3:] + order[:i % 3]:  # each mode first, second and third in turn
+                r["rps_runs"][mode].append(wrk_rate(proxies[mode].url + "/v1/chat/completions", wrk_s))
+        time.sleep(6)  # the batch processors' schedule (5 s): what is buffered goes out
+        traced = {m: httpx.get(p.url + "/metrics").text for m, p in proxies.items()}
+        r["requests"] = {m: sum(float(v) for v in re.findall(r'^splitwatch_requests_total\{[^}]*\} ([0-9.e+]+)$',
+                                                             text, re.M)) for m, text in traced.items()}
+        r["sink"] = {"exports": sink.exports, "bytes": sink.bytes}
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        sink.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    rps = {m: float(np.median(v)) for m, v in r["rps_runs"].items()}
+    direct50, direct99 = r["c1"]["direct"]
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+          + (", pinned" if args.pin else ", not pinned"))
+    print(f"\n| tracing | req/s (wrk, 32 connections, Kafka logging off, median of {rounds}) | range | ratio to off "
+          "| added p50, concurrency 1 (ms) | added p99 (ms) |\n|---|---|---|---|---|---|")
+    for mode in modes:
+        runs = r["rps_runs"][mode]
+        p50, p99 = r["c1"][mode]
+        print(f"| {mode} | {rps[mode]:.0f} | {min(runs):.0f}-{max(runs):.0f} | {rps[mode] / rps['off']:.2f} | "
+              f"{p50 - direct50:.3f} | {p99 - direct99:.3f} |")
+    print(f"\nrequests served per proxy: {r['requests']}; the sink received {r['sink']['exports']} exports "
+          f"({r['sink']['bytes'] / 1e6:.1f} MB)")
+    print("\nJSON:", json.dumps(r))
+
+
 def pct(a: np.ndarray, q: float) -> float:
     """Return the q-th percentile in milliseconds."""
     return float(np.nanpercentile(a, q) * 1000)
@@ -123,13 +223,17 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=300.0,
                     help="open-loop rate in requests/s (default 300; lower it on a slow machine, where 300/s "
                          "would measure queueing only)")
+    ap.add_argument("--tracing", action="store_true", help="tracing off, at 1%% and at 100%% (issue 31)")
     args = ap.parse_args()
     if args.pin:
         os.sched_setaffinity(0, {1})  # this process and what it starts (broker, stubs, wrk) on CPU 1
         os.environ["SPLITWATCH_SHIPPER_CPUS"] = "1"
-    n1, rate, ol_s, wrk_s, rounds = (300, min(args.rate, 100), 3, 3, 1) if args.quick else (3000, args.rate, 15, 10, 5)
     if not shutil.which("wrk"):
         sys.exit("wrk is needed for the throughput part: apt-get install wrk")
+    if args.tracing:
+        tracing_bench(args)
+        return
+    n1, rate, ol_s, wrk_s, rounds = (300, min(args.rate, 100), 3, 3, 1) if args.quick else (3000, args.rate, 15, 10, 5)
     work = Path(tempfile.mkdtemp(prefix="splitwatch-bench-"))
     broker = Broker(work)
     stub = StubModel(work, "base")

@@ -74,8 +74,10 @@ def _stream_pool_warnings(cfg: Config) -> list[str]:
 
 def _cmd_proxy(args: argparse.Namespace) -> int:
     from .proxy.server import serve_single, serve_workers
+    from .proxy.tracing import check_tracing
 
     cfg = load_config(args.config)
+    check_tracing(cfg)  # a bad OTEL_* setting stops here, named, not in every worker
     host = args.host or cfg.proxy.host
     port = cfg.proxy.port if args.port is None else args.port
     if args.workers > 1:

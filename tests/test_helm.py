@@ -149,8 +149,9 @@ def test_dockerfile_has_a_slim_proxy_target_and_a_full_target() -> None:
         chain = _stage_chain(stages, target)
         runs = " ".join(rest for instruction, rest in chain if instruction == "RUN")
         extras = {e for group in re.findall(r'"\.\[([a-z0-9,]+)\]"', runs) for e in group.split(",")}
-        full = {"drift", "eval", "training", "data", "trackers", "s3"}  # the analyzer image: every report and lake
-        assert extras == (full if wants_drift else set()), target
+        # the analyzer image: every report and lake; both: the proxy's tracing (issue 31), and no alibi-detect
+        full = {"drift", "eval", "training", "data", "trackers", "s3", "tracing"}
+        assert extras == (full if wants_drift else {"tracing"}), target
         assert "pip install" in runs and "--no-index" in runs  # only the wheels built in the image
         assert ("wordnet-base" in runs) == wants_drift  # METEOR's WordNet, from Debian, in the full image
         users = [rest for instruction, rest in chain if instruction == "USER"]

@@ -184,6 +184,11 @@ def test_serving_queries_and_the_report_give_back_the_servers_values_per_arm(
         assert "| GPU memory used | finetuned | 58.59 GiB | 58.59 GiB | 3.00x |" in section
         assert "| Requests waiting | finetuned | 4.00 | 4.00 | 4.00x |" in section, section
         assert "| base | llama-base | 8.03 B | bfloat16 | 14.96 GiB | the config |" in section
+        # the results page's summary: the candidate's ratios on the key measures, in one line
+        assert re.search(r"Serving, each candidate's mean to the control's: gpu memory used 3\.00x, kv-cache usage "
+                         r"2\.\d\dx, requests waiting 4\.00x, mean time per output token 1\.50x", " ".join(md.split()))
+        page = todays_report(proxy, fmt="html")
+        assert '<h2 id="serving">Serving</h2>' in page and "58.59 GiB" in page and "<h3>Model size</h3>" in page
 
         # Prometheus gone: one clear line, and the rest of the report as before
         prom.stop()

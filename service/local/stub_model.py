@@ -22,7 +22,7 @@ import asyncio
 import math
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,6 +134,8 @@ class StubStats:
     requests_cancelled: int = 0
     models: Counter[str] = field(default_factory=Counter)
     users: Counter[str] = field(default_factory=Counter)
+    # the W3C trace context of the last requests (the proxy's tracing passes its span's on: docs/tracing.md)
+    traceparents: deque[str] = field(default_factory=lambda: deque(maxlen=1000))
 
 
 def _prompt_words(body: dict[str, Any]) -> int:
@@ -180,7 +182,8 @@ class StubModelApp:
             await self._json(send, 200, {
                 "name": self.settings.name, "requests": s.requests, "streams_started": s.streams_started,
                 "streams_completed": s.streams_completed, "streams_cancelled": s.streams_cancelled,
-                "requests_cancelled": s.requests_cancelled, "models": dict(s.models), "users": dict(s.users)})
+                "requests_cancelled": s.requests_cancelled, "models": dict(s.models), "users": dict(s.users),
+                "traceparents": list(s.traceparents)})
             return
         if method == "POST" and path == "/settings":
             raw = await self._read_body(receive)
@@ -207,7 +210,14 @@ class StubModelApp:
             await self._json(send, 400, {"error": {"message": "echo is not supported; use prompt_logprobs",
                                                    "type": "invalid_request_error", "param": "echo", "code": None}})
             return
+        self._note_trace(scope)
         await self._complete(scope, receive, send, body, chat=path.endswith("chat/completions"))
+
+    def _note_trace(self, scope: ASGIScope) -> None:
+        """Keep the request's ``traceparent``, if it has one."""
+        traceparent = next((v for k, v in scope["headers"] if k == b"traceparent"), None)
+        if traceparent is not None:
+            self.stats.traceparents.append(traceparent.decode("latin-1"))
 
     @staticmethod
     async def _read_body(receive: Any) -> bytes:

@@ -22,6 +22,7 @@ from .errors import ProxyError, error_response
 from .routes import admin, assignments, completions, health, outcomes
 from .runtime import Runtime
 from .stream_relay import RAW_SEND
+from .tracing import open_tracing
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ def create_app(config: Config, config_path: str | Path | None = None, *,
                 open_publisher, config.kafka, int(os.environ.get(WORKER_INDEX_ENV, "0")),
                 config.proxy.graceful_shutdown_s, int(os.environ.get(WORKERS_ENV, "1")),
                 tuple(config.drift.languages))
+        runtime.tracing = open_tracing(config)  # in the worker: the batch exporter's thread is its own
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGHUP, runtime.reload)  # only in the main thread
@@ -68,6 +70,8 @@ def create_app(config: Config, config_path: str | Path | None = None, *,
             await runtime.clients.aclose()
             if runtime.publisher is not None:
                 await asyncio.to_thread(runtime.publisher.close)
+            if runtime.tracing is not None:
+                await asyncio.to_thread(runtime.tracing.shutdown)  # the buffered spans, within its timeout
 
     app = ProxyApp(title="splitwatch proxy", version="0.1.0", lifespan=lifespan,
                   docs_url=None, redoc_url=None)

@@ -16,6 +16,7 @@ from ..delivery.publisher import EventPublisher
 from .assignment import Assignment, CompiledExperiment, ExperimentTable
 from .segment_attributes import AttributeRules
 from .shadow import ShadowGate
+from .tracing import Tracing
 from .upstream import UpstreamClients
 from .upstream_info import UpstreamInfo
 
@@ -50,6 +51,7 @@ class Runtime:
         self.clients = UpstreamClients()
         self.open_streams = 0  # streams this worker relays now (read and written on its event loop only)
         self.shadow_gate = ShadowGate()  # shadow calls in flight and their rate budget (docs/shadow.md)
+        self.tracing: Tracing | None = None  # OpenTelemetry (docs/tracing.md), opened at start-up when on
 
     def _open_control(self, config: Config) -> Control:
         """Return the (not yet started) control channel: the control topic, or the state file without Kafka."""
@@ -108,8 +110,8 @@ class Runtime:
             return False
         old = self.snapshot.config
         if (new.kafka != old.kafka or new.proxy.state_dir != old.proxy.state_dir
-                or new.drift.languages != old.drift.languages):
-            log.warning("config reload: kafka, proxy.state_dir and drift.languages changes take effect at the "
+                or new.drift.languages != old.drift.languages or new.tracing != old.tracing):
+            log.warning("config reload: kafka, proxy.state_dir, drift.languages and tracing changes take effect at the "
                         "next restart")
         self.snapshot = Snapshot.of(new)
         self.export_state()

@@ -30,6 +30,7 @@ from ..features.answer import (
     stream_content,
 )
 from .assignment import Assignment
+from .tracing import RequestSpan
 from .upstream import SSEUsageScanner, build_request, status_error_kind, usage_of
 
 
@@ -124,11 +125,13 @@ def json_requested(body: dict[str, Any]) -> bool:
 
 
 def maybe_mirror(runtime: Any, cfg: ShadowConfig, candidate: ArmConfig, a: Assignment, body: dict[str, Any],
-                 path: str, unit_id: str | None, request_id: str, stream: bool, log_text: bool) -> ShadowPair | None:
+                 path: str, unit_id: str | None, request_id: str, stream: bool, log_text: bool,
+                 span: RequestSpan | None = None, kind: str = "chat") -> ShadowPair | None:
     """Start the shadow call of this control request when it is drawn and within budget; return its pair.
 
     ``body`` is the client's request as sent to the control (its ``model`` is replaced by the
-    candidate's). Returns None when the request is not mirrored.
+    candidate's). ``span``: the request's span, to which the shadow call's own span is linked.
+    Returns None when the request is not mirrored.
     """
     if random.random() >= cfg.share:
         return None
@@ -140,21 +143,29 @@ def maybe_mirror(runtime: Any, cfg: ShadowConfig, candidate: ArmConfig, a: Assig
     pair = ShadowPair(None if runtime.publisher is None else runtime.publisher.publish, a, candidate.name, unit_id,
                       request_id, stream, json_requested(body), log_text)
     payload = orjson.dumps({**body, "model": candidate.upstream.model})
+    shadow_span = None
+    if span is not None and runtime.tracing is not None:
+        shadow_span = runtime.tracing.start_shadow(span, kind, candidate.upstream.model, candidate.upstream.base_url,
+                                                   a.experiment, candidate.name, request_id, stream)
     task = asyncio.get_running_loop().create_task(
-        _run(runtime, gate, a.experiment, candidate, path, payload, request_id, stream, pair))
+        _run(runtime, gate, a.experiment, candidate, path, payload, request_id, stream, pair, shadow_span))
     gate.tasks.add(task)
     task.add_done_callback(gate.tasks.discard)
     return pair
 
 
 async def _run(runtime: Any, gate: ShadowGate, experiment: str, candidate: ArmConfig, path: str, payload: bytes,
-               request_id: str, stream: bool, pair: ShadowPair) -> None:
+               request_id: str, stream: bool, pair: ShadowPair, span: RequestSpan | None = None) -> None:
     try:
-        result = await call_candidate(runtime.clients, candidate, path, payload, request_id, stream)
+        result = await call_candidate(runtime.clients, candidate, path, payload, request_id, stream,
+                                      None if span is None else span.upstream_headers())
     except Exception as exc:
         result = SideResult(ShadowSide(status_code=None, latency_ms=0.0, error=f"internal:{type(exc).__name__}"))
     finally:
         gate.done(experiment)
+    if span is not None:
+        side = result.side
+        span.end(side.status_code, side.prompt_tokens, side.completion_tokens, side.finish_reason, side.error)
     metrics.SHADOW_CALLS.labels(experiment, candidate.name, "ok" if result.side.error is None else "error").inc()
     pair.shadow_done(result)
 
@@ -165,7 +176,7 @@ def _failed(error: str, started: float) -> SideResult:
 
 
 async def call_candidate(clients: Any, arm: ArmConfig, path: str, payload: bytes, request_id: str,
-                         stream: bool) -> SideResult:
+                         stream: bool, trace: dict[str, str] | None = None) -> SideResult:
     """Return how the candidate's call ended: status, latency, TTFT (streams), tokens, error, answer sample.
 
     Bounded as a whole by the candidate's ``timeout_s``; a timeout or a connection failure is a
@@ -177,7 +188,7 @@ async def call_candidate(clients: Any, arm: ArmConfig, path: str, payload: bytes
     ttft = None
     try:
         async with asyncio.timeout(up.timeout_s):
-            resp = await transport.handle_async_request(build_request(up, path, payload, f"shadow-{request_id}"))
+            resp = await transport.handle_async_request(build_request(up, path, payload, f"shadow-{request_id}", trace))
             try:
                 if not stream or resp.status_code >= 400:
                     body = await resp.aread()

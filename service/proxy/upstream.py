@@ -125,8 +125,10 @@ class UpstreamClients:
         self._streams.clear()
 
 
-def build_request(up: UpstreamConfig, path: str, payload: bytes, request_id: str) -> httpx.Request:
-    """Return the upstream request: POST JSON to ``base_url + path`` with the arm's key and timeouts.
+def build_request(up: UpstreamConfig, path: str, payload: bytes, request_id: str,
+                  trace: dict[str, str] | None = None) -> httpx.Request:
+    """Return the upstream request: POST JSON to ``base_url + path`` with the arm's key and timeouts
+    (``trace``: the span's ``traceparent`` when tracing is on).
 
     ``timeout_s`` bounds connecting, each read and each write; the proxy also bounds a whole
     non-streaming call by it (see :func:`call_until_disconnect`).
@@ -134,7 +136,7 @@ def build_request(up: UpstreamConfig, path: str, payload: bytes, request_id: str
     timeout = {"connect": up.connect_timeout_s, "read": up.timeout_s, "write": up.timeout_s,
                "pool": up.timeout_s}
     return httpx.Request("POST", up.base_url + path, content=payload,
-                         headers=upstream_headers(up, request_id), extensions={"timeout": timeout})
+                         headers=upstream_headers(up, request_id, trace), extensions={"timeout": timeout})
 
 
 def status_error_kind(status: int) -> str | None:
@@ -146,13 +148,16 @@ def status_error_kind(status: int) -> str | None:
     return None
 
 
-def upstream_headers(up: UpstreamConfig, request_id: str) -> dict[str, str]:
-    """Return the headers sent upstream: JSON content type, the arm's API key, the request id."""
+def upstream_headers(up: UpstreamConfig, request_id: str, trace: dict[str, str] | None = None) -> dict[str, str]:
+    """Return the headers sent upstream: JSON content type, the arm's API key, the request id, and the
+    trace context when tracing is on (``trace``)."""
     # identity: bodies are passed through byte for byte, no compression to undo.
     headers = {"content-type": "application/json", "accept-encoding": "identity", "x-request-id": request_id}
     key = up.api_key()
     if key:
         headers["authorization"] = f"Bearer {key}"
+    if trace:
+        headers.update(trace)
     return headers
 
 

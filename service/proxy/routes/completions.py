@@ -32,6 +32,7 @@ from ..request_body import check_identifier, parse_json_object, read_limited_bod
 from ..runtime import Runtime
 from ..shadow import ShadowPair, SideResult, maybe_mirror
 from ..stream_relay import StreamEnd, StreamRelay
+from ..tracing import RequestSpan, captures_text
 from ..upstream import (
     ClientDisconnected,
     build_request,
@@ -110,6 +111,7 @@ class _Call:
     release: Callable[[], None] | None = None  # gives the leased upstream client back
     holds_stream_slot: bool = False  # counted in runtime.open_streams until the call finishes
     shadow_pair: ShadowPair | None = None  # set when this control request is mirrored to a candidate
+    span: RequestSpan | None = None  # its OpenTelemetry span, when tracing is on (docs/tracing.md)
 
     def release_stream_slot(self) -> None:
         """Give back this call's place among the worker's open streams (once; later calls do nothing)."""
@@ -152,6 +154,19 @@ class _Call:
             pair.control_done(SideResult(ShadowSide(
                 status_code=status, latency_ms=latency_ms, ttft_ms=ttft_ms, prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens, error=error, finish_reason=finish_reason), answer_sample, text))
+        if self.span is not None:
+            span, self.span = self.span, None
+            span.end(status, prompt_tokens, completion_tokens, finish_reason, error, text)
+
+    def trace_headers(self) -> dict[str, str] | None:
+        """Return the ``traceparent`` to send upstream (None with tracing off: the headers stay as they were)."""
+        return None if self.span is None else self.span.upstream_headers()
+
+    def abandon(self, exc: BaseException) -> None:
+        """End the span of a request that failed inside the proxy before it was logged."""
+        if self.span is not None:
+            span, self.span = self.span, None
+            span.end(None, None, None, None, f"internal:{type(exc).__name__}")
 
 
 def _headers(a: Assignment, request_id: str) -> dict[str, str]:
@@ -166,7 +181,7 @@ def _headers(a: Assignment, request_id: str) -> dict[str, str]:
 # the whole-answer request path in one frame (a call per step costs on every request); its
 # branches are the cases the contract tests pin byte for byte. Issue #32 moves it onto the stream path's
 # upstream protocol and splits it there.
-async def _proxy(request: Request, kind: Kind) -> Response:  # noqa: C901
+async def _proxy(request: Request, kind: Kind) -> Response:  # noqa: C901, PLR0912, PLR0915
     started = time.perf_counter()
     runtime: Runtime = request.app.state.runtime
     snap = runtime.snapshot
@@ -212,6 +227,10 @@ async def _proxy(request: Request, kind: Kind) -> Response:  # noqa: C901
     request_id = str(uuid.uuid4())
     call = _Call(runtime, a, request_id, a.arm if a.in_experiment else UNASSIGNED_ARM,
                  stream, started, config.proxy.log_text, unit_id=unit_id)
+    if runtime.tracing is not None:
+        call.span = runtime.tracing.start_request(
+            request.headers, kind, arm.upstream.model, model, arm.upstream.base_url, a.experiment, call.arm_label,
+            request_id, stream, started, body, captures_text(config))
     if stream:
         call.holds_stream_slot = True
         runtime.open_streams += 1
@@ -229,13 +248,14 @@ async def _proxy(request: Request, kind: Kind) -> Response:  # noqa: C901
             candidate = exp.config.arm(shadow.arm)
             assert candidate is not None  # the config checks it
             call.shadow_pair = maybe_mirror(runtime, shadow, candidate, a, body, path, unit_id, request_id,
-                                            call.stream, config.proxy.log_text)
+                                            call.stream, config.proxy.log_text, call.span, kind)
         if call.stream:
             return await _forward_stream(request, call, arm, path, orjson.dumps(body), strip_usage)
         payload = orjson.dumps(body)
         return await _forward(request, call, arm, path, payload)
-    except BaseException:
+    except BaseException as exc:
         call.release_stream_slot()  # the stream never started; finish() gives it back otherwise
+        call.abandon(exc)
         raise
 
 
@@ -330,7 +350,7 @@ async def _forward(request: Request, call: _Call, arm: ArmConfig, path: str, pay
     transport, call.release = call.runtime.clients.lease(up)
     headers = _headers(call.assignment, call.request_id)
     resp = await _open_upstream(request, call, up, _read_whole(transport, build_request(
-        up, path, payload, call.request_id)), headers)
+        up, path, payload, call.request_id, call.trace_headers())), headers)
     if resp is None:
         return Response(status_code=499)
     upstream_s = time.perf_counter() - call.sent_at
@@ -347,6 +367,8 @@ async def _forward(request: Request, call: _Call, arm: ArmConfig, path: str, pay
         ptok, ctok = usage_of(parsed)
         text = completion_content(parsed)[0]
         finish = finish_reason_of(parsed)
+        if call.span is not None:
+            call.span.response(parsed)
         if call.assignment.logged:
             sample = TEXT_KIND_ANSWER + (text or "")[:ANSWER_SAMPLE_CHARS].encode("utf-8", "replace")
     call.finish(status, upstream_s, prompt_tokens=ptok, completion_tokens=ctok, error=status_error_kind(status),
@@ -370,7 +392,7 @@ async def _forward_stream(request: Request, call: _Call, arm: ArmConfig, path: s
     pool = call.runtime.clients.stream_pool(up)
     headers = _headers(call.assignment, call.request_id)
     resp = await _open_upstream(request, call, up, pool.open(
-        path, payload, upstream_headers(up, call.request_id), up.timeout_s), headers)
+        path, payload, upstream_headers(up, call.request_id, call.trace_headers()), up.timeout_s), headers)
     if resp is None:
         return Response(status_code=499)
     if resp.status_code >= 400:
