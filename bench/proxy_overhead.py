@@ -18,7 +18,12 @@ discards; concurrency-1 p50 and p99 added over the stub, and wrk's req/s in roun
 each against tracing off. Kafka logging is off in all three: a logging proxy's shipper goes on sending
 its events after its run, into the next proxy's (the first version of this bench measured that).
 
-Usage: python bench/proxy_overhead.py [--quick] [--pin] [--rate R] [--tracing]
+With --overload, instead: single-worker proxies (Kafka logging on) with ``proxy.max_concurrent_requests``
+off and at several limits, under 8, 64 and 256 closed-loop connections (bench/load_client.py, which keeps
+the served answers' latency apart from the refused ones'): served and refused req/s, client timeouts,
+served p50 and p99, refused p99.
+
+Usage: python bench/proxy_overhead.py [--quick] [--pin] [--rate R] [--tracing | --overload [--limits 0,32,64]]
 
 To compare two versions of the code in one session, run this script with each version's interpreter
 (an editable install of each), interleaved; docs/benchmarks.md shows how.
@@ -115,6 +120,13 @@ def wrk_rate(url: str, seconds: int, connections: int = 32) -> float:
     return float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))
 
 
+def _stubs_and_broker() -> tuple[Path, Broker, StubModel, StubModel, str, dict]:
+    """Return a work dir, a broker, two stub models, a topic and the test experiment on them (not started)."""
+    work = Path(tempfile.mkdtemp(prefix="splitwatch-bench-"))
+    stub, stub2 = StubModel(work, "base"), StubModel(work, "ft")
+    return work, Broker(work), stub, stub2, new_topic(), experiment_config(stub, stub2)
+
+
 class OtlpSink:
     """An OTLP/HTTP endpoint on loopback that counts the spans' export requests and bytes, then discards them
     (decoding is the collector's cost, not the proxy's)."""
@@ -151,13 +163,8 @@ class OtlpSink:
 def tracing_bench(args: argparse.Namespace) -> None:
     """Measure the proxy with tracing off, at 1% and at 100% (see the module docstring); print the table."""
     n1, wrk_s, rounds = (300, 3, 1) if args.quick else (3000, 10, 6)
-    work = Path(tempfile.mkdtemp(prefix="splitwatch-bench-"))
-    broker = Broker(work)
-    stub = StubModel(work, "base")
-    stub2 = StubModel(work, "ft")
+    work, broker, stub, stub2, topic, exp = _stubs_and_broker()
     sink = OtlpSink()
-    topic = new_topic()
-    exp = experiment_config(stub, stub2)
     modes = {"off": None, "1%": 0.01, "100%": 1.0}
     proxies = {}
     for mode, ratio in modes.items():
@@ -209,6 +216,56 @@ def tracing_bench(args: argparse.Namespace) -> None:
     print("\nJSON:", json.dumps(r))
 
 
+def load(url: str, connections: int, seconds: float, honour_retry_after: bool = False) -> dict:
+    """Return bench/load_client.py's counts and latencies against ``url`` (a separate process)."""
+    host, port = url.removeprefix("http://").split(":")
+    out = subprocess.run([sys.executable, str(Path(__file__).with_name("load_client.py")), host, port,
+                          "/v1/chat/completions", str(connections), str(seconds), "10",
+                          "1" if honour_retry_after else "0"],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def overload_bench(args: argparse.Namespace) -> None:
+    """Measure served and refused answers past saturation for each ``proxy.max_concurrent_requests``."""
+    seconds = 3 if args.quick else 10
+    limits = [int(x) for x in args.limits.split(",")]
+    work, broker, stub, stub2, topic, exp = _stubs_and_broker()
+    rows = []
+    try:
+        for p in (broker, stub, stub2):
+            p.start()
+        for limit in limits:
+            cfg = base_config(broker.bootstrap, topic, work / f"limit{limit}", [exp], max_concurrent_requests=limit)
+            proxy = Proxy(work / f"limit{limit}", cfg)
+            if args.pin:
+                proxy.args = ["taskset", "-c", "0", *proxy.args]
+            proxy.start()
+            try:
+                load(proxy.url, 32, 2)  # warm-up
+                for connections in (8, 64, 256):
+                    rows.append((limit, connections, "asks again at once", load(proxy.url, connections, seconds)))
+                rows.append((limit, 256, "waits Retry-After", load(proxy.url, 256, seconds, True)))
+            finally:
+                proxy.stop()
+    finally:
+        for p in (stub2, stub, broker):
+            p.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+          + (", pinned" if args.pin else ", not pinned") + f"; {seconds} s per line")
+    print("\n| max_concurrent_requests | connections | a refused client | served req/s | refused req/s | timeouts "
+          "| served p50 (ms) | served p99 (ms) | refused p99 (ms) |\n|---|---|---|---|---|---|---|---|---|")
+    for limit, connections, client, r in rows:
+        served, refused = r["status"].get("200", 0), r["status"].get("503", 0)
+        lat = r["latency_ms"]
+        refused_p99 = f"{lat['503'][1]:.1f}" if "503" in lat else ""
+        print(f"| {limit or 'off'} | {connections} | {client} | {served / r['seconds']:.0f} | "
+              f"{refused / r['seconds']:.0f} | {r['timeouts']} | {lat.get('200', [0, 0])[0]:.1f} | "
+              f"{lat.get('200', [0, 0])[1]:.1f} | {refused_p99} |")
+    print("\nJSON:", json.dumps(rows))
+
+
 def pct(a: np.ndarray, q: float) -> float:
     """Return the q-th percentile in milliseconds."""
     return float(np.nanpercentile(a, q) * 1000)
@@ -224,6 +281,8 @@ def main() -> None:
                     help="open-loop rate in requests/s (default 300; lower it on a slow machine, where 300/s "
                          "would measure queueing only)")
     ap.add_argument("--tracing", action="store_true", help="tracing off, at 1%% and at 100%% (issue 31)")
+    ap.add_argument("--overload", action="store_true", help="served and refused past saturation (issue 32)")
+    ap.add_argument("--limits", default="0,32,64,128", help="--overload's proxy.max_concurrent_requests values")
     args = ap.parse_args()
     if args.pin:
         os.sched_setaffinity(0, {1})  # this process and what it starts (broker, stubs, wrk) on CPU 1
@@ -233,13 +292,11 @@ def main() -> None:
     if args.tracing:
         tracing_bench(args)
         return
+    if args.overload:
+        overload_bench(args)
+        return
     n1, rate, ol_s, wrk_s, rounds = (300, min(args.rate, 100), 3, 3, 1) if args.quick else (3000, args.rate, 15, 10, 5)
-    work = Path(tempfile.mkdtemp(prefix="splitwatch-bench-"))
-    broker = Broker(work)
-    stub = StubModel(work, "base")
-    stub2 = StubModel(work, "ft")
-    topic = new_topic()
-    exp = experiment_config(stub, stub2)
+    work, broker, stub, stub2, topic, exp = _stubs_and_broker()
     on_cfg = base_config(broker.bootstrap, topic, work / "on", [exp])
     off_cfg = base_config(broker.bootstrap, topic, work / "off", [exp])
     off_cfg["kafka"]["enabled"] = False

@@ -64,6 +64,9 @@ DELIVERY_RESTARTS = Counter(
 OPEN_STREAMS = Gauge(
     "splitwatch_open_streams", "Streams (SSE) the proxy is relaying now, summed over workers.",
     multiprocess_mode="livesum")
+REQUESTS_REFUSED = Counter(
+    "splitwatch_requests_refused", "Requests refused with a 503 because their worker held "
+    "proxy.max_concurrent_requests already (outside the upstream's wait).")
 STREAMS_REFUSED = Counter(
     "splitwatch_streams_refused", "Streams refused with a 503 because the worker carried "
     "proxy.max_concurrent_streams already.")

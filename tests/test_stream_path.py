@@ -56,13 +56,18 @@ class ScriptedUpstream:
         asyncio.run_coroutine_threadsafe(start(), self.loop)
         ready.wait(10)
 
+    @staticmethod
+    async def read_request(reader: asyncio.StreamReader) -> dict:
+        """Return the next request's JSON body (its head read and skipped)."""
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        return orjson.loads(await reader.readexactly(length))
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
-                body = orjson.loads(await reader.readexactly(length))
+                body = await self.read_request(reader)
                 self.requests.append(body)
                 meta = body.get("metadata") or {}
                 split, crlf = int(meta.get("split", 1)), meta.get("crlf") == "1"

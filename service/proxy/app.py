@@ -32,13 +32,36 @@ CONFIG_PATH_ENV = "SPLITWATCH_CONFIG"
 STALE_CONNECTIONS_S = 1.0
 
 
+COMPLETION_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+
+
 class ProxyApp(FastAPI):
-    """The proxy's FastAPI app; its outermost layer keeps the server's ``send`` in the scope
-    (:data:`~.stream_relay.RAW_SEND`), for the stream relay to write below the per-message wrappers."""
+    """The proxy's FastAPI app. Its outermost layer keeps the server's ``send`` in the scope
+    (:data:`~.stream_relay.RAW_SEND`), for the stream relay to write below the per-message wrappers, and
+    hands ``POST`` to the two completion paths straight to their handler.
+
+    That direct call skips what FastAPI and Starlette do per request and these handlers never use: the
+    middleware stack and its wrapped ``send``, the route table's regular expressions, dependency solving
+    and the endpoint's response machinery (docs/benchmarks.md, issue 32). The routes stay declared, for
+    the OpenAPI document; their errors are answered as the app's exception handlers answer them.
+    """
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         scope[RAW_SEND] = send
-        await super().__call__(scope, receive, send)
+        kind = COMPLETION_PATHS.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if kind is None or scope["method"] != "POST":
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        try:
+            response = await completions.proxy_completion(Request(scope, receive), kind)
+        except ProxyError as exc:
+            response = exc.response()
+        except Exception:
+            log.exception("unexpected error on POST %s", scope["path"])
+            response = error_response(500, "internal error in the splitwatch proxy; see its log", "server_error",
+                                      code="internal_error")
+        await response(scope, receive, send)
 
 
 def create_app(config: Config, config_path: str | Path | None = None, *,

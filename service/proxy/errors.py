@@ -118,6 +118,14 @@ class Overloaded(ProxyError):
     code = "too_many_streams"
 
 
+class WorkerOverloaded(ProxyError):
+    """This worker holds as many requests as it may (503, with Retry-After): try again or elsewhere."""
+
+    status_code = 503
+    error_type = "server_overloaded"
+    code = "worker_overloaded"
+
+
 class UpstreamError(ProxyError):
     """The upstream model endpoint failed: timeout (504), unreachable or bad answer (502)."""
 

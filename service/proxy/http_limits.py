@@ -25,6 +25,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .. import metrics
 from .errors import error_body
+from .worker_load import HOLD, Hold
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
@@ -41,6 +42,7 @@ def bounded_httptools_protocol(max_header_bytes: int, header_timeout_s: float) -
             self._header_bytes = 0
             self._header_timer: asyncio.TimerHandle | None = None
             self._rejected = False
+            self._hold: Hold | None = None  # the current request's place in the worker's load
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -48,6 +50,7 @@ def bounded_httptools_protocol(max_header_bytes: int, header_timeout_s: float) -
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_header_timer()
+            self._end_hold()
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
@@ -70,7 +73,18 @@ def bounded_httptools_protocol(max_header_bytes: int, header_timeout_s: float) -
         def on_headers_complete(self) -> None:
             self._cancel_header_timer()
             if not self._rejected:
+                self._end_hold()
+                self._hold = self.scope[HOLD] = Hold()  # type: ignore[literal-required]
                 super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            self._end_hold()
+            super().on_response_complete()
+
+        def _end_hold(self) -> None:
+            hold, self._hold = self._hold, None
+            if hold is not None:
+                hold.end()
 
         def on_body(self, body: bytes) -> None:
             if not self._rejected:

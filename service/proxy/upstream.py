@@ -87,8 +87,14 @@ class ShardedClient:
 
 
 class UpstreamClients:
-    """Per distinct upstream base URL and connection limits: a :class:`ShardedClient` (httpx) for
-    whole answers and a :class:`~.upstream_stream.StreamPool` for streams."""
+    """Per distinct upstream base URL and connection limits: a :class:`~.upstream_stream.StreamPool` for
+    the request path (streams and whole answers) and a :class:`ShardedClient` (httpx) for shadow calls,
+    passthrough traffic and ``splitwatch eval``.
+
+    httpx stays where it is the right tool: off the client's path (shadow calls, capped by
+    ``shadow.max_concurrency``), where a body passes through unparsed (passthrough), and in eval's and the
+    judges' clients, whose cost is the model's, not the client's; there its redirects, proxies, TLS
+    options and maintained HTTP/1.1 handling are worth more than the microseconds."""
 
     def __init__(self) -> None:
         self._clients: dict[tuple[str, int, float], ShardedClient] = {}

@@ -1,12 +1,16 @@
-"""The upstream side of the stream path: HTTP/1.1 over asyncio protocols, parsed by httptools.
+"""The upstream side of the request path, streams and whole answers: HTTP/1.1 over asyncio protocols,
+parsed by httptools.
 
-Why not httpx here (it serves the proxy's non-streaming requests): a relayed stream is thousands of
-small reads, and through httpx each read cost a cancel scope, a socket-readability check and h11's
-pure-Python chunked decoding, about a third of a saturated worker's time (docs/benchmarks.md,
-streams). This client reads with uvicorn's own C parser (httptools) in ``data_received``, hands the
-body bytes to the relay without copying, and costs one future per wake-up of the relay, however many
-chunks arrived meanwhile. It is deliberately small: POST with a JSON body, keep-alive, a bounded
-pool, timeouts; nothing else (no redirects, cookies, proxies, compression).
+Why not httpx here (it serves shadow calls, passthrough traffic and ``splitwatch eval``): a relayed stream
+is thousands of small reads, and through httpx each read cost a cancel scope, a socket-readability
+check and h11's pure-Python chunked decoding, about a third of a saturated worker's time
+(docs/benchmarks.md, streams); a whole answer paid for httpx's request and response objects and
+h11's parsing on every call (issue 32 moved it here; with the direct dispatch of ``app.ProxyApp`` a
+worker answers 3.7 times the requests per second). This client reads with uvicorn's own C parser
+(httptools) in ``data_received``, hands the body bytes to the relay without copying, and costs one
+future per wake-up of the relay, however many chunks arrived meanwhile. It is deliberately small:
+POST with a JSON body, keep-alive, a bounded pool, timeouts; nothing else (no redirects, cookies,
+proxies, compression).
 
 Errors are httpx's exception classes, so the proxy maps every failure to the same status and
 ``error`` reason whichever client served the request: ``ConnectError``/``ConnectTimeout``,

@@ -26,7 +26,7 @@ from ...features.answer import ANSWER_SAMPLE_CHARS, completion_content, finish_r
 from ...features.prompt import features_of_prompt, prompt_text
 from ...features.text import TEXT_SAMPLE_CHARS
 from ..assignment import Assignment
-from ..errors import InvalidRequest, ModelNotFound, Overloaded, UpstreamError, error_body
+from ..errors import InvalidRequest, ModelNotFound, Overloaded, UpstreamError, WorkerOverloaded, error_body
 from ..openapi import CHAT_REQUEST, COMPLETION_REQUEST
 from ..request_body import check_identifier, parse_json_object, read_limited_body
 from ..runtime import Runtime
@@ -42,16 +42,19 @@ from ..upstream import (
     upstream_headers,
     usage_of,
 )
-from ..upstream_stream import UpstreamResponse
+from ..upstream_stream import StreamPool, UpstreamResponse
+from ..worker_load import HOLD, LOAD, Hold
 
 router = APIRouter()
 
 UNIT_HEADER = "x-splitwatch-unit"
 FORCE_HEADER = "x-splitwatch-force-arm"
 Kind = Literal["chat", "completions"]
-R = TypeVar("R", httpx.Response, UpstreamResponse)
+R = TypeVar("R")  # what the upstream call returns: a response, or a response and its whole body
 
 
+# Declared for the OpenAPI document (and any app that mounts this router); the proxy's app calls
+# proxy_completion directly for these two paths (app.ProxyApp).
 @router.post("/v1/chat/completions", openapi_extra=CHAT_REQUEST)
 async def chat_completions(request: Request) -> Response:
     """Return the upstream's chat completion (JSON or SSE stream) for the request's arm."""
@@ -62,6 +65,19 @@ async def chat_completions(request: Request) -> Response:
 async def completions(request: Request) -> Response:
     """Return the upstream's text completion (JSON or SSE stream) for the request's arm."""
     return await _proxy(request, "completions")
+
+
+async def proxy_completion(request: Request, kind: Kind) -> Response:
+    """Return the answer to one completion request of ``kind`` (``chat`` or ``completions``), or refuse it
+    at once (503, ``worker_overloaded``) when the worker holds ``proxy.max_concurrent_requests`` already."""
+    runtime: Runtime = request.app.state.runtime
+    limit = runtime.snapshot.config.proxy.max_concurrent_requests
+    if limit and LOAD.held > limit:  # this request is one of them
+        # before the body is read: refusing costs little, and the retry is served elsewhere or later
+        metrics.REQUESTS_REFUSED.inc()
+        raise WorkerOverloaded(f"this proxy worker holds {limit} requests already (proxy.max_concurrent_requests); "
+                               "retry in a moment", headers={"retry-after": "1"})
+    return await _proxy(request, kind)
 
 
 def validate_body(body: dict[str, Any], kind: Kind, max_id_bytes: int) -> None:
@@ -304,7 +320,7 @@ async def _open_upstream(request: Request, call: _Call, up: UpstreamConfig, send
     """
     call.sent_at = time.perf_counter()
     try:
-        return await call_until_disconnect(request, send, up.timeout_s)
+        return await _upstream_wait(request, send, up.timeout_s)
     except ClientDisconnected:
         call.finish(499, time.perf_counter() - call.sent_at, error="client_disconnected")
         return None
@@ -324,6 +340,19 @@ async def _open_upstream(request: Request, call: _Call, up: UpstreamConfig, send
                             headers=headers) from None
 
 
+async def _upstream_wait(request: Request, send: Awaitable[R], timeout_s: float) -> R:
+    """Return :func:`call_until_disconnect`'s result, the request not counted among the worker's held ones
+    meanwhile: waiting for the upstream is not the worker's load (``proxy.max_concurrent_requests``)."""
+    hold: Hold | None = request.scope.get(HOLD)
+    if hold is None:  # a server without the proxy's protocol (tests' ASGI transports)
+        return await call_until_disconnect(request, send, timeout_s)
+    hold.pause()
+    try:
+        return await call_until_disconnect(request, send, timeout_s)
+    finally:
+        hold.resume()
+
+
 def _interrupted(call: _Call, cause: httpx.HTTPError, headers: dict[str, str]) -> UpstreamError:
     """Log a body the upstream cut short (502 ``body_interrupted``); return the error to raise."""
     call.finish(502, time.perf_counter() - call.sent_at, error="body_interrupted")
@@ -331,30 +360,33 @@ def _interrupted(call: _Call, cause: httpx.HTTPError, headers: dict[str, str]) -
                          code="upstream_interrupted", headers=headers)
 
 
-async def _read_whole(transport: httpx.AsyncHTTPTransport, req: httpx.Request) -> httpx.Response:
-    """Return the upstream's response with its body read (and the connection given back)."""
-    resp = await transport.handle_async_request(req)
+async def _read_whole(pool: StreamPool, path: str, payload: bytes, headers: dict[str, str],
+                      timeout_s: float) -> tuple[UpstreamResponse, bytes]:
+    """Return the upstream's response and its whole body (the connection goes back to the pool at its end)."""
+    resp = await pool.open(path, payload, headers, timeout_s)
     try:
-        await resp.aread()
+        content = await resp.aread()
     except httpx.TimeoutException:
         raise
     except httpx.HTTPError as exc:
         raise _BodyInterrupted(exc) from exc
     finally:
-        await resp.aclose()
-    return resp
+        resp.close()  # a finished answer's connection is pooled already; an unfinished one is aborted
+    return resp, content
 
 
 async def _forward(request: Request, call: _Call, arm: ArmConfig, path: str, payload: bytes) -> Response:
     up = arm.upstream
-    transport, call.release = call.runtime.clients.lease(up)
+    # the stream path's upstream protocol and pool (upstream_stream.py), for whole answers too: one parse of
+    # the answer by httptools, no httpx request and response objects per call (docs/benchmarks.md, issue 32)
+    pool = call.runtime.clients.stream_pool(up)
     headers = _headers(call.assignment, call.request_id)
-    resp = await _open_upstream(request, call, up, _read_whole(transport, build_request(
-        up, path, payload, call.request_id, call.trace_headers())), headers)
-    if resp is None:
+    answered = await _open_upstream(request, call, up, _read_whole(
+        pool, path, payload, upstream_headers(up, call.request_id, call.trace_headers()), up.timeout_s), headers)
+    if answered is None:
         return Response(status_code=499)
+    resp, content = answered
     upstream_s = time.perf_counter() - call.sent_at
-    content = resp.content
     status = resp.status_code
     ptok = ctok = None
     text = finish = None
@@ -408,6 +440,9 @@ async def _forward_stream(request: Request, call: _Call, arm: ArmConfig, path: s
         call.finish(status, upstream_s, error=status_error_kind(status))
         return _passed_through(resp, content, headers)
     metrics.PROXY_OVERHEAD.observe(call.sent_at - call.started)
+    hold: Hold | None = request.scope.get(HOLD)
+    if hold is not None:
+        hold.pause()  # a stream's relay is bounded by proxy.max_concurrent_streams, not by this count
 
     def on_end(end: StreamEnd) -> None:
         call.finish(end.status, time.perf_counter() - call.sent_at, ttft_s=end.ttft_s,
@@ -424,7 +459,7 @@ async def _passthrough(request: Request, up: UpstreamConfig, path: str, raw: byt
     transport, release = runtime.clients.lease(up)
     req = build_request(up, path, raw, str(uuid.uuid4()))
     try:
-        resp = await call_until_disconnect(request, transport.handle_async_request(req), up.timeout_s)
+        resp = await _upstream_wait(request, transport.handle_async_request(req), up.timeout_s)
     except ClientDisconnected:
         release()
         return Response(status_code=499)

@@ -1,0 +1,56 @@
+"""How many requests a proxy worker holds outside their upstream's wait: ``proxy.max_concurrent_requests``.
+
+A request is held from the moment the server has parsed its headers (so requests waiting for a
+saturated worker's event loop count, not only those being processed) until its answer is sent, except
+while it waits for the upstream: a slow model is not the worker's load. The server's protocol
+(:mod:`.http_limits`) starts each request's :class:`Hold` and ends it when the response completes or
+the connection is lost, so the count cannot drift whatever path a request takes; the request path
+pauses it around the upstream's wait and for a stream's relay (streams are bounded by
+``proxy.max_concurrent_streams``).
+"""
+
+from __future__ import annotations
+
+HOLD = "splitwatch.hold"
+"""Scope key of the request's :class:`Hold`, set by the server's protocol."""
+
+
+class WorkerLoad:
+    """The worker's count of held requests (one per process: read and written on its event loop only)."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held = 0
+
+
+LOAD = WorkerLoad()
+
+
+class Hold:
+    """One request's place in :data:`LOAD`; every method is idempotent."""
+
+    __slots__ = ("counted", "ended", "load")
+
+    def __init__(self, load: WorkerLoad = LOAD) -> None:
+        self.load = load
+        self.counted = True
+        self.ended = False
+        load.held += 1
+
+    def pause(self) -> None:
+        """Stop counting the request (it waits for its upstream, or its stream is being relayed)."""
+        if self.counted:
+            self.counted = False
+            self.load.held -= 1
+
+    def resume(self) -> None:
+        """Count the request again (its upstream answered), unless it has ended."""
+        if not self.counted and not self.ended:
+            self.counted = True
+            self.load.held += 1
+
+    def end(self) -> None:
+        """The request's answer was sent, or its connection lost."""
+        self.ended = True
+        self.pause()
