@@ -11,17 +11,40 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 from splitwatch.service.delivery.topic_reader import read_events, unique_by_event_id
 from splitwatch.service.local.processes import (
     LOOPBACK,
     Broker,
+    ManagedProcess,
     Proxy,
     StubModel,
     free_port,
     splitwatch_command,
     wait_delivered,
+    wait_for_port,
 )
+
+DASHBOARDS = Path(__file__).resolve().parents[1] / "dashboards"
+
+
+def start_prometheus(tmp_path: Path, targets: list[str]) -> tuple[ManagedProcess, str]:
+    """Start a real Prometheus scraping ``targets`` every second, with the shipped alert rules loaded;
+    return it and its URL."""
+    port = free_port()
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(DASHBOARDS / "alerts.yaml")],
+        "scrape_configs": [{"job_name": "splitwatch", "static_configs": [{"targets": targets}]}],
+    }))
+    prom = ManagedProcess(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+                           f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
+                           "--log.level=warn"], tmp_path / "prometheus.log")
+    prom.start()
+    wait_for_port(port, proc=prom.proc)
+    return prom, f"http://127.0.0.1:{port}"
+
 
 __all__ = ["Broker", "Proxy", "StubModel", "free_port", "read_events", "unique_by_event_id", "wait_delivered"]
 

@@ -13,9 +13,7 @@ import httpx
 import yaml
 
 from splitwatch.service.local.processes import ManagedProcess, free_port, splitwatch_command, wait_for_port
-from tests.harness import experiment_config
-
-DASHBOARDS = Path(__file__).resolve().parents[1] / "dashboards"
+from tests.harness import DASHBOARDS, experiment_config, start_prometheus
 
 
 def test_alert_rules_pass_promtool() -> None:
@@ -143,7 +141,7 @@ def _query(prom_url: str, expr: str) -> list[dict]:
 def test_dashboard_queries_return_data_from_a_real_scrape(start_proxy, stubs, tmp_path: Path) -> None:
     # shadowing on, so that the shadow panels have data too
     proxy = start_proxy(experiment_config(*stubs, shadow={"arm": "finetuned", "share": 1.0}))
-    prom, prom_url = _start_prometheus(tmp_path, proxy.url.removeprefix("http://"))
+    prom, prom_url = start_prometheus(tmp_path, [proxy.url.removeprefix("http://")])
     try:
         chat = proxy.url + "/v1/chat/completions"
         body = {"model": "support-bot", "messages": [{"role": "user", "content": "hi"}]}
@@ -178,21 +176,6 @@ def test_dashboard_queries_return_data_from_a_real_scrape(start_proxy, stubs, tm
         prom.stop()
 
 
-def _start_prometheus(tmp_path: Path, target: str) -> tuple[ManagedProcess, str]:
-    port = free_port()
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(DASHBOARDS / "alerts.yaml")],
-        "scrape_configs": [{"job_name": "splitwatch", "static_configs": [{"targets": [target]}]}],
-    }))
-    prom = ManagedProcess(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
-                           f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
-                           "--log.level=warn"], tmp_path / "prometheus.log")
-    prom.start()
-    wait_for_port(port, proc=prom.proc)
-    return prom, f"http://127.0.0.1:{port}"
-
-
 def test_kpi_dashboard_queries_return_data_from_a_live_analyzer(start_proxy, tmp_path: Path) -> None:
 
     from tests.harness import wait_delivered
@@ -208,7 +191,7 @@ def test_kpi_dashboard_queries_return_data_from_a_live_analyzer(start_proxy, tmp
     prom = None
     try:
         wait_for_port(port, proc=analyzer.proc)
-        prom, prom_url = _start_prometheus(tmp_path, f"127.0.0.1:{port}")
+        prom, prom_url = start_prometheus(tmp_path, [f"127.0.0.1:{port}"])
         empty: list[str] = []
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -248,7 +231,7 @@ def test_drift_dashboard_queries_return_data_from_a_live_drift_detector(start_pr
     try:
         wait_for_port(port, proc=detector.proc)
         _simulate(proxy, 200, seed=8)
-        prom, prom_url = _start_prometheus(tmp_path, f"127.0.0.1:{port}")
+        prom, prom_url = start_prometheus(tmp_path, [f"127.0.0.1:{port}"])
         empty: list[str] = []
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

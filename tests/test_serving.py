@@ -14,31 +14,13 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from splitwatch.service.config import ModelSizeConfig, ServingConfig, UpstreamConfig
-from splitwatch.service.local.processes import ManagedProcess, free_port, wait_for_port
 from splitwatch.service.serving.model_size import model_size, size_from_listing
-from tests.harness import base_config, experiment_config, ingest_once, todays_report
+from tests.harness import DASHBOARDS, base_config, experiment_config, ingest_once, start_prometheus, todays_report
 from tests.serving_stubs import MetricsStub, dcgm_stub, tgi_stub, vllm_stub
 
-DASHBOARDS = Path(__file__).resolve().parents[1] / "dashboards"
 MIB = 1024 * 1024
-
-
-def _start_prometheus(tmp_path: Path, targets: list[str]) -> tuple[ManagedProcess, str]:
-    port = free_port()
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(DASHBOARDS / "alerts.yaml")],
-        "scrape_configs": [{"job_name": "serving", "static_configs": [{"targets": targets}]}],
-    }))
-    prom = ManagedProcess(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
-                           f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
-                           "--log.level=warn"], tmp_path / "prometheus.log")
-    prom.start()
-    wait_for_port(port, proc=prom.proc)
-    return prom, f"http://127.0.0.1:{port}"
 
 
 def _instant(prom_url: str, expr: str) -> dict[tuple[str, str], float]:
@@ -102,7 +84,7 @@ def test_serving_queries_and_the_report_give_back_the_servers_values_per_arm(
         start_proxy, stubs, broker, topic, serving_stubs, tmp_path: Path) -> None:
     s = serving_stubs
     proxy = start_proxy(config=_config(broker, topic, tmp_path, s, stubs, "http://127.0.0.1:1"))
-    prom, url = _start_prometheus(tmp_path, [proxy.url.removeprefix("http://"), *(x.target for x in s.values())])
+    prom, url = start_prometheus(tmp_path, [proxy.url.removeprefix("http://"), *(x.target for x in s.values())])
     try:
         _wait_for_samples(url, 6)  # from here on every 5 s window holds 5 scrapes: rates are the stubs' own
         with httpx.Client(timeout=10) as c:

@@ -156,12 +156,8 @@ class Tracing:
         span = self.tracer.start_span(f"{operation} {upstream_model}", context=parent,
                                       kind=self._trace.SpanKind.CLIENT, start_time=start_ns)
         if span.is_recording():
-            host, port = _server(base_url)
-            attrs: dict[str, Any] = {
-                "gen_ai.operation.name": operation, "gen_ai.provider.name": PROVIDER, "gen_ai.system": PROVIDER,
-                "gen_ai.request.model": upstream_model, "server.address": host, "server.port": port,
-                "splitwatch.experiment": experiment, "splitwatch.arm": arm, "splitwatch.request_id": request_id,
-                "splitwatch.requested_model": requested_model, "splitwatch.stream": stream}
+            attrs = _call_attributes(operation, upstream_model, base_url, experiment, arm, request_id, stream)
+            attrs["splitwatch.requested_model"] = requested_model
             for key, attr in (("max_tokens", "gen_ai.request.max_tokens"),
                               ("temperature", "gen_ai.request.temperature"), ("top_p", "gen_ai.request.top_p")):
                 value = body.get(key)
@@ -178,12 +174,8 @@ class Tracing:
         from opentelemetry.trace import Link
 
         operation = OPERATIONS.get(kind, kind)
-        host, port = _server(base_url)
-        attrs: dict[str, Any] = {
-            "gen_ai.operation.name": operation, "gen_ai.provider.name": PROVIDER, "gen_ai.system": PROVIDER,
-            "gen_ai.request.model": upstream_model, "server.address": host, "server.port": port,
-            "splitwatch.experiment": experiment, "splitwatch.arm": arm, "splitwatch.request_id": request_id,
-            "splitwatch.stream": stream, SHADOW_ATTRIBUTE: True}
+        attrs = _call_attributes(operation, upstream_model, base_url, experiment, arm, request_id, stream)
+        attrs[SHADOW_ATTRIBUTE] = True
         link = Link(request.span.get_span_context(), {"splitwatch.link": "shadow_of"})
         span = self.tracer.start_span(f"{operation} {upstream_model}", context=self._trace.set_span_in_context(
             self._trace.INVALID_SPAN), kind=self._trace.SpanKind.CLIENT, attributes=attrs, links=[link])
@@ -192,6 +184,16 @@ class Tracing:
     def shutdown(self) -> None:
         """Export what is buffered (bounded by the exporter's timeout) and stop."""
         self.provider.shutdown()
+
+
+def _call_attributes(operation: str, upstream_model: str, base_url: str, experiment: str, arm: str,
+                     request_id: str, stream: bool) -> dict[str, Any]:
+    """Return the attributes every span of a call to a model carries (a request's and a shadow call's)."""
+    host, port = _server(base_url)
+    return {"gen_ai.operation.name": operation, "gen_ai.provider.name": PROVIDER, "gen_ai.system": PROVIDER,
+            "gen_ai.request.model": upstream_model, "server.address": host, "server.port": port,
+            "splitwatch.experiment": experiment, "splitwatch.arm": arm, "splitwatch.request_id": request_id,
+            "splitwatch.stream": stream}
 
 
 @functools.lru_cache(maxsize=256)

@@ -10,16 +10,17 @@ keep only the series equal to 1.
 from __future__ import annotations
 
 from .. import metrics
-from ..config import Config
+from ..config import Config, ModelSizeConfig
 
 Labels = tuple[str, ...]
 
 
-def info_series(config: Config) -> dict[str, set[Labels]]:
-    """Return the label sets of each info gauge the config calls for, by gauge name."""
+def info_series(config: Config) -> tuple[set[Labels], set[Labels], dict[Labels, ModelSizeConfig]]:
+    """Return the label sets of the upstream info and GPU info gauges, and the stated model sizes by the
+    labels of their gauges, that the config calls for."""
     info: set[Labels] = set()
     gpus: set[Labels] = set()
-    sizes: set[Labels] = set()
+    sizes: dict[Labels, ModelSizeConfig] = {}
     for exp in config.experiments:
         for i, arm in enumerate(exp.arms):
             up = arm.upstream
@@ -30,37 +31,35 @@ def info_series(config: Config) -> dict[str, set[Labels]]:
             info |= {(exp.key, arm.name, role, up.base_url, up.model, t) for t in serving.targets}
             gpus |= {(exp.key, arm.name, role, up.base_url, g.target, g.gpu) for g in serving.gpus}
             if serving.model_size is not None:
-                sizes.add((exp.key, arm.name, up.model, serving.model_size.dtype or "unknown"))
-    return {"info": info, "gpu": gpus, "size": sizes}
+                sizes[(exp.key, arm.name, up.model, serving.model_size.dtype or "unknown")] = serving.model_size
+    return info, gpus, sizes
 
 
 class UpstreamInfo:
     """Sets the info gauges from the config in force; remembers what it set, to zero it on a reload."""
 
     def __init__(self) -> None:
-        self._set: dict[str, set[Labels]] = {"info": set(), "gpu": set(), "size": set()}
+        self._info: set[Labels] = set()
+        self._gpus: set[Labels] = set()
+        self._sizes: set[Labels] = set()
 
     def export(self, config: Config) -> None:
         """Set every info series of ``config`` to 1 (the sizes to their values), and the dropped ones to 0."""
-        now = info_series(config)
-        for labels in self._set["info"] - now["info"]:
+        info, gpus, sizes = info_series(config)
+        for labels in self._info - info:
             metrics.UPSTREAM_INFO.labels(*labels).set(0)
-        for labels in self._set["gpu"] - now["gpu"]:
+        for labels in self._gpus - gpus:
             metrics.UPSTREAM_GPU_INFO.labels(*labels).set(0)
-        for labels in self._set["size"] - now["size"]:
+        for labels in self._sizes - sizes.keys():
             metrics.UPSTREAM_MODEL_PARAMETERS.labels(*labels).set(0)
             metrics.UPSTREAM_MODEL_BYTES.labels(*labels).set(0)
-        for labels in now["info"]:
+        for labels in info:
             metrics.UPSTREAM_INFO.labels(*labels).set(1)
-        for labels in now["gpu"]:
+        for labels in gpus:
             metrics.UPSTREAM_GPU_INFO.labels(*labels).set(1)
-        sizes = {(e.key, a.name): a.upstream.serving.model_size for e in config.experiments for a in e.arms
-                 if a.upstream.serving is not None and a.upstream.serving.model_size is not None}
-        for labels in now["size"]:
-            size = sizes[labels[:2]]
-            assert size is not None
+        for labels, size in sizes.items():
             if size.parameters is not None:
                 metrics.UPSTREAM_MODEL_PARAMETERS.labels(*labels).set(size.parameters)
             if size.bytes is not None:
                 metrics.UPSTREAM_MODEL_BYTES.labels(*labels).set(size.bytes)
-        self._set = now
+        self._info, self._gpus, self._sizes = info, gpus, set(sizes)

@@ -101,6 +101,5 @@ def serving_summary(cfg: PrometheusConfig | None, exp: ExperimentConfig, start: 
         with httpx.Client() as client:
             summary.measures = [measure(s, cfg, exp, start, end, client) for s in SERIES]
     except PrometheusUnavailable as exc:
-        summary.measures = []
         summary.why = f"not read: {exc}"
     return summary

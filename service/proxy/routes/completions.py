@@ -58,13 +58,13 @@ R = TypeVar("R")  # what the upstream call returns: a response, or a response an
 @router.post("/v1/chat/completions", openapi_extra=CHAT_REQUEST)
 async def chat_completions(request: Request) -> Response:
     """Return the upstream's chat completion (JSON or SSE stream) for the request's arm."""
-    return await _proxy(request, "chat")
+    return await proxy_completion(request, "chat")
 
 
 @router.post("/v1/completions", openapi_extra=COMPLETION_REQUEST)
 async def completions(request: Request) -> Response:
     """Return the upstream's text completion (JSON or SSE stream) for the request's arm."""
-    return await _proxy(request, "completions")
+    return await proxy_completion(request, "completions")
 
 
 async def proxy_completion(request: Request, kind: Kind) -> Response:
