@@ -172,3 +172,26 @@ def test_past_max_concurrent_requests_a_worker_refuses_at_once(start_proxy, stub
     assert codes == [200] * 4
     metrics = httpx.get(proxy.url + "/metrics").text
     assert "splitwatch_requests_refused_total 1.0" in metrics
+
+
+def test_a_hold_counts_its_request_and_calls_back_once_when_its_client_is_lost() -> None:
+    from splitwatch.service.proxy.worker_load import Hold, WorkerLoad
+
+    load = WorkerLoad()
+    calls: list[str] = []
+    kept, gone = Hold(load), Hold(load)
+    assert load.held == 2
+    kept.pause()  # waiting for its upstream: not the worker's load
+    kept.pause()
+    assert load.held == 1
+    kept.resume()
+    assert load.held == 2
+    gone.on_lost = lambda: calls.append("lost")
+    gone.pause()
+    gone.lose()
+    gone.lose()  # the protocol may see the loss after the response's end: no second call, no drift
+    gone.resume()  # the request path resumes after its upstream's wait: an ended hold stays uncounted
+    assert (calls, gone.lost, load.held) == (["lost"], True, 1)
+    kept.end()
+    kept.lose()
+    assert load.held == 0

@@ -50,7 +50,9 @@ def bounded_httptools_protocol(max_header_bytes: int, header_timeout_s: float) -
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_header_timer()
-            self._end_hold()
+            hold, self._hold = self._hold, None
+            if hold is not None:
+                hold.lose()  # before uvicorn's own handling: the request path is told first
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:

@@ -35,6 +35,14 @@ HIGH_WATER = 256 * 1024
 """Body bytes buffered for a client that reads slowly before the upstream connection stops reading."""
 
 
+class BodyInterrupted(Exception):
+    """The upstream sent its status and headers, then broke off (or broke the protocol) before the body's end."""
+
+    def __init__(self, cause: httpx.HTTPError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class UpstreamResponse:
     """One upstream answer: status and headers once :meth:`StreamPool.open` returns, then its body.
 
@@ -42,7 +50,7 @@ class UpstreamResponse:
     ``aiter_raw``, ``aclose``), plus :meth:`read`, the relay's one call per wake-up.
     """
 
-    __slots__ = ("_buffered", "_chunks", "_conn", "_done", "_error", "_headers_ready", "_last_data",
+    __slots__ = ("_buffered", "_chunks", "_conn", "_done", "_end_waiter", "_error", "_headers_ready", "_last_data",
                  "_loop", "_paused", "_release", "_timeout_s", "_timer", "_waiter", "headers", "headers_received",
                  "status_code")
 
@@ -59,6 +67,7 @@ class UpstreamResponse:
         self._done = False
         self._error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._end_waiter: asyncio.Future[None] | None = None  # set by :meth:`whole`: woken at the end only
         self._last_data = self._loop.time()
         self._timer: asyncio.TimerHandle | None = None
         self._release: Callable[[], None] | None = None  # gives the pool's slot back, once
@@ -86,9 +95,9 @@ class UpstreamResponse:
             self._headers_ready.set_exception(error or httpx.RemoteProtocolError(
                 "the upstream closed the connection without sending a response"))
             self._headers_ready.exception()  # retrieved: open() raises it, or has already given up
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        for waiter in (self._waiter, self._end_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
         if self._timer is not None:
             self._timer.cancel()
         release, self._release = self._release, None
@@ -140,6 +149,25 @@ class UpstreamResponse:
         """Yield the body as it arrives (as ``httpx.Response.aiter_raw`` does)."""
         while data := await self.read():
             yield data
+
+    async def whole(self) -> bytes:
+        """Return the whole body once the answer has ended: one wake-up, however many reads it took.
+
+        Raises what ended it early: ``httpx.RemoteProtocolError`` (no valid answer, or invalid HTTP) or
+        ``httpx.ReadError`` (the connection broke). Cancelled, it aborts the connection. No timer of its
+        own: the caller bounds the whole call (``completions._upstream_wait``).
+        """
+        if not self._done:
+            self._end_waiter = self._loop.create_future()
+            try:
+                await self._end_waiter
+            except BaseException:
+                self.close()
+                raise
+        if self._error is not None:
+            raise self._error
+        chunks = self._chunks
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def aread(self) -> bytes:
         """Return the whole body."""
@@ -289,6 +317,41 @@ class StreamPool:
         else:
             resp._release = self._release_slot
         return resp
+
+    async def fetch(self, path: str, payload: bytes, headers: dict[str, str],
+                    timeout_s: float) -> tuple[UpstreamResponse, bytes]:
+        """Send ``POST path`` and return the response with its whole body, awaited once (whole answers).
+
+        Raises as :meth:`open` does, without its timeout on the headers: the caller bounds the whole
+        call. :class:`BodyInterrupted` wraps a failure after the status and headers arrived (a body cut
+        short or invalid). The connection goes back to the pool when the answer ended cleanly; it is
+        aborted otherwise (cancelled included).
+        """
+        request = self._request_head(path, len(payload), headers) + payload
+        await self._acquire_slot(timeout_s)
+        try:
+            for attempt in (0, 1):
+                conn = self._idle_connection() if attempt == 0 else None
+                reused = conn is not None
+                if conn is None:
+                    conn = await self._connect()
+                resp = UpstreamResponse(conn, timeout_s)
+                conn.response, conn.received, conn.framed = resp, False, False
+                assert conn.transport is not None
+                conn.transport.write(request)
+                try:
+                    return resp, await resp.whole()
+                except httpx.RemoteProtocolError as exc:
+                    if reused and not conn.received:
+                        continue  # an idle connection the upstream had just closed: once more, on a new one
+                    if resp.headers_received:
+                        raise BodyInterrupted(exc) from exc
+                    raise
+                except httpx.ReadError as exc:
+                    raise BodyInterrupted(exc) from exc
+            raise AssertionError("unreachable: the second attempt returns or raises")
+        finally:
+            self._release_slot()
 
     async def _send(self, request: bytes, timeout_s: float) -> UpstreamResponse:
         for attempt in (0, 1):

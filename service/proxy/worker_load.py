@@ -7,9 +7,15 @@ while it waits for the upstream: a slow model is not the worker's load. The serv
 the connection is lost, so the count cannot drift whatever path a request takes; the request path
 pauses it around the upstream's wait and for a stream's relay (streams are bounded by
 ``proxy.max_concurrent_streams``).
+
+The protocol also tells a request's :class:`Hold` when its client's connection is lost, and the hold
+calls the request path back (:attr:`Hold.on_lost`): that is how a request waiting for its upstream
+learns that nobody is waiting for the answer, without a watcher task per request.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 HOLD = "splitwatch.hold"
 """Scope key of the request's :class:`Hold`, set by the server's protocol."""
@@ -30,12 +36,14 @@ LOAD = WorkerLoad()
 class Hold:
     """One request's place in :data:`LOAD`; every method is idempotent."""
 
-    __slots__ = ("counted", "ended", "load")
+    __slots__ = ("counted", "ended", "load", "lost", "on_lost")
 
     def __init__(self, load: WorkerLoad = LOAD) -> None:
         self.load = load
         self.counted = True
         self.ended = False
+        self.lost = False  # the client's connection was lost before the answer was sent
+        self.on_lost: Callable[[], None] | None = None  # called once, when it is lost
         load.held += 1
 
     def pause(self) -> None:
@@ -54,3 +62,11 @@ class Hold:
         """The request's answer was sent, or its connection lost."""
         self.ended = True
         self.pause()
+
+    def lose(self) -> None:
+        """The client's connection was lost before the answer was sent: end, and call :attr:`on_lost`."""
+        self.lost = True
+        self.end()
+        callback, self.on_lost = self.on_lost, None
+        if callback is not None:
+            callback()

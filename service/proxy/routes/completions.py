@@ -7,6 +7,7 @@ unchanged apart from ``model``; errors the proxy itself answers use OpenAI bodie
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,7 +43,7 @@ from ..upstream import (
     upstream_headers,
     usage_of,
 )
-from ..upstream_stream import StreamPool, UpstreamResponse
+from ..upstream_stream import BodyInterrupted, UpstreamResponse
 from ..worker_load import HOLD, LOAD, Hold
 
 router = APIRouter()
@@ -301,14 +302,6 @@ def _passed_through(resp: httpx.Response | UpstreamResponse, content: bytes, hea
                     media_type=resp.headers.get("content-type", "application/json"))
 
 
-class _BodyInterrupted(Exception):
-    """The upstream sent its status and headers, then the connection broke before the body's end."""
-
-    def __init__(self, cause: httpx.HTTPError) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
 async def _open_upstream(request: Request, call: _Call, up: UpstreamConfig, send: Awaitable[R],
                          headers: dict[str, str]) -> R | None:
     """Return the upstream's response (headers at least), or None when the client left first.
@@ -328,7 +321,7 @@ async def _open_upstream(request: Request, call: _Call, up: UpstreamConfig, send
         call.finish(504, time.perf_counter() - call.sent_at, error="timeout")
         raise UpstreamError(f"the upstream model endpoint did not answer within {up.timeout_s:g} s",
                             status_code=504, code="upstream_timeout", headers=headers) from None
-    except _BodyInterrupted as exc:
+    except BodyInterrupted as exc:
         raise _interrupted(call, exc.cause, headers) from None
     except httpx.HTTPError as exc:
         if isinstance(exc, httpx.ConnectError):
@@ -341,15 +334,35 @@ async def _open_upstream(request: Request, call: _Call, up: UpstreamConfig, send
 
 
 async def _upstream_wait(request: Request, send: Awaitable[R], timeout_s: float) -> R:
-    """Return :func:`call_until_disconnect`'s result, the request not counted among the worker's held ones
-    meanwhile: waiting for the upstream is not the worker's load (``proxy.max_concurrent_requests``)."""
+    """Return what ``send`` returns, awaited in this task within ``timeout_s``, the request not counted among
+    the worker's held ones meanwhile: waiting for the upstream is not the worker's load
+    (``proxy.max_concurrent_requests``).
+
+    Raises ClientDisconnected when the client's connection is lost first (the server's protocol calls
+    :attr:`Hold.on_lost`, which cancels this task: no watcher task per request), ``httpx.ReadTimeout``
+    past ``timeout_s``.
+    """
     hold: Hold | None = request.scope.get(HOLD)
     if hold is None:  # a server without the proxy's protocol (tests' ASGI transports)
         return await call_until_disconnect(request, send, timeout_s)
+    if hold.lost:
+        send.close()  # type: ignore[attr-defined]  # a coroutine never awaited
+        raise ClientDisconnected()
+    task = asyncio.current_task()
+    assert task is not None
+    hold.on_lost = task.cancel
     hold.pause()
     try:
-        return await call_until_disconnect(request, send, timeout_s)
+        async with asyncio.timeout(timeout_s):
+            return await send
+    except TimeoutError:
+        raise httpx.ReadTimeout(f"no complete answer within {timeout_s:g} s") from None
+    except asyncio.CancelledError:
+        if hold.lost and task.uncancel() == 0:  # cancelled by on_lost, not by the server's shutdown
+            raise ClientDisconnected() from None
+        raise
     finally:
+        hold.on_lost = None
         hold.resume()
 
 
@@ -360,29 +373,14 @@ def _interrupted(call: _Call, cause: httpx.HTTPError, headers: dict[str, str]) -
                          code="upstream_interrupted", headers=headers)
 
 
-async def _read_whole(pool: StreamPool, path: str, payload: bytes, headers: dict[str, str],
-                      timeout_s: float) -> tuple[UpstreamResponse, bytes]:
-    """Return the upstream's response and its whole body (the connection goes back to the pool at its end)."""
-    resp = await pool.open(path, payload, headers, timeout_s)
-    try:
-        content = await resp.aread()
-    except httpx.TimeoutException:
-        raise
-    except httpx.HTTPError as exc:
-        raise _BodyInterrupted(exc) from exc
-    finally:
-        resp.close()  # a finished answer's connection is pooled already; an unfinished one is aborted
-    return resp, content
-
-
 async def _forward(request: Request, call: _Call, arm: ArmConfig, path: str, payload: bytes) -> Response:
     up = arm.upstream
     # the stream path's upstream protocol and pool (upstream_stream.py), for whole answers too: one parse of
     # the answer by httptools, no httpx request and response objects per call (docs/benchmarks.md, issue 32)
     pool = call.runtime.clients.stream_pool(up)
     headers = _headers(call.assignment, call.request_id)
-    answered = await _open_upstream(request, call, up, _read_whole(
-        pool, path, payload, upstream_headers(up, call.request_id, call.trace_headers()), up.timeout_s), headers)
+    answered = await _open_upstream(request, call, up, pool.fetch(
+        path, payload, upstream_headers(up, call.request_id, call.trace_headers()), up.timeout_s), headers)
     if answered is None:
         return Response(status_code=499)
     resp, content = answered
