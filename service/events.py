@@ -7,7 +7,7 @@ config sets ``proxy.log_text: true`` (then in the optional ``text`` fields).
 
 from __future__ import annotations
 
-import uuid
+import os
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -21,9 +21,20 @@ def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
+_UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62))  # the version nibble and the variant bits
+_UUID4_SET = (0x4 << 76) | (0x2 << 62)  # version 4, variant RFC 4122
+
+
+def new_uuid4() -> str:
+    """Return a random UUID (version 4) as its canonical string: ``str(uuid.uuid4())`` at half the cost
+    (no ``UUID`` object; the request path makes three per request)."""
+    h = "%032x" % (int.from_bytes(os.urandom(16)) & _UUID4_CLEAR | _UUID4_SET)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def new_event_id() -> str:
     """Return a fresh random event id (UUID4, string)."""
-    return str(uuid.uuid4())
+    return new_uuid4()
 
 
 class _Event(BaseModel):

@@ -32,6 +32,7 @@ from pydantic import BaseModel
 from .. import metrics
 from ..config import KafkaConfig
 from ..features.prompt import LANGUAGES
+from ..request_events import RequestEvent
 from .dead_letters import DeadLetters, dead_letters_for
 from .pipe_frames import MAX_SAMPLE_BYTES, PipeRecord, encode_batch, frame_error
 from .shipper_process import shipper_main
@@ -64,7 +65,7 @@ class EventPublisher:
         self.adopt_workers = adopt_workers
         self.spool_dir = Path(spool_dir or cfg.spool.dir)
         self.flush_s = flush_s
-        self._queue: deque[BaseModel] = deque()
+        self._queue: deque[BaseModel | RequestEvent] = deque()
         self._pending: list[PipeRecord] = []  # serialised, not yet accepted by the pipe
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -80,7 +81,7 @@ class EventPublisher:
         self.dead_letters: DeadLetters = dead_letters_for(self.spool_dir, cfg.spool.dead_letter_max_bytes)
 
     # -- request path -----------------------------------------------------------------------------
-    def publish(self, event: BaseModel) -> bool:
+    def publish(self, event: BaseModel | RequestEvent) -> bool:
         """Queue an event for delivery without blocking; return False (and count it) when the queue is full."""
         if len(self._queue) >= self.cfg.queue_max_events:
             self.queue_dropped += 1
@@ -211,7 +212,7 @@ class EventPublisher:
         self._pending = []
 
     # -- writer thread ----------------------------------------------------------------------------
-    def _serialise(self, ev: BaseModel) -> PipeRecord | None:
+    def _serialise(self, ev: BaseModel | RequestEvent) -> PipeRecord | None:
         """Return the event as a pipe record, or None after setting it aside (it can never be sent)."""
         key, value = b"", b""
         try:

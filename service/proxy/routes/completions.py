@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -22,10 +21,11 @@ from starlette.responses import Response, StreamingResponse
 
 from ... import metrics
 from ...config import UNASSIGNED_ARM, ArmConfig, Config, UpstreamConfig
-from ...events import TEXT_KIND_ANSWER, TEXT_KIND_PROMPT, ExposureEvent, ResponseEvent, ShadowSide
+from ...events import TEXT_KIND_ANSWER, TEXT_KIND_PROMPT, ShadowSide, new_uuid4
 from ...features.answer import ANSWER_SAMPLE_CHARS, completion_content, finish_reason_of
 from ...features.prompt import features_of_prompt, prompt_text
 from ...features.text import TEXT_SAMPLE_CHARS
+from ...request_events import exposure_event, response_event
 from ..assignment import Assignment
 from ..errors import InvalidRequest, ModelNotFound, Overloaded, UpstreamError, WorkerOverloaded, error_body
 from ..openapi import CHAT_REQUEST, COMPLETION_REQUEST
@@ -158,14 +158,10 @@ class _Call:
             metrics.UPSTREAM_ERRORS.labels(a.experiment, self.arm_label, error).inc()
         latency_ms, ttft_ms = round(upstream_s * 1000, 3), None if ttft_s is None else round(ttft_s * 1000, 3)
         if a.logged and self.runtime.publisher is not None:
-            event = ResponseEvent(
-                experiment=a.experiment, phase=a.phase, arm=a.arm, unit_id=self.unit_id,
-                request_id=self.request_id, status_code=status, latency_ms=latency_ms, ttft_ms=ttft_ms,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens, error=error, stream=self.stream, forced=a.forced,
-                text=text if self.log_text else None, finish_reason=finish_reason)
-            event.attach_text_sample(answer_sample)
-            self.runtime.publisher.publish(event)
+            self.runtime.publisher.publish(response_event(
+                a.experiment, a.phase, a.arm, self.unit_id, self.request_id, status, latency_ms, ttft_ms,
+                prompt_tokens, completion_tokens, error, self.stream, a.forced, text if self.log_text else None,
+                finish_reason, answer_sample))
         if self.shadow_pair is not None:
             pair, self.shadow_pair = self.shadow_pair, None
             pair.control_done(SideResult(ShadowSide(
@@ -241,7 +237,7 @@ async def _proxy(request: Request, kind: Kind) -> Response:  # noqa: C901, PLR09
     a = runtime.assign(exp, unit_id, forced)
     arm = exp.config.arm(a.arm)
     assert arm is not None
-    request_id = str(uuid.uuid4())
+    request_id = new_uuid4()
     call = _Call(runtime, a, request_id, a.arm if a.in_experiment else UNASSIGNED_ARM,
                  stream, started, config.proxy.log_text, unit_id=unit_id)
     if runtime.tracing is not None:
@@ -281,13 +277,10 @@ def _publish_exposure(runtime: Runtime, config: Config, a: Assignment, arm: ArmC
     if runtime.publisher is None:
         return
     parts = prompt_text(body)  # once: it joins every message of a possibly long history
-    event = ExposureEvent(
-        experiment=a.experiment, phase=a.phase, arm=a.arm, unit_id=unit_id, request_id=request_id,
-        requested_model=model, upstream_model=arm.upstream.model, forced=a.forced, holdout=a.holdout,
-        features=features_of_prompt(*parts), attributes=attributes,
-        text=parts[0] if config.proxy.log_text else None)
-    event.attach_text_sample(TEXT_KIND_PROMPT + parts[1][:TEXT_SAMPLE_CHARS].encode("utf-8", "replace"))
-    runtime.publisher.publish(event)
+    runtime.publisher.publish(exposure_event(
+        a.experiment, a.phase, a.arm, unit_id, request_id, model, arm.upstream.model, a.forced, a.holdout,
+        features_of_prompt(*parts), attributes, parts[0] if config.proxy.log_text else None,
+        TEXT_KIND_PROMPT + parts[1][:TEXT_SAMPLE_CHARS].encode("utf-8", "replace")))
 
 
 def _passed_through(resp: httpx.Response | UpstreamResponse, content: bytes, headers: dict[str, str]) -> Response:
@@ -455,7 +448,7 @@ async def _passthrough(request: Request, up: UpstreamConfig, path: str, raw: byt
     """Forward a request for a model no experiment matches, unchanged and unlogged."""
     runtime: Runtime = request.app.state.runtime
     transport, release = runtime.clients.lease(up)
-    req = build_request(up, path, raw, str(uuid.uuid4()))
+    req = build_request(up, path, raw, new_uuid4())
     try:
         resp = await _upstream_wait(request, transport.handle_async_request(req), up.timeout_s)
     except ClientDisconnected:
