@@ -78,6 +78,7 @@ class EventPublisher:
         self._closing = False
         self._heartbeat = time.monotonic()
         self.queue_dropped = 0
+        self._enqueued: dict[str, Any] = {}  # splitwatch_events_enqueued's child per event type
         self.dead_letters: DeadLetters = dead_letters_for(self.spool_dir, cfg.spool.dead_letter_max_bytes)
 
     # -- request path -----------------------------------------------------------------------------
@@ -90,7 +91,10 @@ class EventPublisher:
         if self._thread is not None and not self._thread.is_alive() and not self._closing:
             self._start_writer(restart=True)  # never queue into a void
         self._queue.append(event)
-        metrics.EVENTS_ENQUEUED.labels(event.type).inc()  # type: ignore[attr-defined]
+        counter = self._enqueued.get(event.type)  # type: ignore[union-attr]
+        if counter is None:  # labels() checks and locks on every call: each type's child is kept
+            counter = self._enqueued[event.type] = metrics.EVENTS_ENQUEUED.labels(event.type)  # type: ignore[union-attr]
+        counter.inc()
         if len(self._queue) >= self.cfg.batch_max_events:
             self._wake.set()
         return True

@@ -26,6 +26,7 @@ from ...features.answer import ANSWER_SAMPLE_CHARS, completion_content, finish_r
 from ...features.prompt import features_of_prompt, prompt_text
 from ...features.text import TEXT_SAMPLE_CHARS
 from ...request_events import exposure_event, response_event
+from ..arm_series import arm_series
 from ..assignment import Assignment
 from ..errors import InvalidRequest, ModelNotFound, Overloaded, UpstreamError, WorkerOverloaded, error_body
 from ..openapi import CHAT_REQUEST, COMPLETION_REQUEST
@@ -146,14 +147,15 @@ class _Call:
             self.release()
         self.release_stream_slot()
         a = self.assignment
-        metrics.REQUESTS.labels(a.experiment, self.arm_label, str(status)).inc()
-        metrics.REQUEST_DURATION.labels(a.experiment, self.arm_label).observe(upstream_s)
+        series = arm_series(a.experiment, self.arm_label)
+        series.requests(status).inc()
+        series.duration.observe(upstream_s)
         if ttft_s is not None:
-            metrics.TIME_TO_FIRST_TOKEN.labels(a.experiment, self.arm_label).observe(ttft_s)
+            series.ttft.observe(ttft_s)
         if prompt_tokens:
-            metrics.TOKENS.labels(a.experiment, self.arm_label, "prompt").inc(prompt_tokens)
+            series.prompt_tokens.inc(prompt_tokens)
         if completion_tokens:
-            metrics.TOKENS.labels(a.experiment, self.arm_label, "completion").inc(completion_tokens)
+            series.completion_tokens.inc(completion_tokens)
         if error:
             metrics.UPSTREAM_ERRORS.labels(a.experiment, self.arm_label, error).inc()
         latency_ms, ttft_ms = round(upstream_s * 1000, 3), None if ttft_s is None else round(ttft_s * 1000, 3)
