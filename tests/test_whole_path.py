@@ -195,3 +195,29 @@ def test_a_hold_counts_its_request_and_calls_back_once_when_its_client_is_lost()
     kept.end()
     kept.lose()
     assert load.held == 0
+
+
+@pytest.mark.parametrize(("status", "content_type"), [
+    (200, "application/json"), (200, "text/plain"), (200, "text/html; Charset=ISO-8859-1"),
+    (201, "text/event-stream"), (204, "application/json"), (304, "text/plain"),
+    (404, "application/json; charset=utf-8"), (502, "application/x-ndjson")])
+def test_a_raw_response_sends_what_starlettes_response_sends(status, content_type) -> None:
+    from starlette.responses import Response
+
+    from splitwatch.service.proxy.raw_response import RawResponse
+
+    headers = {"x-splitwatch-experiment": "support-ft", "x-splitwatch-arm": "finetuned",
+               "x-splitwatch-request-id": "0f6b1a9e-2c1d-4e8f-9a7b-3c2d1e0f9a8b", "x-splitwatch-excluded": "paused"}
+    body = '{"id":"cmpl-1","choices":[{"text":"é"}]}'.encode()
+
+    def sent(response: Response) -> list[dict]:
+        messages: list[dict] = []
+
+        async def send(message: dict) -> None:
+            messages.append(message)
+
+        asyncio.run(response({"type": "http"}, None, send))
+        return messages
+
+    assert sent(RawResponse(body, status, headers, content_type)) == sent(
+        Response(body, status_code=status, headers=headers, media_type=content_type))

@@ -30,6 +30,7 @@ from ..arm_series import arm_series
 from ..assignment import Assignment
 from ..errors import InvalidRequest, ModelNotFound, Overloaded, UpstreamError, WorkerOverloaded, error_body
 from ..openapi import CHAT_REQUEST, COMPLETION_REQUEST
+from ..raw_response import RawResponse
 from ..request_body import check_identifier, parse_json_object, read_limited_body
 from ..runtime import Runtime
 from ..shadow import ShadowPair, SideResult, maybe_mirror
@@ -290,11 +291,9 @@ def _passed_through(resp: httpx.Response | UpstreamResponse, content: bytes, hea
     that one is replaced by an OpenAI body (same status) so that clients can parse it."""
     status = resp.status_code
     if status >= 500 and not is_openai_error(content):
-        return Response(error_body(f"the upstream model endpoint answered HTTP {status}", "upstream_error",
-                                   code="upstream_error"), status_code=status, headers=headers,
-                        media_type="application/json")
-    return Response(content, status_code=status, headers=headers,
-                    media_type=resp.headers.get("content-type", "application/json"))
+        return RawResponse(error_body(f"the upstream model endpoint answered HTTP {status}", "upstream_error",
+                                      code="upstream_error"), status, headers, "application/json")
+    return RawResponse(content, status, headers, resp.headers.get("content-type", "application/json"))
 
 
 async def _open_upstream(request: Request, call: _Call, up: UpstreamConfig, send: Awaitable[R],
