@@ -161,3 +161,16 @@ def test_the_fast_path_counts_failures_in_its_window_once_each() -> None:
     assert breach is not None and breach["arm"] == "ft" and breach["lower"] > fast.margin
     mon.reset(datetime.now(UTC))
     assert mon.counts["ft"].requests == 0 and mon.breach(fast) is None
+
+
+def test_the_state_of_an_unchanged_phase_is_its_configs_and_follows_a_reload() -> None:
+    table = StateTable()
+    first = _exp()
+    assert table.effective(first) == initial_state(first)
+    assert table.effective(first) is table.effective(first)  # built once per config, not per request
+    reloaded = _exp(status="paused")  # a reload builds new config objects
+    assert table.effective(reloaded).status == "paused"
+    assert table.effective(reloaded) == initial_state(reloaded)
+    changed = table.change(reloaded, actor="admin", reason="resume", status="running")
+    assert table.apply(changed)
+    assert table.effective(reloaded) is changed  # a change through the control channel wins

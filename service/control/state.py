@@ -97,6 +97,9 @@ class StateTable:
 
     def __init__(self) -> None:
         self.states: dict[tuple[str, int], ExperimentState] = {}
+        # initial_state() per experiment config (a frozen model: shared safely). The request path asks for a
+        # shadowed experiment's state on each of its control requests; building it cost 2.9 us a time.
+        self._initial: dict[tuple[str, int], tuple[ExperimentConfig, ExperimentState]] = {}
 
     def get(self, key: str, phase: int) -> ExperimentState | None:
         """Return the state of that phase set through the control channel, or None (the config rules)."""
@@ -104,7 +107,13 @@ class StateTable:
 
     def effective(self, exp: ExperimentConfig) -> ExperimentState:
         """Return the state in force for the experiment's configured phase (the config's when unchanged)."""
-        return self.states.get((exp.key, exp.phase)) or initial_state(exp)
+        state = self.states.get((exp.key, exp.phase))
+        if state is not None:
+            return state
+        cached = self._initial.get((exp.key, exp.phase))
+        if cached is None or cached[0] is not exp:  # a reloaded config is a new object: its own initial state
+            cached = self._initial[(exp.key, exp.phase)] = (exp, initial_state(exp))
+        return cached[1]
 
     def apply(self, state: ExperimentState) -> bool:
         """Apply a state if it is newer than the one in force; return True when it was applied."""
