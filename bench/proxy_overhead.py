@@ -23,7 +23,11 @@ off and at several limits, under 8, 64 and 256 closed-loop connections (bench/lo
 the served answers' latency apart from the refused ones'): served and refused req/s, client timeouts,
 served p50 and p99, refused p99.
 
-Usage: python bench/proxy_overhead.py [--quick] [--pin] [--rate R] [--tracing | --overload [--limits 0,32,64]]
+With --side-by-side, instead: this checkout against an earlier commit's tree (--baseline-src) and LiteLLM
+(--litellm), every gateway one worker in front of the same stub: bench/side_by_side.py says what is measured.
+
+Usage: python bench/proxy_overhead.py [--quick] [--pin] [--rate R] [--tracing | --overload [--limits 0,32,64]
+       | --side-by-side [--baseline-src DIR] [--litellm PATH]]
 
 To compare two versions of the code in one session, run this script with each version's interpreter
 (an editable install of each), interleaved; docs/benchmarks.md shows how.
@@ -266,6 +270,21 @@ def overload_bench(args: argparse.Namespace) -> None:
     print("\nJSON:", json.dumps(rows))
 
 
+def side_by_side_bench(args: argparse.Namespace) -> None:
+    """Run bench/side_by_side.py's comparison on a broker and stub of this script's."""
+    import side_by_side
+
+    work, broker, stub, stub2, topic, exp = _stubs_and_broker()
+    try:
+        for p in (broker, stub, stub2):
+            p.start()
+        side_by_side.run(args, broker, stub, topic, exp, work)
+    finally:
+        for p in (stub2, stub, broker):
+            p.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def pct(a: np.ndarray, q: float) -> float:
     """Return the q-th percentile in milliseconds."""
     return float(np.nanpercentile(a, q) * 1000)
@@ -283,6 +302,10 @@ def main() -> None:
     ap.add_argument("--tracing", action="store_true", help="tracing off, at 1%% and at 100%% (issue 31)")
     ap.add_argument("--overload", action="store_true", help="served and refused past saturation (issue 32)")
     ap.add_argument("--limits", default="0,32,64,128", help="--overload's proxy.max_concurrent_requests values")
+    ap.add_argument("--side-by-side", action="store_true",
+                    help="this checkout against --baseline-src and --litellm (bench/side_by_side.py; issue 32)")
+    ap.add_argument("--baseline-src", help="an earlier commit's tree (git worktree add --detach DIR REV)")
+    ap.add_argument("--litellm", help="the litellm command of a virtualenv where LiteLLM is installed")
     args = ap.parse_args()
     if args.pin:
         os.sched_setaffinity(0, {1})  # this process and what it starts (broker, stubs, wrk) on CPU 1
@@ -294,6 +317,9 @@ def main() -> None:
         return
     if args.overload:
         overload_bench(args)
+        return
+    if args.side_by_side:
+        side_by_side_bench(args)
         return
     n1, rate, ol_s, wrk_s, rounds = (300, min(args.rate, 100), 3, 3, 1) if args.quick else (3000, args.rate, 15, 10, 5)
     work, broker, stub, stub2, topic, exp = _stubs_and_broker()
