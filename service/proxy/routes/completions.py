@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from ... import metrics
-from ...config import UNASSIGNED_ARM, ArmConfig, Config, UpstreamConfig
+from ...config import UNASSIGNED_ARM, ArmConfig, Config, ExperimentConfig, ProxyConfig, UpstreamConfig
 from ...events import TEXT_KIND_ANSWER, TEXT_KIND_PROMPT, ShadowSide, new_uuid4
 from ...features.answer import ANSWER_SAMPLE_CHARS, completion_content, finish_reason_of
 from ...features.prompt import features_of_prompt, prompt_text
@@ -193,11 +193,8 @@ def _headers(a: Assignment, request_id: str) -> dict[str, str]:
     return headers
 
 
-# Past the size limits on purpose (pyproject.toml):
-# the whole-answer request path in one frame (a call per step costs on every request); its
-# branches are the cases the contract tests pin byte for byte. Issue #32 moves it onto the stream path's
-# upstream protocol and splits it there.
-async def _proxy(request: Request, kind: Kind) -> Response:  # noqa: C901, PLR0912, PLR0915
+async def _proxy(request: Request, kind: Kind) -> Response:
+    """Return the answer to one completion request: checked, routed, assigned, logged and forwarded."""
     started = time.perf_counter()
     runtime: Runtime = request.app.state.runtime
     snap = runtime.snapshot
@@ -210,36 +207,72 @@ async def _proxy(request: Request, kind: Kind) -> Response:  # noqa: C901, PLR09
     exp = snap.table.for_model(model)
     path = "/chat/completions" if kind == "chat" else "/completions"
     if exp is None:
-        if config.proxy.passthrough is not None:
-            return await _passthrough(request, config.proxy.passthrough, path, raw)
+        if limits.passthrough is not None:
+            return await _passthrough(request, limits.passthrough, path, raw)
         raise ModelNotFound(f"The model '{model}' does not exist or is not served by this proxy",
                             param="model")
+    unit_id, forced = _unit_and_forced_arm(request, body, exp.config, limits)
+    attributes = snap.attributes.of_request(request.headers, body)
+    stream = body.get("stream") is True
+    if stream:
+        _refuse_past_max_streams(runtime, limits.max_concurrent_streams)
+    a = runtime.assign(exp, unit_id, forced)
+    arm = exp.config.arm(a.arm)
+    assert arm is not None
+    call = _open_call(request, runtime, config, a, arm, kind, model, body, unit_id, stream, started)
+    try:
+        if a.logged:
+            _publish_exposure(runtime, config, a, arm, body, model, unit_id, call.request_id, attributes)
+        elif a.excluded_reason:
+            metrics.UNASSIGNED_REQUESTS.labels(a.experiment, a.excluded_reason).inc()
+        body["model"] = arm.upstream.model
+        strip_usage = stream and _request_stream_usage(body, arm.upstream)
+        _mirror_if_shadowed(runtime, exp.config, call, body, path, kind)
+        if stream:
+            return await _forward_stream(request, call, arm, path, orjson.dumps(body), strip_usage)
+        return await _forward(request, call, arm, path, orjson.dumps(body))
+    except BaseException as exc:
+        call.release_stream_slot()  # the stream never started; finish() gives it back otherwise
+        call.abandon(exc)
+        raise
+
+
+def _unit_and_forced_arm(request: Request, body: dict[str, Any], exp: ExperimentConfig,
+                         limits: ProxyConfig) -> tuple[str | None, str | None]:
+    """Return the request's experiment unit (``user``, else ``X-Splitwatch-Unit``) and forced arm, if any;
+    raise InvalidRequest naming the field when one is too long, forcing is off or names no arm, or a
+    required unit is missing."""
     unit_id = body.get("user") or request.headers.get(UNIT_HEADER) or None
     if unit_id is not None and not body.get("user"):
         check_identifier(unit_id, "X-Splitwatch-Unit", limits.max_id_bytes)
     forced = request.headers.get(FORCE_HEADER)
     if forced is not None:
         check_identifier(forced, "X-Splitwatch-Force-Arm", limits.max_id_bytes)
-        if not config.proxy.allow_forced_arm:
+        if not limits.allow_forced_arm:
             raise InvalidRequest(f"the {FORCE_HEADER} header is disabled (proxy.allow_forced_arm)",
                                  param=FORCE_HEADER, code="forced_arm_disabled")
-        if exp.config.arm(forced) is None:
+        if exp.arm(forced) is None:
             raise InvalidRequest(f"unknown arm {forced!r} in {FORCE_HEADER}; arms: "
-                                 f"{[a.name for a in exp.config.arms]}", param=FORCE_HEADER, code="unknown_arm")
-    if unit_id is None and forced is None and config.proxy.require_unit:
+                                 f"{[a.name for a in exp.arms]}", param=FORCE_HEADER, code="unknown_arm")
+    if unit_id is None and forced is None and limits.require_unit:
         raise InvalidRequest("an experiment unit is required: set 'user' in the body or the "
                              "X-Splitwatch-Unit header", param="user", code="missing_unit")
-    attributes = snap.attributes.of_request(request.headers, body)
-    stream = body.get("stream") is True
-    limit = limits.max_concurrent_streams
-    if stream and limit and runtime.open_streams >= limit:
+    return unit_id, forced
+
+
+def _refuse_past_max_streams(runtime: Runtime, limit: int) -> None:
+    """Raise Overloaded (503, Retry-After) when this worker relays ``limit`` streams already (0: no limit)."""
+    if limit and runtime.open_streams >= limit:
         # Refused before anything is logged: this request was not served, its retry will be.
         metrics.STREAMS_REFUSED.inc()
         raise Overloaded(f"this proxy worker is relaying {limit} streams already (proxy.max_concurrent_streams); "
                          "retry in a moment", headers={"retry-after": "1"})
-    a = runtime.assign(exp, unit_id, forced)
-    arm = exp.config.arm(a.arm)
-    assert arm is not None
+
+
+def _open_call(request: Request, runtime: Runtime, config: Config, a: Assignment, arm: ArmConfig, kind: Kind,
+               model: str, body: dict[str, Any], unit_id: str | None, stream: bool, started: float) -> _Call:
+    """Return the request's :class:`_Call` under a new request id, its span started (tracing on) and its
+    place among the worker's open streams taken (a stream)."""
     request_id = new_uuid4()
     call = _Call(runtime, a, request_id, a.arm if a.in_experiment else UNASSIGNED_ARM,
                  stream, started, config.proxy.log_text, unit_id=unit_id)
@@ -251,28 +284,20 @@ async def _proxy(request: Request, kind: Kind) -> Response:  # noqa: C901, PLR09
         call.holds_stream_slot = True
         runtime.open_streams += 1
         metrics.OPEN_STREAMS.inc()
-    try:
-        if a.logged:
-            _publish_exposure(runtime, config, a, arm, body, model, unit_id, request_id, attributes)
-        elif a.excluded_reason:
-            metrics.UNASSIGNED_REQUESTS.labels(a.experiment, a.excluded_reason).inc()
-        body["model"] = arm.upstream.model
-        strip_usage = call.stream and _request_stream_usage(body, arm.upstream)
-        shadow = exp.config.shadow
-        if (shadow is not None and a.in_experiment and a.arm == exp.config.control.name
-                and runtime.control.table.effective(exp.config).shadow_enabled(exp.config)):
-            candidate = exp.config.arm(shadow.arm)
-            assert candidate is not None  # the config checks it
-            call.shadow_pair = maybe_mirror(runtime, shadow, candidate, a, body, path, unit_id, request_id,
-                                            call.stream, config.proxy.log_text, call.span, kind)
-        if call.stream:
-            return await _forward_stream(request, call, arm, path, orjson.dumps(body), strip_usage)
-        payload = orjson.dumps(body)
-        return await _forward(request, call, arm, path, payload)
-    except BaseException as exc:
-        call.release_stream_slot()  # the stream never started; finish() gives it back otherwise
-        call.abandon(exc)
-        raise
+    return call
+
+
+def _mirror_if_shadowed(runtime: Runtime, exp: ExperimentConfig, call: _Call, body: dict[str, Any], path: str,
+                        kind: Kind) -> None:
+    """Mirror a control request of an experiment whose shadow traffic is on to its candidate (docs/shadow.md)."""
+    shadow = exp.shadow
+    a = call.assignment
+    if (shadow is not None and a.in_experiment and a.arm == exp.control.name
+            and runtime.control.table.effective(exp).shadow_enabled(exp)):
+        candidate = exp.arm(shadow.arm)
+        assert candidate is not None  # the config checks it
+        call.shadow_pair = maybe_mirror(runtime, shadow, candidate, a, body, path, call.unit_id, call.request_id,
+                                        call.stream, call.log_text, call.span, kind)
 
 
 def _publish_exposure(runtime: Runtime, config: Config, a: Assignment, arm: ArmConfig, body: dict[str, Any],
