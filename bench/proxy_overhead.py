@@ -23,11 +23,14 @@ off and at several limits, under 8, 64 and 256 closed-loop connections (bench/lo
 the served answers' latency apart from the refused ones'): served and refused req/s, client timeouts,
 served p50 and p99, refused p99.
 
+With --workers or --soak SECONDS, instead: 1 and 2 workers, or one worker's memory over time at
+saturation (bench/workers_and_soak.py).
+
 With --side-by-side, instead: this checkout against an earlier commit's tree (--baseline-src) and LiteLLM
 (--litellm), every gateway one worker in front of the same stub: bench/side_by_side.py says what is measured.
 
 Usage: python bench/proxy_overhead.py [--quick] [--pin] [--rate R] [--tracing | --overload [--limits 0,32,64]
-       | --side-by-side [--baseline-src DIR] [--litellm PATH]]
+       | --side-by-side [--baseline-src DIR] [--litellm PATH] | --workers | --soak SECONDS]
 
 To compare two versions of the code in one session, run this script with each version's interpreter
 (an editable install of each), interleaved; docs/benchmarks.md shows how.
@@ -285,6 +288,22 @@ def side_by_side_bench(args: argparse.Namespace) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def workers_or_soak_bench(args: argparse.Namespace) -> None:
+    """Run bench/workers_and_soak.py's --workers or --soak on a broker and stubs of this script's."""
+    import workers_and_soak
+
+    work, broker, stub, stub2, topic, exp = _stubs_and_broker()
+    try:
+        for p in (broker, stub, stub2):
+            p.start()
+        bench = workers_and_soak.soak_bench if args.soak else workers_and_soak.workers_bench
+        bench(args, broker, (stub, stub2), topic, exp, work)
+    finally:
+        for p in (stub2, stub, broker):
+            p.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def pct(a: np.ndarray, q: float) -> float:
     """Return the q-th percentile in milliseconds."""
     return float(np.nanpercentile(a, q) * 1000)
@@ -302,6 +321,9 @@ def main() -> None:
     ap.add_argument("--tracing", action="store_true", help="tracing off, at 1%% and at 100%% (issue 31)")
     ap.add_argument("--overload", action="store_true", help="served and refused past saturation (issue 32)")
     ap.add_argument("--limits", default="0,32,64,128", help="--overload's proxy.max_concurrent_requests values")
+    ap.add_argument("--workers", action="store_true", help="1 and 2 workers (bench/workers_and_soak.py; issue 32)")
+    ap.add_argument("--soak", type=float, metavar="SECONDS",
+                    help="RSS of one logging worker at saturation for SECONDS (bench/workers_and_soak.py)")
     ap.add_argument("--side-by-side", action="store_true",
                     help="this checkout against --baseline-src and --litellm (bench/side_by_side.py; issue 32)")
     ap.add_argument("--baseline-src", help="an earlier commit's tree (git worktree add --detach DIR REV)")
@@ -320,6 +342,9 @@ def main() -> None:
         return
     if args.side_by_side:
         side_by_side_bench(args)
+        return
+    if args.workers or args.soak:
+        workers_or_soak_bench(args)
         return
     n1, rate, ol_s, wrk_s, rounds = (300, min(args.rate, 100), 3, 3, 1) if args.quick else (3000, args.rate, 15, 10, 5)
     work, broker, stub, stub2, topic, exp = _stubs_and_broker()
