@@ -326,7 +326,7 @@ def main() -> None:
                     help="RSS of one logging worker at saturation for SECONDS (bench/workers_and_soak.py)")
     ap.add_argument("--side-by-side", action="store_true",
                     help="this checkout against --baseline-src and --litellm (bench/side_by_side.py; issue 32)")
-    ap.add_argument("--baseline-src", help="an earlier commit's tree (git worktree add --detach DIR REV)")
+    ap.add_argument("--baseline-src", help="earlier commits' trees, comma-separated (git worktree add --detach)")
     ap.add_argument("--litellm", help="the litellm command of a virtualenv where LiteLLM is installed")
     args = ap.parse_args()
     if args.pin:

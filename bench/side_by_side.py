@@ -3,7 +3,7 @@
 Every gateway runs as one worker in front of the same stub model, on the same machine, in one run:
 
 - **this checkout**, Kafka logging on (the default config) and off;
-- **an earlier commit** (``--baseline-src DIR``, a ``git worktree`` of it), logging on and off, started
+- **earlier commits** (``--baseline-src DIR[,DIR...]``, ``git worktree``s of them), logging on and off, started
   with ``PYTHONPATH`` pointing at a shim of that tree (the printed module path says which code ran);
 - **LiteLLM** (``--litellm PATH`` to its ``litellm`` command, installed in its own virtualenv), its
   proxy with one worker and no master key, no database and no callbacks (its lightest setting).
@@ -150,9 +150,15 @@ class LiteLLM(ManagedProcess):
                               capture_output=True, text=True).stdout.strip()
 
 
+def _commit_of(tree: Path) -> str:
+    """Return "commit <short hash>" of a git worktree (its label in the table)."""
+    out = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return f"commit {out.stdout.strip() or tree.name}"
+
+
 def shim(src: Path, work: Path) -> Path:
     """Return a directory whose ``splitwatch`` package is ``src``'s tree (service, stats, drift)."""
-    root = work / "shim"
+    root = work / f"shim-{src.name}"
     (root / "splitwatch").mkdir(parents=True)
     for name in ("service", "stats", "drift"):
         (root / "splitwatch" / name).symlink_to(src / name)
@@ -186,9 +192,8 @@ def run(args, broker, stub, topic: str, exp: dict, work: Path) -> None:
     n1, wrk_s, rounds = (500, 3, 1) if args.quick else (5000, 10, 5)
     gateways: list[Gateway] = []
     where = {}
-    for label, src in (("this checkout", None), ("baseline", args.baseline_src)):
-        if label == "baseline" and src is None:
-            continue
+    baselines = [Path(src) for src in (args.baseline_src or "").split(",") if src]
+    for label, src in [("this checkout", None), *((_commit_of(b), b) for b in baselines)]:
         env = None
         if src is not None:
             env = {"PYTHONPATH": str(shim(Path(src).resolve(), work))}
