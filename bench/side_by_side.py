@@ -19,6 +19,8 @@ Measured for each, with the stub's own figures subtracted where the measure is "
   ``proxy.max_concurrent_requests`` splitwatch refuses with 503, and wrk's figures mix those in; the
   served and refused latencies apart are ``--overload``'s).
 
+With ``--pin``, each gateway runs on CPU 0; the event shippers, the stubs, the broker and wrk on CPU 1.
+
 After each run against a logging proxy, its events are delivered (``/readyz``) before the next run starts.
 """
 
@@ -210,6 +212,9 @@ def run(args, broker, stub, topic: str, exp: dict, work: Path) -> None:
     if args.litellm:
         lite = LiteLLM(work, args.litellm, stub.base_url)
         gateways.append(Gateway(f"LiteLLM {lite.version()}", lite, lite.port))
+    if args.pin:  # the gateways on CPU 0; this process, the stubs, the broker, wrk and the shippers on CPU 1
+        for g in gateways:
+            g.proc.args = ["taskset", "-c", "0", *g.proc.args]
     import splitwatch.service as here
 
     where["this checkout"] = here.__file__
@@ -232,7 +237,8 @@ def run(args, broker, stub, topic: str, exp: dict, work: Path) -> None:
             g.proc.stop()
     d50, d99 = (float(np.percentile(direct, q) * 1000) for q in (50, 99))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"one worker each; code: {where}")
+          f"one worker each, {'pinned (gateways on CPU 0, the rest on CPU 1)' if args.pin else 'not pinned'}; "
+          f"code: {where}")
     print(f"stub directly: c1 p50 {d50:.3f} ms, p99 {d99:.3f} ms; {direct_wrk[32]['rps']:.0f} req/s at 32 "
           f"connections; p99 at 8 connections {direct_wrk[8]['p99']:.2f} ms")
     ours = next(g for g in gateways if g.name == "splitwatch this checkout, Kafka logging on")
