@@ -66,7 +66,7 @@ def serve_single(config_path: str, host: str, port: int) -> None:
     _metrics_dir(config.proxy.state_dir, port)
     from .app import create_app
 
-    app = create_app(config, config_path)
+    app = create_app(config, config_path, freeze_gc=True)
     uvicorn.Server(_uvicorn_config(app, host, port, config.proxy)).run()
 
 
