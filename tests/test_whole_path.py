@@ -151,7 +151,6 @@ def test_past_max_concurrent_requests_a_worker_refuses_at_once(start_proxy, stub
         refused = httpx.post(proxy.url + "/v1/chat/completions", timeout=10, json={
             "model": "support-bot", "user": "u2", "messages": [{"role": "user", "content": "hi"}]})
         assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
-        assert refused.headers["connection"] == "close"  # the retry connects again: maybe to another worker
         assert refused.json()["error"] == {
             "message": "this proxy worker holds 1 requests already (proxy.max_concurrent_requests); retry in a moment",
             "type": "server_overloaded", "param": None, "code": "worker_overloaded"}

@@ -53,9 +53,6 @@ router = APIRouter()
 UNIT_HEADER = "x-splitwatch-unit"
 FORCE_HEADER = "x-splitwatch-force-arm"
 Kind = Literal["chat", "completions"]
-# A refusal also closes its connection: the client's retry connects again and lands on whichever worker
-# accepts it (or on another replica behind the load balancer), not on this full one by keep-alive.
-_REFUSED_HEADERS = {"retry-after": "1", "connection": "close"}
 R = TypeVar("R")  # what the upstream call returns: a response, or a response and its whole body
 
 
@@ -82,7 +79,7 @@ async def proxy_completion(request: Request, kind: Kind) -> Response:
         # before the body is read: refusing costs little, and the retry is served elsewhere or later
         metrics.REQUESTS_REFUSED.inc()
         raise WorkerOverloaded(f"this proxy worker holds {limit} requests already (proxy.max_concurrent_requests); "
-                               "retry in a moment", headers=_REFUSED_HEADERS)
+                               "retry in a moment", headers={"retry-after": "1"})
     return await _proxy(request, kind)
 
 
@@ -269,7 +266,7 @@ def _refuse_past_max_streams(runtime: Runtime, limit: int) -> None:
         # Refused before anything is logged: this request was not served, its retry will be.
         metrics.STREAMS_REFUSED.inc()
         raise Overloaded(f"this proxy worker is relaying {limit} streams already (proxy.max_concurrent_streams); "
-                         "retry in a moment", headers=_REFUSED_HEADERS)
+                         "retry in a moment", headers={"retry-after": "1"})
 
 
 def _open_call(request: Request, runtime: Runtime, config: Config, a: Assignment, arm: ArmConfig, kind: Kind,
