@@ -136,8 +136,8 @@ def build_request(up: UpstreamConfig, path: str, payload: bytes, request_id: str
     """Return the upstream request: POST JSON to ``base_url + path`` with the arm's key and timeouts
     (``trace``: the span's ``traceparent`` when tracing is on).
 
-    ``timeout_s`` bounds connecting, each read and each write; the proxy also bounds a whole
-    non-streaming call by it (see :func:`call_until_disconnect`).
+    ``timeout_s`` bounds connecting, each read and each write; the proxy also bounds the wait for the
+    whole answer by it (``completions._upstream_wait``).
     """
     timeout = {"connect": up.connect_timeout_s, "read": up.timeout_s, "write": up.timeout_s,
                "pool": up.timeout_s}

@@ -331,14 +331,7 @@ class StreamPool:
         await self._acquire_slot(timeout_s)
         try:
             for attempt in (0, 1):
-                conn = self._idle_connection() if attempt == 0 else None
-                reused = conn is not None
-                if conn is None:
-                    conn = await self._connect()
-                resp = UpstreamResponse(conn, timeout_s)
-                conn.response, conn.received, conn.framed = resp, False, False
-                assert conn.transport is not None
-                conn.transport.write(request)
+                conn, resp, reused = await self._write(request, timeout_s, reuse=attempt == 0)
                 try:
                     return resp, await resp.whole()
                 except httpx.RemoteProtocolError as exc:
@@ -355,14 +348,7 @@ class StreamPool:
 
     async def _send(self, request: bytes, timeout_s: float) -> UpstreamResponse:
         for attempt in (0, 1):
-            conn = self._idle_connection() if attempt == 0 else None
-            reused = conn is not None
-            if conn is None:
-                conn = await self._connect()
-            resp = UpstreamResponse(conn, timeout_s)
-            conn.response, conn.received, conn.framed = resp, False, False
-            assert conn.transport is not None
-            conn.transport.write(request)
+            conn, resp, reused = await self._write(request, timeout_s, reuse=attempt == 0)
             try:
                 async with asyncio.timeout(timeout_s):
                     await asyncio.shield(resp._headers_ready)
@@ -378,6 +364,20 @@ class StreamPool:
                 raise
             return resp
         raise AssertionError("unreachable: the second attempt returns or raises")
+
+    async def _write(self, request: bytes, timeout_s: float, reuse: bool) -> tuple[_Connection, UpstreamResponse, bool]:
+        """Write ``request`` on an idle connection (with ``reuse``, when one is left) or a new one; return the
+        connection, the response it will carry, and whether the connection was reused (the callers' one
+        retry is for a reused connection the upstream had closed)."""
+        conn = self._idle_connection() if reuse else None
+        reused = conn is not None
+        if conn is None:
+            conn = await self._connect()
+        resp = UpstreamResponse(conn, timeout_s)
+        conn.response, conn.received, conn.framed = resp, False, False
+        assert conn.transport is not None
+        conn.transport.write(request)
+        return conn, resp, reused
 
     def _request_head(self, path: str, length: int, headers: dict[str, str]) -> bytes:
         lines = [f"POST {self.path_prefix}{path}{self.query} HTTP/1.1", f"host: {self.host_header}",

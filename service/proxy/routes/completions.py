@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -127,7 +127,6 @@ class _Call:
     log_text: bool
     unit_id: str | None = None
     sent_at: float = 0.0
-    release: Callable[[], None] | None = None  # gives the leased upstream client back
     holds_stream_slot: bool = False  # counted in runtime.open_streams until the call finishes
     shadow_pair: ShadowPair | None = None  # set when this control request is mirrored to a candidate
     span: RequestSpan | None = None  # its OpenTelemetry span, when tracing is on (docs/tracing.md)
@@ -143,9 +142,7 @@ class _Call:
                prompt_tokens: int | None = None, completion_tokens: int | None = None,
                error: str | None = None, text: str | None = None, finish_reason: str | None = None,
                answer_sample: bytes = b"") -> None:
-        """Release the upstream client, record metrics and publish the response event of this request."""
-        if self.release is not None:
-            self.release()
+        """Give back the stream slot, record metrics and publish the response event of this request."""
         self.release_stream_slot()
         a = self.assignment
         series = arm_series(a.experiment, self.arm_label)
@@ -311,7 +308,7 @@ def _publish_exposure(runtime: Runtime, config: Config, a: Assignment, arm: ArmC
         TEXT_KIND_PROMPT + parts[1][:TEXT_SAMPLE_CHARS].encode("utf-8", "replace")))
 
 
-def _passed_through(resp: httpx.Response | UpstreamResponse, content: bytes, headers: dict[str, str]) -> Response:
+def _passed_through(resp: UpstreamResponse, content: bytes, headers: dict[str, str]) -> Response:
     """Return the upstream's answer unchanged, except a 5xx whose body is not an OpenAI error:
     that one is replaced by an OpenAI body (same status) so that clients can parse it."""
     status = resp.status_code
