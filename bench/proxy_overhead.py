@@ -103,8 +103,10 @@ def open_loop_latencies(url: str, rate: float, seconds: float) -> np.ndarray:
     return asyncio.run(open_loop(url, rate, seconds))
 
 
-def wrk_rate(url: str, seconds: int, connections: int = 32) -> float:
-    """Return the requests/s wrk sustains against url (POST chat completions, unique users)."""
+def wrk_script(name_failures: bool = True) -> Path:
+    """Return a wrk Lua script that POSTs BODY with a unique user per request; with ``name_failures``, each
+    non-2xx answer's status and body start go to wrk's output (a Lua call per answer: the side-by-side
+    bench, which counts refusals, goes without)."""
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
     script.write_text(
         'wrk.method = "POST"\n'
@@ -115,10 +117,15 @@ def wrk_rate(url: str, seconds: int, connections: int = 32) -> float:
         f"  local body = '{json.dumps(BODY)[:-1]}, \"user\": \"wrk-' .. counter .. '\"}}'\n"
         "  return wrk.format(nil, nil, nil, body)\n"
         "end\n"
-        # name any failure: its status and the start of its body go to wrk's output
-        "response = function(status, headers, body)\n"
-        "  if status > 299 then io.write('NON2XX ' .. status .. ' ' .. string.sub(body, 1, 300) .. '\\n') end\n"
-        "end\n")
+        + ("response = function(status, headers, body)\n"
+           "  if status > 299 then io.write('NON2XX ' .. status .. ' ' .. string.sub(body, 1, 300) .. '\\n') end\n"
+           "end\n" if name_failures else ""))
+    return script
+
+
+def wrk_rate(url: str, seconds: int, connections: int = 32) -> float:
+    """Return the requests/s wrk sustains against url (POST chat completions, unique users)."""
+    script = wrk_script()
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url],
                          capture_output=True, text=True, check=True).stdout
     script.unlink()

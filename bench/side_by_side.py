@@ -33,7 +33,6 @@ import re
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,10 +40,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from proxy_overhead import BODY, wrk_script
+
 from splitwatch.service.local.processes import ManagedProcess, free_port, wait_delivered, wait_for_port
 from tests.harness import Proxy, base_config
 
-BODY = {"model": "support-bot", "messages": [{"role": "user", "content": "Where is my parcel? Order 1234."}]}
 PATH = "/v1/chat/completions"
 
 
@@ -103,12 +103,7 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 def wrk(port: int, seconds: int, connections: int) -> dict:
     """Return wrk's req/s, p50/p99 (ms), timeouts and non-2xx answers at ``connections`` (closed loop)."""
-    script = Path(tempfile.mkstemp(suffix=".lua")[1])
-    script.write_text(
-        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\ncounter = 0\n'
-        "request = function()\n  counter = counter + 1\n"
-        f"  local body = '{json.dumps(BODY)[:-1]}, \"user\": \"wrk-' .. counter .. '\"}}'\n"
-        "  return wrk.format(nil, nil, nil, body)\nend\n")
+    script = wrk_script(name_failures=False)
     try:
         out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "--latency",
                               "-s", str(script), f"http://127.0.0.1:{port}{PATH}"],
