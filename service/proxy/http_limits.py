@@ -26,6 +26,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from .. import metrics
 from .errors import error_body
 from .worker_load import HOLD, Hold
+from .write_coalescing import CoalescingTransport
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
@@ -45,7 +46,8 @@ def bounded_httptools_protocol(max_header_bytes: int, header_timeout_s: float) -
             self._hold: Hold | None = None  # the current request's place in the worker's load
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+            # an answer's head and body in one write (:mod:`.write_coalescing`)
+            super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
             self._arm_header_timer()
 
         def connection_lost(self, exc: Exception | None) -> None:
