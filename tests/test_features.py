@@ -65,6 +65,59 @@ def test_language_identifier_is_offline_and_bounded() -> None:
     assert sample.startswith("Bonjour") and len(sample) == LANGUAGE_SAMPLE_CHARS
 
 
+def _reference_language(text: str, languages: tuple[str, ...]) -> str:
+    """py3langid's own dense ``classify`` on the same model (the reference)."""
+    from splitwatch.service.features.prompt import _language_identifier
+
+    return str(_language_identifier(languages).classify(text)[0])
+
+
+def _texts_in_many_languages() -> list[str]:
+    import chatterbot_corpus
+
+    from splitwatch.service.features.prompt import language_sample
+    from tests.test_drift import corpus
+
+    data = Path(chatterbot_corpus.__file__).parent / "data"
+    texts = [language_sample(t) for d in sorted(data.iterdir()) if d.is_dir() for t in corpus(d.name)]
+    return [t for t in texts if t]
+
+
+def test_sparse_language_classifier_gives_py3langids_language() -> None:
+    """The sparse scoring (classify_language) against py3langid's dense classify, same model: every
+    corpus text in every language of the chatterbot corpus (28 folders, about 11,000 texts), random
+    text in mixed scripts, and the 97-language model on a subset. No disagreement is allowed: the
+    scores differ only by float32 against float64 rounding (checked below 1e-3 of the largest)."""
+    import random
+
+    import numpy as np
+
+    from splitwatch.service.features.prompt import LANGUAGES, _language_identifier, _language_model, classify_language
+
+    texts = _texts_in_many_languages()
+    assert len(texts) > 10_000
+    rng = random.Random(7)
+    alphabet = ("abcdefghijklmnopqrstuvwxyz ÄÖÜßéèçñ?!.,0123456789 абвгдежзийклмнопрстуфхцчшщыэюя "
+                "的一是不了人我在有他 ابتثجحخدذرزسشصضطظعغفقكلمنهوي")
+    texts += ["".join(rng.choices(alphabet, k=rng.randint(1, 200))) for _ in range(2000)]
+    texts += ["\ud800 lone surrogate", "\x00\x01", "🙂🙂🙂", " "]
+    wrong = [t for t in texts if classify_language(t, LANGUAGES) != _reference_language(t, LANGUAGES)]
+    assert wrong == []
+    every = ()
+    wrong = [t for t in texts[::10] if classify_language(t, every) != _reference_language(t, every)]
+    assert wrong == []
+    # the scores themselves, for one text: the reference's float32 dense product
+    ident, model = _language_identifier(LANGUAGES), _language_model(LANGUAGES)
+    text = texts[123]
+    dense = ident.nb_classprobs(ident.instance2fv(text)).astype(np.float64)
+    state, feats = 0, []
+    for byte in text.encode("utf8", "surrogatepass"):
+        state = model.next_state[(state << 8) + byte]
+        feats.extend(model.outputs.get(state, ()))
+    sparse = model.log_p_feature[feats].sum(axis=0, dtype=np.float64) + model.log_prior
+    assert np.max(np.abs(sparse - dense)) < 1e-3 * np.max(np.abs(dense))
+
+
 SWAHILI = "Kifurushi changu kiko wapi? Nimekuwa nikikisubiri kwa wiki nzima sasa."
 
 
@@ -162,6 +215,45 @@ def test_topic_sketch_keeps_subject_not_words() -> None:
     assert topic_sketch(a) == topic_sketch(a.upper())  # stable across calls and processes (crc32, lower case)
     assert not any(np.asarray(sketch_vector("is it? no, and you?")))  # no content words: all zeros
     assert decode_sketch("not base64!") is None and decode_sketch("AAAA") is None
+
+
+def test_topic_sketch_is_the_hashing_trick_of_words_and_pairs() -> None:
+    """The shipper's sketch against a plain reading of its definition: each content word and each pair
+    "a b" hashed by crc32 into 128 signed buckets, L2-normalised, x127, rounded, clipped (exact bytes), on
+    corpus texts, long mixes and random mixed-script text."""
+    import base64
+    import itertools
+    import math
+    import random
+    import zlib
+
+    from splitwatch.service.features.topic_sketch import _WORD, STOP_WORDS, encode_sketch, sketch_vector, topic_sketch
+
+    def reference(text: str) -> str:
+        words = [w for w in _WORD.findall(text.lower()) if w not in STOP_WORDS]
+        vec = [0.0] * 128
+        for gram in words + [f"{a} {b}" for a, b in itertools.pairwise(words)]:
+            h = zlib.crc32(gram.encode("utf-8"))
+            vec[h % 128] += 1.0 if h & 0x80000000 else -1.0
+        norm = math.sqrt(sum(v * v for v in vec))
+        raw = bytes((max(-127, min(127, round(v / norm * 127))) & 0xFF) if norm else 0 for v in vec)
+        return base64.b64encode(raw).decode()
+
+    texts = [t for t in _texts_in_many_languages()[::3]]
+    rng = random.Random(3)
+    texts += [" ".join(rng.choices(texts, k=40))[:2000] for _ in range(100)]
+    texts += ["".join(rng.choices("abcde xyz ÄÖÜ ключ 的是 ?!.", k=rng.randint(0, 300))) for _ in range(500)]
+    assert [t for t in texts if topic_sketch(t) != reference(t)] == []
+    assert all(topic_sketch(t) == encode_sketch(sketch_vector(t)) for t in texts[::7])
+
+
+def test_a_sentence_needs_a_letter_or_digit_as_isalnum_says() -> None:
+    """sentences() keeps a part when it has a character str.isalnum() accepts; it searches a regex class for
+    that: the two agree on every Unicode code point."""
+    from splitwatch.service.features.text import _ALNUM, sentences
+
+    assert [c for c in map(chr, range(0x110000)) if (_ALNUM.match(c) is not None) != c.isalnum()] == []
+    assert sentences("Hi. ... ?! __ 42. ٣ ok") == ["Hi.", "__ 42.", "٣ ok"]  # "...", "?!" dropped
 
 
 @pytest.mark.parametrize(("answer", "refusal"), [

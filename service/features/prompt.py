@@ -142,16 +142,60 @@ def _language_identifier(languages: tuple[str, ...]) -> Any:
     return identifier
 
 
-def detect_language(text: str, languages: tuple[str, ...] = LANGUAGES) -> str:
-    """Return the ISO 639-1 code of the text's language by py3langid (offline; "und" for no text).
+@dataclass(frozen=True)
+class _LanguageModel:
+    """py3langid's model, read the sparse way (:func:`classify_language`)."""
 
-    The identifier chooses among ``languages`` (empty: all it knows). 12-30 us per prompt: the
-    proxy runs it in its event-shipper process, off the request path.
+    next_state: Any  # the byte n-gram automaton's transitions (array of ints)
+    outputs: dict[int, tuple[int, ...]]  # the features each state completes
+    log_p_feature: Any  # (features, languages) float32: log P(feature | language)
+    log_prior: Any  # (languages,) float64
+    classes: tuple[str, ...]
+
+
+@lru_cache(maxsize=4)
+def _language_model(languages: tuple[str, ...]) -> _LanguageModel:
+    import numpy as np
+
+    ident = _language_identifier(languages)
+    return _LanguageModel(ident.tk_nextmove, ident.tk_output, ident.nb_ptc,
+                          np.asarray(ident.nb_pc, dtype=np.float64), tuple(str(c) for c in ident.nb_classes))
+
+
+def classify_language(sample: str, languages: tuple[str, ...] = LANGUAGES) -> str:
+    """Return the language py3langid's ``classify`` gives ``sample``, reading only the features it has.
+
+    The same naive Bayes: the text's byte n-grams through the model's automaton, then the log
+    likelihood of each language. py3langid multiplies a dense vector of all 7,480 feature counts
+    with the model's matrix; this adds the rows of the features the text has (a few hundred for
+    200 characters), in float64: 2.3x cheaper per prompt (45 -> 20 us), and the same language on
+    every one of 10,910 corpus texts in 25 languages and on random text (tests/test_features.py).
+    Written here because py3langid offers no sparse path; its model and automaton are used as they are.
+    """
+    import numpy as np
+
+    model = _language_model(tuple(languages))
+    next_state, outputs = model.next_state, model.outputs
+    state = 0
+    features: list[int] = []
+    extend = features.extend
+    for byte in sample.encode("utf8", errors="surrogatepass"):
+        state = next_state[(state << 8) + byte]
+        extend(outputs.get(state, ()))
+    scores = model.log_p_feature[features].sum(axis=0, dtype=np.float64) + model.log_prior
+    return model.classes[int(np.argmax(scores))]
+
+
+def detect_language(text: str, languages: tuple[str, ...] = LANGUAGES) -> str:
+    """Return the ISO 639-1 code of the text's language by py3langid's model (offline; "und" for no text).
+
+    The identifier chooses among ``languages`` (empty: all it knows). About 20 us per prompt
+    (:func:`classify_language`): the proxy runs it in its event-shipper process, off the request path.
     """
     sample = language_sample(text)
     if not sample:
         return "und"
-    return str(_language_identifier(tuple(languages)).classify(sample)[0])
+    return classify_language(sample, tuple(languages))
 
 
 def language_sample(last_user: str) -> str:

@@ -18,7 +18,6 @@ import base64
 import math
 import re
 import zlib
-from itertools import pairwise
 
 SKETCH_DIMS = 128
 _WORD = re.compile(r"[^\W\d_]{3,}")  # words of 3+ letters in any script: drops many function words
@@ -37,13 +36,24 @@ things
 """.split())  # noqa: SIM905 (a word list reads best as words)
 
 
+def _signed_buckets(text: str, dims: int) -> dict[int, float]:
+    """Return the text's hashed words and word pairs as {bucket: signed count} (only the buckets it fills)."""
+    words = [w.encode() for w in _WORD.findall(text.lower()) if w not in STOP_WORDS]
+    crc32 = zlib.crc32
+    hashes = [crc32(w) for w in words]
+    # a pair "a b" continues a's CRC with " " and b (zlib.crc32's second argument): no string built per pair
+    hashes += [crc32(b, crc32(b" ", h)) for h, b in zip(hashes, words[1:], strict=False)]
+    buckets: dict[int, float] = {}  # sparse: a prompt fills few of the buckets
+    get = buckets.get
+    for h in hashes:
+        i = h % dims
+        buckets[i] = get(i, 0.0) + (1.0 if h & 0x80000000 else -1.0)
+    return buckets
+
+
 def sketch_vector(text: str, dims: int = SKETCH_DIMS) -> list[float]:
     """Return the L2-normalised hashed vector of the text's words and word pairs (all 0 for no words)."""
-    words = [w for w in _WORD.findall(text.lower()) if w not in STOP_WORDS]
-    buckets: dict[int, float] = {}  # sparse: a prompt fills few of the buckets
-    for gram in (*words, *(f"{a} {b}" for a, b in pairwise(words))):
-        h = zlib.crc32(gram.encode())
-        buckets[h % dims] = buckets.get(h % dims, 0.0) + (1.0 if h & 0x80000000 else -1.0)
+    buckets = _signed_buckets(text, dims)
     vec = [0.0] * dims
     norm = math.sqrt(sum(v * v for v in buckets.values()))
     if norm:
@@ -52,12 +62,16 @@ def sketch_vector(text: str, dims: int = SKETCH_DIMS) -> list[float]:
     return vec
 
 
+def _quantised(v: float) -> int:
+    return max(-127, min(127, round(v * 127))) & 0xFF
+
+
 def encode_sketch(vec: list[float]) -> str:
     """Return the vector quantised to signed bytes (x127), base64: what the event carries."""
     raw = bytearray(len(vec))
     for i, v in enumerate(vec):
         if v:
-            raw[i] = max(-127, min(127, round(v * 127))) & 0xFF
+            raw[i] = _quantised(v)
     return base64.b64encode(raw).decode()
 
 
@@ -73,5 +87,15 @@ def decode_sketch(encoded: str, dims: int = SKETCH_DIMS) -> list[float] | None:
 
 
 def topic_sketch(text: str) -> str:
-    """Return the encoded sketch of a text (the ``topic`` feature of an exposure)."""
-    return encode_sketch(sketch_vector(text))
+    """Return the encoded sketch of a text (the ``topic`` feature of an exposure).
+
+    ``encode_sketch(sketch_vector(text))``, computed over the filled buckets only (tests/test_features.py
+    compares the two)."""
+    buckets = _signed_buckets(text, SKETCH_DIMS)
+    raw = bytearray(SKETCH_DIMS)
+    norm = math.sqrt(sum(v * v for v in buckets.values()))
+    if norm:
+        for i, v in buckets.items():
+            if v:
+                raw[i] = _quantised(v / norm)
+    return base64.b64encode(raw).decode()
