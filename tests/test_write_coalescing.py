@@ -1,4 +1,4 @@
-"""The server's write coalescing (service/proxy/write_coalescing.py): writes made in one loop turn leave in one call.
+"""The server's write coalescing (service/proxy/write_coalescing.py): a response's head leaves with its body.
 
 A recording transport stands for the connection's; the loops are asyncio's and uvloop's (the server's).
 The answers' bytes through the real server are checked by tests/test_whole_path.py and test_stream_path.py.
@@ -27,8 +27,8 @@ class RecordingTransport:
     def write(self, data: bytes) -> None:
         self.calls.append(("write", data))
 
-    def writelines(self, chunks: list[bytes]) -> None:
-        self.calls.append(("writelines", list(chunks)))
+    def writelines(self, chunks: tuple[bytes, ...]) -> None:
+        self.calls.append(("writelines", chunks))
 
     def close(self) -> None:
         self.calls.append(("close", None))
@@ -65,42 +65,54 @@ async def _next_turn() -> None:
     await asyncio.sleep(0)
 
 
-def test_writes_of_one_turn_leave_in_one_call_and_before_the_next_poll() -> None:
+def test_a_head_leaves_with_the_next_write_at_once() -> None:
     async def body(loop: asyncio.AbstractEventLoop) -> None:
         raw = RecordingTransport()
         t = CoalescingTransport(raw, loop)  # type: ignore[arg-type]
         t.write(b"HTTP/1.1 200 OK\r\n\r\n")
-        t.write(b"")  # nothing to send: not kept
-        t.write(b"body")
-        assert raw.calls == []  # kept until the turn ends
-        assert t.get_write_buffer_size() == 7 + 19 + 4
-        await _next_turn()
-        assert raw.calls == [("writelines", [b"HTTP/1.1 200 OK\r\n\r\n", b"body"])]
-        t.writelines([b"one"])  # a later turn: its own call; one chunk is a plain write
-        await _next_turn()
-        assert raw.calls[1:] == [("write", b"one")]
+        assert raw.calls == []  # the head is kept...
+        assert t.get_write_buffer_size() == 7 + 19
+        t.write(b"")  # (nothing to send)
+        t.write(b"body")  # ...and leaves with the body, in the same step
+        assert raw.calls == [("writelines", (b"HTTP/1.1 200 OK\r\n\r\n", b"body"))]
+        t.writelines([b"more", b"chunks"])  # writes that follow no head go straight through
+        assert raw.calls[1:] == [("write", b"more"), ("write", b"chunks")]
+        await _next_turn()  # the callback scheduled with the head finds nothing kept
+        assert len(raw.calls) == 3
         assert t.get_write_buffer_size() == 7
 
     _run(body)
 
 
-def test_close_sends_what_is_kept_first_abort_drops_it() -> None:
+def test_a_head_no_write_follows_leaves_alone_before_the_next_poll() -> None:
     async def body(loop: asyncio.AbstractEventLoop) -> None:
         raw = RecordingTransport()
         t = CoalescingTransport(raw, loop)  # type: ignore[arg-type]
-        t.write(b"a")
-        t.write(b"b")
+        t.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")  # a stream's head
+        await _next_turn()
+        assert raw.calls == [("write", b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")]
+        t.write(b"data: {}\n\n")  # its first chunk, later: at once
+        assert raw.calls[1:] == [("write", b"data: {}\n\n")]
+
+    _run(body)
+
+
+def test_close_sends_the_kept_head_first_abort_drops_it() -> None:
+    async def body(loop: asyncio.AbstractEventLoop) -> None:
+        raw = RecordingTransport()
+        t = CoalescingTransport(raw, loop)  # type: ignore[arg-type]
+        t.write(b"HTTP/1.1 503 Service Unavailable\r\n\r\n")
         t.close()
-        assert raw.calls == [("writelines", [b"a", b"b"]), ("close", None)]
-        await _next_turn()  # the scheduled flush finds nothing left
+        assert raw.calls == [("write", b"HTTP/1.1 503 Service Unavailable\r\n\r\n"), ("close", None)]
+        await _next_turn()  # the scheduled callback finds nothing left
         assert len(raw.calls) == 2
 
         raw2 = RecordingTransport()
         t2 = CoalescingTransport(raw2, loop)  # type: ignore[arg-type]
-        t2.write(b"x")
+        t2.write(b"HTTP/1.1 200 OK\r\n\r\n")
         t2.write_eof()
-        assert raw2.calls == [("write", b"x"), ("write_eof", None)]
-        t2.write(b"lost")
+        assert raw2.calls == [("write", b"HTTP/1.1 200 OK\r\n\r\n"), ("write_eof", None)]
+        t2.write(b"HTTP/1.1 200 OK\r\n\r\n")
         t2.abort()
         await _next_turn()
         assert raw2.calls[2:] == [("abort", None)]
@@ -108,11 +120,11 @@ def test_close_sends_what_is_kept_first_abort_drops_it() -> None:
     _run(body)
 
 
-def test_a_closing_connection_drops_what_is_kept_and_the_rest_is_the_transports() -> None:
+def test_a_closing_connection_drops_the_kept_head_and_the_rest_is_the_transports() -> None:
     async def body(loop: asyncio.AbstractEventLoop) -> None:
         raw = RecordingTransport()
         t = CoalescingTransport(raw, loop)  # type: ignore[arg-type]
-        t.write(b"late")
+        t.write(b"HTTP/1.1 200 OK\r\n\r\n")
         raw.closing = True  # the client went away in this turn
         await _next_turn()
         assert raw.calls == []
