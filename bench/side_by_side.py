@@ -176,10 +176,32 @@ class Gateway:
 
     def load(self, seconds: int, connections: int) -> dict:
         """Return wrk's figures at ``connections``; a logging proxy's events are then delivered before the next
-        gateway's turn (its shipper would otherwise go on sending them, on the same cores, into that turn)."""
+        gateway's turn (its shipper would otherwise go on sending them, on the same cores, into that turn).
+
+        The CPU its processes used over the run and the delivery after it is in ``cpu_us``: microseconds per
+        served request, for the gateway's own process(es) and for its event shipper."""
+        before = self._cpu()
         out = wrk(self.port, seconds, connections)
         if self.logs_events:
             wait_delivered(f"http://127.0.0.1:{self.port}", 120)
+        after = self._cpu()
+        served = out["rps"] * seconds
+        out["cpu_us"] = {k: (after[k] - before.get(k, 0.0)) / served * 1e6 for k in after} if served else {}
+        return out
+
+    def _cpu(self) -> dict[str, float]:
+        """Return the CPU seconds of the gateway's process tree: {"gateway": ..., "shipper": ...}."""
+        from workers_and_soak import _cpu_s, _role, _tree  # it imports this module
+
+        out = {"gateway": 0.0, "shipper": 0.0}
+        if self.proc.proc is None:
+            return out
+        for pid in _tree(self.proc.proc.pid):
+            role = _role(pid)
+            if role == "worker or shipper":  # one worker: the server is the proxy process, this its shipper
+                out["shipper"] += _cpu_s(pid)
+            elif role != "other":
+                out["gateway"] += _cpu_s(pid)
         return out
 
 
@@ -249,6 +271,12 @@ def run(args, broker, stub, topic: str, exp: dict, work: Path) -> None:
               f"{np.percentile(c1, 50) - d50:.3f} | {np.percentile(c1, 99) - d99:.3f} | {p[8]['p99']:.2f} | "
               f"{p[64]['p99']:.2f} | {p[256]['p99']:.2f} | {p[256]['non2xx'] / (p[256]['rps'] * wrk_s):.0%} | "
               f"{p[256]['timeouts']} |")
+    print("\n| gateway | CPU per request at 8 connections: gateway process (us) | its event shipper (us) "
+          "| total (us) |\n|---|---|---|---|")
+    for g in gateways:
+        cpu = g.by_connections[8].get("cpu_us", {})
+        print(f"| {g.name} | {cpu.get('gateway', float('nan')):.0f} | {cpu.get('shipper', float('nan')):.0f} | "
+              f"{sum(cpu.values()):.0f} |")
     print("\nJSON:", json.dumps({"direct": {"c1_p50": d50, "c1_p99": d99, "wrk": direct_wrk},
                                  "gateways": [{"name": g.name, "rps": g.rps, "c1_p50": float(np.percentile(g.c1, 50)),
                                                "c1_p99": float(np.percentile(g.c1, 99)), "c1_n": len(g.c1),
