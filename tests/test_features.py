@@ -256,6 +256,28 @@ def test_a_sentence_needs_a_letter_or_digit_as_isalnum_says() -> None:
     assert sentences("Hi. ... ?! __ 42. ٣ ok") == ["Hi.", "__ 42.", "٣ ok"]  # "...", "?!" dropped
 
 
+def test_number_and_personal_data_counts_are_the_plain_regexes() -> None:
+    """The number pattern written to start at its digit, and the personal-data count tried only near digits,
+    give what the plain findall of the original patterns gives: on corpus text, long mixes, and random
+    text dense in digits, separators, capitals, "+", "(", dots and non-ASCII digits."""
+    import random
+    import re
+
+    from splitwatch.service.features.text import _NUMBER, _PII_NUMBER, pii_number_count
+
+    plain_number = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*")
+    rng = random.Random(9)
+    texts = _texts_in_many_languages()[::2]
+    texts += [" ".join(rng.choices(texts, k=40))[:2000] for _ in range(100)]
+    alphabet = "0123456789" * 4 + "  +-.,()/:_abcXYZDEGB" + "٣٤۵\u0966"
+    texts += ["".join(rng.choices(alphabet, k=rng.randint(0, 120))) for _ in range(20_000)]
+    texts += ["Call +44 20 7946 0958 or (030) 1234-5678.", "Card 4111 1111 1111 1111, IBAN DE89 3704 0044 0532 0130 00",
+              "x4111 1111 1111 1111", "1.2.3,4 .5 a6 7_8 +12 ++34"]
+    assert [t for t in texts if _NUMBER.findall(t) != plain_number.findall(t)] == []
+    assert [t for t in texts if pii_number_count(t) != len(_PII_NUMBER.findall(t))] == []
+    assert pii_number_count(texts[-3]) == 2 and pii_number_count(texts[-4]) == 2
+
+
 @pytest.mark.parametrize(("answer", "refusal"), [
     ("I'm sorry, but I can't help with that request.", True),
     ("I\u2019m sorry \u2014 I cannot assist with creating malware.", True),  # typographic apostrophe
