@@ -85,7 +85,7 @@ def _texts_in_many_languages() -> list[str]:
 
 def test_sparse_language_classifier_gives_py3langids_language() -> None:
     """The sparse scoring (classify_language) against py3langid's dense classify, same model: every
-    corpus text in every language of the chatterbot corpus (28 folders, about 11,000 texts), random
+    corpus text in every language of the chatterbot corpus (28 folders, 14,000 texts), random
     text in mixed scripts, and the 97-language model on a subset. No disagreement is allowed: the
     scores differ only by float32 against float64 rounding (checked below 1e-3 of the largest)."""
     import random

@@ -169,7 +169,8 @@ def classify_language(sample: str, languages: tuple[str, ...] = LANGUAGES) -> st
     likelihood of each language. py3langid multiplies a dense vector of all 7,480 feature counts
     with the model's matrix; this adds the rows of the features the text has (a few hundred for
     200 characters), in float64: 2.3x cheaper per prompt (45 -> 20 us), and the same language on
-    every one of 10,910 corpus texts in 25 languages and on random text (tests/test_features.py).
+    every one of the 14,000 texts of the chatterbot corpus's 28 languages and on random text
+    (tests/test_features.py).
     Written here because py3langid offers no sparse path; its model and automaton are used as they are.
     """
     import numpy as np
