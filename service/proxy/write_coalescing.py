@@ -12,8 +12,8 @@ task for a whole answer, leaves with it in one ``writelines`` (one ``writev`` in
 that no write follows in that step (a stream waiting for its first chunk) is sent alone by a callback
 scheduled when it was kept, before the loop waits for I/O again. Every other write goes straight
 through: a first version kept every write until a callback of the next loop turn, and at 256
-connections a turn serves so many connections that the answers waited for it (the served p50 rose from
-33 to 42 ms). Closing the connection sends what is kept first; a connection that is already closing
+connections a turn serves so many connections that the answers waited for it (wrk's p50 rose from 35
+to 43 ms). Closing the connection sends what is kept first; a connection that is already closing
 drops it, as the transport itself would. Everything else is the transport's own.
 """
 
