@@ -51,14 +51,18 @@ def _signed_buckets(text: str, dims: int) -> dict[int, float]:
     return buckets
 
 
+def _unit_buckets(text: str, dims: int) -> dict[int, float]:
+    """Return the filled buckets of the text's L2-normalised hashed vector, {bucket: value} (empty for no words)."""
+    buckets = _signed_buckets(text, dims)
+    norm = math.sqrt(sum(v * v for v in buckets.values()))
+    return {i: v / norm for i, v in buckets.items()} if norm else {}
+
+
 def sketch_vector(text: str, dims: int = SKETCH_DIMS) -> list[float]:
     """Return the L2-normalised hashed vector of the text's words and word pairs (all 0 for no words)."""
-    buckets = _signed_buckets(text, dims)
     vec = [0.0] * dims
-    norm = math.sqrt(sum(v * v for v in buckets.values()))
-    if norm:
-        for i, v in buckets.items():
-            vec[i] = v / norm
+    for i, v in _unit_buckets(text, dims).items():
+        vec[i] = v
     return vec
 
 
@@ -91,11 +95,8 @@ def topic_sketch(text: str) -> str:
 
     ``encode_sketch(sketch_vector(text))``, computed over the filled buckets only (tests/test_features.py
     compares the two)."""
-    buckets = _signed_buckets(text, SKETCH_DIMS)
     raw = bytearray(SKETCH_DIMS)
-    norm = math.sqrt(sum(v * v for v in buckets.values()))
-    if norm:
-        for i, v in buckets.items():
-            if v:
-                raw[i] = _quantised(v / norm)
+    for i, v in _unit_buckets(text, SKETCH_DIMS).items():
+        if v:
+            raw[i] = _quantised(v)
     return base64.b64encode(raw).decode()
