@@ -60,6 +60,12 @@ def _run(body: Any) -> None:
             loop.close()
 
 
+def _coalescing(loop: asyncio.AbstractEventLoop) -> tuple[RecordingTransport, CoalescingTransport]:
+    """Return a recording transport and the coalescing transport in front of it."""
+    raw = RecordingTransport()
+    return raw, CoalescingTransport(raw, loop)  # type: ignore[arg-type]
+
+
 async def _next_turn() -> None:
     await asyncio.sleep(0)
     await asyncio.sleep(0)
@@ -67,8 +73,7 @@ async def _next_turn() -> None:
 
 def test_a_head_leaves_with_the_next_write_at_once() -> None:
     async def body(loop: asyncio.AbstractEventLoop) -> None:
-        raw = RecordingTransport()
-        t = CoalescingTransport(raw, loop)  # type: ignore[arg-type]
+        raw, t = _coalescing(loop)
         t.write(b"HTTP/1.1 200 OK\r\n\r\n")
         assert raw.calls == []  # the head is kept...
         assert t.get_write_buffer_size() == 7 + 19
@@ -86,8 +91,7 @@ def test_a_head_leaves_with_the_next_write_at_once() -> None:
 
 def test_a_head_no_write_follows_leaves_alone_before_the_next_poll() -> None:
     async def body(loop: asyncio.AbstractEventLoop) -> None:
-        raw = RecordingTransport()
-        t = CoalescingTransport(raw, loop)  # type: ignore[arg-type]
+        raw, t = _coalescing(loop)
         t.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")  # a stream's head
         await _next_turn()
         assert raw.calls == [("write", b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")]
@@ -99,16 +103,14 @@ def test_a_head_no_write_follows_leaves_alone_before_the_next_poll() -> None:
 
 def test_close_sends_the_kept_head_first_abort_drops_it() -> None:
     async def body(loop: asyncio.AbstractEventLoop) -> None:
-        raw = RecordingTransport()
-        t = CoalescingTransport(raw, loop)  # type: ignore[arg-type]
+        raw, t = _coalescing(loop)
         t.write(b"HTTP/1.1 503 Service Unavailable\r\n\r\n")
         t.close()
         assert raw.calls == [("write", b"HTTP/1.1 503 Service Unavailable\r\n\r\n"), ("close", None)]
         await _next_turn()  # the scheduled callback finds nothing left
         assert len(raw.calls) == 2
 
-        raw2 = RecordingTransport()
-        t2 = CoalescingTransport(raw2, loop)  # type: ignore[arg-type]
+        raw2, t2 = _coalescing(loop)
         t2.write(b"HTTP/1.1 200 OK\r\n\r\n")
         t2.write_eof()
         assert raw2.calls == [("write", b"HTTP/1.1 200 OK\r\n\r\n"), ("write_eof", None)]
@@ -122,8 +124,7 @@ def test_close_sends_the_kept_head_first_abort_drops_it() -> None:
 
 def test_a_closing_connection_drops_the_kept_head_and_the_rest_is_the_transports() -> None:
     async def body(loop: asyncio.AbstractEventLoop) -> None:
-        raw = RecordingTransport()
-        t = CoalescingTransport(raw, loop)  # type: ignore[arg-type]
+        raw, t = _coalescing(loop)
         t.write(b"HTTP/1.1 200 OK\r\n\r\n")
         raw.closing = True  # the client went away in this turn
         await _next_turn()
