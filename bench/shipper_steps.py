@@ -48,6 +48,7 @@ from splitwatch.service.features.prompt import LANGUAGES, _language_identifier, 
 from splitwatch.service.features.text import text_features
 from splitwatch.service.features.topic_sketch import _WORD, SKETCH_DIMS, STOP_WORDS, topic_sketch
 from tests.test_drift import corpus
+from tests.test_key_partitioner import Cluster
 
 BENCH_PROMPT = "Where is my parcel? Order 1234."
 
@@ -106,19 +107,6 @@ def text_features_before(text: str) -> dict[str, float]:
         text_module.sentences, text_module._NUMBER, text_module.pii_number_count = saved
 
 
-class _Cluster:
-    """The part of kafka-python's cluster metadata a partitioner reads (6 partitions)."""
-
-    def topics(self) -> set[str]:
-        return {"events"}
-
-    def partitions_for_topic(self, topic: str) -> set[int]:
-        return set(range(6))
-
-    def available_partitions_for_topic(self, topic: str) -> set[int]:
-        return set(range(6))
-
-
 def kafka_us_per_record(bootstrap: str, topic: str, before: bool, records: list[tuple[bytes, bytes]]) -> float:
     """Return the process's CPU (all threads) per record to send ``records`` in batches of 100 and flush."""
     from kafka import KafkaProducer
@@ -167,7 +155,7 @@ def main() -> None:
         rows.append(("topic sketch", label, *pair_us(sketch_before, topic_sketch, items)))
     for label, items in sets.items():
         rows.append(("text_features", label, *pair_us(text_features_before, text_features, items)))
-    cluster = _Cluster()
+    cluster = Cluster({"events": set(range(6))})  # 6 partitions
     keys = {"unit key of 9 characters (wrk-12345)": [b"wrk-%05d" % i for i in range(1000)],
             "unit key of 36 characters (a UUID)": [str(uuid.UUID(int=rng.getrandbits(128))).encode()
                                                     for _ in range(1000)]}
